@@ -1,0 +1,1 @@
+"""CJ Assessment Service: comparative judgement of essays (pairing, scoring, rounds)."""

@@ -1,0 +1,310 @@
+"""Wire contracts: everything that crosses a process boundary (DESIGN.md §3).
+
+The HTTP request and response of ``POST /api/v1/comparison``, the
+``LLMComparisonResultV1`` event inside its ``EventEnvelope``, and the metadata spine
+that travels with every comparison. Field names and rules here are fixed contracts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+JUSTIFICATION_MAX_CHARS = 500
+RESULT_EVENT_TYPE = "LLMComparisonResultV1"
+COMPLETION_EVENT_TYPE = "CJAssessmentCompletedV1"
+
+Winner = Literal["Essay A", "Essay B"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class BatchingStrategy(StrEnum):
+    """How the CJ service asks the provider to bundle (CJ setting ``LLM_BATCHING_STRATEGY``)."""
+
+    SERIAL_ROUND = "serial_round"
+    SERIAL_OVERRIDE = "serial_override"
+    PER_REQUEST = "per_request"
+    ASYNC_BATCH = "async_batch"
+    NIGHTLY_BATCH = "nightly_batch"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------- HTTP request
+
+
+class PromptBlock(_Strict):
+    """One ordered piece of a comparison prompt.
+
+    Cacheable blocks form the shared prefix (assignment, rubric, judge instructions);
+    non-cacheable ``user_content`` blocks are the per-comparison part (Essay A, then Essay B).
+    """
+
+    target: Literal["system", "user_content"]
+    content: str = Field(min_length=1)
+    cacheable: bool = False
+    ttl: Literal["5m", "1h"] = "5m"
+
+
+class LLMConfigOverrides(_Strict):
+    provider_override: str = Field(min_length=1)
+    model_override: str | None = None
+    temperature_override: float | None = Field(default=None, ge=0.0, le=2.0)
+    max_tokens_override: int | None = Field(default=None, gt=0)
+    system_prompt_override: str | None = None
+
+
+class ComparisonRequest(_Strict):
+    """Body of ``POST /api/v1/comparison``: one comparison, never a bundle."""
+
+    user_prompt: str | None = None
+    prompt_blocks: list[PromptBlock] | None = None
+    callback_topic: str = Field(min_length=1)
+    correlation_id: uuid.UUID | None = None
+    llm_config_overrides: LLMConfigOverrides
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _prompt_present(self) -> Self:
+        if self.prompt_blocks is None:
+            if not self.user_prompt:
+                raise ValueError("user_prompt is required unless prompt_blocks is given")
+        elif not any(
+            b.target == "user_content" and not b.cacheable for b in self.prompt_blocks
+        ):
+            raise ValueError(
+                "prompt_blocks needs at least one non-cacheable user_content block "
+                "(the per-comparison part)"
+            )
+        return self
+
+    def per_comparison_parts(self) -> list[str]:
+        """The per-comparison prompt content, in order (Essay A, then Essay B)."""
+        if self.prompt_blocks is None:
+            return [self.user_prompt or ""]
+        return [
+            b.content for b in self.prompt_blocks if b.target == "user_content" and not b.cacheable
+        ]
+
+    def prompt_sha256(self) -> str:
+        """The one ``prompt_sha256`` recipe: sha256 of the per-comparison prompt content.
+
+        Parts are UTF-8 encoded and joined with a NUL byte, so ("ab", "c") and ("a", "bc")
+        differ. Computed once at enqueue time and carried in the metadata spine.
+        """
+        joined = b"\x00".join(p.encode("utf-8") for p in self.per_comparison_parts())
+        return hashlib.sha256(joined).hexdigest()
+
+
+class ComparisonQueuedResponse(BaseModel):
+    queue_id: uuid.UUID
+    status: Literal["queued"] = "queued"
+    message: str
+    estimated_wait_minutes: int | None = None
+
+
+class QueueItemState(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class ComparisonStatusResponse(BaseModel):
+    queue_id: uuid.UUID
+    correlation_id: uuid.UUID
+    status: QueueItemState
+    attempts: int
+    queued_at: datetime
+    updated_at: datetime
+
+
+# --------------------------------------------------------------------------- result event
+
+
+class TokenUsage(BaseModel):
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+
+class ErrorDetail(BaseModel):
+    error_code: str
+    message: str
+    correlation_id: uuid.UUID
+    timestamp: datetime = Field(default_factory=utcnow)
+    service: str
+    operation: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class LLMComparisonResultV1(BaseModel):
+    """The one callback per comparison: a success (winner, justification, confidence) or an error."""
+
+    request_id: str
+    correlation_id: uuid.UUID
+    winner: Winner | None = None
+    justification: str | None = None
+    confidence: float | None = Field(default=None, ge=1.0, le=5.0)
+    error_detail: ErrorDetail | None = None
+    provider: str
+    model: str
+    response_time_ms: int = Field(ge=0)
+    token_usage: TokenUsage = Field(default_factory=TokenUsage)
+    cost_estimate: float = Field(default=0.0, ge=0.0)
+    requested_at: datetime
+    completed_at: datetime
+    trace_id: str | None = None
+    request_metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("justification")
+    @classmethod
+    def _truncate(cls, value: str | None) -> str | None:
+        if value is not None and len(value) > JUSTIFICATION_MAX_CHARS:
+            return value[: JUSTIFICATION_MAX_CHARS - 1] + "…"
+        return value
+
+    @model_validator(mode="after")
+    def _success_xor_error(self) -> Self:
+        success = (self.winner, self.justification, self.confidence)
+        if self.error_detail is not None:
+            if any(v is not None for v in success):
+                raise ValueError(
+                    "error_detail is exclusive with winner, justification and confidence"
+                )
+        elif any(v is None for v in success):
+            missing = [
+                n
+                for n, v in zip(("winner", "justification", "confidence"), success, strict=True)
+                if v is None
+            ]
+            raise ValueError(
+                f"a success result needs winner, justification and confidence; missing: "
+                f"{', '.join(missing)}"
+            )
+        return self
+
+    @property
+    def is_success(self) -> bool:
+        return self.error_detail is None
+
+
+class EventEnvelope(BaseModel):
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    event_type: str = RESULT_EVENT_TYPE
+    event_timestamp: datetime = Field(default_factory=utcnow)
+    source_service: str
+    schema_version: int = 1
+    correlation_id: uuid.UUID
+    data_schema_uri: str | None = None
+    data: dict[str, Any]
+    metadata: dict[str, Any] | None = None
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EventEnvelope:
+        return cls.model_validate_json(raw)
+
+    @classmethod
+    def for_result(cls, result: LLMComparisonResultV1, source_service: str) -> EventEnvelope:
+        return cls(
+            source_service=source_service,
+            correlation_id=result.correlation_id,
+            data=result.model_dump(mode="json"),
+        )
+
+    def result(self) -> LLMComparisonResultV1:
+        if self.event_type != RESULT_EVENT_TYPE:
+            raise ValueError(f"envelope holds {self.event_type}, not {RESULT_EVENT_TYPE}")
+        return LLMComparisonResultV1.model_validate(self.data)
+
+
+# --------------------------------------------------------------------------- metadata spine
+
+
+class MetadataSpine(BaseModel):
+    """Keys present in every queued request and every callback's ``request_metadata``.
+
+    The CJ side fills the first five (and the bundle hints); the provider fills the rest
+    (``prompt_sha256`` at enqueue, bundle fields and resolved provider/model when it calls).
+    Extra keys are allowed and echoed.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    request_correlation_id: uuid.UUID
+    essay_a_id: str | None = None
+    essay_b_id: str | None = None
+    cj_batch_id: str | None = None
+    bos_batch_id: str | None = None
+    prompt_sha256: str | None = None
+    bundle_id: str | None = None
+    bundle_index: int | None = None
+    bundle_size: int | None = None
+    batching_strategy: BatchingStrategy | None = None
+    resolved_provider: str | None = None
+    resolved_model: str | None = None
+
+
+SPINE_KEYS: tuple[str, ...] = tuple(MetadataSpine.model_fields)
+
+
+class BundleHints(BaseModel):
+    """Bundle hints the CJ service adds to request metadata; the provider caps them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    batching_strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
+    preferred_bundle_size: int | None = Field(default=None, gt=0)
+    bundle_group: str | None = None
+
+
+# --------------------------------------------------------------------------- CJ completion
+
+
+class RankedEssay(BaseModel):
+    essay_id: str
+    rank: int = Field(ge=1)
+    score: float
+    se: float = Field(ge=0.0)
+    comparisons: int = Field(ge=0)
+    wins: int = Field(ge=0)
+    is_anchor: bool = False
+    projected_grade: str | None = None
+    grade_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class CJAssessmentCompletedV1(BaseModel):
+    """Published by the CJ service when a batch finishes (or fails)."""
+
+    cj_batch_id: str
+    bos_batch_id: str | None = None
+    status: Literal["completed", "failed"]
+    stop_reason: str
+    ranking: list[RankedEssay]
+    comparisons_requested: int = Field(ge=0)
+    comparisons_succeeded: int = Field(ge=0)
+    comparisons_failed: int = Field(ge=0)
+    rounds: int = Field(ge=0)
+    provider_calls: int = Field(ge=0)
+    token_usage: TokenUsage = Field(default_factory=TokenUsage)
+    cost_estimate: float = Field(default=0.0, ge=0.0)
+    scale_separation_reliability: float | None = None
+    split_half_reliability: float | None = None
+    batching_strategy: BatchingStrategy
+    provider: str
+    model: str
+    message: str | None = None

@@ -1,0 +1,90 @@
+"""Settings, one model per service, read from the environment (pydantic-settings).
+
+Backends are chosen by URL: ``CJLLM_QUEUE_URL``, ``CJLLM_DATABASE_URL``, ``CJLLM_BUS_URL``.
+Every setting is prefixed ``CJLLM_`` except the two CJ names fixed by the design,
+``LLM_BATCHING_STRATEGY`` and ``MAX_CONCURRENT_COMPARISONS`` (accepted bare or prefixed).
+The README lists them all.
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cjllm.contracts import BatchingStrategy
+
+
+class BackendSettings(BaseSettings):
+    """Where the queue, the CJ database and the event bus live."""
+
+    model_config = SettingsConfigDict(env_prefix="CJLLM_", extra="ignore")
+
+    queue_url: str = "sqlite:///cjllm-queue.sqlite"
+    database_url: str = "sqlite+aiosqlite:///cjllm.sqlite"
+    bus_url: str = "memory://"
+    kafka_idempotent_producer: bool = False
+
+
+class ProviderSettings(BackendSettings):
+    """LLM Provider Service: API, queue semantics, bundling caps, worker."""
+
+    api_token: str | None = None
+    callback_source: str = "llm_provider_service"
+    default_provider: str = "mock"
+    # request limits (HTTP 413)
+    max_prompt_chars: int = 200_000
+    max_blocks: int = 32
+    # queue capacity (HTTP 503 + Retry-After)
+    queue_max_items: int = 50_000
+    queue_max_bytes: int = 512 * 1024 * 1024
+    # queue semantics
+    item_ttl_seconds: float = 6 * 3600
+    lease_seconds: float = 120.0
+    max_attempts: int = 5
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 300.0
+    # bundling
+    linger_seconds: float = 0.25
+    max_items_per_call: int = 25
+    max_input_tokens_per_call: int = 150_000
+    # worker
+    worker_concurrency: int = 4
+    poll_interval_seconds: float = 0.05
+    sweep_interval_seconds: float = 1.0
+    # provider calls
+    call_timeout_seconds: float = 300.0
+    max_output_tokens_per_item: int = 400
+    price_table_path: str | None = None
+
+
+class CJSettings(BackendSettings):
+    """CJ Assessment Service: strategy, budgets, stopping targets."""
+
+    llm_batching_strategy: BatchingStrategy = Field(
+        default=BatchingStrategy.SERIAL_ROUND,
+        validation_alias=AliasChoices("LLM_BATCHING_STRATEGY", "CJLLM_LLM_BATCHING_STRATEGY"),
+    )
+    max_concurrent_comparisons: int = Field(
+        default=50,
+        gt=0,
+        validation_alias=AliasChoices(
+            "MAX_CONCURRENT_COMPARISONS", "CJLLM_MAX_CONCURRENT_COMPARISONS"
+        ),
+    )
+    serial_override_bundle_size: int | None = Field(default=None, gt=0)
+    provider_url: str = "http://provider"
+    provider_api_token: str | None = None
+    callback_topic: str = "cj.llm.comparison.results"
+    completion_topic: str = "cj.assessment.completed"
+    llm_provider: str = "mock"
+    llm_model: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    comparisons_per_essay: float = 10.0
+    max_comparisons_total: int | None = None
+    max_comparisons_per_essay: int | None = None
+    target_reliability: float = 0.9
+    target_mean_se: float | None = None
+    min_success_fraction: float = 0.5
+    max_pair_retries: int = 2
+    bt_prior: float = 0.1
+    submit_retries: int = 3
