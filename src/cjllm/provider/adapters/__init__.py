@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cjllm.provider.prompts import Reconciled
+from cjllm.settings import ProviderSettings
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,24 @@ class LLMAdapter(Protocol):
     async def call_bundle(self, call: BundleCall) -> CallOutcome: ...
 
     async def aclose(self) -> None: ...
+
+
+PROVIDERS = ("mock", "anthropic", "openai")
+
+
+def make_adapter(provider: str, settings: ProviderSettings) -> LLMAdapter:
+    """The adapter for a provider name. Real SDK adapters read their SDK's environment
+    (``ANTHROPIC_API_KEY``/``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY``/``OPENAI_BASE_URL``)."""
+    if provider == "mock":
+        from cjllm.provider.adapters.mock import MockAdapter
+
+        return MockAdapter.from_settings(settings)
+    if provider == "anthropic":
+        from cjllm.provider.adapters.anthropic import AnthropicAdapter
+
+        return AnthropicAdapter.from_settings(settings)
+    if provider == "openai":
+        from cjllm.provider.adapters.openai import OpenAIAdapter
+
+        return OpenAIAdapter.from_settings(settings)
+    raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
