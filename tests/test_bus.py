@@ -138,5 +138,3 @@ async def test_idempotent_producer_falls_back_on_a_broker_without_init_producer_
 def test_unknown_bus_scheme_is_rejected() -> None:
     with pytest.raises(ValueError, match="CJLLM_BUS_URL"):
         bus_from_url("amqp://x")
-
-

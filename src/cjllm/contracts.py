@@ -79,9 +79,7 @@ class ComparisonRequest(_Strict):
         if self.prompt_blocks is None:
             if not self.user_prompt:
                 raise ValueError("user_prompt is required unless prompt_blocks is given")
-        elif not any(
-            b.target == "user_content" and not b.cacheable for b in self.prompt_blocks
-        ):
+        elif not any(b.target == "user_content" and not b.cacheable for b in self.prompt_blocks):
             raise ValueError(
                 "prompt_blocks needs at least one non-cacheable user_content block "
                 "(the per-comparison part)"
@@ -150,7 +148,7 @@ class ErrorDetail(BaseModel):
 
 
 class LLMComparisonResultV1(BaseModel):
-    """The one callback per comparison: a success (winner, justification, confidence) or an error."""
+    """One callback per comparison: a success (winner, justification, confidence) or an error."""
 
     request_id: str
     correlation_id: uuid.UUID

@@ -151,7 +151,7 @@ def _salvage(text: str) -> list[Any]:
     if start < 0:
         return []
     decoder = json.JSONDecoder()
-    pos, found = start + 1, []
+    pos, found = start + 1, list[Any]()
     while True:
         while pos < len(text) and text[pos] in " \t\r\n,":
             pos += 1
@@ -190,10 +190,12 @@ def reconcile(sent_ids: Sequence[str], text: str | Any) -> Reconciled:
     if isinstance(text, str):
         try:
             data: Any = json.loads(text)
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as exc:
             entries = _salvage(text)
             if not entries:
-                raise MalformedOutput("the answer is not JSON and no item could be salvaged")
+                raise MalformedOutput(
+                    "the answer is not JSON and no item could be salvaged"
+                ) from exc
             data, salvaged = {"comparisons": entries}, True
     else:
         data = text
