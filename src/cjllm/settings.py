@@ -34,15 +34,18 @@ class ProviderSettings(BackendSettings):
     # request limits (HTTP 413)
     max_prompt_chars: int = 200_000
     max_blocks: int = 32
+    max_request_bytes: int = 2 * 1024 * 1024
     # queue capacity (HTTP 503 + Retry-After)
     queue_max_items: int = 50_000
     queue_max_bytes: int = 512 * 1024 * 1024
+    queue_full_retry_after_seconds: int = 5
     # queue semantics
     item_ttl_seconds: float = 6 * 3600
     lease_seconds: float = 120.0
     max_attempts: int = 5
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 300.0
+    record_retention_seconds: float = 24 * 3600
     # bundling
     linger_seconds: float = 0.25
     max_items_per_call: int = 25
@@ -51,10 +54,19 @@ class ProviderSettings(BackendSettings):
     worker_concurrency: int = 4
     poll_interval_seconds: float = 0.05
     sweep_interval_seconds: float = 1.0
+    outbox_lease_seconds: float = 30.0
+    publish_batch_size: int = 100
+    metrics_port: int | None = None
     # provider calls
     call_timeout_seconds: float = 300.0
     max_output_tokens_per_item: int = 400
     price_table_path: str | None = None
+    # the deterministic mock adapter (cjllm.provider.adapters.mock)
+    mock_model: str = "mock-judge-1"
+    mock_seed: int = 0
+    mock_noise: float = 1.0
+    mock_position_bias: float = 0.0
+    mock_latency_seconds: float = 0.0
 
 
 class CJSettings(BackendSettings):
