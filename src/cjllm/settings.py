@@ -8,6 +8,8 @@ The README lists them all.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -61,6 +63,20 @@ class ProviderSettings(BackendSettings):
     call_timeout_seconds: float = 300.0
     max_output_tokens_per_item: int = 400
     price_table_path: str | None = None
+    # vendor adapters (keys and base URLs come from the SDKs' own environment:
+    # ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL)
+    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_tool_use_models: list[str] = Field(
+        default_factory=lambda: ["claude-3", "claude-opus-4-0", "claude-opus-4-2025"]
+    )
+    openai_model: str = "gpt-4.1-mini"
+    openai_max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = (
+        "max_completion_tokens"
+    )
+    openai_no_temperature_models: list[str] = Field(
+        default_factory=lambda: ["o1", "o3", "o4", "gpt-5"]
+    )
+    openai_completions_prompt_list: bool = False
     # the deterministic mock adapter (cjllm.provider.adapters.mock)
     mock_model: str = "mock-judge-1"
     mock_seed: int = 0
