@@ -116,3 +116,15 @@ class CJSettings(BackendSettings):
     max_pair_retries: int = 2
     bt_prior: float = 0.1
     submit_retries: int = 3
+    # stopping: reliability/SE targets count only once this many successful comparisons per
+    # essay (on average) exist; a run of rounds in which every comparison failed stops a batch
+    min_comparisons_per_essay_before_stop: float = Field(default=4.0, ge=0.0)
+    max_failed_rounds: int = Field(default=3, gt=0)
+    split_half_splits: int = Field(default=10, gt=0)
+    pairing_random_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
+    # submissions to the provider API (retried on 5xx/429/connection errors)
+    submit_backoff_seconds: float = Field(default=0.5, ge=0.0)
+    submit_max_backoff_seconds: float = Field(default=30.0, ge=0.0)
+    submit_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    consumer_group: str = "cj_assessment_service"
+    source_service: str = "cj_assessment_service"
