@@ -281,6 +281,7 @@ class RankedEssay(BaseModel):
     comparisons: int = Field(ge=0)
     wins: int = Field(ge=0)
     is_anchor: bool = False
+    anchor_grade: str | None = None
     projected_grade: str | None = None
     grade_probability: float | None = Field(default=None, ge=0.0, le=1.0)
 
@@ -306,3 +307,7 @@ class CJAssessmentCompletedV1(BaseModel):
     provider: str
     model: str
     message: str | None = None
+    mean_se: float | None = None
+    ignored_callbacks: int = Field(default=0, ge=0)
+    graph_components: int | None = Field(default=None, ge=0)
+    grade_scale: list[str] | None = None
