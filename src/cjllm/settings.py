@@ -86,7 +86,13 @@ class ProviderSettings(BackendSettings):
 
 
 class CJSettings(BackendSettings):
-    """CJ Assessment Service: strategy, budgets, stopping targets."""
+    """CJ Assessment Service: strategy, budgets, stopping targets.
+
+    Fields with an environment alias can also be set by field name in code
+    (``CJSettings(max_concurrent_comparisons=5)``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CJLLM_", extra="ignore", validate_by_name=True)
 
     llm_batching_strategy: BatchingStrategy = Field(
         default=BatchingStrategy.SERIAL_ROUND,
