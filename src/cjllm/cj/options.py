@@ -1,0 +1,121 @@
+"""A batch's frozen configuration: strategy, round cap, budgets and stopping targets.
+
+Taken from :class:`~cjllm.settings.CJSettings` when the batch starts and stored with the
+batch, so a resumed batch keeps the rules it started with even if the environment changed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Self
+
+from cjllm.contracts import BatchingStrategy
+from cjllm.settings import CJSettings
+
+SUPPORTED_STRATEGIES = (
+    BatchingStrategy.SERIAL_ROUND,
+    BatchingStrategy.SERIAL_OVERRIDE,
+    BatchingStrategy.PER_REQUEST,
+)
+
+
+class InvalidBatch(ValueError):
+    """The batch cannot start as asked (bad essays, anchors, budget or options)."""
+
+
+class UnsupportedStrategy(InvalidBatch):
+    """``async_batch`` and ``nightly_batch`` need provider batch APIs not wired to CJ yet."""
+
+    def __init__(self, strategy: BatchingStrategy) -> None:
+        super().__init__(
+            f"LLM_BATCHING_STRATEGY={strategy.value} is not supported by the CJ service yet: "
+            "it needs the provider's batch-job path (Anthropic Message Batches / OpenAI Batch "
+            "API). Use serial_round, serial_override or per_request."
+        )
+        self.strategy = strategy
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How one batch runs (see docs/cj.md for each rule)."""
+
+    batching_strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
+    max_concurrent_comparisons: int = 50
+    serial_override_bundle_size: int | None = None
+    comparisons_per_essay: float = 10.0
+    max_comparisons_total: int | None = None
+    max_comparisons_per_essay: int | None = None
+    target_reliability: float = 0.9
+    target_mean_se: float | None = None
+    min_comparisons_per_essay_before_stop: float = 4.0
+    min_success_fraction: float = 0.5
+    max_pair_retries: int = 2
+    max_failed_rounds: int = 3
+    bt_prior: float = 0.1
+    split_half_splits: int = 10
+    pairing_random_fraction: float = 0.25
+
+    @classmethod
+    def from_settings(cls, settings: CJSettings) -> Self:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in settings.model_dump().items() if k in names}
+        values["batching_strategy"] = settings.llm_batching_strategy
+        return cls(**values)
+
+    def with_changes(self, **changes: Any) -> BatchOptions:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise :class:`UnsupportedStrategy` / :class:`InvalidBatch` for unusable options."""
+        if self.batching_strategy not in SUPPORTED_STRATEGIES:
+            raise UnsupportedStrategy(self.batching_strategy)
+        if (
+            self.batching_strategy is BatchingStrategy.SERIAL_OVERRIDE
+            and self.serial_override_bundle_size is None
+        ):
+            raise InvalidBatch(
+                "LLM_BATCHING_STRATEGY=serial_override needs a bundle size: set "
+                "CJLLM_SERIAL_OVERRIDE_BUNDLE_SIZE"
+            )
+        checks = {
+            "max_concurrent_comparisons": self.max_concurrent_comparisons >= 1,
+            "comparisons_per_essay": self.comparisons_per_essay > 0,
+            "max_comparisons_total": (self.max_comparisons_total or 1) >= 1,
+            "max_comparisons_per_essay": (self.max_comparisons_per_essay or 1) >= 1,
+            "min_success_fraction": 0.0 <= self.min_success_fraction <= 1.0,
+            "max_pair_retries": self.max_pair_retries >= 0,
+            "bt_prior": self.bt_prior > 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise InvalidBatch(f"invalid batch options: {', '.join(bad)} ({self})")
+
+    def budget(self, n_essays: int) -> int:
+        """Total comparisons a batch may request: ⌈K·n/2⌉, capped by ``max_comparisons_total``."""
+        total = math.ceil(self.comparisons_per_essay * n_essays / 2)
+        if self.max_comparisons_total is not None:
+            total = min(total, self.max_comparisons_total)
+        return total
+
+    def preferred_bundle_size(self, round_size: int) -> int:
+        """The ``preferred_bundle_size`` hint sent with every request of a round."""
+        if self.batching_strategy is BatchingStrategy.PER_REQUEST:
+            return 1
+        if self.batching_strategy is BatchingStrategy.SERIAL_OVERRIDE:
+            assert self.serial_override_bundle_size is not None  # validate() guarantees it
+            return self.serial_override_bundle_size
+        return max(1, min(round_size, self.max_concurrent_comparisons))
+
+    def to_json(self, n_essays: int) -> dict[str, Any]:
+        data = asdict(self)
+        data["batching_strategy"] = self.batching_strategy.value
+        data["budget"] = self.budget(n_essays)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Self:
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["batching_strategy"] = BatchingStrategy(values["batching_strategy"])
+        return cls(**values)

@@ -1,0 +1,176 @@
+"""One comparison round: plan the pairs, write the rows, send one request per comparison.
+
+Rows are written (``pending``, not submitted) before any request leaves, so a crash between
+the two loses nothing: :func:`submit` on restart sends whatever the provider never accepted.
+A submission that finally fails marks its row ``failed`` at once; no round waits for a
+callback that can never come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cjllm.cj.llm_client import Accepted, ProviderClient
+from cjllm.cj.options import BatchOptions
+from cjllm.cj.pairing import plan_round
+from cjllm.cj.prompts import comparison_request, shared_blocks
+from cjllm.cj.ranking import BatchFit, seed_for
+from cjllm.cj.records import (
+    BatchRecord,
+    EssayRecord,
+    NewComparison,
+    PairOutcome,
+    PendingComparison,
+)
+from cjllm.cj.store import Store
+from cjllm.cj.tables import ComparisonStatus
+
+
+def retry_pairs(
+    outcomes: Sequence[PairOutcome], max_pair_retries: int, limit: int
+) -> list[NewComparison]:
+    """Failed comparisons that deserve another try, in the order they failed.
+
+    A failed row of attempt ``k`` is retried (same essays, same A/B order, attempt ``k + 1``)
+    while ``k <= max_pair_retries``, unless it was retried already or the pair has since
+    succeeded. At most ``limit`` are returned; the rest wait for a later round.
+    """
+    tried = {(o.essay_a_id, o.essay_b_id, o.attempt) for o in outcomes}
+    won = {
+        frozenset((o.essay_a_id, o.essay_b_id))
+        for o in outcomes
+        if o.status is ComparisonStatus.SUCCEEDED
+    }
+    out: list[NewComparison] = []
+    for o in outcomes:
+        if len(out) >= limit:
+            break
+        if (
+            o.status is ComparisonStatus.FAILED
+            and o.attempt <= max_pair_retries
+            and (o.essay_a_id, o.essay_b_id, o.attempt + 1) not in tried
+            and frozenset((o.essay_a_id, o.essay_b_id)) not in won
+        ):
+            out.append(NewComparison(o.essay_a_id, o.essay_b_id, o.attempt + 1))
+    return out
+
+
+def _within_cap(
+    pairs: list[NewComparison], counts: dict[str, int], cap: int | None
+) -> list[NewComparison]:
+    if cap is None:
+        return pairs
+    kept = []
+    for p in pairs:
+        if counts[p.essay_a_id] < cap and counts[p.essay_b_id] < cap:
+            counts[p.essay_a_id] += 1
+            counts[p.essay_b_id] += 1
+            kept.append(p)
+    return kept
+
+
+def plan_next_round(
+    batch_id: str,
+    round_number: int,
+    options: BatchOptions,
+    essays: Sequence[EssayRecord],
+    outcomes: Sequence[PairOutcome],
+    fit: BatchFit,
+) -> list[NewComparison]:
+    """The pairs of the next round: due retries first, then new pairs from the planner.
+
+    Size: ``min(MAX_CONCURRENT_COMPARISONS, budget left)``. Every request counts against the
+    total and the per-essay budget, failed ones included (they were paid for).
+    """
+    size = min(options.max_concurrent_comparisons, options.budget(len(essays)) - len(outcomes))
+    if size <= 0:
+        return []
+    counts = {e.essay_id: 0 for e in essays}
+    for o in outcomes:
+        counts[o.essay_a_id] += 1
+        counts[o.essay_b_id] += 1
+    retries = _within_cap(
+        retry_pairs(outcomes, options.max_pair_retries, size),
+        counts,
+        options.max_comparisons_per_essay,
+    )
+    index = {e.essay_id: e.position for e in essays}
+    ids = [e.essay_id for e in essays]
+    history = [
+        *((o.essay_a_id, o.essay_b_id) for o in outcomes),
+        *((p.essay_a_id, p.essay_b_id) for p in retries),
+    ]
+    first = np.array([index[a] for a, _ in history], dtype=np.intp)
+    second = np.array([index[b] for _, b in history], dtype=np.intp)
+    known = fit.successes > 0
+    planned = plan_round(
+        len(essays),
+        first,
+        second,
+        fit.theta if known else None,
+        fit.se if known else None,
+        size - len(retries),
+        np.random.default_rng(seed_for(batch_id, round_number)),
+        random_fraction=options.pairing_random_fraction,
+        max_per_item=options.max_comparisons_per_essay,
+    )
+    return [*retries, *(NewComparison(ids[a], ids[b]) for a, b in planned)]
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a round's submissions need besides the rows themselves."""
+
+    batch: BatchRecord
+    options: BatchOptions
+    texts: dict[str, str]
+    preferred_bundle_size: int
+    callback_topic: str
+
+
+async def submit(
+    store: Store, client: ProviderClient, job: Submission, rows: Sequence[PendingComparison]
+) -> int:
+    """Send one request per row (bounded by the client); returns how many were refused."""
+    shared = shared_blocks(job.batch.instructions, job.batch.rubric)
+
+    async def one(row: PendingComparison) -> bool:
+        request = comparison_request(
+            job.batch,
+            job.options,
+            row,
+            shared,
+            job.texts,
+            job.preferred_bundle_size,
+            job.callback_topic,
+        )
+        outcome = await client.submit(request)
+        if isinstance(outcome, Accepted):
+            await store.mark_submitted(row.request_correlation_id, outcome.queue_id)
+            return True
+        await store.fail_pending(row.request_correlation_id, outcome.error_code, outcome.message)
+        return False
+
+    accepted = await asyncio.gather(*(one(r) for r in rows))
+    return sum(not ok for ok in accepted)
+
+
+async def perform_comparisons(
+    store: Store,
+    client: ProviderClient,
+    job: Submission,
+    round_number: int,
+    pairs: Sequence[NewComparison],
+) -> list[PendingComparison]:
+    """Write round ``round_number`` and its rows, then submit every row.
+
+    Raises :class:`~cjllm.cj.store.RoundExists` (nothing sent) when another worker has
+    already started this round.
+    """
+    rows = await store.add_round(job.batch.id, round_number, job.preferred_bundle_size, pairs)
+    await submit(store, client, job, rows)
+    return rows

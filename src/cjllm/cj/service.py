@@ -1,0 +1,63 @@
+"""Assemble the CJ Assessment Service from :class:`~cjllm.settings.CJSettings`.
+
+Opens (and migrates) the database, builds the provider client and the bus, subscribes the
+callback handler, resumes unfinished batches, and yields the :class:`CJWorkflow`::
+
+    async with cj_service(CJSettings(), transport=provider_transport, bus=bus) as cj:
+        batch_id = await cj.start_batch(essays, instructions=..., rubric=...)
+        result = await cj.wait_for_completion(batch_id)
+
+Pass ``transport`` (an ``httpx.ASGITransport`` over the provider app) to reach the provider
+in-process, and ``bus`` to share one bus with an in-process provider. A bus passed in is
+subscribed to but not started or stopped: its owner does that (a Kafka bus must be started
+after this subscribes). A bus built here from ``CJLLM_BUS_URL`` is started and stopped here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from cjllm.bus import EventBus, bus_from_url
+from cjllm.cj.llm_client import ProviderClient
+from cjllm.cj.store import Store
+from cjllm.cj.workflow import CJWorkflow, ProgressHook
+from cjllm.settings import CJSettings
+
+
+@asynccontextmanager
+async def cj_service(
+    settings: CJSettings,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    bus: EventBus | None = None,
+    on_progress: ProgressHook | None = None,
+    resume: bool = True,
+) -> AsyncIterator[CJWorkflow]:
+    """The running CJ service (see the module docstring). ``resume`` continues every batch
+    left running by an earlier process before yielding."""
+    store = await Store.open(settings.database_url)
+    own_bus = bus is None
+    the_bus = (
+        bus_from_url(settings.bus_url, idempotent_producer=settings.kafka_idempotent_producer)
+        if bus is None
+        else bus
+    )
+    client = ProviderClient.from_settings(settings, transport=transport)
+    workflow = CJWorkflow(store, client, the_bus, settings, on_progress)
+    the_bus.subscribe(settings.callback_topic, settings.consumer_group, workflow.handle_callback)
+    try:
+        if own_bus:
+            await the_bus.start()
+        try:
+            if resume:
+                await workflow.resume_all()
+            yield workflow
+        finally:
+            if own_bus:
+                await the_bus.stop()
+    finally:
+        await client.aclose()
+        await store.close()

@@ -1,0 +1,488 @@
+"""The CJ database: open and migrate it, and every read and write the workflow makes.
+
+SQLite (``sqlite+aiosqlite:///…``) and PostgreSQL (``postgresql+asyncpg://…``), chosen by
+``CJLLM_DATABASE_URL``. State changes that must happen once are conditional updates:
+a comparison changes only ``WHERE status = 'pending'``, a round closes only ``WHERE status =
+'open'``, a batch finishes only ``WHERE status = 'running'``, and a round number is a primary
+key, so two workers can never both start round N+1 (DESIGN.md §6).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, event, func, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from cjllm.cj.records import (
+    BatchProgress,
+    BatchRecord,
+    EssayRecord,
+    EssayResult,
+    NewComparison,
+    NewEssay,
+    PairOutcome,
+    PendingComparison,
+    RoundRecord,
+)
+from cjllm.cj.tables import (
+    Batch,
+    BatchStatus,
+    Comparison,
+    ComparisonStatus,
+    Essay,
+    Round,
+    RoundStatus,
+)
+from cjllm.contracts import utcnow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 0x636A6C6C6D  # "cjllm": one migrator at a time per database
+
+
+class BatchNotFound(LookupError):
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"no CJ batch with id {batch_id!r}")
+        self.batch_id = batch_id
+
+
+class RoundExists(RuntimeError):
+    """Another worker already started this round number (the loser simply stops)."""
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL, foreign keys and ``BEGIN IMMEDIATE`` transactions,
+    so concurrent writers wait for the lock instead of failing on an upgrade."""
+    if not url.startswith("sqlite"):
+        return create_async_engine(url, pool_pre_ping=True)
+    engine = create_async_engine(url, connect_args={"timeout": 60})
+    memory = ":memory:" in url or url.rstrip("/").endswith("sqlite+aiosqlite:")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if not memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the database to the newest schema (alembic ``upgrade head``), in one transaction."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+# --------------------------------------------------------------------------- store
+
+
+class Store:
+    """Reads and writes of the CJ database. Each method is one short transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self.session = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
+        engine = create_engine(url)
+        if run_migrations:
+            await migrate(engine)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # ---------------------------------------------------------------- batches
+
+    async def create_batch(self, batch: Batch, essays: Sequence[NewEssay]) -> None:
+        async with self.session.begin() as s:
+            s.add(batch)
+            await s.flush()
+            s.add_all(
+                Essay(
+                    batch_id=batch.id,
+                    essay_id=e.essay_id,
+                    position=i,
+                    text=e.text,
+                    anchor_grade=e.anchor_grade,
+                )
+                for i, e in enumerate(essays)
+            )
+
+    async def batch(self, batch_id: str) -> BatchRecord:
+        async with self.session() as s:
+            row = await s.get(Batch, batch_id)
+            if row is None:
+                raise BatchNotFound(batch_id)
+            return BatchRecord(
+                id=row.id,
+                bos_batch_id=row.bos_batch_id,
+                status=BatchStatus(row.status),
+                batching_strategy=row.batching_strategy,
+                provider=row.provider,
+                model=row.model,
+                temperature=row.temperature,
+                instructions=row.instructions,
+                rubric=row.rubric,
+                grade_scale=row.grade_scale,
+                options=dict(row.options),
+                ignored_callbacks=row.ignored_callbacks,
+                stop_reason=row.stop_reason,
+                message=row.message,
+                result=row.result,
+                completion_published=row.completion_published,
+                created_at=row.created_at,
+                completed_at=row.completed_at,
+            )
+
+    async def running_batch_ids(self) -> list[str]:
+        async with self.session() as s:
+            rows = await s.scalars(
+                select(Batch.id).where(Batch.status == BatchStatus.RUNNING).order_by(Batch.id)
+            )
+            return list(rows)
+
+    async def unpublished_batch_ids(self) -> list[str]:
+        async with self.session() as s:
+            rows = await s.scalars(
+                select(Batch.id).where(
+                    Batch.status != BatchStatus.RUNNING, Batch.completion_published.is_(False)
+                )
+            )
+            return list(rows)
+
+    async def essays(self, batch_id: str) -> list[EssayRecord]:
+        async with self.session() as s:
+            rows = await s.execute(
+                select(Essay.essay_id, Essay.position, Essay.text, Essay.anchor_grade)
+                .where(Essay.batch_id == batch_id)
+                .order_by(Essay.position)
+            )
+            return [EssayRecord(*r) for r in rows]
+
+    async def finish_batch(
+        self,
+        batch_id: str,
+        status: BatchStatus,
+        stop_reason: str,
+        message: str | None,
+        result: dict[str, Any],
+        essays: Sequence[EssayResult],
+    ) -> bool:
+        """Finish a running batch and store its ranking; False if it was already finished."""
+        async with self.session.begin() as s:
+            done = await s.execute(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING)
+                .values(
+                    status=status,
+                    stop_reason=stop_reason,
+                    message=message,
+                    result=result,
+                    completed_at=utcnow(),
+                )
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return False
+            for e in essays:
+                await s.execute(
+                    update(Essay)
+                    .where(Essay.batch_id == batch_id, Essay.essay_id == e.essay_id)
+                    .values(
+                        rank=e.rank,
+                        score=e.score,
+                        se=e.se,
+                        projected_grade=e.projected_grade,
+                        grade_probability=e.grade_probability,
+                    )
+                )
+            return True
+
+    async def mark_published(self, batch_id: str) -> None:
+        async with self.session.begin() as s:
+            await s.execute(
+                update(Batch).where(Batch.id == batch_id).values(completion_published=True)
+            )
+
+    # ---------------------------------------------------------------- rounds
+
+    async def add_round(
+        self,
+        batch_id: str,
+        round_number: int,
+        preferred_bundle_size: int,
+        pairs: Sequence[NewComparison],
+    ) -> list[PendingComparison]:
+        """Write a round and its comparison rows (status ``pending``, not yet submitted)."""
+        rows = [
+            Comparison(
+                batch_id=batch_id,
+                round_number=round_number,
+                request_correlation_id=uuid.uuid4(),
+                essay_a_id=p.essay_a_id,
+                essay_b_id=p.essay_b_id,
+                attempt=p.attempt,
+                status=ComparisonStatus.PENDING,
+            )
+            for p in pairs
+        ]
+        try:
+            async with self.session.begin() as s:
+                s.add(
+                    Round(
+                        batch_id=batch_id,
+                        round_number=round_number,
+                        status=RoundStatus.OPEN,
+                        planned=len(rows),
+                        preferred_bundle_size=preferred_bundle_size,
+                    )
+                )
+                await s.flush()
+                s.add_all(rows)
+        except IntegrityError as exc:
+            raise RoundExists(f"batch {batch_id} already has round {round_number}") from exc
+        return [
+            PendingComparison(r.request_correlation_id, r.essay_a_id, r.essay_b_id, round_number)
+            for r in rows
+        ]
+
+    async def latest_round(self, batch_id: str) -> RoundRecord | None:
+        async with self.session() as s:
+            row = await s.scalar(
+                select(Round)
+                .where(Round.batch_id == batch_id)
+                .order_by(Round.round_number.desc())
+                .limit(1)
+            )
+            if row is None:
+                return None
+            return RoundRecord(
+                row.round_number, RoundStatus(row.status), row.planned, row.preferred_bundle_size
+            )
+
+    async def close_round_if_done(self, batch_id: str, round_number: int) -> bool:
+        """Close the round when none of its comparisons is pending. True for the one caller
+        whose conditional update closed it; everyone else (and any earlier call) gets False."""
+        async with self.session.begin() as s:
+            pending = await s.scalar(
+                select(func.count())
+                .select_from(Comparison)
+                .where(
+                    Comparison.batch_id == batch_id,
+                    Comparison.round_number == round_number,
+                    Comparison.status == ComparisonStatus.PENDING,
+                )
+            )
+            if pending:
+                return False
+            closed = await s.execute(
+                update(Round)
+                .where(
+                    Round.batch_id == batch_id,
+                    Round.round_number == round_number,
+                    Round.status == RoundStatus.OPEN,
+                )
+                .values(status=RoundStatus.CLOSED, closed_at=utcnow())
+            )
+            return bool(closed.rowcount == 1)  # type: ignore[attr-defined]
+
+    async def reopen_round(self, batch_id: str, round_number: int) -> None:
+        """Undo a close whose follow-up failed, so the next callback or resume retries it."""
+        async with self.session.begin() as s:
+            await s.execute(
+                update(Round)
+                .where(Round.batch_id == batch_id, Round.round_number == round_number)
+                .values(status=RoundStatus.OPEN, closed_at=None)
+            )
+
+    async def record_fit(
+        self, batch_id: str, round_number: int, reliability: float | None, mean_se: float | None
+    ) -> None:
+        async with self.session.begin() as s:
+            await s.execute(
+                update(Round)
+                .where(Round.batch_id == batch_id, Round.round_number == round_number)
+                .values(reliability=reliability, mean_se=mean_se)
+            )
+
+    # ---------------------------------------------------------------- comparisons
+
+    async def unsubmitted(self, batch_id: str) -> list[PendingComparison]:
+        """Pending rows the provider never accepted (written, then a crash or a lost 202)."""
+        async with self.session() as s:
+            rows = await s.execute(
+                select(
+                    Comparison.request_correlation_id,
+                    Comparison.essay_a_id,
+                    Comparison.essay_b_id,
+                    Comparison.round_number,
+                )
+                .where(
+                    Comparison.batch_id == batch_id,
+                    Comparison.status == ComparisonStatus.PENDING,
+                    Comparison.submitted_at.is_(None),
+                )
+                .order_by(Comparison.id)
+            )
+            return [PendingComparison(*r) for r in rows]
+
+    async def mark_submitted(self, correlation_id: uuid.UUID, queue_id: str) -> None:
+        async with self.session.begin() as s:
+            await s.execute(
+                update(Comparison)
+                .where(Comparison.request_correlation_id == correlation_id)
+                .values(submitted_at=utcnow(), queue_id=queue_id)
+            )
+
+    async def fail_pending(
+        self, correlation_id: uuid.UUID, error_code: str, message: str
+    ) -> tuple[str, int] | None:
+        """Mark a still-pending comparison failed (its submission finally failed, or its
+        callback was unreadable). Returns (batch id, round) when this call changed the row."""
+        async with self.session.begin() as s:
+            where = (
+                Comparison.request_correlation_id == correlation_id,
+                Comparison.status == ComparisonStatus.PENDING,
+            )
+            row = (
+                await s.execute(select(Comparison.batch_id, Comparison.round_number).where(*where))
+            ).first()
+            if row is None:
+                return None
+            done = await s.execute(
+                update(Comparison)
+                .where(*where)
+                .values(
+                    status=ComparisonStatus.FAILED,
+                    error_code=error_code,
+                    error_message=message,
+                    completed_at=utcnow(),
+                )
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            return str(row[0]), int(row[1])
+
+    async def outcomes(self, batch_id: str) -> list[PairOutcome]:
+        async with self.session() as s:
+            rows = await s.execute(
+                select(
+                    Comparison.essay_a_id,
+                    Comparison.essay_b_id,
+                    Comparison.status,
+                    Comparison.winner,
+                    Comparison.attempt,
+                    Comparison.round_number,
+                )
+                .where(Comparison.batch_id == batch_id)
+                .order_by(Comparison.id)
+            )
+            return [
+                PairOutcome(a, b, ComparisonStatus(st), w, at, rn) for a, b, st, w, at, rn in rows
+            ]
+
+    async def comparisons(self, batch_id: str) -> list[Comparison]:
+        """Every comparison row of the batch, detached (for reports and tests)."""
+        async with self.session() as s:
+            rows = await s.scalars(
+                select(Comparison).where(Comparison.batch_id == batch_id).order_by(Comparison.id)
+            )
+            return list(rows)
+
+    async def models_used(self, batch_id: str) -> list[str]:
+        """The distinct models that answered the batch's comparisons, sorted."""
+        async with self.session() as s:
+            rows = await s.scalars(
+                select(Comparison.model)
+                .where(Comparison.batch_id == batch_id, Comparison.model.is_not(None))
+                .distinct()
+            )
+            return sorted(str(m) for m in rows)
+
+    async def progress(self, batch_id: str) -> BatchProgress:
+        batch = await self.batch(batch_id)
+        async with self.session() as s:
+            by_status = await s.execute(
+                select(
+                    Comparison.status,
+                    func.count(),
+                    func.coalesce(func.sum(Comparison.prompt_tokens), 0),
+                    func.coalesce(func.sum(Comparison.completion_tokens), 0),
+                    func.coalesce(func.sum(Comparison.total_tokens), 0),
+                    func.coalesce(func.sum(Comparison.cost_estimate), 0.0),
+                )
+                .where(Comparison.batch_id == batch_id)
+                .group_by(Comparison.status)
+            )
+            counts = {st: 0 for st in ComparisonStatus}
+            tokens = [0, 0, 0]
+            cost = 0.0
+            for st, n, pt, ct, tt, c in by_status:
+                counts[ComparisonStatus(st)] = int(n)
+                tokens = [tokens[0] + int(pt), tokens[1] + int(ct), tokens[2] + int(tt)]
+                cost += float(c)
+            calls = await s.scalar(
+                select(func.count(func.distinct(Comparison.bundle_id))).where(
+                    Comparison.batch_id == batch_id, Comparison.bundle_id.is_not(None)
+                )
+            )
+            last = (
+                await s.execute(
+                    select(Round.round_number, Round.reliability, Round.mean_se)
+                    .where(Round.batch_id == batch_id, Round.reliability.is_not(None))
+                    .order_by(Round.round_number.desc())
+                    .limit(1)
+                )
+            ).first()
+            rounds = await s.scalar(
+                select(func.count()).select_from(Round).where(Round.batch_id == batch_id)
+            )
+        return BatchProgress(
+            batch_id=batch_id,
+            status=batch.status,
+            rounds=int(rounds or 0),
+            requested=sum(counts.values()),
+            pending=counts[ComparisonStatus.PENDING],
+            succeeded=counts[ComparisonStatus.SUCCEEDED],
+            failed=counts[ComparisonStatus.FAILED],
+            ignored_callbacks=batch.ignored_callbacks,
+            provider_calls=int(calls or 0),
+            prompt_tokens=tokens[0],
+            completion_tokens=tokens[1],
+            total_tokens=tokens[2],
+            cost_estimate=cost,
+            reliability=last[1] if last else None,
+            mean_se=last[2] if last else None,
+            budget=_int(batch.options.get("budget")),
+        )

@@ -1,0 +1,450 @@
+"""The life of a CJ batch: start → rounds → stop → completion event.
+
+Event-driven: the callback that resolves a round's last comparison closes the round (one
+conditional update, so exactly one caller wins), refits Bradley-Terry and either starts the
+next round or finishes the batch, all before it returns. Nothing polls to move a batch on.
+:meth:`CJWorkflow.resume` picks a batch up after a crash at any point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cjllm.bus import BusError, EventBus
+from cjllm.cj import rounds, stopping
+from cjllm.cj.callbacks import CallbackCounts, apply_callback
+from cjllm.cj.llm_client import ProviderClient
+from cjllm.cj.options import BatchOptions, InvalidBatch
+from cjllm.cj.ranking import (
+    BatchFit,
+    build_ranking,
+    component_sizes,
+    fit_outcomes,
+    numeric_grade_scale,
+    seed_for,
+    split_half,
+)
+from cjllm.cj.records import BatchProgress, BatchRecord, NewComparison, NewEssay
+from cjllm.cj.store import RoundExists, Store
+from cjllm.cj.tables import Batch, BatchStatus, RoundStatus
+from cjllm.contracts import (
+    COMPLETION_EVENT_TYPE,
+    CJAssessmentCompletedV1,
+    EventEnvelope,
+    TokenUsage,
+)
+from cjllm.settings import CJSettings
+
+log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 255
+
+
+@dataclass(frozen=True)
+class EssayInput:
+    """An essay to rank. ``grade`` is set for anchors (essays whose grade is known)."""
+
+    essay_id: str
+    text: str
+    grade: str | None = None
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """Pushed to the progress hook as things happen; :meth:`CJWorkflow.progress` has totals.
+
+    ``kind``: ``round_started`` (``planned`` comparisons), ``comparison_finished`` (one
+    callback applied: ``succeeded``, ``bundle_id``, ``tokens``, ``cost``), ``round_closed``,
+    ``batch_finished`` (``status``).
+    """
+
+    batch_id: str
+    kind: Literal["round_started", "comparison_finished", "round_closed", "batch_finished"]
+    round_number: int | None = None
+    planned: int | None = None
+    succeeded: bool | None = None
+    bundle_id: str | None = None
+    tokens: int = 0
+    cost: float = 0.0
+    status: str | None = None
+
+
+ProgressHook = Callable[[ProgressEvent], None]
+
+
+class CJWorkflow:
+    """Runs batches against one store, one provider client and one bus (all passed in)."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: ProviderClient,
+        bus: EventBus,
+        settings: CJSettings,
+        on_progress: ProgressHook | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.bus = bus
+        self.settings = settings
+        self.on_progress = on_progress
+        self.callbacks = CallbackCounts()
+        self._finished: dict[str, asyncio.Event] = {}
+
+    # ---------------------------------------------------------------- public API
+
+    async def start_batch(
+        self,
+        essays: Sequence[EssayInput],
+        *,
+        instructions: str,
+        rubric: str | None = None,
+        anchors: Sequence[EssayInput] = (),
+        grade_scale: Sequence[str] | None = None,
+        options: BatchOptions | None = None,
+        bos_batch_id: str | None = None,
+        batch_id: str | None = None,
+    ) -> str:
+        """Store the batch, send its first round, and return its id (a UUID string).
+
+        ``anchors`` carry a ``grade``; ``grade_scale`` lists the grades lowest first (needed
+        with anchors unless every grade is a number). Raises :class:`InvalidBatch` or
+        :class:`~cjllm.cj.options.UnsupportedStrategy` before anything is stored.
+        """
+        options = options or BatchOptions.from_settings(self.settings)
+        options.validate()
+        all_essays, scale = _checked_essays(essays, anchors, grade_scale)
+        if not instructions.strip():
+            raise InvalidBatch("the assignment instructions are empty")
+        batch_id = str(uuid.UUID(batch_id)) if batch_id else str(uuid.uuid4())
+        await self.store.create_batch(
+            Batch(
+                id=batch_id,
+                bos_batch_id=bos_batch_id,
+                status=BatchStatus.RUNNING,
+                batching_strategy=options.batching_strategy.value,
+                provider=self.settings.llm_provider,
+                model=self.settings.llm_model,
+                temperature=self.settings.temperature,
+                instructions=instructions,
+                rubric=rubric,
+                grade_scale=scale,
+                options=options.to_json(len(all_essays)),
+                ignored_callbacks=0,
+                completion_published=False,
+            ),
+            all_essays,
+        )
+        log.info("CJ batch %s: %d essays, %s", batch_id, len(all_essays), options)
+        await self._run_from(batch_id, None)
+        return batch_id
+
+    async def resume(self, batch_id: str) -> None:
+        """Continue a batch after a crash: send rows never accepted, close a finished round,
+        advance past a closed one, re-publish an unpublished completion. Safe to repeat."""
+        batch = await self.store.batch(batch_id)
+        if batch.status is not BatchStatus.RUNNING:
+            if not batch.completion_published and batch.result is not None:
+                await self._publish(CJAssessmentCompletedV1.model_validate(batch.result))
+            self._event(batch_id).set()
+            return
+        latest = await self.store.latest_round(batch_id)
+        if latest is None:
+            await self._run_from(batch_id, None)
+        elif latest.status is RoundStatus.CLOSED:
+            await self._run_from(batch_id, latest.round_number)
+        else:
+            rows = await self.store.unsubmitted(batch_id)
+            if rows:
+                log.info("batch %s: re-submitting %d unsent comparisons", batch_id, len(rows))
+                job = await self._submission(batch, latest.preferred_bundle_size)
+                await rounds.submit(self.store, self.client, job, rows)
+            await self._drive(batch_id, latest.round_number)
+
+    async def resume_all(self) -> list[str]:
+        """Resume every running batch and re-publish unpublished completions."""
+        ids = await self.store.running_batch_ids() + await self.store.unpublished_batch_ids()
+        for batch_id in ids:
+            await self.resume(batch_id)
+        return ids
+
+    async def handle_callback(self, envelope: EventEnvelope) -> None:
+        """Bus handler for the callback topic."""
+        outcome, result = await apply_callback(self.store, envelope, self.callbacks)
+        if outcome.batch_id is None or outcome.round_number is None:
+            return
+        if outcome.kind in ("applied", "mismatch"):
+            md = result.request_metadata if result is not None else {}
+            self._emit(
+                ProgressEvent(
+                    outcome.batch_id,
+                    "comparison_finished",
+                    outcome.round_number,
+                    succeeded=outcome.kind == "applied" and bool(result and result.is_success),
+                    bundle_id=str(md["bundle_id"]) if md.get("bundle_id") else None,
+                    tokens=result.token_usage.total_tokens if result else 0,
+                    cost=result.cost_estimate if result else 0.0,
+                )
+            )
+        # also after an ignored (e.g. redelivered) callback: if an earlier attempt to move
+        # the batch on failed, this retries it; the conditional close keeps it single
+        await self._drive(outcome.batch_id, outcome.round_number)
+
+    async def progress(self, batch_id: str) -> BatchProgress:
+        return await self.store.progress(batch_id)
+
+    async def result(self, batch_id: str) -> CJAssessmentCompletedV1 | None:
+        """The completion event of a finished batch (None while it runs)."""
+        batch = await self.store.batch(batch_id)
+        if batch.result is None:
+            return None
+        return CJAssessmentCompletedV1.model_validate(batch.result)
+
+    async def wait_for_completion(
+        self, batch_id: str, timeout: float | None = None, check_every: float = 1.0
+    ) -> CJAssessmentCompletedV1:
+        """Wait until the batch finishes here or in another process (read from its row).
+
+        Raises ``TimeoutError`` after ``timeout`` seconds. Waiting never moves the batch on.
+        """
+        async with asyncio.timeout(timeout):
+            while True:
+                done = await self.result(batch_id)
+                if done is not None:
+                    return done
+                event = self._event(batch_id)
+                try:
+                    await asyncio.wait_for(event.wait(), check_every)
+                except TimeoutError:
+                    pass
+
+    # ---------------------------------------------------------------- the round loop
+
+    async def _drive(self, batch_id: str, round_number: int) -> None:
+        """Close ``round_number`` if nothing in it is pending; then advance; repeat while
+        a freshly started round is already resolved (e.g. every submission failed)."""
+        current: int | None = round_number
+        while current is not None:
+            if not await self.store.close_round_if_done(batch_id, current):
+                return
+            self._emit(ProgressEvent(batch_id, "round_closed", current))
+            current = await self._advance(batch_id, current)
+
+    async def _run_from(self, batch_id: str, closed_round: int | None) -> None:
+        started = await self._advance(batch_id, closed_round)
+        if started is not None:
+            await self._drive(batch_id, started)
+
+    async def _advance(self, batch_id: str, closed_round: int | None) -> int | None:
+        """After ``closed_round`` (None: before the first): finish the batch, or start the
+        next round and return its number. If deciding fails, the round is reopened so the
+        next callback for it, or :meth:`resume`, tries again."""
+        try:
+            plan = await self._decide(batch_id, closed_round)
+        except BaseException:
+            if closed_round is not None:
+                await self.store.reopen_round(batch_id, closed_round)
+            raise
+        if plan is None:
+            return None
+        job, number, pairs = plan
+        try:
+            rows = await rounds.perform_comparisons(self.store, self.client, job, number, pairs)
+        except RoundExists:
+            log.info("batch %s: round %d was started by another worker", batch_id, number)
+            return None
+        self._emit(ProgressEvent(batch_id, "round_started", number, planned=len(rows)))
+        return number
+
+    async def _decide(
+        self, batch_id: str, closed_round: int | None
+    ) -> tuple[rounds.Submission, int, list[NewComparison]] | None:
+        batch = await self.store.batch(batch_id)
+        if batch.status is not BatchStatus.RUNNING:
+            return None
+        options = BatchOptions.from_json(batch.options)
+        essays = await self.store.essays(batch_id)
+        outcomes = await self.store.outcomes(batch_id)
+        counts = stopping.tally(outcomes)
+        try:
+            fit = fit_outcomes(essays, outcomes, options.bt_prior)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
+            return None
+        if closed_round is not None:
+            await self.store.record_fit(batch_id, closed_round, fit.reliability, fit.mean_se)
+        reason = stopping.reason_to_stop(options, len(essays), counts, fit)
+        number = (closed_round or 0) + 1
+        pairs: list[NewComparison] = []
+        if reason is None:
+            pairs = rounds.plan_next_round(batch_id, number, options, essays, outcomes, fit)
+            reason = None if pairs else stopping.NO_USEFUL_PAIRS
+        if reason is not None:
+            await self._finish(batch, options, fit, counts, reason, None)
+            return None
+        job = await self._submission(batch, options.preferred_bundle_size(len(pairs)))
+        return job, number, pairs
+
+    async def _submission(self, batch: BatchRecord, bundle_size: int) -> rounds.Submission:
+        essays = await self.store.essays(batch.id)
+        return rounds.Submission(
+            batch=batch,
+            options=BatchOptions.from_json(batch.options),
+            texts={e.essay_id: e.text for e in essays},
+            preferred_bundle_size=bundle_size,
+            callback_topic=self.settings.callback_topic,
+        )
+
+    # ---------------------------------------------------------------- completion
+
+    async def _finish(
+        self,
+        batch: BatchRecord,
+        options: BatchOptions,
+        fit: BatchFit | None,
+        counts: stopping.Tally,
+        reason: str,
+        error: str | None,
+    ) -> None:
+        essays = await self.store.essays(batch.id)
+        n = len(essays)
+        grade_scale = batch.grade_scale
+        if fit is None:  # scoring itself failed: no ranking to offer
+            verdict = stopping.Verdict(BatchStatus.FAILED, reason, f"scoring failed: {error}")
+            ranking, reliability_sh, components = None, None, None
+        else:
+            sizes = component_sizes(n, fit)
+            verdict = stopping.verdict(options, n, counts, reason, sizes)
+            ranking = build_ranking(essays, fit, grade_scale)
+            reliability_sh = split_half(
+                fit, n, options.bt_prior, options.split_half_splits, seed_for(batch.id, 0)
+            )
+            components = len(sizes)
+        totals = await self.store.progress(batch.id)
+        message = verdict.message
+        if ranking is not None and ranking.grade_message:
+            message = f"{message} {ranking.grade_message}"
+        event = CJAssessmentCompletedV1(
+            cj_batch_id=batch.id,
+            bos_batch_id=batch.bos_batch_id,
+            status="completed" if verdict.status is BatchStatus.COMPLETED else "failed",
+            stop_reason=verdict.stop_reason,
+            ranking=ranking.essays if ranking is not None else [],
+            comparisons_requested=totals.requested,
+            comparisons_succeeded=totals.succeeded,
+            comparisons_failed=totals.failed,
+            rounds=totals.rounds,
+            provider_calls=totals.provider_calls,
+            token_usage=TokenUsage(
+                prompt_tokens=totals.prompt_tokens,
+                completion_tokens=totals.completion_tokens,
+                total_tokens=totals.total_tokens,
+            ),
+            cost_estimate=totals.cost_estimate,
+            scale_separation_reliability=fit.reliability if fit is not None else None,
+            split_half_reliability=reliability_sh,
+            batching_strategy=options.batching_strategy,
+            provider=batch.provider,
+            model=await self._model_used(batch),
+            message=message,
+            mean_se=fit.mean_se if fit is not None else None,
+            ignored_callbacks=totals.ignored_callbacks,
+            graph_components=components,
+            grade_scale=grade_scale,
+        )
+        finished = await self.store.finish_batch(
+            batch.id,
+            verdict.status,
+            verdict.stop_reason,
+            message,
+            event.model_dump(mode="json"),
+            ranking.rows if ranking is not None else [],
+        )
+        if not finished:
+            return
+        log.info("CJ batch %s %s: %s", batch.id, event.status, message)
+        await self._publish(event)
+        self._event(batch.id).set()
+        self._emit(ProgressEvent(batch.id, "batch_finished", status=event.status))
+
+    async def _model_used(self, batch: BatchRecord) -> str:
+        models = await self.store.models_used(batch.id)
+        return ",".join(models) if models else batch.model or "default"
+
+    async def _publish(self, event: CJAssessmentCompletedV1) -> None:
+        envelope = EventEnvelope(
+            event_type=COMPLETION_EVENT_TYPE,
+            source_service=self.settings.source_service,
+            correlation_id=uuid.UUID(event.cj_batch_id),
+            data=event.model_dump(mode="json"),
+        )
+        try:
+            await self.bus.publish(self.settings.completion_topic, event.cj_batch_id, envelope)
+        except BusError as exc:
+            log.error(
+                "completion of batch %s not published (%s); resume() will retry",
+                event.cj_batch_id,
+                exc,
+            )
+            return
+        await self.store.mark_published(event.cj_batch_id)
+
+    # ---------------------------------------------------------------- helpers
+
+    def _event(self, batch_id: str) -> asyncio.Event:
+        return self._finished.setdefault(batch_id, asyncio.Event())
+
+    def _emit(self, event: ProgressEvent) -> None:
+        if self.on_progress is None:
+            return
+        try:
+            self.on_progress(event)
+        except Exception:  # a broken progress display must not stall the batch
+            log.exception("progress hook failed on %s", event)
+
+
+def _checked_essays(
+    essays: Sequence[EssayInput],
+    anchors: Sequence[EssayInput],
+    grade_scale: Sequence[str] | None,
+) -> tuple[list[NewEssay], list[str] | None]:
+    """Validate essays and anchors; return the rows to store and the grade scale."""
+    out: list[NewEssay] = []
+    seen: set[str] = set()
+    for kind, group in (("essay", essays), ("anchor", anchors)):
+        for e in group:
+            if not e.essay_id or len(e.essay_id) > MAX_ID_CHARS:
+                raise InvalidBatch(f"{kind} id {e.essay_id!r} must be 1..{MAX_ID_CHARS} chars")
+            if e.essay_id in seen:
+                raise InvalidBatch(f"essay id {e.essay_id!r} occurs more than once")
+            if not e.text.strip():
+                raise InvalidBatch(f"{kind} {e.essay_id!r} has no text")
+            grade = e.grade if kind == "anchor" else None
+            if kind == "anchor" and not grade:
+                raise InvalidBatch(f"anchor {e.essay_id!r} has no grade")
+            seen.add(e.essay_id)
+            out.append(NewEssay(e.essay_id, e.text, grade))
+    if len(out) < 2:
+        raise InvalidBatch(f"comparative judgement needs at least 2 essays, got {len(out)}")
+    if not anchors:
+        return out, list(grade_scale) if grade_scale else None
+    grades = [str(a.grade) for a in anchors]
+    if grade_scale is None:
+        scale = numeric_grade_scale(grades)
+        if scale is None:
+            raise InvalidBatch(
+                f"anchor grades {sorted(set(grades))} are not all numbers: give grade_scale "
+                "(the grades in order, lowest first)"
+            )
+        return out, scale
+    unknown = sorted(set(grades) - set(grade_scale))
+    if unknown:
+        raise InvalidBatch(f"anchor grades {unknown} are not in grade_scale {list(grade_scale)}")
+    return out, list(grade_scale)
