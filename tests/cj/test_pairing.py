@@ -1,0 +1,154 @@
+"""Round planning rules, and a simulated judge comparing adaptive with random pairing."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from cjllm.cj.pairing import plan_round, random_round
+from cjllm.cj.scoring import (
+    fit_bradley_terry,
+    scale_separation_reliability,
+    split_half_reliability,
+)
+
+Pair = tuple[int, int]
+
+
+def run_rounds(
+    n: int, n_pairs: int, rounds: int, seed: int, adaptive: bool = True, **kwargs: int
+) -> list[list[Pair]]:
+    """Plan ``rounds`` rounds in a row (history accumulates), with fixed random scores."""
+    rng = np.random.default_rng(seed)
+    theta, se = rng.normal(0.0, 1.5, n), rng.uniform(0.2, 1.0, n)
+    first: list[int] = []
+    second: list[int] = []
+    planned = []
+    for _ in range(rounds):
+        if adaptive:
+            pairs = plan_round(n, first, second, theta, se, n_pairs, rng, **kwargs)
+        else:
+            pairs = random_round(n, first, second, n_pairs, rng, **kwargs)
+        planned.append(pairs)
+        first += [a for a, _ in pairs]
+        second += [b for _, b in pairs]
+    return planned
+
+
+def a_minus_b(n: int, pairs: list[Pair]) -> np.ndarray:
+    return np.bincount([a for a, _ in pairs], minlength=n) - np.bincount(
+        [b for _, b in pairs], minlength=n
+    )
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_no_repeats_while_unseen_pairs_remain(adaptive: bool) -> None:
+    for seed in range(5):
+        rounds = run_rounds(8, 4, 8, seed, adaptive)  # 8 items: 28 pairs, 7 rounds of 4
+        flat = [frozenset(p) for r in rounds for p in r]
+        assert len(flat) == 32
+        assert len(set(flat[:28])) == 28  # every pair once before any repeat
+        assert max(Counter(flat).values()) == 2  # then only least-seen pairs repeat
+        for r in rounds:
+            assert all(isinstance(a, int) and isinstance(b, int) and a != b for a, b in r)
+
+
+@pytest.mark.parametrize(("n", "n_pairs"), [(20, 10), (21, 10), (40, 20), (30, 7)])
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_once_per_round_and_positions_balanced(n: int, n_pairs: int, adaptive: bool) -> None:
+    for seed in range(4):
+        history: list[Pair] = []
+        for pairs in run_rounds(n, n_pairs, 8, seed, adaptive):
+            assert len(pairs) == n_pairs
+            items = [i for p in pairs for i in p]
+            assert len(items) == len(set(items))  # at most once per round
+            history += pairs
+            assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1
+            assert len({frozenset(p) for p in history}) == len(history)  # no repeats
+        counts = np.bincount([i for p in history for i in p], minlength=n)
+        assert counts.max() - counts.min() <= 1  # fewest-compared items go first
+
+
+def test_unbalanced_history_is_rebalanced() -> None:
+    first, second = [0, 0, 0, 1], [1, 2, 3, 2]  # item 0 has been Essay A three times
+    pairs = plan_round(6, first, second, None, None, 3, 1)
+    position = {a: "A" for a, _ in pairs} | {b: "B" for _, b in pairs}
+    assert position[0] == "B"
+
+
+def test_max_per_item_is_respected() -> None:
+    first, second = [0, 0, 1], [1, 2, 2]  # items 0, 1, 2 have two comparisons each
+    pairs = plan_round(6, first, second, None, None, 20, 3, max_per_item=3)
+    counts = np.bincount(first + second + [i for p in pairs for i in p], minlength=6)
+    assert counts.max() <= 3
+    assert len(pairs) < 20 and (counts < 3).sum() <= 1  # stops only when budgets run out
+    with pytest.raises(ValueError, match="max_per_item"):
+        plan_round(6, first, second, None, None, 2, 3, max_per_item=0)
+
+
+def test_fewest_comparisons_first() -> None:
+    first, second = [0, 1, 2, 3, 0, 2], [1, 2, 3, 0, 2, 1]  # items 4..9 never compared
+    pairs = plan_round(10, first, second, None, None, 3, 5)
+    assert {i for p in pairs for i in p} <= set(range(4, 10))
+
+
+def test_adaptive_pairs_are_closer_than_random() -> None:
+    n = 60
+    theta = np.linspace(-6.0, 6.0, n)
+    se = np.full(n, 0.5)
+    adaptive = plan_round(n, [], [], theta, se, 30, 9, random_fraction=0.0)
+    random = random_round(n, [], [], 30, 9)
+    gap_adaptive = np.mean([abs(theta[a] - theta[b]) for a, b in adaptive])
+    gap_random = np.mean([abs(theta[a] - theta[b]) for a, b in random])
+    assert gap_adaptive < gap_random / 3
+    assert sorted(i for p in adaptive for i in p) == list(range(n))
+
+
+def test_bad_scores_are_rejected() -> None:
+    with pytest.raises(ValueError, match="theta"):
+        plan_round(4, [], [], [0.0, 1.0], None, 1, 0)
+    with pytest.raises(ValueError, match="se"):
+        plan_round(4, [], [], None, [1.0, np.nan, 1.0, 1.0], 1, 0)
+
+
+def simulate_judging(adaptive: bool, seed: int) -> tuple[float, float, float]:
+    """100 essays, true abilities N(0, 2²) logits, a logistic judge, 14 rounds of 50 pairs
+    (14 comparisons per essay, 700 in all), MAP refit (prior 0.2) after every round."""
+    n, rounds, prior = 100, 14, 0.2
+    truth = np.random.default_rng(seed).normal(0.0, 2.0, n)
+    judge, planner = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
+    first: list[int] = []
+    second: list[int] = []
+    won: list[bool] = []
+    theta, se = None, None
+    for _ in range(rounds):
+        if adaptive:
+            pairs = plan_round(n, first, second, theta, se, n // 2, planner)
+        else:
+            pairs = random_round(n, first, second, n // 2, planner)
+        for a, b in pairs:
+            first.append(a)
+            second.append(b)
+            won.append(bool(judge.random() < 1.0 / (1.0 + np.exp(truth[b] - truth[a]))))
+        fit = fit_bradley_terry(n, first, second, won, prior=prior)
+        theta, se = fit.theta, fit.se
+    assert len(first) == 700
+    rho = float(spearmanr(fit.theta, truth)[0])
+    ssr = scale_separation_reliability(fit.theta, fit.se)
+    split = split_half_reliability(n, first, second, won, prior=prior, n_splits=10, rng=seed)
+    return rho, ssr, split
+
+
+def test_simulated_judge_adaptive_versus_random(capsys: pytest.CaptureFixture[str]) -> None:
+    seed = 11
+    adaptive = simulate_judging(True, seed)
+    random = simulate_judging(False, seed)
+    with capsys.disabled():
+        print("\n100 essays, 700 comparisons    Spearman   SSR    split-half")
+        for name, (rho, ssr, split) in (("plan_round", adaptive), ("random_round", random)):
+            print(f"  {name:<28} {rho:6.3f}  {ssr:6.3f}  {split:6.3f}")
+    assert adaptive[0] >= 0.9
+    assert 0.5 < adaptive[1] < 1.0 and 0.5 < adaptive[2] < 1.0
