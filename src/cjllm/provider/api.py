@@ -1,0 +1,301 @@
+"""The provider service's HTTP API (FastAPI): queue-first, one comparison per request.
+
+``POST /api/v1/comparison`` validates, plans and queues one comparison and answers
+``202 {queue_id, status, message, estimated_wait_minutes}``; the result comes later as an
+``LLMComparisonResultV1`` event on the request's ``callback_topic``. Refusals queue nothing:
+
+- 401 — ``CJLLM_API_TOKEN`` is set and ``Authorization: Bearer <token>`` is missing or wrong;
+- 413 — the body, one prompt field, the whole prompt or the block count is over its limit;
+- 422 — the body does not match the contract (the error's ``loc`` names the field);
+- 400 — a well-formed request the service cannot serve: an unknown or unconfigured
+  provider, an unsupported ``batching_strategy``, conflicting correlation ids;
+- 503 + ``Retry-After`` — the queue is over its item or byte capacity.
+
+Error bodies always have FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``.
+``GET /api/v1/comparison/{queue_id}`` reports a comparison's state; ``/healthz`` and
+``/metrics`` (Prometheus) need no token.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import ValidationError
+
+from cjllm import __version__
+from cjllm.contracts import (
+    SPINE_KEYS,
+    BatchingStrategy,
+    BundleHints,
+    ComparisonQueuedResponse,
+    ComparisonRequest,
+    ComparisonStatusResponse,
+    MetadataSpine,
+)
+from cjllm.provider.bundling import (
+    PlannedComparison,
+    compatibility_key,
+    size_hint,
+    token_budget,
+)
+from cjllm.provider.metrics import ProviderMetrics
+from cjllm.provider.providers import Providers, ProviderUnavailable
+from cjllm.provider.queue import NewItem, Queue, QueueFull
+from cjllm.settings import ProviderSettings
+
+COMPARISON_PATH = "/api/v1/comparison"
+UNSUPPORTED_STRATEGIES = (BatchingStrategy.ASYNC_BATCH, BatchingStrategy.NIGHTLY_BATCH)
+
+
+def _refuse(status: int, loc: Sequence[str | int], msg: str, kind: str) -> NoReturn:
+    raise HTTPException(status, detail=[{"loc": ["body", *loc], "msg": msg, "type": kind}])
+
+
+def _invalid(exc: ValidationError, prefix: Sequence[str | int] = ()) -> NoReturn:
+    """A 422 naming every bad field, in FastAPI's error shape."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    detail = [{**e, "loc": ["body", *prefix, *e["loc"]]} for e in errors]
+    raise HTTPException(422, detail=detail)
+
+
+def create_app(
+    queue: Queue,
+    providers: Providers,
+    settings: ProviderSettings,
+    metrics: ProviderMetrics,
+    *,
+    on_enqueue: Callable[[], None] | None = None,
+) -> FastAPI:
+    """The API over ``queue``. ``on_enqueue`` wakes an in-process worker (optional)."""
+    app = FastAPI(title="cjllm LLM Provider Service", version=__version__)
+
+    def authorize(request: Request) -> None:
+        if settings.api_token is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), settings.api_token.encode()
+        ):
+            raise HTTPException(
+                401,
+                detail=[
+                    {
+                        "loc": ["header", "authorization"],
+                        "msg": "a valid bearer token is required",
+                        "type": "unauthorized",
+                    }
+                ],
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    @app.post(
+        COMPARISON_PATH,
+        status_code=202,
+        response_model=ComparisonQueuedResponse,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ComparisonRequest.model_json_schema()}},
+            }
+        },
+    )
+    async def post_comparison(request: Request) -> JSONResponse:
+        authorize(request)
+        body = await _read_body(request, settings.max_request_bytes)
+        try:
+            comparison = ComparisonRequest.model_validate_json(body)
+        except ValidationError as exc:
+            metrics.requests.labels("rejected").inc()
+            _invalid(exc)
+        try:
+            _check_sizes(comparison, settings)
+            plan, hints = _plan(comparison, providers)
+        except HTTPException:
+            metrics.requests.labels("rejected").inc()
+            raise
+        now = time.time()
+        item = NewItem(
+            queue_id=str(uuid.uuid4()),
+            correlation_id=plan.correlation_id,
+            key=compatibility_key(plan),
+            hint=size_hint(hints, settings.max_items_per_call),
+            tokens=plan.item_tokens(),
+            budget=token_budget(plan, settings.max_input_tokens_per_call),
+            payload=plan.to_json(),
+            enqueued_at=now,
+            expires_at=now + settings.item_ttl_seconds,
+        )
+        try:
+            queue_id, created = await queue.enqueue(item)
+        except QueueFull as exc:
+            metrics.requests.labels("queue_full").inc()
+            retry_after = str(settings.queue_full_retry_after_seconds)
+            return JSONResponse(
+                {"detail": [{"loc": [], "msg": str(exc), "type": "queue_full"}]},
+                status_code=503,
+                headers={"Retry-After": retry_after},
+            )
+        metrics.requests.labels("queued" if created else "duplicate").inc()
+        if on_enqueue is not None:
+            on_enqueue()
+        message = (
+            "queued; the result will be published to the callback topic"
+            if created
+            else "this correlation_id is already queued; no second comparison was made"
+        )
+        answer = ComparisonQueuedResponse(queue_id=uuid.UUID(queue_id), message=message)
+        return JSONResponse(answer.model_dump(mode="json"), status_code=202)
+
+    @app.get(COMPARISON_PATH + "/{queue_id}", response_model=ComparisonStatusResponse)
+    async def comparison_status(queue_id: uuid.UUID, request: Request) -> ComparisonStatusResponse:
+        authorize(request)
+        item = await queue.get(str(queue_id))
+        if item is None:
+            raise HTTPException(404, detail=f"no comparison with queue_id {queue_id}")
+        return ComparisonStatusResponse(
+            queue_id=queue_id,
+            correlation_id=uuid.UUID(item.correlation_id),
+            status=item.state,
+            attempts=item.attempts,
+            queued_at=datetime.fromtimestamp(item.enqueued_at, UTC),
+            updated_at=datetime.fromtimestamp(item.updated_at, UTC),
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        depth = await queue.depth(time.time())
+        return {"status": "ok", "queued": depth.queued, "processing": depth.processing}
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        metrics.observe_depth(await queue.depth(time.time()))
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length", "")
+    too_big = f"the request body is over {limit} bytes (CJLLM_MAX_REQUEST_BYTES)"
+    if declared.isdigit() and int(declared) > limit:
+        _refuse(413, [], too_big, "request_too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            _refuse(413, [], too_big, "request_too_large")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_sizes(comparison: ComparisonRequest, settings: ProviderSettings) -> None:
+    limit = settings.max_prompt_chars
+    blocks = comparison.prompt_blocks or []
+    if len(blocks) > settings.max_blocks:
+        _refuse(
+            413,
+            ["prompt_blocks"],
+            f"{len(blocks)} blocks; the limit is {settings.max_blocks} (CJLLM_MAX_BLOCKS)",
+            "too_many_blocks",
+        )
+    fields: list[tuple[list[str | int], int]] = [
+        (["prompt_blocks", i, "content"], len(b.content)) for i, b in enumerate(blocks)
+    ]
+    if comparison.user_prompt is not None:
+        fields.append((["user_prompt"], len(comparison.user_prompt)))
+    for loc, chars in fields:
+        if chars > limit:
+            _refuse(
+                413,
+                loc,
+                f"{chars} characters; the limit is {limit} (CJLLM_MAX_PROMPT_CHARS)",
+                "prompt_too_large",
+            )
+    total = sum(chars for _, chars in fields)
+    if total > limit:
+        _refuse(
+            413,
+            ["prompt_blocks" if blocks else "user_prompt"],
+            f"the prompt is {total} characters in all; the limit is {limit} "
+            "(CJLLM_MAX_PROMPT_CHARS)",
+            "prompt_too_large",
+        )
+
+
+def _plan(
+    comparison: ComparisonRequest, providers: Providers
+) -> tuple[PlannedComparison, BundleHints]:
+    """Resolve provider and model, fix the correlation id, and complete the metadata spine."""
+    try:
+        hints = BundleHints.model_validate(comparison.metadata)
+    except ValidationError as exc:
+        _invalid(exc, ["metadata"])
+    if hints.batching_strategy in UNSUPPORTED_STRATEGIES:
+        _refuse(
+            400,
+            ["metadata", "batching_strategy"],
+            f"{hints.batching_strategy.value!r} is not supported yet (provider batch jobs are "
+            "not implemented); use serial_round, serial_override or per_request",
+            "unsupported_strategy",
+        )
+    provider = comparison.llm_config_overrides.provider_override
+    try:
+        adapter = providers.get(provider)
+    except ProviderUnavailable as exc:
+        _refuse(400, ["llm_config_overrides", "provider_override"], str(exc), "unknown_provider")
+    correlation_id = _correlation_id(comparison)
+    metadata = dict(comparison.metadata)
+    for key in SPINE_KEYS:
+        metadata.setdefault(key, None)
+    metadata.update(
+        request_correlation_id=str(correlation_id),
+        prompt_sha256=comparison.prompt_sha256(),
+        batching_strategy=hints.batching_strategy.value,
+        bundle_id=None,
+        bundle_index=None,
+        bundle_size=None,
+        resolved_provider=None,
+        resolved_model=None,
+    )
+    try:
+        MetadataSpine.model_validate(metadata)
+    except ValidationError as exc:
+        _invalid(exc, ["metadata"])
+    request = comparison.model_copy(update={"correlation_id": correlation_id, "metadata": metadata})
+    model = comparison.llm_config_overrides.model_override or adapter.default_model
+    return PlannedComparison(request, provider, model), hints
+
+
+def _correlation_id(comparison: ComparisonRequest) -> uuid.UUID:
+    """``correlation_id``, else ``metadata.request_correlation_id``, else a new one."""
+    given = comparison.metadata.get("request_correlation_id")
+    from_metadata: uuid.UUID | None = None
+    if given is not None:
+        try:
+            from_metadata = uuid.UUID(str(given))
+        except ValueError:
+            _refuse(
+                422,
+                ["metadata", "request_correlation_id"],
+                f"not a UUID: {given!r}",
+                "uuid_parsing",
+            )
+    if comparison.correlation_id is None:
+        return from_metadata or uuid.uuid4()
+    if from_metadata is not None and from_metadata != comparison.correlation_id:
+        _refuse(
+            400,
+            ["metadata", "request_correlation_id"],
+            "differs from correlation_id; they name the same comparison and must agree",
+            "correlation_mismatch",
+        )
+    return comparison.correlation_id

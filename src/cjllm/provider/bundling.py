@@ -1,0 +1,239 @@
+"""Which comparisons may share a provider call, how many, and how the call is built.
+
+The rules (docs/bundling.md has the reasoning):
+
+- **Compatibility key**: provider, model, the overrides (temperature, max tokens), the
+  system prompt, the sha256 of the cacheable shared blocks and ``metadata.bundle_group``.
+  Only items with equal keys share a call.
+- **Size hint** (each item's own cap): ``per_request`` → 1; otherwise the request's
+  ``preferred_bundle_size`` (the round size, or the ``serial_override`` integer), or the
+  provider maximum when absent; always capped by ``max_items_per_call``.
+- **Bundle rule** (:func:`pick_bundle`): a bundle takes its key's oldest eligible item (the
+  head) and that item's hint as its size, then the next-oldest items *whose own hint is at
+  least that size*, while the estimated input tokens fit the budget. An item that asked
+  for less is never put in a bigger bundle than it asked for; it heads its own bundle
+  later. A bundle is *ready* when it is full (size reached, or the token budget stops it)
+  or its head has waited the linger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cjllm.contracts import BatchingStrategy, BundleHints, ComparisonRequest, TokenUsage
+from cjllm.provider.adapters import BundleCall, BundleItem, CallOutcome, SharedBlock
+from cjllm.provider.prompts import BUNDLE_INSTRUCTIONS
+from cjllm.provider.queue import Spent
+
+CHARS_PER_TOKEN = 4
+# the fences around one item (ITEM/END ITEM, two essay fences) with a 16-hex nonce
+_ITEM_OVERHEAD_CHARS = 200
+
+
+def estimate_tokens(chars: int) -> int:
+    """A deliberately rough estimate (4 characters per token), used only for caps."""
+    return max(1, math.ceil(chars / CHARS_PER_TOKEN))
+
+
+@dataclass(frozen=True)
+class PlannedComparison:
+    """A validated request with the provider and model it will be sent to.
+
+    This is what the queue stores (as JSON): ``request.metadata`` already holds the full
+    spine, with ``prompt_sha256`` computed at enqueue.
+    """
+
+    request: ComparisonRequest
+    provider: str
+    model: str
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.request.correlation_id)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "request": self.request.model_dump(mode="json"),
+                "provider": self.provider,
+                "model": self.model,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: str) -> PlannedComparison:
+        data = json.loads(raw)
+        return cls(
+            request=ComparisonRequest.model_validate(data["request"]),
+            provider=data["provider"],
+            model=data["model"],
+        )
+
+    def system_blocks(self) -> tuple[SharedBlock, ...]:
+        """The system prompt: the override first, then ``system`` blocks in order."""
+        out: list[SharedBlock] = []
+        override = self.request.llm_config_overrides.system_prompt_override
+        if override:
+            out.append(SharedBlock(override, cacheable=True))
+        for block in self.request.prompt_blocks or ():
+            if block.target == "system":
+                out.append(SharedBlock(block.content, block.cacheable, block.ttl))
+        return tuple(out)
+
+    def shared_blocks(self) -> tuple[SharedBlock, ...]:
+        """The cacheable ``user_content`` blocks: the shared prefix sent once per call."""
+        return tuple(
+            SharedBlock(b.content, True, b.ttl)
+            for b in self.request.prompt_blocks or ()
+            if b.target == "user_content" and b.cacheable
+        )
+
+    def bundle_item(self) -> BundleItem:
+        return BundleItem(self.correlation_id, tuple(self.request.per_comparison_parts()))
+
+    def item_tokens(self) -> int:
+        chars = sum(len(p) for p in self.request.per_comparison_parts())
+        return estimate_tokens(chars + len(self.correlation_id) + _ITEM_OVERHEAD_CHARS)
+
+    def prefix_tokens(self) -> int:
+        chars = sum(len(b.content) for b in (*self.system_blocks(), *self.shared_blocks()))
+        return estimate_tokens(chars + len(BUNDLE_INSTRUCTIONS))
+
+
+def compatibility_key(planned: PlannedComparison) -> str:
+    """sha256 over everything that must be equal for two comparisons to share a call."""
+    overrides = planned.request.llm_config_overrides
+    shared = hashlib.sha256()
+    for block in planned.shared_blocks():
+        shared.update(f"{block.ttl}\x00{block.content}\x00".encode())
+    parts: list[Any] = [
+        planned.provider,
+        planned.model,
+        overrides.temperature_override,
+        overrides.max_tokens_override,
+        [(b.content, b.cacheable, b.ttl) for b in planned.system_blocks()],
+        shared.hexdigest(),
+        BundleHints.model_validate(planned.request.metadata).bundle_group,
+    ]
+    return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
+def size_hint(hints: BundleHints, max_items_per_call: int) -> int:
+    """An item's own bundle-size cap (see the module docstring)."""
+    if hints.batching_strategy is BatchingStrategy.PER_REQUEST:
+        return 1
+    wanted = hints.preferred_bundle_size or max_items_per_call
+    return max(1, min(wanted, max_items_per_call))
+
+
+def token_budget(planned: PlannedComparison, max_input_tokens_per_call: int) -> int:
+    """Input tokens left for items once the shared prefix is in the call."""
+    return max(0, max_input_tokens_per_call - planned.prefix_tokens())
+
+
+# --------------------------------------------------------------------------- the bundle rule
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What :func:`pick_bundle` needs to know of a queued, eligible item."""
+
+    queue_id: str
+    hint: int
+    tokens: int
+    budget: int
+    enqueued_at: float
+
+
+def pick_bundle(candidates: Sequence[Candidate], now: float, linger: float) -> list[str]:
+    """The bundle the oldest candidate heads, or ``[]`` when it is not ready yet.
+
+    ``candidates`` are one key's eligible items (queued, available, not expired), oldest
+    first. The head always goes, even alone over budget (the provider then says whether it
+    fits). Mirrored in Lua by :mod:`cjllm.provider.redis_queue`.
+    """
+    if not candidates:
+        return []
+    head = candidates[0]
+    size, used = head.hint, head.tokens
+    picked = [head.queue_id]
+    full = len(picked) >= size
+    for cand in candidates[1:]:
+        if full:
+            break
+        if cand.hint < size:
+            continue
+        if used + cand.tokens > head.budget:
+            full = True
+            break
+        picked.append(cand.queue_id)
+        used += cand.tokens
+        full = len(picked) >= size
+    if full or now - head.enqueued_at >= linger:
+        return picked
+    return []
+
+
+# --------------------------------------------------------------------------- calls and usage
+
+
+def build_call(bundle_id: str, planned: Sequence[PlannedComparison]) -> BundleCall:
+    """One provider call for a claimed bundle (all items share the compatibility key)."""
+    first = planned[0]
+    overrides = first.request.llm_config_overrides
+    return BundleCall(
+        bundle_id=bundle_id,
+        provider=first.provider,
+        model=first.model,
+        system=first.system_blocks(),
+        shared=first.shared_blocks(),
+        items=tuple(p.bundle_item() for p in planned),
+        temperature=overrides.temperature_override,
+        max_tokens=overrides.max_tokens_override,
+    )
+
+
+def _split(total: int, weights: Sequence[float]) -> list[int]:
+    """Split an integer by weights (largest remainder), so the shares add up to ``total``."""
+    weight_sum = sum(weights)
+    if weight_sum <= 0:
+        weights, weight_sum = [1.0] * len(weights), float(len(weights))
+    raw = [total * w / weight_sum for w in weights]
+    shares = [math.floor(r) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - shares[i], reverse=True)
+    for i in order[: total - sum(shares)]:
+        shares[i] += 1
+    return shares
+
+
+def apportion(call: BundleCall, outcome: CallOutcome) -> dict[str, Spent]:
+    """Charge a call's usage and cost to its items.
+
+    Prompt tokens (shared prefix included) go by each item's share of the per-item text;
+    completion tokens are split evenly (every answer has the same shape); cost goes by each
+    item's share of the tokens charged to it. Shares add up exactly to the call's totals.
+    """
+    ids = [item.custom_id for item in call.items]
+    weights = [float(sum(len(p) for p in item.parts) + len(item.custom_id)) for item in call.items]
+    prompt = _split(outcome.usage.prompt_tokens, weights)
+    completion = _split(outcome.usage.output_tokens, [1.0] * len(ids))
+    tokens = [p + c for p, c in zip(prompt, completion, strict=True)]
+    total_tokens = sum(tokens)
+    out: dict[str, Spent] = {}
+    for i, cid in enumerate(ids):
+        share = tokens[i] / total_tokens if total_tokens else 1.0 / len(ids)
+        out[cid] = Spent(prompt[i], completion[i], outcome.cost * share)
+    return out
+
+
+def token_usage(spent: Spent) -> TokenUsage:
+    return TokenUsage(
+        prompt_tokens=spent.prompt_tokens,
+        completion_tokens=spent.completion_tokens,
+        total_tokens=spent.prompt_tokens + spent.completion_tokens,
+    )

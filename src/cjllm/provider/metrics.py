@@ -1,0 +1,107 @@
+"""Prometheus metrics of the provider service (docs/metrics.md lists them with their meaning).
+
+One :class:`ProviderMetrics` per service instance, each with its own registry, so several
+services in one process (tests, the embedded shape) do not collide. Queue depth counts
+comparisons, never bundles, and is read from the queue at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from cjllm.provider.queue import Depth
+
+ITEMS_PER_CALL_BUCKETS = (1, 2, 3, 5, 8, 10, 15, 20, 25, 35, 50, 75, 100)
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+
+
+class ProviderMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge(
+            "cjllm_provider_queue_depth",
+            "Comparisons in the queue by state (queued includes delayed).",
+            ["state"],
+            registry=r,
+        )
+        self.queue_bytes = Gauge(
+            "cjllm_provider_queue_bytes", "Bytes held by active comparisons.", registry=r
+        )
+        self.outbox_depth = Gauge(
+            "cjllm_provider_outbox_depth", "Callbacks recorded but not yet published.", registry=r
+        )
+        self.requests = Counter(
+            "cjllm_provider_requests_total",
+            "Comparison requests by outcome (queued, duplicate, rejected, queue_full).",
+            ["outcome"],
+            registry=r,
+        )
+        self.provider_calls = Counter(
+            "cjllm_provider_calls_total",
+            "Provider calls (one per bundle) by provider, model and outcome.",
+            ["provider", "model", "outcome"],
+            registry=r,
+        )
+        self.items_per_call = Histogram(
+            "cjllm_provider_items_per_call",
+            "Comparisons sent in one provider call.",
+            ["provider"],
+            buckets=ITEMS_PER_CALL_BUCKETS,
+            registry=r,
+        )
+        self.call_latency = Histogram(
+            "cjllm_provider_call_latency_seconds",
+            "Wall time of one provider call.",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.item_outcomes = Counter(
+            "cjllm_provider_item_outcomes_total",
+            "Per-item validation results (answered, missing, invalid, duplicate, unknown).",
+            ["outcome"],
+            registry=r,
+        )
+        self.callbacks = Counter(
+            "cjllm_provider_callbacks_total",
+            "Callbacks recorded in the outbox, by result (success, or the error code).",
+            ["result"],
+            registry=r,
+        )
+        self.callbacks_published = Counter(
+            "cjllm_provider_callbacks_published_total",
+            "Callbacks the bus acknowledged.",
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "cjllm_provider_publish_failures_total",
+            "Outbox publish attempts the bus refused (retried later).",
+            registry=r,
+        )
+        self.retries = Counter(
+            "cjllm_provider_retries_total",
+            "Comparisons returned to the queue, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.expiries = Counter(
+            "cjllm_provider_expiries_total",
+            "Comparisons that outlived their TTL (each got an error callback).",
+            registry=r,
+        )
+        self.lease_recoveries = Counter(
+            "cjllm_provider_lease_recoveries_total",
+            "Comparisons whose lease expired (worker lost) and were requeued.",
+            registry=r,
+        )
+
+    def observe_depth(self, depth: Depth) -> None:
+        self.queue_depth.labels("queued").set(depth.queued)
+        self.queue_depth.labels("delayed").set(depth.delayed)
+        self.queue_depth.labels("processing").set(depth.processing)
+        self.queue_bytes.set(depth.active_bytes)
+        self.outbox_depth.set(depth.outbox)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

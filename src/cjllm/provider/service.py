@@ -1,0 +1,176 @@
+"""The provider service assembled from :class:`ProviderSettings`: API, queue, worker, publisher.
+
+Three ways to run it:
+
+- **embedded** (``cjllm rank``, tests): ``async with embedded_provider(settings, bus=bus) as
+  service:`` starts the worker, sweeper and publisher in the current event loop and gives
+  ``service.app``, the FastAPI app, for an ``httpx.ASGITransport`` client;
+- **server**: ``cjllm serve provider --host H --port P`` (API and workers in one process);
+- **scaled out**: one or more ``--api-only`` processes behind a load balancer and any number
+  of ``--worker-only`` processes on the same Redis queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from urllib.parse import urlparse
+
+import prometheus_client
+import uvicorn
+from fastapi import FastAPI
+
+from cjllm.bus import EventBus, bus_from_url
+from cjllm.provider.adapters import LLMAdapter
+from cjllm.provider.api import create_app
+from cjllm.provider.metrics import ProviderMetrics
+from cjllm.provider.providers import Providers
+from cjllm.provider.publisher import Publisher
+from cjllm.provider.queue import Queue, queue_from_url
+from cjllm.provider.worker import Worker, forever
+from cjllm.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+
+class ProviderService:
+    """One provider service instance: its queue, adapters, metrics, worker and API app."""
+
+    def __init__(
+        self,
+        settings: ProviderSettings,
+        *,
+        queue: Queue,
+        bus: EventBus,
+        providers: Providers,
+        metrics: ProviderMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.queue = queue
+        self.bus = bus
+        self.providers = providers
+        self.metrics = metrics or ProviderMetrics()
+        self.publisher = Publisher(queue, bus, settings, self.metrics)
+        self.worker = Worker(
+            queue, providers, settings, self.metrics, on_recorded=self.publisher.notify
+        )
+        self.app: FastAPI = create_app(
+            queue, providers, settings, self.metrics, on_enqueue=self.worker.notify
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start_work(self) -> None:
+        """Start the worker, the sweeper and the outbox publisher in this event loop."""
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(forever("worker", self.worker.run)),
+            asyncio.create_task(forever("sweeper", self._sweep_loop)),
+            asyncio.create_task(forever("publisher", self.publisher.run)),
+        ]
+
+    async def stop_work(self) -> None:
+        """Stop them; bundles in flight hand their items back to the queue untouched."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await self.worker.sweep()
+            self.metrics.observe_depth(await self.queue.depth(time.time()))
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+
+@contextlib.asynccontextmanager
+async def embedded_provider(
+    settings: ProviderSettings | None = None,
+    *,
+    bus: EventBus | None = None,
+    adapters: Mapping[str, LLMAdapter] | None = None,
+    queue: Queue | None = None,
+    work: bool = True,
+) -> AsyncIterator[ProviderService]:
+    """A running provider service in this event loop.
+
+    ``bus``: share the caller's bus (e.g. the CJ service's in-process bus; the caller starts
+    and stops it); otherwise one is made from ``CJLLM_BUS_URL`` and owned here.
+    ``adapters``: pre-built adapters by provider name (e.g. a mock with a manifest).
+    ``queue``: a queue object instead of ``CJLLM_QUEUE_URL``. ``work=False`` runs no worker
+    (the API only queues).
+    """
+    settings = settings or ProviderSettings()
+    own_queue = queue is None
+    if queue is None:
+        queue = queue_from_url(
+            settings.queue_url,
+            max_items=settings.queue_max_items,
+            max_bytes=settings.queue_max_bytes,
+            retention_seconds=settings.record_retention_seconds,
+        )
+    own_bus = bus is None
+    if bus is None:
+        bus = bus_from_url(settings.bus_url, idempotent_producer=settings.kafka_idempotent_producer)
+    providers = Providers(settings, adapters)
+    service = ProviderService(settings, queue=queue, bus=bus, providers=providers)
+    try:
+        if own_bus:
+            await bus.start()
+        if work:
+            service.start_work()
+        yield service
+    finally:
+        await service.stop_work()
+        if own_bus:
+            await bus.stop()
+        await providers.aclose()
+        if own_queue:
+            await queue.close()
+
+
+def run_provider(
+    settings: ProviderSettings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    api: bool = True,
+    work: bool = True,
+) -> None:
+    """Run the service until SIGINT/SIGTERM (``cjllm serve provider``)."""
+    if not (api or work):
+        raise ValueError("nothing to run: enable the API, the workers, or both")
+    asyncio.run(_serve(settings, host, port, api=api, work=work))
+
+
+async def _serve(
+    settings: ProviderSettings, host: str, port: int, *, api: bool, work: bool
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # our handlers stay installed underneath uvicorn's, so a signal it re-raises on its way
+    # out lands here (and the clean shutdown below still runs)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop.set))
+    async with embedded_provider(settings, work=work) as service:
+        if settings.metrics_port is not None:
+            prometheus_client.start_http_server(
+                settings.metrics_port, registry=service.metrics.registry
+            )
+        log.info(
+            "provider service up: api=%s workers=%s queue=%s bus=%s",
+            f"http://{host}:{port}" if api else "off",
+            f"{settings.worker_concurrency} bundles in flight" if work else "off",
+            urlparse(settings.queue_url).scheme,
+            urlparse(settings.bus_url).scheme,
+        )
+        if api:
+            config = uvicorn.Config(service.app, host=host, port=port, lifespan="off")
+            await uvicorn.Server(config).serve()
+        else:
+            await stop.wait()
+    log.info("provider service stopped")

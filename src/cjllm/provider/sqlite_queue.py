@@ -1,0 +1,392 @@
+"""The SQLite queue backend: the embedded default, safe for several processes on one file.
+
+The stdlib ``sqlite3`` runs in a worker thread (one connection per queue object, WAL mode,
+a busy timeout). Every state change is one ``BEGIN IMMEDIATE`` transaction, which takes the
+database's write lock up front: a claim reads the ready key's oldest items and leases them
+with one ``UPDATE … WHERE seq IN (…) RETURNING`` before any other writer can look, so two
+processes never get the same item. Finishing an item and recording its callback in the
+``outbox`` table happen in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from cjllm.contracts import QueueItemState
+from cjllm.provider.bundling import Candidate, pick_bundle
+from cjllm.provider.queue import (
+    Depth,
+    Finished,
+    NewItem,
+    OutboxEntry,
+    QueuedItem,
+    QueueFull,
+    Retry,
+    Spent,
+)
+
+T = TypeVar("T")
+
+# keys looked at per claim (oldest heads first) and items read per key
+MAX_KEYS_PER_CLAIM = 100
+MAX_SCAN_PER_KEY = 1000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue_id TEXT NOT NULL UNIQUE,
+    correlation_id TEXT NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    hint INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    budget INTEGER NOT NULL,
+    payload TEXT NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    enqueued_at REAL NOT NULL,
+    available_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL,
+    bundle_id TEXT,
+    last_error TEXT,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    cost REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS items_by_key ON items (state, key, enqueued_at, seq);
+CREATE INDEX IF NOT EXISTS items_by_lease ON items (state, lease_until);
+CREATE INDEX IF NOT EXISTS items_by_expiry ON items (state, expires_at);
+CREATE INDEX IF NOT EXISTS items_by_update ON items (state, updated_at);
+CREATE TABLE IF NOT EXISTS outbox (
+    entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    message_key TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    visible_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_by_visibility ON outbox (visible_at);
+"""
+
+_ACTIVE = ("queued", "processing")
+
+
+def _item(row: sqlite3.Row) -> QueuedItem:
+    return QueuedItem(
+        queue_id=row["queue_id"],
+        correlation_id=row["correlation_id"],
+        key=row["key"],
+        hint=row["hint"],
+        tokens=row["tokens"],
+        budget=row["budget"],
+        payload=row["payload"],
+        state=QueueItemState(row["state"]),
+        attempts=row["attempts"],
+        enqueued_at=row["enqueued_at"],
+        available_at=row["available_at"],
+        expires_at=row["expires_at"],
+        updated_at=row["updated_at"],
+        lease_owner=row["lease_owner"],
+        lease_until=row["lease_until"],
+        bundle_id=row["bundle_id"],
+        last_error=row["last_error"],
+        spent=Spent(row["prompt_tokens"], row["completion_tokens"], row["cost"]),
+    )
+
+
+class SQLiteQueue:
+    """SQLite backend of :class:`cjllm.provider.queue.Queue`."""
+
+    def __init__(self, path: str, *, max_items: int, max_bytes: int) -> None:
+        self.path = path
+        self.max_items = max_items
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA busy_timeout = 30000")
+        if path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = NORMAL")
+        with self._lock:
+            self._conn.executescript(_SCHEMA)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in one write transaction (the database write lock is taken first)."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            return fn(self._conn)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn)
+
+    # ------------------------------------------------------------------ enqueue
+
+    async def enqueue(self, item: NewItem) -> tuple[str, bool]:
+        return await self._run(lambda: self._write(lambda c: self._enqueue(c, item)))
+
+    def _enqueue(self, conn: sqlite3.Connection, item: NewItem) -> tuple[str, bool]:
+        known = conn.execute(
+            "SELECT queue_id FROM items WHERE correlation_id = ?", (item.correlation_id,)
+        ).fetchone()
+        if known is not None:
+            return str(known[0]), False
+        count, size = conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM items WHERE state IN (?, ?)",
+            _ACTIVE,
+        ).fetchone()
+        if count + 1 > self.max_items:
+            raise QueueFull("items", count, self.max_items)
+        if size + item.size_bytes > self.max_bytes:
+            raise QueueFull("bytes", size, self.max_bytes)
+        conn.execute(
+            "INSERT INTO items (queue_id, correlation_id, key, hint, tokens, budget, payload,"
+            " size_bytes, state, enqueued_at, available_at, expires_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
+            (
+                item.queue_id,
+                item.correlation_id,
+                item.key,
+                item.hint,
+                item.tokens,
+                item.budget,
+                item.payload,
+                item.size_bytes,
+                item.enqueued_at,
+                item.enqueued_at,
+                item.expires_at,
+                item.enqueued_at,
+            ),
+        )
+        return item.queue_id, True
+
+    # ------------------------------------------------------------------ claim
+
+    async def claim(
+        self, owner: str, bundle_id: str, now: float, lease_until: float, linger: float
+    ) -> list[QueuedItem]:
+        def claim(c: sqlite3.Connection) -> list[QueuedItem]:
+            heads = c.execute(
+                "SELECT key, MIN(enqueued_at) AS oldest FROM items"
+                " WHERE state = 'queued' AND available_at <= ? AND expires_at > ?"
+                " GROUP BY key ORDER BY oldest LIMIT ?",
+                (now, now, MAX_KEYS_PER_CLAIM),
+            ).fetchall()
+            for head in heads:
+                rows = c.execute(
+                    "SELECT queue_id, hint, tokens, budget, enqueued_at FROM items"
+                    " WHERE state = 'queued' AND key = ? AND available_at <= ? AND expires_at > ?"
+                    " ORDER BY enqueued_at, seq LIMIT ?",
+                    (head["key"], now, now, MAX_SCAN_PER_KEY),
+                ).fetchall()
+                picked = pick_bundle([Candidate(*tuple(row)) for row in rows], now, linger)
+                if picked:
+                    return self._lease(c, picked, owner, bundle_id, now, lease_until)
+            return []
+
+        return await self._run(lambda: self._write(claim))
+
+    @staticmethod
+    def _lease(
+        c: sqlite3.Connection,
+        queue_ids: Sequence[str],
+        owner: str,
+        bundle_id: str | None,
+        now: float,
+        lease_until: float,
+    ) -> list[QueuedItem]:
+        marks = ",".join("?" * len(queue_ids))
+        rows = c.execute(
+            "UPDATE items SET state = 'processing', lease_owner = ?, lease_until = ?,"
+            f" bundle_id = ?, updated_at = ? WHERE queue_id IN ({marks}) RETURNING *",
+            (owner, lease_until, bundle_id, now, *queue_ids),
+        ).fetchall()
+        order = {qid: i for i, qid in enumerate(queue_ids)}
+        return sorted((_item(r) for r in rows), key=lambda it: order[it.queue_id])
+
+    async def extend(self, owner: str, queue_ids: Sequence[str], lease_until: float) -> int:
+        marks = ",".join("?" * len(queue_ids))
+
+        def extend(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE items SET lease_until = ? WHERE state = 'processing'"
+                f" AND lease_owner = ? AND queue_id IN ({marks})",
+                (lease_until, owner, *queue_ids),
+            )
+            return cur.rowcount
+
+        return await self._run(lambda: self._write(extend))
+
+    # ------------------------------------------------------------------ finish / retry
+
+    async def finish(self, finished: Sequence[Finished], now: float) -> list[str]:
+        def finish(c: sqlite3.Connection) -> list[str]:
+            done: list[str] = []
+            for f in finished:
+                cur = c.execute(
+                    "UPDATE items SET state = ?, updated_at = ?, lease_owner = NULL,"
+                    " lease_until = NULL, payload = '' WHERE queue_id = ? AND state IN (?, ?)",
+                    (f.state.value, now, f.queue_id, *_ACTIVE),
+                )
+                if cur.rowcount:
+                    c.execute(
+                        "INSERT INTO outbox (topic, message_key, envelope, visible_at)"
+                        " VALUES (?, ?, ?, ?)",
+                        (f.topic, f.message_key, f.envelope, now),
+                    )
+                    done.append(f.queue_id)
+            return done
+
+        return await self._run(lambda: self._write(finish))
+
+    async def retry(self, owner: str, retries: Sequence[Retry], now: float) -> list[str]:
+        def retry(c: sqlite3.Connection) -> list[str]:
+            done: list[str] = []
+            for r in retries:
+                cur = c.execute(
+                    "UPDATE items SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                    " available_at = ?, hint = ?, attempts = attempts + ?, last_error = ?,"
+                    " updated_at = ?, prompt_tokens = prompt_tokens + ?,"
+                    " completion_tokens = completion_tokens + ?, cost = cost + ?"
+                    " WHERE queue_id = ? AND state = 'processing' AND lease_owner = ?",
+                    (
+                        r.available_at,
+                        r.hint,
+                        int(r.count_attempt),
+                        r.error,
+                        now,
+                        r.spent.prompt_tokens,
+                        r.spent.completion_tokens,
+                        r.spent.cost,
+                        r.queue_id,
+                        owner,
+                    ),
+                )
+                if cur.rowcount:
+                    done.append(r.queue_id)
+            return done
+
+        return await self._run(lambda: self._write(retry))
+
+    async def recover_leases(self, now: float) -> int:
+        def recover(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "UPDATE items SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
+                " attempts = attempts + 1, last_error = 'lease expired (worker lost)',"
+                " available_at = ?, updated_at = ? WHERE state = 'processing' AND lease_until <= ?",
+                (now, now, now),
+            )
+            return cur.rowcount
+
+        return await self._run(lambda: self._write(recover))
+
+    async def claim_expired(
+        self, owner: str, now: float, lease_until: float, limit: int
+    ) -> list[QueuedItem]:
+        def claim(c: sqlite3.Connection) -> list[QueuedItem]:
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "SELECT queue_id FROM items WHERE state = 'queued' AND expires_at <= ?"
+                    " ORDER BY expires_at LIMIT ?",
+                    (now, limit),
+                )
+            ]
+            return self._lease(c, ids, owner, None, now, lease_until) if ids else []
+
+        return await self._run(lambda: self._write(claim))
+
+    # ------------------------------------------------------------------ outbox
+
+    async def claim_outbox(self, now: float, visible_until: float, limit: int) -> list[OutboxEntry]:
+        def claim(c: sqlite3.Connection) -> list[OutboxEntry]:
+            rows = c.execute(
+                "UPDATE outbox SET visible_at = ? WHERE entry_id IN (SELECT entry_id FROM outbox"
+                " WHERE visible_at <= ? ORDER BY entry_id LIMIT ?)"
+                " RETURNING entry_id, topic, message_key, envelope",
+                (visible_until, now, limit),
+            ).fetchall()
+            rows.sort(key=lambda r: r[0])
+            return [OutboxEntry(str(r[0]), r[1], r[2], bytes(r[3])) for r in rows]
+
+        return await self._run(lambda: self._write(claim))
+
+    async def delete_outbox(self, entry_ids: Sequence[str]) -> None:
+        if not entry_ids:
+            return
+        marks = ",".join("?" * len(entry_ids))
+        ids = [int(e) for e in entry_ids]
+
+        def delete(c: sqlite3.Connection) -> None:
+            c.execute(f"DELETE FROM outbox WHERE entry_id IN ({marks})", ids)
+
+        await self._run(lambda: self._write(delete))
+
+    # ------------------------------------------------------------------ reads and upkeep
+
+    async def get(self, queue_id: str) -> QueuedItem | None:
+        def get(c: sqlite3.Connection) -> QueuedItem | None:
+            row = c.execute("SELECT * FROM items WHERE queue_id = ?", (queue_id,)).fetchone()
+            return None if row is None else _item(row)
+
+        return await self._run(lambda: self._read(get))
+
+    async def depth(self, now: float) -> Depth:
+        def depth(c: sqlite3.Connection) -> Depth:
+            counts: dict[str, Any] = {
+                "queued": 0,
+                "delayed": 0,
+                "processing": 0,
+                "bytes": 0,
+            }
+            for state, delayed, n, size in c.execute(
+                "SELECT state, available_at > ?, COUNT(*), SUM(size_bytes) FROM items"
+                " WHERE state IN (?, ?) GROUP BY 1, 2",
+                (now, *_ACTIVE),
+            ):
+                counts[state] += n
+                counts["bytes"] += size or 0
+                if state == "queued" and delayed:
+                    counts["delayed"] += n
+            outbox = c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return Depth(
+                counts["queued"], counts["delayed"], counts["processing"], counts["bytes"], outbox
+            )
+
+        return await self._run(lambda: self._read(depth))
+
+    async def purge(self, before: float) -> int:
+        def purge(c: sqlite3.Connection) -> int:
+            cur = c.execute(
+                "DELETE FROM items WHERE state IN ('completed', 'failed', 'expired')"
+                " AND updated_at < ?",
+                (before,),
+            )
+            return cur.rowcount
+
+        return await self._run(lambda: self._write(purge))
+
+    async def close(self) -> None:
+        with self._lock:
+            self._conn.close()
