@@ -55,3 +55,49 @@ def serve_provider(
         raise typer.BadParameter("--worker-only and --api-only exclude each other")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     run_provider(ProviderSettings(), host, port, api=not worker_only, work=not api_only)
+
+
+@app.command()
+def sim(
+    port: int = typer.Option(..., "--port", help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
+    manifest: list[str] = typer.Option(
+        [], "--manifest", help="Essay manifest.json with hidden qualities (repeatable)."
+    ),
+    noise: float = typer.Option(1.0, "--noise", help="Logistic noise of the judge (> 0)."),
+    position_bias: float = typer.Option(0.0, "--position-bias", help="Logit bonus of Essay A."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the judge's draws."),
+    unknown: str = typer.Option(
+        "coin", "--unknown", help="Essays not in a manifest: 'coin' or 'heuristic'."
+    ),
+    latency_call: float = typer.Option(0.0, "--latency-call", help="Seconds per call."),
+    latency_item: float = typer.Option(0.0, "--latency-item", help="Seconds per item."),
+    latency_token: float = typer.Option(0.0, "--latency-token", help="Seconds per output token."),
+    rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute before 429."),
+    tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute before 429."),
+    fault: list[str] = typer.Option(
+        [], "--fault", help="NAME=RATE, e.g. overloaded=0.05 (repeatable; see docs/providers.md)."
+    ),
+    fault_seed: int = typer.Option(0, "--fault-seed", help="Seed of the fault draws."),
+    api_key: str | None = typer.Option(None, "--api-key", help="Accept only this key."),
+    cache_min_tokens: int = typer.Option(
+        1024, "--cache-min-tokens", help="Shortest prefix the prompt cache keeps."
+    ),
+    batch_seconds: float = typer.Option(
+        0.0, "--batch-seconds", help="Seconds a batch job stays in progress."
+    ),
+) -> None:
+    """A simulated Anthropic/OpenAI-compatible provider for tests and benchmarks."""
+    from cjllm.sim.server import build_config, run
+
+    try:
+        config = build_config(
+            manifests=manifest, noise=noise, position_bias=position_bias, seed=seed,
+            unknown=unknown, latency_call=latency_call, latency_item=latency_item,
+            latency_token=latency_token, rpm=rpm, tpm=tpm, faults=fault, fault_seed=fault_seed,
+            api_key=api_key, cache_min_tokens=cache_min_tokens, batch_seconds=batch_seconds,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo(f"cjllm sim listening on http://{host}:{port} (GET /sim/counters)")
+    run(config, host, port)
