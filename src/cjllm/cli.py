@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from cjllm import __version__
@@ -61,9 +63,10 @@ def serve_provider(
 def sim(
     port: int = typer.Option(..., "--port", help="Port to listen on."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on."),
-    manifest: list[str] = typer.Option(
-        [], "--manifest", help="Essay manifest.json with hidden qualities (repeatable)."
-    ),
+    manifest: Annotated[
+        list[str] | None,
+        typer.Option("--manifest", help="Essay manifest.json with hidden qualities (repeatable)."),
+    ] = None,
     noise: float = typer.Option(1.0, "--noise", help="Logistic noise of the judge (> 0)."),
     position_bias: float = typer.Option(0.0, "--position-bias", help="Logit bonus of Essay A."),
     seed: int = typer.Option(0, "--seed", help="Seed of the judge's draws."),
@@ -75,9 +78,10 @@ def sim(
     latency_token: float = typer.Option(0.0, "--latency-token", help="Seconds per output token."),
     rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute before 429."),
     tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute before 429."),
-    fault: list[str] = typer.Option(
-        [], "--fault", help="NAME=RATE, e.g. overloaded=0.05 (repeatable; see docs/providers.md)."
-    ),
+    fault: Annotated[
+        list[str] | None,
+        typer.Option("--fault", help="NAME=RATE, e.g. overloaded=0.05 (repeatable)."),
+    ] = None,
     fault_seed: int = typer.Option(0, "--fault-seed", help="Seed of the fault draws."),
     api_key: str | None = typer.Option(None, "--api-key", help="Accept only this key."),
     cache_min_tokens: int = typer.Option(
@@ -92,11 +96,22 @@ def sim(
 
     try:
         config = build_config(
-            manifests=manifest, noise=noise, position_bias=position_bias, seed=seed,
-            unknown=unknown, latency_call=latency_call, latency_item=latency_item,
-            latency_token=latency_token, rpm=rpm, tpm=tpm, faults=fault, fault_seed=fault_seed,
-            api_key=api_key, cache_min_tokens=cache_min_tokens, batch_seconds=batch_seconds,
-        )  # fmt: skip
+            manifests=manifest or [],
+            noise=noise,
+            position_bias=position_bias,
+            seed=seed,
+            unknown=unknown,
+            latency_call=latency_call,
+            latency_item=latency_item,
+            latency_token=latency_token,
+            rpm=rpm,
+            tpm=tpm,
+            faults=fault or [],
+            fault_seed=fault_seed,
+            api_key=api_key,
+            cache_min_tokens=cache_min_tokens,
+            batch_seconds=batch_seconds,
+        )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"cjllm sim listening on http://{host}:{port} (GET /sim/counters)")

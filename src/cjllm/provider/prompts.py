@@ -12,6 +12,7 @@ missing, invalid, duplicate and unknown ids; only valid answers change state.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -112,6 +113,26 @@ def parse_items(items_text: str) -> list[ParsedItem]:
                 parts.append(body.split(start, 1)[1].split(end, 1)[0])
         out.append(ParsedItem(custom_id=custom_id, parts=tuple(parts)))
     return out
+
+
+_QUOTED_ITEM = re.compile(r"<<ITEM (\S+) custom_id=\.\.\.>>")
+_ITEM_LINE = re.compile(r"^<<ITEM (\S+) custom_id=(.*)>>$", re.MULTILINE)
+
+
+def find_items_text(prompt: str) -> str | None:
+    """The items part of a whole rendered prompt, from its first item line on (or None).
+
+    The prompt may hold a shared prefix and the instructions before the items; the
+    instructions quote the item line with ``custom_id=...``, which names the nonce. The
+    items are those fenced with the first quoted nonce that has a real item after it, so a
+    look-alike line in the prefix (which cannot know the nonce) is passed over.
+    """
+    for quoted in _QUOTED_ITEM.finditer(prompt):
+        nonce = quoted.group(1)
+        for line in _ITEM_LINE.finditer(prompt, quoted.end()):
+            if line.group(1) == nonce and line.group(2) != "...":
+                return prompt[line.start() :]
+    return None
 
 
 # --------------------------------------------------------------------------- answers
@@ -225,3 +246,27 @@ def reconcile(sent_ids: Sequence[str], text: str | Any) -> Reconciled:
         out.invalid[cid] = "answered more than once"
     out.missing = sent - seen
     return out
+
+
+def reconcile_answer(
+    sent_ids: Sequence[str],
+    answer: str | Any,
+    *,
+    truncated: bool = False,
+    refused: str | None = None,
+) -> Reconciled:
+    """:func:`reconcile` for an answer whose generation stopped early or was refused.
+
+    ``refused`` (a reason): every item is invalid with that reason, retried alone later.
+    ``truncated`` (the output-token cap was hit): complete items are kept and the rest are
+    missing, even when nothing at all could be salvaged. Otherwise this is :func:`reconcile`
+    and raises :class:`MalformedOutput` for an unusable answer.
+    """
+    if refused is not None:
+        return Reconciled(invalid=dict.fromkeys(sent_ids, refused))
+    try:
+        return reconcile(sent_ids, answer)
+    except MalformedOutput:
+        if not truncated:
+            raise
+        return Reconciled(missing=set(sent_ids), salvaged=True)

@@ -1,8 +1,10 @@
 """A deterministic simulated judge, shared by the mock adapter and the simulated server.
 
 Quality of an essay: the hidden quality from a manifest when the essay text is known to
-one (matched by the sha256 of its stripped text), otherwise a text heuristic (length,
-vocabulary variety, sentence structure). The decision is a Bradley-Terry draw:
+one (matched by the sha256 of its stripped text, or of the text after a one-line heading
+such as ``Essay A (id 7):``), otherwise a text heuristic (length, vocabulary variety,
+sentence structure) — or, with ``unknown="coin"`` (the simulated server's default), a
+seeded coin whenever either essay is unknown. The decision is a Bradley-Terry draw:
 P(A wins) = sigmoid((q_A - q_B + position_bias) / noise), seeded by (seed, custom_id) so
 the same item always gets the same answer, retries included.
 """
@@ -17,6 +19,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 _WORD = re.compile(r"[A-Za-z']+")
 _SENTENCE = re.compile(r"[.!?]+")
@@ -74,9 +77,19 @@ class Judge:
     noise: float = 1.0
     position_bias: float = 0.0
     seed: int = 0
+    unknown: Literal["heuristic", "coin"] = "heuristic"
+
+    def known_quality(self, text: str) -> float | None:
+        """The manifest quality of ``text`` (also found under a one-line heading), or None."""
+        known = self.qualities.get(text_key(text))
+        if known is None:
+            heading, newline, body = text.strip().partition("\n")
+            if newline and len(heading) <= 120:
+                known = self.qualities.get(text_key(body))
+        return known
 
     def quality(self, text: str) -> float:
-        known = self.qualities.get(text_key(text))
+        known = self.known_quality(text)
         return known if known is not None else heuristic_quality(text)
 
     def decide(self, custom_id: str, parts: tuple[str, ...]) -> Decision:
@@ -84,6 +97,9 @@ class Judge:
         if len(parts) != 2:
             winner = "Essay A" if rng.random() < 0.5 else "Essay B"
             return Decision(winner, "No separable essays; a seeded coin decided.", 1.0)
+        if self.unknown == "coin" and any(self.known_quality(p) is None for p in parts):
+            winner = "Essay A" if rng.random() < 0.5 else "Essay B"
+            return Decision(winner, "An essay without a known quality; a seeded coin decided.", 1.0)
         margin = self.quality(parts[0]) - self.quality(parts[1]) + self.position_bias
         p_a = 1.0 / (1.0 + math.exp(-margin / max(self.noise, 1e-9)))
         winner = "Essay A" if rng.random() < p_a else "Essay B"

@@ -1,0 +1,275 @@
+"""Anthropic Messages API through the official ``anthropic`` SDK (async client).
+
+One bundle is one ``messages.create`` call:
+
+- ``system``: the system blocks; the user turn: the cacheable shared blocks, then the bundle
+  instructions, then the fenced items (:func:`cjllm.provider.prompts.render_items`).
+- Prompt caching: ``cache_control`` breakpoints on the shared prefix (see
+  :func:`cache_breakpoints`); usage reports cache writes and reads.
+- Structured output: ``output_config.format`` with the bundle JSON schema, or, for models
+  listed in ``CJLLM_ANTHROPIC_TOOL_USE_MODELS`` (older ones without structured output),
+  one forced tool whose input schema is the bundle schema.
+- No sampling parameters: the current Messages API takes none, so a temperature override
+  is not sent (it is reported in ``CallOutcome.details["ignored"]``).
+
+The SDK reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``; its own retries are off
+(``max_retries=0``) because the queue owns retries and backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import anthropic
+
+from cjllm.provider.adapters import (
+    BundleCall,
+    CallOutcome,
+    CallUsage,
+    ProviderCallError,
+    SharedBlock,
+)
+from cjllm.provider.adapters.vendor_errors import status_error, transport_error
+from cjllm.provider.pricing import PriceTable, load_price_table
+from cjllm.provider.prompts import (
+    OUTPUT_SCHEMA,
+    OUTPUT_SCHEMA_NAME,
+    MalformedOutput,
+    reconcile_answer,
+    render_items,
+)
+from cjllm.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
+
+PROVIDER = "anthropic"
+MAX_BREAKPOINTS = 4
+ANSWER_OVERHEAD_TOKENS = 64
+TRUNCATED_STOPS = ("max_tokens", "model_context_window_exceeded")
+
+
+def cache_breakpoints(blocks: Sequence[SharedBlock], n_system: int) -> dict[int, str]:
+    """Which prefix blocks carry ``cache_control``, and with which TTL.
+
+    ``blocks`` is the prefix in request order (system blocks first, ``n_system`` of them).
+    A one-hour entry may not follow a five-minute one, so a ``1h`` block after a ``5m``
+    cacheable block is cached for five minutes. Breakpoints go on the last one-hour block,
+    the last cacheable system block and the last cacheable block — at most three, within
+    the API's limit of four — so a change in the shared user blocks still reuses the cached
+    system prompt.
+    """
+    effective: list[str | None] = []
+    seen_short = False
+    for block in blocks:
+        if not block.cacheable:
+            effective.append(None)
+            continue
+        ttl = "1h" if block.ttl == "1h" and not seen_short else "5m"
+        seen_short = seen_short or ttl == "5m"
+        effective.append(ttl)
+    cacheable = [i for i, ttl in enumerate(effective) if ttl is not None]
+    picks = [
+        max((i for i in cacheable if effective[i] == "1h"), default=None),
+        max((i for i in cacheable if i < n_system), default=None),
+        max(cacheable, default=None),
+    ]
+    marks: dict[int, str] = {}
+    for pick in picks:
+        mark = effective[pick] if pick is not None else None
+        if pick is not None and mark is not None:
+            marks[pick] = mark
+    assert len(marks) <= MAX_BREAKPOINTS
+    return marks
+
+
+def _text_block(text: str, ttl: str | None) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "text", "text": text}
+    if ttl is not None:
+        block["cache_control"] = {"type": "ephemeral", "ttl": ttl}
+    return block
+
+
+class AnthropicAdapter:
+    """Bundles through ``AsyncAnthropic.messages.create``."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        prices: PriceTable,
+        tool_use_models: Sequence[str] = (),
+        max_output_tokens_per_item: int = 400,
+        timeout: float = 300.0,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: anthropic.AsyncAnthropic | None = None,
+    ) -> None:
+        self.default_model = model
+        self.prices = prices
+        self.tool_use_models = tuple(tool_use_models)
+        self.max_output_tokens_per_item = max_output_tokens_per_item
+        self.timeout = timeout
+        self.client = client or anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        )
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> AnthropicAdapter:
+        return cls(
+            model=settings.anthropic_model,
+            prices=load_price_table(settings.price_table_path),
+            tool_use_models=settings.anthropic_tool_use_models,
+            max_output_tokens_per_item=settings.max_output_tokens_per_item,
+            timeout=settings.call_timeout_seconds,
+        )
+
+    def uses_tool(self, model: str) -> bool:
+        """True for models configured to answer through a forced tool instead of a schema."""
+        return any(model == p or model.startswith(p) for p in self.tool_use_models)
+
+    def request_params(self, call: BundleCall) -> dict[str, Any]:
+        """The ``messages.create`` body for a bundle (also a Message Batches ``params``)."""
+        model = call.model or self.default_model
+        prefix = (*call.system, *call.shared)
+        marks = cache_breakpoints(prefix, len(call.system))
+        instructions, items_text = render_items(call.items)
+        system = [_text_block(b.content, marks.get(i)) for i, b in enumerate(call.system)]
+        shared = [
+            _text_block(b.content, marks.get(len(call.system) + i))
+            for i, b in enumerate(call.shared)
+        ]
+        per_item = call.max_tokens or self.max_output_tokens_per_item
+        params: dict[str, Any] = {
+            "model": model,
+            "max_tokens": per_item * len(call.items) + ANSWER_OVERHEAD_TOKENS,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        *shared,
+                        _text_block(instructions, None),
+                        _text_block(items_text, None),
+                    ],
+                }
+            ],
+        }
+        if system:
+            params["system"] = system
+        if self.uses_tool(model):
+            params["tools"] = [
+                {
+                    "name": OUTPUT_SCHEMA_NAME,
+                    "description": "Record the judgement of every comparison item.",
+                    "input_schema": OUTPUT_SCHEMA,
+                }
+            ]
+            params["tool_choice"] = {"type": "tool", "name": OUTPUT_SCHEMA_NAME}
+        else:
+            params["output_config"] = {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA}}
+        return params
+
+    async def _send(self, params: dict[str, Any]) -> anthropic.types.Message:
+        try:
+            message: anthropic.types.Message = await self.client.messages.create(
+                **params, timeout=self.timeout
+            )
+            return message
+        except anthropic.APIStatusError as exc:
+            raise status_error(
+                PROVIDER,
+                exc.status_code,
+                message=exc.api_message or exc.message,
+                headers=exc.response.headers,
+                error_type=exc.type,
+                error_code=exc.error_code,
+                request_id=exc.request_id,
+            ) from exc
+        except anthropic.APITimeoutError as exc:
+            raise transport_error(PROVIDER, exc, timed_out=True) from exc
+        except anthropic.APIConnectionError as exc:
+            raise transport_error(PROVIDER, exc, timed_out=False) from exc
+        except anthropic.APIResponseValidationError as exc:
+            raise ProviderCallError(
+                "malformed_response",
+                f"anthropic returned a body the SDK could not read: {exc.message}",
+                retryable=True,
+                status=exc.status_code,
+                details={"provider": PROVIDER},
+            ) from exc
+        except anthropic.AnthropicError as exc:
+            # raised before any request is sent: missing or unusable credentials
+            raise ProviderCallError(
+                "client_configuration",
+                f"anthropic client cannot send the request: {exc}",
+                retryable=False,
+                details={"provider": PROVIDER, "exception": type(exc).__name__},
+            ) from exc
+
+    async def call_bundle(self, call: BundleCall) -> CallOutcome:
+        params = self.request_params(call)
+        started = time.monotonic()
+        message = await self._send(params)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        sent_ids = [item.custom_id for item in call.items]
+        answer: Any = "".join(b.text for b in message.content if b.type == "text")
+        for block in message.content:
+            if block.type == "tool_use" and block.name == OUTPUT_SCHEMA_NAME:
+                answer = block.input
+        stop = message.stop_reason
+        details: dict[str, Any] = {
+            "provider": PROVIDER,
+            "message_id": message.id,
+            "output_mode": "tool_use" if "tools" in params else "json_schema",
+        }
+        if call.temperature is not None:
+            details["ignored"] = ["temperature"]
+            log.warning(
+                "anthropic: temperature %s not sent (no sampling parameters)", call.temperature
+            )
+        if stop == "refusal" and message.stop_details is not None:
+            details["refusal"] = message.stop_details.model_dump(exclude_none=True)
+        try:
+            reconciled = reconcile_answer(
+                sent_ids,
+                answer,
+                truncated=stop in TRUNCATED_STOPS,
+                refused="refusal" if stop == "refusal" else None,
+            )
+        except MalformedOutput as exc:
+            raise ProviderCallError(
+                "malformed_output",
+                f"anthropic answer unusable: {exc}",
+                retryable=True,
+                details={**details, "stop_reason": stop, "excerpt": str(answer)[:300]},
+            ) from exc
+        usage = CallUsage(
+            input_tokens=message.usage.input_tokens,
+            output_tokens=message.usage.output_tokens,
+            cache_creation_input_tokens=message.usage.cache_creation_input_tokens or 0,
+            cache_read_input_tokens=message.usage.cache_read_input_tokens or 0,
+        )
+        model = message.model or params["model"]
+        breakdown = message.usage.cache_creation
+        long_writes = breakdown.ephemeral_1h_input_tokens if breakdown is not None else 0
+        cost = self.prices.cost(model, usage, cache_write_1h_tokens=long_writes)
+        details["priced"] = cost.priced
+        details["price_table_as_of"] = self.prices.as_of
+        if breakdown is not None:
+            details["cache_creation"] = breakdown.model_dump()
+        return CallOutcome(
+            reconciled=reconciled,
+            usage=usage,
+            cost=cost.total,
+            model=model,
+            latency_ms=latency_ms,
+            stop_reason=stop,
+            details=details,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.close()

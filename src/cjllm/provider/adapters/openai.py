@@ -1,0 +1,320 @@
+"""OpenAI Chat Completions (and OpenAI-compatible servers) through the official ``openai`` SDK.
+
+One bundle is one ``chat.completions.create`` call: a system message holding the system
+blocks, then one user message holding the shared blocks, the bundle instructions and the
+fenced items, in that order, so the shared prefix is byte-identical across calls and
+OpenAI's automatic prompt cache can serve it (``prompt_cache_key`` keeps such calls on one
+cache). The answer is constrained by ``response_format`` ``json_schema`` with ``strict``.
+
+Prompt-list mode (``CJLLM_OPENAI_COMPLETIONS_PROMPT_LIST=true``), for servers whose
+``/v1/completions`` accepts a list of prompts (vLLM, for instance): one call carries N
+independent single-item prompts and ``choices[i].index`` maps each answer back to item i.
+
+The SDK reads ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``; its own retries are off
+(``max_retries=0``) because the queue owns retries and backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import openai
+from openai.types import Completion
+from openai.types.chat import ChatCompletion
+from openai.types.completion_usage import CompletionUsage
+
+from cjllm.provider.adapters import (
+    BundleCall,
+    BundleItem,
+    CallOutcome,
+    CallUsage,
+    ProviderCallError,
+)
+from cjllm.provider.adapters.vendor_errors import status_error, transport_error
+from cjllm.provider.pricing import PriceTable, load_price_table
+from cjllm.provider.prompts import (
+    OUTPUT_SCHEMA,
+    OUTPUT_SCHEMA_NAME,
+    MalformedOutput,
+    Reconciled,
+    reconcile_answer,
+    render_items,
+)
+from cjllm.settings import ProviderSettings
+
+PROVIDER = "openai"
+ANSWER_OVERHEAD_TOKENS = 64
+# a local OpenAI-compatible server named by OPENAI_BASE_URL usually wants no key at all
+PLACEHOLDER_KEY = "sk-no-key-required"
+
+
+class MissingCredentials(ValueError):
+    """No ``OPENAI_API_KEY`` and no ``OPENAI_BASE_URL`` of a server that might not need one."""
+
+
+def _usage(usage: CompletionUsage | None) -> CallUsage:
+    if usage is None:
+        return CallUsage()
+    details = usage.prompt_tokens_details
+    cached = (details.cached_tokens or 0) if details is not None else 0
+    written = (details.cache_write_tokens or 0) if details is not None else 0
+    return CallUsage(
+        input_tokens=max(0, usage.prompt_tokens - cached - written),
+        output_tokens=usage.completion_tokens,
+        cache_creation_input_tokens=written,
+        cache_read_input_tokens=cached,
+    )
+
+
+def _merge(into: Reconciled, part: Reconciled) -> None:
+    into.answers.update(part.answers)
+    into.missing |= part.missing
+    into.invalid.update(part.invalid)
+    into.duplicates |= part.duplicates
+    into.unknown.extend(part.unknown)
+    into.salvaged = into.salvaged or part.salvaged
+
+
+class OpenAIAdapter:
+    """Bundles through ``AsyncOpenAI.chat.completions.create`` (or ``completions.create``)."""
+
+    name = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        prices: PriceTable,
+        max_output_tokens_per_item: int = 400,
+        timeout: float = 300.0,
+        max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
+        no_temperature_models: Sequence[str] = (),
+        prompt_list: bool = False,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        client: openai.AsyncOpenAI | None = None,
+    ) -> None:
+        self.default_model = model
+        self.prices = prices
+        self.max_output_tokens_per_item = max_output_tokens_per_item
+        self.timeout = timeout
+        self.max_tokens_field = max_tokens_field
+        self.no_temperature_models = tuple(no_temperature_models)
+        self.prompt_list = prompt_list
+        if client is None:
+            api_key = api_key or os.environ.get("OPENAI_API_KEY")
+            if not api_key:
+                if not (base_url or os.environ.get("OPENAI_BASE_URL")):
+                    raise MissingCredentials(
+                        "the openai provider needs OPENAI_API_KEY (or OPENAI_BASE_URL naming "
+                        "an OpenAI-compatible server that takes no key)"
+                    )
+                api_key = PLACEHOLDER_KEY
+            client = openai.AsyncOpenAI(
+                api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+            )
+        self.client = client
+
+    @classmethod
+    def from_settings(cls, settings: ProviderSettings) -> OpenAIAdapter:
+        return cls(
+            model=settings.openai_model,
+            prices=load_price_table(settings.price_table_path),
+            max_output_tokens_per_item=settings.max_output_tokens_per_item,
+            timeout=settings.call_timeout_seconds,
+            max_tokens_field=settings.openai_max_tokens_field,
+            no_temperature_models=settings.openai_no_temperature_models,
+            prompt_list=settings.openai_completions_prompt_list,
+        )
+
+    def takes_temperature(self, model: str) -> bool:
+        """False for models that reject sampling parameters (reasoning models)."""
+        return not any(model == p or model.startswith(p + "-") for p in self.no_temperature_models)
+
+    def _sampling(self, call: BundleCall, model: str) -> dict[str, Any]:
+        if call.temperature is not None and self.takes_temperature(model):
+            return {"temperature": call.temperature}
+        return {}
+
+    def chat_body(self, call: BundleCall) -> dict[str, Any]:
+        """The ``chat.completions.create`` body for a bundle (also a Batch API line body)."""
+        model = call.model or self.default_model
+        instructions, items_text = render_items(call.items)
+        messages: list[dict[str, Any]] = []
+        if call.system:
+            messages.append(
+                {"role": "system", "content": "\n\n".join(b.content for b in call.system)}
+            )
+        user = [b.content for b in call.shared]
+        messages.append({"role": "user", "content": "\n\n".join([*user, instructions, items_text])})
+        prefix = "\x00".join(b.content for b in (*call.system, *call.shared))
+        per_item = call.max_tokens or self.max_output_tokens_per_item
+        return {
+            "model": model,
+            "messages": messages,
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": OUTPUT_SCHEMA_NAME,
+                    "schema": OUTPUT_SCHEMA,
+                    "strict": True,
+                },
+            },
+            self.max_tokens_field: per_item * len(call.items) + ANSWER_OVERHEAD_TOKENS,
+            "prompt_cache_key": "cjllm-" + hashlib.sha256(prefix.encode()).hexdigest()[:32],
+            **self._sampling(call, model),
+        }
+
+    def completion_prompt(self, call: BundleCall, item: BundleItem) -> str:
+        """One item as a whole plain-text prompt (prompt-list mode)."""
+        instructions, items_text = render_items([item])
+        blocks = [b.content for b in (*call.system, *call.shared)]
+        return "\n\n".join([*blocks, instructions, items_text]) + "\n\nJSON answer:\n"
+
+    def completions_body(self, call: BundleCall) -> dict[str, Any]:
+        """The ``completions.create`` body: one independent prompt per item."""
+        model = call.model or self.default_model
+        per_item = call.max_tokens or self.max_output_tokens_per_item
+        return {
+            "model": model,
+            "prompt": [self.completion_prompt(call, item) for item in call.items],
+            "max_tokens": per_item + ANSWER_OVERHEAD_TOKENS,
+            **self._sampling(call, model),
+        }
+
+    async def _send(self, body: dict[str, Any], chat: bool) -> ChatCompletion | Completion:
+        try:
+            response: ChatCompletion | Completion
+            if chat:
+                response = await self.client.chat.completions.create(**body, timeout=self.timeout)
+            else:
+                response = await self.client.completions.create(**body, timeout=self.timeout)
+            return response
+        except openai.APIStatusError as exc:
+            error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
+            message = error.get("message") if isinstance(error, dict) else None
+            raise status_error(
+                PROVIDER,
+                exc.status_code,
+                message=str(message or exc.message),
+                headers=exc.response.headers,
+                error_type=exc.type,
+                error_code=exc.code,
+                request_id=exc.request_id,
+            ) from exc
+        except openai.APITimeoutError as exc:
+            raise transport_error(PROVIDER, exc, timed_out=True) from exc
+        except openai.APIConnectionError as exc:
+            raise transport_error(PROVIDER, exc, timed_out=False) from exc
+        except openai.APIResponseValidationError as exc:
+            raise ProviderCallError(
+                "malformed_response",
+                f"openai returned a body the SDK could not read: {exc.message}",
+                retryable=True,
+                status=exc.status_code,
+                details={"provider": PROVIDER},
+            ) from exc
+
+    async def call_bundle(self, call: BundleCall) -> CallOutcome:
+        chat = not self.prompt_list
+        body = self.chat_body(call) if chat else self.completions_body(call)
+        started = time.monotonic()
+        response = await self._send(body, chat)
+        latency_ms = int((time.monotonic() - started) * 1000)
+        details: dict[str, Any] = {
+            "provider": PROVIDER,
+            "response_id": response.id,
+            "output_mode": "json_schema" if chat else "prompt_list",
+        }
+        if call.temperature is not None and "temperature" not in body:
+            details["ignored"] = ["temperature"]
+        if isinstance(response, ChatCompletion):
+            reconciled, stop = self._read_chat(call, response, details)
+        else:
+            reconciled, stop = self._read_completions(call, response)
+        usage = _usage(response.usage)
+        model = response.model or body["model"]
+        cost = self.prices.cost(model, usage)
+        details["priced"] = cost.priced
+        details["price_table_as_of"] = self.prices.as_of
+        return CallOutcome(
+            reconciled=reconciled,
+            usage=usage,
+            cost=cost.total,
+            model=model,
+            latency_ms=latency_ms,
+            stop_reason=stop,
+            details=details,
+        )
+
+    def _read_chat(
+        self, call: BundleCall, response: ChatCompletion, details: dict[str, Any]
+    ) -> tuple[Reconciled, str | None]:
+        sent_ids = [item.custom_id for item in call.items]
+        if not response.choices:
+            raise ProviderCallError(
+                "malformed_output", "openai answer has no choices", retryable=True, details=details
+            )
+        choice = response.choices[0]
+        stop: str = choice.finish_reason
+        refused: str | None = None
+        if choice.message.refusal:
+            refused, details["refusal"] = "refusal", choice.message.refusal
+        elif stop == "content_filter":
+            refused = "content_filter"
+        text = choice.message.content or ""
+        try:
+            reconciled = reconcile_answer(
+                sent_ids, text, truncated=stop == "length", refused=refused
+            )
+        except MalformedOutput as exc:
+            raise ProviderCallError(
+                "malformed_output",
+                f"openai answer unusable: {exc}",
+                retryable=True,
+                details={**details, "stop_reason": stop, "excerpt": text[:300]},
+            ) from exc
+        return reconciled, stop
+
+    def _read_completions(
+        self, call: BundleCall, response: Completion
+    ) -> tuple[Reconciled, str | None]:
+        """Map ``choices[].index`` back to items; each choice is reconciled on its own, so a
+        malformed or truncated answer affects only its item."""
+        by_index: dict[int, list[Any]] = {}
+        for choice in response.choices:
+            by_index.setdefault(choice.index, []).append(choice)
+        out = Reconciled()
+        for index, item in enumerate(call.items):
+            cid = item.custom_id
+            choices = by_index.pop(index, [])
+            if not choices:
+                out.missing.add(cid)
+            elif len(choices) > 1:
+                out.duplicates.add(cid)
+                out.invalid[cid] = "answered more than once"
+            else:
+                choice = choices[0]
+                refused = "content_filter" if choice.finish_reason == "content_filter" else None
+                try:
+                    part = reconcile_answer(
+                        [cid],
+                        choice.text,
+                        truncated=choice.finish_reason == "length",
+                        refused=refused,
+                    )
+                except MalformedOutput as exc:
+                    out.invalid[cid] = f"malformed answer: {exc}"
+                    continue
+                _merge(out, part)
+        out.unknown.extend(f"choice#{index}" for index in sorted(by_index))
+        reasons = sorted({c.finish_reason for c in response.choices})
+        stop = "length" if "length" in reasons else (reasons[0] if len(reasons) == 1 else None)
+        return out, stop
+
+    async def aclose(self) -> None:
+        await self.client.close()

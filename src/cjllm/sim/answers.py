@@ -1,0 +1,78 @@
+"""What the simulated model answers to a bundle prompt.
+
+The prompt is read back with :func:`cjllm.provider.prompts.find_items_text` and
+:func:`~cjllm.provider.prompts.parse_items`, every item is decided by the
+:class:`~cjllm.sim.judge.Judge` under its own ``custom_id``, and the answer faults drawn for
+the call are applied. An answer longer than the request's output-token cap is cut there,
+as a real model's would be.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from cjllm.provider.prompts import find_items_text, parse_items
+from cjllm.sim.faults import MALFORMED_TEXT, spoil_entries
+from cjllm.sim.judge import Judge
+from cjllm.sim.tokens import CHARS_PER_TOKEN, count_tokens
+
+REFUSAL_TEXT = "I can't help with comparing these texts."
+
+
+@dataclass(frozen=True)
+class Answer:
+    custom_ids: list[str]
+    entries: list[dict[str, Any]]
+    """The entries the model produced (after faults), complete ones only when cut."""
+    text: str
+    """The answer as generated text (JSON, a cut JSON, a refusal or malformed text)."""
+    stop: str
+    """``end``, ``max_tokens`` or ``refusal``."""
+    output_tokens: int
+
+
+def decide_items(judge: Judge, prompt: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """The custom_ids found in ``prompt`` and the judge's entry for each."""
+    items_text = find_items_text(prompt)
+    items = parse_items(items_text) if items_text is not None else []
+    entries = []
+    for item in items:
+        decision = judge.decide(item.custom_id, item.parts)
+        entries.append(
+            {
+                "custom_id": item.custom_id,
+                "winner": decision.winner,
+                "justification": decision.justification,
+                "confidence": decision.confidence,
+            }
+        )
+    return [item.custom_id for item in items], entries
+
+
+def _cut_inside_an_item(entries: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
+    """Text cut halfway through the entry after the first half: complete entries survive."""
+    keep = len(entries) // 2
+    done = [json.dumps(e) for e in entries[:keep]]
+    partial = json.dumps(entries[keep]) if keep < len(entries) else ""
+    head = '{"comparisons": [' + ", ".join(done) + (", " if done and partial else "")
+    return head + partial[: max(1, len(partial) // 2)], entries[:keep]
+
+
+def compose(judge: Judge, prompt: str, *, max_tokens: int, faults: set[str]) -> Answer:
+    ids, entries = decide_items(judge, prompt)
+    if "refusal" in faults:
+        return Answer(ids, [], REFUSAL_TEXT, "refusal", count_tokens(REFUSAL_TEXT))
+    if "malformed_json" in faults:
+        return Answer(ids, [], MALFORMED_TEXT, "end", count_tokens(MALFORMED_TEXT))
+    spoiled = spoil_entries(entries, faults)
+    text, stop = json.dumps({"comparisons": spoiled}), "end"
+    if "max_tokens" in faults:
+        text, spoiled = _cut_inside_an_item(spoiled)
+        stop = "max_tokens"
+    elif count_tokens(text) > max_tokens:
+        text = text[: max_tokens * CHARS_PER_TOKEN]
+        spoiled = [e for e in spoiled if json.dumps(e) in text]
+        stop = "max_tokens"
+    return Answer(ids, spoiled, text, stop, count_tokens(text))

@@ -1,0 +1,403 @@
+"""The Anthropic side of the simulated provider: ``/v1/messages`` and Message Batches.
+
+Request checks follow the real API where our adapters could trip them: unknown top-level
+parameters are rejected (sampling parameters included), at most four ``cache_control``
+breakpoints, and no one-hour breakpoint after a five-minute one. Errors use Anthropic's
+body (``{"type": "error", "error": {"type", "message"}, "request_id"}``) and headers
+(``request-id``, ``retry-after``; 529 for ``overloaded_error``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from cjllm.sim.answers import Answer, compose
+from cjllm.sim.faults import draw
+from cjllm.sim.state import SimError, SimState, Usage, new_id
+from cjllm.sim.tokens import count_tokens
+
+router = APIRouter()
+
+MESSAGE_PARAMS = frozenset(
+    {
+        "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "stream",
+        "output_config", "tools", "tool_choice", "thinking", "service_tier", "cache_control",
+        "container", "diagnostics", "inference_geo", "speed",
+    }
+)  # fmt: skip
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+STOP_REASONS = {"end": "end_turn", "max_tokens": "max_tokens", "refusal": "refusal"}
+BATCH_TTL = timedelta(hours=24)
+
+
+def sim_of(request: Request) -> SimState:
+    state: SimState = request.app.state.sim
+    return state
+
+
+def error_body(exc: SimError, request_id: str) -> dict[str, Any]:
+    kind = ERROR_TYPES.get(
+        exc.status, "api_error" if exc.status >= 500 else "invalid_request_error"
+    )
+    return {
+        "type": "error",
+        "error": {"type": kind, "message": exc.message},
+        "request_id": request_id,
+    }
+
+
+def error_response(state: SimState, exc: SimError) -> JSONResponse:
+    request_id = new_id("req_")
+    headers = {"request-id": request_id}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(math.ceil(exc.retry_after))
+    state.counters.responses[str(exc.status)] += 1
+    return JSONResponse(error_body(exc, request_id), status_code=exc.status, headers=headers)
+
+
+async def read_json(request: Request, state: SimState) -> Any:
+    raw = await request.body()
+    if len(raw) > state.config.max_request_bytes:
+        raise SimError(413, "Request exceeds the maximum allowed number of bytes.")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SimError(400, "There was an error parsing the body of your request.") from None
+
+
+def _blocks(value: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}]
+    if not isinstance(value, list) or not all(isinstance(b, dict) for b in value):
+        raise SimError(400, f"{where}: Input should be a string or a list of content blocks")
+    return value
+
+
+def prompt_blocks(body: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The request's text in prompt order (tools, system, messages), with breakpoint TTLs."""
+    out: list[tuple[str, str | None]] = []
+    for tool in body.get("tools") or []:
+        out.append((json.dumps(tool, sort_keys=True), None))
+    system = body.get("system")
+    sources = [_blocks(system, "system")] if system is not None else []
+    sources += [_blocks(m.get("content"), "messages.content") for m in body["messages"]]
+    for blocks in sources:
+        for block in blocks:
+            text = block.get("text") if block.get("type") == "text" else json.dumps(block)
+            control = block.get("cache_control")
+            ttl = control.get("ttl", "5m") if isinstance(control, dict) else None
+            out.append((str(text), ttl))
+    return out
+
+
+def check_params(body: Any, where: str = "") -> None:
+    """400 for what the real API would refuse in the requests our adapters make."""
+    if not isinstance(body, dict):
+        raise SimError(400, f"{where or 'body'}: Input should be an object")
+    unknown = sorted(set(body) - MESSAGE_PARAMS)
+    if unknown:
+        raise SimError(400, f"{where}{unknown[0]}: Extra inputs are not permitted")
+    model, max_tokens, messages = body.get("model"), body.get("max_tokens"), body.get("messages")
+    if not isinstance(model, str) or not model:
+        raise SimError(400, f"{where}model: Field required")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise SimError(400, f"{where}max_tokens: Input should be a positive integer")
+    if not isinstance(messages, list) or not messages:
+        raise SimError(400, f"{where}messages: at least one message is required")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            raise SimError(400, f"{where}messages.{i}.role: Input should be 'user' or 'assistant'")
+    ttls = [ttl for _, ttl in prompt_blocks(body) if ttl is not None]
+    if len(ttls) > 4:
+        raise SimError(
+            400, f"A maximum of 4 blocks with cache_control may be provided. Found {len(ttls)}."
+        )
+    if any(a == "5m" and b == "1h" for a, b in itertools.pairwise(ttls)):
+        raise SimError(
+            400, "a ttl='1h' cache_control block must not come after a ttl='5m' cache_control block"
+        )
+    fmt = (body.get("output_config") or {}).get("format")
+    if fmt is not None and (
+        fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict)
+    ):
+        raise SimError(400, f"{where}output_config.format: a json_schema with a schema is required")
+    if body.get("stream"):
+        raise SimError(400, f"{where}stream: streaming is not simulated")
+
+
+def forced_tool(body: dict[str, Any]) -> str | None:
+    choice = body.get("tool_choice")
+    return choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" else None
+
+
+def build_message(
+    state: SimState, body: dict[str, Any], faults: set[str]
+) -> tuple[dict[str, Any], Answer, Usage]:
+    model = body["model"]
+    blocks = prompt_blocks(body)
+    prompt = "\n\n".join(text for text, _ in blocks)
+    answer = compose(state.judge, prompt, max_tokens=body["max_tokens"], faults=faults)
+    cache = state.cache.anthropic(model, blocks)
+    usage = Usage(
+        input=max(0, count_tokens(prompt) - cache.read - cache.written),
+        output=answer.output_tokens,
+        cache_creation=cache.written,
+        cache_read=cache.read,
+        cache_creation_1h=cache.written_1h,
+    )
+    stop = STOP_REASONS[answer.stop]
+    tool = forced_tool(body)
+    content: list[dict[str, Any]]
+    if tool is not None and answer.stop != "refusal":
+        given = {"comparisons": answer.entries} if "malformed_json" not in faults else {}
+        content = [{"type": "tool_use", "id": new_id("toolu_"), "name": tool, "input": given}]
+        stop = "tool_use" if answer.stop == "end" else stop
+    else:
+        content = [{"type": "text", "text": answer.text}]
+    message = {
+        "id": new_id("msg_"),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": stop,
+        "stop_sequence": None,
+        "stop_details": {"type": "refusal", "category": None, "explanation": answer.text}
+        if stop == "refusal"
+        else None,
+        "usage": {
+            "input_tokens": usage.input,
+            "output_tokens": usage.output,
+            "cache_creation_input_tokens": usage.cache_creation,
+            "cache_read_input_tokens": usage.cache_read,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": cache.written_5m,
+                "ephemeral_1h_input_tokens": cache.written_1h,
+            },
+            "service_tier": "standard",
+        },
+    }
+    return message, answer, usage
+
+
+def _ratelimit_headers(state: SimState) -> dict[str, str]:
+    limits = state.config.limits
+    budget = state.limiter.budget(limits)
+    reset = (datetime.now(UTC) + timedelta(seconds=budget.reset_seconds)).isoformat()
+    headers: dict[str, str] = {}
+    if limits.requests_per_minute is not None:
+        headers["anthropic-ratelimit-requests-limit"] = str(limits.requests_per_minute)
+        headers["anthropic-ratelimit-requests-remaining"] = str(budget.requests_left)
+        headers["anthropic-ratelimit-requests-reset"] = reset
+    if limits.tokens_per_minute is not None:
+        headers["anthropic-ratelimit-tokens-limit"] = str(limits.tokens_per_minute)
+        headers["anthropic-ratelimit-tokens-remaining"] = str(budget.tokens_left)
+        headers["anthropic-ratelimit-tokens-reset"] = reset
+    return headers
+
+
+async def _admit(request: Request, state: SimState) -> Any:
+    if not state.authorized(request.headers):
+        raise SimError(401, "invalid x-api-key")
+    if "anthropic-version" not in request.headers:
+        raise SimError(400, "anthropic-version: header is required")
+    return await read_json(request, state)
+
+
+@router.post("/v1/messages")
+async def create_message(request: Request) -> Response:
+    state = sim_of(request)
+    state.counters.requests["POST /v1/messages"] += 1
+    try:
+        body = await _admit(request, state)
+        check_params(body)
+        prompt_tokens = count_tokens("\n\n".join(t for t, _ in prompt_blocks(body)))
+        faults = state.gate(body["model"], prompt_tokens)
+        message, answer, usage = build_message(state, body, faults)
+    except SimError as exc:
+        await asyncio.sleep(state.config.latency.per_call)
+        return error_response(state, exc)
+    state.limiter.spend(usage.input + usage.cache_creation + usage.cache_read + usage.output)
+    state.record(
+        "POST /v1/messages",
+        model=body["model"],
+        custom_ids=answer.custom_ids,
+        usage=usage,
+        faults=faults,
+        stop=message["stop_reason"],
+        body=body,
+    )
+    await asyncio.sleep(state.config.latency.seconds(len(answer.custom_ids), usage.output))
+    state.counters.responses["200"] += 1
+    headers = {"request-id": new_id("req_"), **_ratelimit_headers(state)}
+    return JSONResponse(message, headers=headers)
+
+
+# --------------------------------------------------------------------------- message batches
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _batch_view(request: Request, batch: dict[str, Any]) -> dict[str, Any]:
+    ended = batch["canceled_at"] is not None or time.time() >= batch["ends_at"]
+    counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+    for line in batch["results"]:
+        counts[line["result"]["type"] if ended else "processing"] += 1
+    results_url = f"{str(request.base_url).rstrip('/')}/v1/messages/batches/{batch['id']}/results"
+    return {
+        "id": batch["id"],
+        "type": "message_batch",
+        "processing_status": "ended" if ended else "in_progress",
+        "request_counts": counts,
+        "created_at": _iso(batch["created_at"]),
+        "expires_at": _iso(batch["created_at"] + BATCH_TTL.total_seconds()),
+        "ended_at": _iso(batch["canceled_at"] or batch["ends_at"]) if ended else None,
+        "cancel_initiated_at": _iso(batch["canceled_at"]),
+        "archived_at": None,
+        "results_url": results_url if ended else None,
+    }
+
+
+def _batch_result(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
+    faults = draw(state.config.faults, state.rng)
+    for name in faults:
+        state.counters.faults[name] += 1
+    if faults & {"rate_limited", "overloaded", "server_error"}:
+        status = 529 if "overloaded" in faults else 500
+        exc = SimError(status, "The request could not be processed (simulated).")
+        return {"type": "errored", "error": error_body(exc, new_id("req_"))}
+    message, answer, usage = build_message(state, params, faults)
+    state.record(
+        "POST /v1/messages/batches",
+        model=params["model"],
+        custom_ids=answer.custom_ids,
+        usage=usage,
+        faults=faults,
+        stop=message["stop_reason"],
+        body=params,
+        batch=True,
+    )
+    return {"type": "succeeded", "message": message}
+
+
+@router.post("/v1/messages/batches")
+async def create_batch(request: Request) -> Response:
+    state = sim_of(request)
+    state.counters.requests["POST /v1/messages/batches"] += 1
+    try:
+        body = await _admit(request, state)
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            raise SimError(400, "requests: at least one request is required")
+        seen: set[str] = set()
+        for i, entry in enumerate(requests):
+            cid = entry.get("custom_id") if isinstance(entry, dict) else None
+            if not isinstance(cid, str) or not 1 <= len(cid) <= 64 or cid in seen:
+                raise SimError(400, f"requests.{i}.custom_id: must be unique, 1 to 64 characters")
+            seen.add(cid)
+            check_params(entry.get("params"), f"requests.{i}.params.")
+    except SimError as exc:
+        return error_response(state, exc)
+    now = time.time()
+    batch: dict[str, Any] = {
+        "id": new_id("msgbatch_"),
+        "created_at": now,
+        "ends_at": now + state.config.batch_seconds,
+        "canceled_at": None,
+        "results": [
+            {"custom_id": r["custom_id"], "result": _batch_result(state, r["params"])}
+            for r in requests
+        ],
+    }
+    state.stores["message_batches"][batch["id"]] = batch
+    state.counters.batches["created"] += 1
+    state.counters.responses["200"] += 1
+    return JSONResponse(_batch_view(request, batch), headers={"request-id": new_id("req_")})
+
+
+def _find_batch(request: Request, state: SimState, batch_id: str) -> dict[str, Any]:
+    if not state.authorized(request.headers):
+        raise SimError(401, "invalid x-api-key")
+    batch: dict[str, Any] | None = state.stores["message_batches"].get(batch_id)
+    if batch is None:
+        raise SimError(404, f"message batch {batch_id} not found")
+    return batch
+
+
+@router.get("/v1/messages/batches")
+async def list_batches(request: Request) -> Response:
+    state = sim_of(request)
+    state.counters.requests["GET /v1/messages/batches"] += 1
+    if not state.authorized(request.headers):
+        return error_response(state, SimError(401, "invalid x-api-key"))
+    data = [_batch_view(request, b) for b in reversed(state.stores["message_batches"].values())]
+    return JSONResponse(
+        {
+            "data": data,
+            "has_more": False,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+    )
+
+
+@router.get("/v1/messages/batches/{batch_id}")
+async def retrieve_batch(request: Request, batch_id: str) -> Response:
+    state = sim_of(request)
+    state.counters.requests["GET /v1/messages/batches/{id}"] += 1
+    try:
+        batch = _find_batch(request, state, batch_id)
+    except SimError as exc:
+        return error_response(state, exc)
+    return JSONResponse(_batch_view(request, batch))
+
+
+@router.post("/v1/messages/batches/{batch_id}/cancel")
+async def cancel_batch(request: Request, batch_id: str) -> Response:
+    state = sim_of(request)
+    state.counters.requests["POST /v1/messages/batches/{id}/cancel"] += 1
+    try:
+        batch = _find_batch(request, state, batch_id)
+    except SimError as exc:
+        return error_response(state, exc)
+    if batch["canceled_at"] is None and time.time() < batch["ends_at"]:
+        batch["canceled_at"] = time.time()
+        for line in batch["results"]:
+            line["result"] = {"type": "canceled"}
+    return JSONResponse(_batch_view(request, batch))
+
+
+@router.get("/v1/messages/batches/{batch_id}/results")
+async def batch_results(request: Request, batch_id: str) -> Response:
+    state = sim_of(request)
+    state.counters.requests["GET /v1/messages/batches/{id}/results"] += 1
+    try:
+        batch = _find_batch(request, state, batch_id)
+        if _batch_view(request, batch)["processing_status"] != "ended":
+            raise SimError(400, f"message batch {batch_id} has not ended; no results yet")
+    except SimError as exc:
+        return error_response(state, exc)
+    lines = "".join(json.dumps(line) + "\n" for line in batch["results"])
+    return Response(lines, media_type="application/x-jsonl")
