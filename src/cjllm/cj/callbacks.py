@@ -74,7 +74,7 @@ async def record_result(
     """Apply one callback to its comparison row, exactly once (see :class:`CallbackOutcome`)."""
     cid = result.correlation_id
     md = result.request_metadata
-    async with store.session.begin() as s:
+    async with store.write() as s:
         row = (
             await s.execute(
                 select(
@@ -177,13 +177,13 @@ def _dead_letter(envelope: EventEnvelope, reason: str) -> DeadLetter:
 
 async def dead_letter(store: Store, envelope: EventEnvelope, reason: str) -> None:
     """Keep a callback that cannot be applied, with the reason, for review."""
-    async with store.session.begin() as s:
+    async with store.write() as s:
         s.add(_dead_letter(envelope, reason))
 
 
 async def dead_letters(store: Store) -> list[tuple[str, str]]:
     """(correlation_id, reason) of every dead-lettered callback, oldest first."""
-    async with store.session() as s:
+    async with store.read() as s:
         rows = await s.execute(
             select(DeadLetter.correlation_id, DeadLetter.reason).order_by(DeadLetter.id)
         )

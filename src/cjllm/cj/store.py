@@ -9,8 +9,10 @@ key, so two workers can never both start round N+1 (DESIGN.md §6).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,12 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, event, func, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from cjllm.cj.records import (
@@ -45,6 +52,7 @@ from cjllm.contracts import utcnow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x636A6C6C6D  # "cjllm": one migrator at a time per database
+WRITE_OPTION = "cj_write"
 
 
 class BatchNotFound(LookupError):
@@ -61,8 +69,10 @@ class RoundExists(RuntimeError):
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; SQLite gets WAL, foreign keys and ``BEGIN IMMEDIATE`` transactions,
-    so concurrent writers wait for the lock instead of failing on an upgrade."""
+    """An async engine. SQLite gets WAL (``synchronous=NORMAL``: a crashed process loses no
+    committed transaction), foreign keys, and ``BEGIN IMMEDIATE`` for write transactions
+    (execution option ``cj_write``), so writers in different processes queue for the lock
+    instead of failing on a lock upgrade; readers use a plain ``BEGIN`` and never block."""
     if not url.startswith("sqlite"):
         return create_async_engine(url, pool_pre_ping=True)
     engine = create_async_engine(url, connect_args={"timeout": 60})
@@ -75,11 +85,13 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         if not memory:
             cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        write = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
 
@@ -95,7 +107,7 @@ def _upgrade(connection: Connection) -> None:
 
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the database to the newest schema (alembic ``upgrade head``), in one transaction."""
-    async with engine.begin() as conn:
+    async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
         await conn.run_sync(_upgrade)
 
 
@@ -107,11 +119,28 @@ def _int(value: Any) -> int | None:
 
 
 class Store:
-    """Reads and writes of the CJ database. Each method is one short transaction."""
+    """Reads and writes of the CJ database. Each method is one short transaction.
+
+    On SQLite, writes from this process take turns on an asyncio lock, so they never fall
+    into SQLite's sleeping busy handler; other processes are held off by ``BEGIN IMMEDIATE``.
+    """
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self.session = async_sessionmaker(engine, expire_on_commit=False)
+        writer = engine.execution_options(**{WRITE_OPTION: True})
+        self._writer = async_sessionmaker(writer, expire_on_commit=False)
+        self._reader = async_sessionmaker(engine, expire_on_commit=False)
+        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A write transaction, committed when the block ends without an exception."""
+        async with self._lock or nullcontext(), self._writer.begin() as session:
+            yield session
+
+    def read(self) -> AsyncSession:
+        """A session for reads (use as ``async with store.read() as s``)."""
+        return self._reader()
 
     @classmethod
     async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
@@ -126,7 +155,7 @@ class Store:
     # ---------------------------------------------------------------- batches
 
     async def create_batch(self, batch: Batch, essays: Sequence[NewEssay]) -> None:
-        async with self.session.begin() as s:
+        async with self.write() as s:
             s.add(batch)
             await s.flush()
             s.add_all(
@@ -141,7 +170,7 @@ class Store:
             )
 
     async def batch(self, batch_id: str) -> BatchRecord:
-        async with self.session() as s:
+        async with self.read() as s:
             row = await s.get(Batch, batch_id)
             if row is None:
                 raise BatchNotFound(batch_id)
@@ -167,14 +196,14 @@ class Store:
             )
 
     async def running_batch_ids(self) -> list[str]:
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.scalars(
                 select(Batch.id).where(Batch.status == BatchStatus.RUNNING).order_by(Batch.id)
             )
             return list(rows)
 
     async def unpublished_batch_ids(self) -> list[str]:
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.scalars(
                 select(Batch.id).where(
                     Batch.status != BatchStatus.RUNNING, Batch.completion_published.is_(False)
@@ -183,7 +212,7 @@ class Store:
             return list(rows)
 
     async def essays(self, batch_id: str) -> list[EssayRecord]:
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.execute(
                 select(Essay.essay_id, Essay.position, Essay.text, Essay.anchor_grade)
                 .where(Essay.batch_id == batch_id)
@@ -201,7 +230,7 @@ class Store:
         essays: Sequence[EssayResult],
     ) -> bool:
         """Finish a running batch and store its ranking; False if it was already finished."""
-        async with self.session.begin() as s:
+        async with self.write() as s:
             done = await s.execute(
                 update(Batch)
                 .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING)
@@ -230,7 +259,7 @@ class Store:
             return True
 
     async def mark_published(self, batch_id: str) -> None:
-        async with self.session.begin() as s:
+        async with self.write() as s:
             await s.execute(
                 update(Batch).where(Batch.id == batch_id).values(completion_published=True)
             )
@@ -258,7 +287,7 @@ class Store:
             for p in pairs
         ]
         try:
-            async with self.session.begin() as s:
+            async with self.write() as s:
                 s.add(
                     Round(
                         batch_id=batch_id,
@@ -278,7 +307,7 @@ class Store:
         ]
 
     async def latest_round(self, batch_id: str) -> RoundRecord | None:
-        async with self.session() as s:
+        async with self.read() as s:
             row = await s.scalar(
                 select(Round)
                 .where(Round.batch_id == batch_id)
@@ -294,7 +323,7 @@ class Store:
     async def close_round_if_done(self, batch_id: str, round_number: int) -> bool:
         """Close the round when none of its comparisons is pending. True for the one caller
         whose conditional update closed it; everyone else (and any earlier call) gets False."""
-        async with self.session.begin() as s:
+        async with self.write() as s:
             pending = await s.scalar(
                 select(func.count())
                 .select_from(Comparison)
@@ -319,7 +348,7 @@ class Store:
 
     async def reopen_round(self, batch_id: str, round_number: int) -> None:
         """Undo a close whose follow-up failed, so the next callback or resume retries it."""
-        async with self.session.begin() as s:
+        async with self.write() as s:
             await s.execute(
                 update(Round)
                 .where(Round.batch_id == batch_id, Round.round_number == round_number)
@@ -329,7 +358,7 @@ class Store:
     async def record_fit(
         self, batch_id: str, round_number: int, reliability: float | None, mean_se: float | None
     ) -> None:
-        async with self.session.begin() as s:
+        async with self.write() as s:
             await s.execute(
                 update(Round)
                 .where(Round.batch_id == batch_id, Round.round_number == round_number)
@@ -340,7 +369,7 @@ class Store:
 
     async def unsubmitted(self, batch_id: str) -> list[PendingComparison]:
         """Pending rows the provider never accepted (written, then a crash or a lost 202)."""
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.execute(
                 select(
                     Comparison.request_correlation_id,
@@ -358,7 +387,7 @@ class Store:
             return [PendingComparison(*r) for r in rows]
 
     async def mark_submitted(self, correlation_id: uuid.UUID, queue_id: str) -> None:
-        async with self.session.begin() as s:
+        async with self.write() as s:
             await s.execute(
                 update(Comparison)
                 .where(Comparison.request_correlation_id == correlation_id)
@@ -370,7 +399,7 @@ class Store:
     ) -> tuple[str, int] | None:
         """Mark a still-pending comparison failed (its submission finally failed, or its
         callback was unreadable). Returns (batch id, round) when this call changed the row."""
-        async with self.session.begin() as s:
+        async with self.write() as s:
             where = (
                 Comparison.request_correlation_id == correlation_id,
                 Comparison.status == ComparisonStatus.PENDING,
@@ -395,7 +424,7 @@ class Store:
             return str(row[0]), int(row[1])
 
     async def outcomes(self, batch_id: str) -> list[PairOutcome]:
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.execute(
                 select(
                     Comparison.essay_a_id,
@@ -414,7 +443,7 @@ class Store:
 
     async def comparisons(self, batch_id: str) -> list[Comparison]:
         """Every comparison row of the batch, detached (for reports and tests)."""
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.scalars(
                 select(Comparison).where(Comparison.batch_id == batch_id).order_by(Comparison.id)
             )
@@ -422,7 +451,7 @@ class Store:
 
     async def models_used(self, batch_id: str) -> list[str]:
         """The distinct models that answered the batch's comparisons, sorted."""
-        async with self.session() as s:
+        async with self.read() as s:
             rows = await s.scalars(
                 select(Comparison.model)
                 .where(Comparison.batch_id == batch_id, Comparison.model.is_not(None))
@@ -432,7 +461,7 @@ class Store:
 
     async def progress(self, batch_id: str) -> BatchProgress:
         batch = await self.batch(batch_id)
-        async with self.session() as s:
+        async with self.read() as s:
             by_status = await s.execute(
                 select(
                     Comparison.status,

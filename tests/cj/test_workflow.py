@@ -1,0 +1,301 @@
+"""A batch's life: rounds, stopping rules, completion event, anchors, resume."""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from cjllm.cj.options import BatchOptions, InvalidBatch, UnsupportedStrategy
+from cjllm.cj.store import Store
+from cjllm.cj.tables import ComparisonStatus
+from cjllm.cj.workflow import CJWorkflow, EssayInput
+from cjllm.contracts import COMPLETION_EVENT_TYPE, BatchingStrategy
+from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
+
+
+async def test_batch_runs_to_a_ranking_that_follows_the_judge(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(20)
+    h = await make_harness(
+        stub=judging_stub(qualities), max_concurrent_comparisons=10, comparisons_per_essay=12
+    )
+    batch_id = await h.cj.start_batch(
+        essays, instructions="Should schools start later?", rubric="Argument, evidence, style."
+    )
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    await h.settle()
+    assert result.status == "completed" and result.stop_reason == "budget_spent"
+    truth = {e.essay_id: qualities[e.text] for e in essays}
+    rho = spearmanr([truth[r.essay_id] for r in result.ranking], [r.score for r in result.ranking])
+    assert rho.statistic > 0.85
+    assert [r.rank for r in result.ranking] == list(range(1, 21))
+    scores = [r.score for r in result.ranking]
+    assert scores == sorted(scores, reverse=True)
+    # the counts are the rows, not estimates
+    rows = await h.cj.store.comparisons(batch_id)
+    assert result.comparisons_requested == len(rows) == 120
+    assert result.comparisons_succeeded == sum(r.status == ComparisonStatus.SUCCEEDED for r in rows)
+    assert result.rounds == 12
+    assert result.provider_calls == len({r.bundle_id for r in rows}) == 12
+    assert result.token_usage.total_tokens == 120 * 120
+    assert result.cost_estimate == pytest.approx(0.12)
+    assert result.model == "stub-judge-1"
+    assert result.scale_separation_reliability is not None
+    assert result.split_half_reliability is not None and result.graph_components == 1
+    assert sum(r.comparisons for r in result.ranking) == 2 * 120
+    # published once, in its envelope, keyed to the batch
+    (envelope,) = h.completions
+    assert envelope.event_type == COMPLETION_EVENT_TYPE
+    assert envelope.correlation_id == uuid.UUID(batch_id)
+    assert h.completion() == result
+    assert (await h.cj.store.batch(batch_id)).completion_published
+
+
+async def test_stops_when_the_reliability_target_is_met(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(12)
+    h = await make_harness(
+        stub=judging_stub(qualities),
+        max_concurrent_comparisons=6,
+        comparisons_per_essay=40,
+        target_reliability=0.8,
+        min_comparisons_per_essay_before_stop=4,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.stop_reason == "reliability_target_met"
+    assert result.scale_separation_reliability is not None
+    assert result.scale_separation_reliability >= 0.8
+    assert 24 <= result.comparisons_requested < 240
+
+
+async def test_reliability_is_not_trusted_before_the_minimum(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(12)
+    h = await make_harness(
+        stub=judging_stub(qualities),
+        max_concurrent_comparisons=6,
+        comparisons_per_essay=40,
+        target_reliability=0.0,  # met from the first fit on
+        min_comparisons_per_essay_before_stop=6,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.stop_reason == "reliability_target_met"
+    assert result.comparisons_succeeded == 36  # 6 per essay on average, not sooner
+
+
+async def test_stops_when_the_mean_se_target_is_met(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(10)
+    h = await make_harness(
+        stub=judging_stub(qualities),
+        max_concurrent_comparisons=5,
+        comparisons_per_essay=60,
+        target_reliability=1.0,
+        target_mean_se=1.2,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.stop_reason == "se_target_met"
+    assert result.mean_se is not None and result.mean_se <= 1.2
+
+
+async def test_total_budget_caps_requests_and_the_last_round_shrinks(
+    make_harness: MakeHarness,
+) -> None:
+    essays, qualities = essays_with_quality(10)
+    h = await make_harness(
+        stub=judging_stub(qualities), max_concurrent_comparisons=4, max_comparisons_total=10
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.comparisons_requested == 10 and "stopped: budget_spent" in (result.message or "")
+    sizes = [r.request.metadata["preferred_bundle_size"] for r in h.stub.received]
+    assert sizes == [4] * 8 + [2] * 2
+
+
+async def test_no_useful_pairs_left_stops_the_batch(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(3)
+    h = await make_harness(
+        stub=judging_stub(qualities),
+        max_concurrent_comparisons=5,
+        max_comparisons_per_essay=2,
+        min_success_fraction=0.5,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.stop_reason == "no_useful_pairs"
+    assert result.comparisons_requested == 3
+    assert all(r.comparisons == 2 for r in result.ranking)
+
+
+async def test_disconnected_comparisons_fail_the_batch_and_say_so(
+    make_harness: MakeHarness,
+) -> None:
+    essays, qualities = essays_with_quality(4)
+    groups = {essays[0].text: 0, essays[1].text: 0, essays[2].text: 1, essays[3].text: 1}
+
+    def across(request):  # type: ignore[no-untyped-def]
+        a, b = request.per_comparison_parts()
+        return groups[a] != groups[b]
+
+    h = await make_harness(
+        stub=judging_stub(qualities, error_for=across),
+        max_concurrent_comparisons=2,
+        comparisons_per_essay=6,
+        max_pair_retries=0,
+        min_success_fraction=0.0,
+        max_failed_rounds=50,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.status == "failed" and result.stop_reason == "disconnected_comparison_graph"
+    assert "2 groups" in (result.message or "")
+    assert result.graph_components == 2
+    assert len(result.ranking) == 4  # still reported, for inspection
+
+
+async def test_anchors_give_projected_grades(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(16)
+    anchor_essays, anchor_q = essays_with_quality(20, seed=7)
+    anchors = []
+    for grade, index in (("1", 1), ("2", 7), ("3", 13), ("4", 19)):
+        a = anchor_essays[index]
+        anchors.append(EssayInput(f"anchor-{grade}", a.text + " (anchor)", grade=grade))
+        qualities[a.text + " (anchor)"] = anchor_q[a.text] * 0.8
+    h = await make_harness(
+        stub=judging_stub(qualities), max_concurrent_comparisons=10, comparisons_per_essay=14
+    )
+    batch_id = await h.cj.start_batch(essays, anchors=anchors, instructions="Storms.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.status == "completed", result.message
+    assert result.grade_scale == ["1", "2", "3", "4"]
+    by_id = {r.essay_id: r for r in result.ranking}
+    assert {r.essay_id for r in result.ranking if r.is_anchor} == {a.essay_id for a in anchors}
+    assert by_id["anchor-3"].anchor_grade == "3"
+    for r in result.ranking:
+        assert r.projected_grade in {"1", "2", "3", "4"}
+        assert r.grade_probability is not None and 0.25 <= r.grade_probability <= 1.0
+    # grades rise with scores (most probable grade is monotone in the score)
+    ordered = [int(r.projected_grade or 0) for r in result.ranking]
+    assert ordered == sorted(ordered, reverse=True)
+    assert by_id["e015"].projected_grade in {"3", "4"} and by_id["e000"].projected_grade == "1"
+
+
+@pytest.mark.parametrize(
+    ("anchors", "scale", "message"),
+    [
+        ([EssayInput("a", "x", "B"), EssayInput("b", "y", "A")], None, "not all numbers"),
+        ([EssayInput("a", "x", "B")], ["A", "C"], "not in grade_scale"),
+        ([EssayInput("a", "x")], None, "has no grade"),
+    ],
+)
+async def test_bad_anchors_are_refused_before_anything_is_stored(
+    make_harness: MakeHarness, anchors: list[EssayInput], scale: list[str] | None, message: str
+) -> None:
+    essays, _ = essays_with_quality(4)
+    h = await make_harness()
+    with pytest.raises(InvalidBatch, match=message):
+        await h.cj.start_batch(essays, anchors=anchors, grade_scale=scale, instructions="x")
+    assert await h.cj.store.running_batch_ids() == []
+
+
+@pytest.mark.parametrize(
+    ("essays", "message"),
+    [
+        ([EssayInput("a", "text")], "at least 2"),
+        ([EssayInput("a", "text"), EssayInput("a", "other")], "more than once"),
+        ([EssayInput("a", "text"), EssayInput("b", "  \n")], "has no text"),
+    ],
+)
+async def test_bad_essays_are_refused(
+    make_harness: MakeHarness, essays: list[EssayInput], message: str
+) -> None:
+    h = await make_harness()
+    with pytest.raises(InvalidBatch, match=message):
+        await h.cj.start_batch(essays, instructions="x")
+
+
+@pytest.mark.parametrize("strategy", [BatchingStrategy.ASYNC_BATCH, BatchingStrategy.NIGHTLY_BATCH])
+async def test_batch_api_strategies_are_refused_not_faked(
+    make_harness: MakeHarness, strategy: BatchingStrategy
+) -> None:
+    essays, _ = essays_with_quality(4)
+    h = await make_harness(llm_batching_strategy=strategy)
+    with pytest.raises(UnsupportedStrategy, match=strategy.value):
+        await h.cj.start_batch(essays, instructions="x")
+    assert h.stub.posts == 0
+
+
+async def test_serial_override_needs_its_size(make_harness: MakeHarness) -> None:
+    essays, _ = essays_with_quality(4)
+    h = await make_harness()
+    options = BatchOptions(batching_strategy=BatchingStrategy.SERIAL_OVERRIDE)
+    with pytest.raises(InvalidBatch, match="SERIAL_OVERRIDE_BUNDLE_SIZE"):
+        await h.cj.start_batch(essays, instructions="x", options=options)
+
+
+async def test_completion_seen_from_another_process(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(6)
+    h = await make_harness(stub=judging_stub(qualities, answer=None), max_concurrent_comparisons=3)
+    batch_id = await h.cj.start_batch(essays, instructions="x")
+    observer_store = await Store.open(h.settings.database_url)
+    observer = CJWorkflow(observer_store, h.cj.client, h.bus, h.settings)
+    try:
+        assert await observer.result(batch_id) is None
+        h.stub.answer = "after"
+        for item in list(h.stub.received):
+            await h.stub.publish(item)
+        result = await observer.wait_for_completion(batch_id, timeout=60, check_every=0.05)
+        assert result.status == "completed"
+        assert result == await h.cj.result(batch_id)
+    finally:
+        await observer_store.close()
+
+
+async def test_progress_hook_and_counters(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(8)
+    h = await make_harness(
+        stub=judging_stub(qualities), max_concurrent_comparisons=4, comparisons_per_essay=4
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="x")
+    await h.cj.wait_for_completion(batch_id, timeout=60)
+    kinds = [e.kind for e in h.progress]
+    assert kinds.count("round_started") == 4 and kinds.count("round_closed") == 4
+    assert kinds.count("comparison_finished") == 16 and kinds[-1] == "batch_finished"
+    done = [e for e in h.progress if e.kind == "comparison_finished"]
+    assert all(e.succeeded for e in done) and sum(e.tokens for e in done) == 16 * 120
+    assert len({e.bundle_id for e in done}) == 4
+    progress = await h.cj.progress(batch_id)
+    assert (progress.requested, progress.succeeded, progress.pending) == (16, 16, 0)
+    assert progress.provider_calls == 4 and progress.budget == 16
+    assert progress.reliability is not None
+
+
+async def test_unpublished_completion_is_published_on_resume(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(4)
+    h = await make_harness(stub=judging_stub(qualities), comparisons_per_essay=2)
+
+    async def bus_down(*_args: object) -> None:
+        from cjllm.bus import BusError
+
+        raise BusError("broker unreachable")
+
+    real_publish = h.bus.publish
+    h.cj.bus = type("Down", (), {"publish": staticmethod(bus_down)})()  # type: ignore[assignment]
+    batch_id = await h.cj.start_batch(essays, instructions="x")
+    await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert not (await h.cj.store.batch(batch_id)).completion_published
+    h.cj.bus = h.bus
+    assert h.bus.publish == real_publish
+    assert batch_id in await h.cj.resume_all()
+    await h.settle()
+    assert (await h.cj.store.batch(batch_id)).completion_published
+    assert h.completion().cj_batch_id == batch_id
+
+
+def test_budget_rule() -> None:
+    options = BatchOptions(comparisons_per_essay=5, max_comparisons_total=None)
+    assert options.budget(11) == 28
+    assert options.with_changes(max_comparisons_total=20).budget(11) == 20
+    assert np.isclose(options.budget(2), 5)
