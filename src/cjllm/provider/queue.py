@@ -97,7 +97,8 @@ class NewItem:
 
 @dataclass(frozen=True)
 class QueuedItem:
-    """An item as stored. ``attempts`` counts failed tries (and lost leases)."""
+    """An item as stored. ``attempts`` counts failed tries (and lost leases);
+    ``lease_owner`` of a finished item is the worker that last held it."""
 
     queue_id: str
     correlation_id: str

@@ -153,7 +153,7 @@ for i = 4, #ARGV, 5 do
     redis.call('ZREM', P..':ttl', qid)
     stat(P, f[1], -1); stat(P, 'items', -1); stat(P, 'bytes', -tonumber(f[3]))
     redis.call('HSET', ik, 'state', ARGV[i + 1], 'updated', now)
-    redis.call('HDEL', ik, 'payload', 'owner', 'lease')
+    redis.call('HDEL', ik, 'payload', 'lease')
     redis.call('EXPIRE', ik, retention)
     redis.call('EXPIRE', P..':cid:'..f[4], retention)
     local oid = redis.call('INCR', P..':outbox:seq')

@@ -245,8 +245,8 @@ class SQLiteQueue:
             done: list[str] = []
             for f in finished:
                 cur = c.execute(
-                    "UPDATE items SET state = ?, updated_at = ?, lease_owner = NULL,"
-                    " lease_until = NULL, payload = '' WHERE queue_id = ? AND state IN (?, ?)",
+                    "UPDATE items SET state = ?, updated_at = ?, lease_until = NULL,"
+                    " payload = '' WHERE queue_id = ? AND state IN (?, ?)",
                     (f.state.value, now, f.queue_id, *_ACTIVE),
                 )
                 if cur.rowcount:

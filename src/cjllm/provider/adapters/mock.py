@@ -8,9 +8,9 @@ same validation a real answer goes through.
 
 Fault injection for tests and demos:
 
-- per item (:attr:`MockAdapter.item_faults`, ``custom_id`` → fault, each used once):
-  ``"malformed"`` (an invalid winner), ``"bad_confidence"`` (confidence 9),
-  ``"missing"`` (no entry), ``"duplicate"`` (two conflicting entries);
+- per item (:meth:`MockAdapter.fail_item`: the next ``times`` answers for that
+  ``custom_id`` are faulty): ``"malformed"`` (an invalid winner), ``"bad_confidence"``
+  (confidence 9), ``"missing"`` (no entry), ``"duplicate"`` (two conflicting entries);
 - :attr:`MockAdapter.extra_ids`: unknown ids added to the next answer;
 - per call (:attr:`MockAdapter.call_faults`, used in order, one per call):
   a :class:`ProviderCallError` to raise (see :func:`rate_limited`, :func:`overloaded`,
@@ -55,7 +55,8 @@ def server_error() -> ProviderCallError:
 
 @dataclass
 class MockAdapter:
-    """The ``mock`` provider. ``calls`` records every call made, in order."""
+    """The ``mock`` provider. ``calls`` records every call made, in order,
+    ``call_times`` when each started (UNIX seconds) and ``outcomes`` what each answered."""
 
     judge: Judge = field(default_factory=Judge)
     default_model: str = "mock-judge-1"
@@ -63,10 +64,12 @@ class MockAdapter:
     usd_per_million_input: float = 0.0
     usd_per_million_output: float = 0.0
     name: str = "mock"
-    item_faults: dict[str, ItemFault] = field(default_factory=dict)
+    item_faults: dict[str, list[ItemFault]] = field(default_factory=dict)
     extra_ids: list[str] = field(default_factory=list)
     call_faults: deque[ProviderCallError | Literal["garbage"]] = field(default_factory=deque)
     calls: list[BundleCall] = field(default_factory=list)
+    call_times: list[float] = field(default_factory=list)
+    outcomes: list[CallOutcome] = field(default_factory=list)
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> MockAdapter:
@@ -80,9 +83,14 @@ class MockAdapter:
             latency_seconds=settings.mock_latency_seconds,
         )
 
+    def fail_item(self, custom_id: str, fault: ItemFault, times: int = 1) -> None:
+        """Make the next ``times`` answers for ``custom_id`` carry ``fault``."""
+        self.item_faults.setdefault(custom_id, []).extend([fault] * times)
+
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         started = time.monotonic()
         self.calls.append(call)
+        self.call_times.append(time.time())
         if self.latency_seconds:
             await asyncio.sleep(self.latency_seconds)
         fault = self.call_faults.popleft() if self.call_faults else None
@@ -98,7 +106,7 @@ class MockAdapter:
             usage.input_tokens * self.usd_per_million_input
             + usage.output_tokens * self.usd_per_million_output
         ) / 1e6
-        return CallOutcome(
+        outcome = CallOutcome(
             reconciled=reconciled,
             usage=usage,
             cost=cost,
@@ -106,6 +114,8 @@ class MockAdapter:
             latency_ms=int((time.monotonic() - started) * 1000),
             stop_reason="end_turn",
         )
+        self.outcomes.append(outcome)
+        return outcome
 
     def _answer(self, items_text: str) -> str:
         entries: list[dict[str, Any]] = []
@@ -117,7 +127,8 @@ class MockAdapter:
                 "justification": decision.justification,
                 "confidence": decision.confidence,
             }
-            fault = self.item_faults.pop(item.custom_id, None)
+            pending = self.item_faults.get(item.custom_id)
+            fault = pending.pop(0) if pending else None
             if fault == "missing":
                 continue
             if fault == "malformed":

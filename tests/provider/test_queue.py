@@ -1,0 +1,254 @@
+"""The queue contract, run against both backends (SQLite file, real Redis).
+
+Times are passed in explicitly, so lease, linger, retry and TTL rules are checked without
+sleeping or measuring anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from cjllm.contracts import QueueItemState
+from cjllm.provider.queue import Finished, NewItem, Queue, QueueFull, Retry, Spent, queue_from_url
+
+T0 = 1_000_000.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def item(
+    key: str = "k1",
+    *,
+    hint: int = 3,
+    at: float = T0,
+    ttl: float = 3600,
+    tokens: int = 10,
+    budget: int = 10_000,
+    payload: str = '{"p": 1}',
+) -> NewItem:
+    return NewItem(
+        queue_id=str(uuid.uuid4()),
+        correlation_id=str(uuid.uuid4()),
+        key=key,
+        hint=hint,
+        tokens=tokens,
+        budget=budget,
+        payload=payload,
+        enqueued_at=at,
+        expires_at=at + ttl,
+    )
+
+
+async def put(queue: Queue, *items: NewItem) -> list[str]:
+    return [(await queue.enqueue(it))[0] for it in items]
+
+
+def done(queue_id: str, n: int = 0) -> Finished:
+    return Finished(queue_id, QueueItemState.COMPLETED, "topic", f"key-{n}", f"env-{n}".encode())
+
+
+async def claim(queue: Queue, now: float, owner: str = "w1", linger: float = 10.0) -> list[str]:
+    return [it.queue_id for it in await queue.claim(owner, "b", now, now + 30, linger)]
+
+
+async def test_a_full_bundle_is_claimed_at_once_oldest_first(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(7)))
+    assert await claim(queue, T0 + 7) == ids[:3]
+    assert await claim(queue, T0 + 7) == ids[3:6]
+    assert await claim(queue, T0 + 7) == []  # the seventh waits for company or the linger
+
+
+async def test_a_partial_bundle_goes_when_its_oldest_item_has_waited_the_linger(
+    queue: Queue,
+) -> None:
+    ids = await put(queue, item(at=T0), item(at=T0 + 1))
+    assert await claim(queue, T0 + 9.99, linger=10) == []
+    assert await claim(queue, T0 + 10, linger=10) == ids
+
+
+async def test_keys_never_mix(queue: Queue) -> None:
+    a = await put(queue, item("a", at=T0), item("a", at=T0 + 2), item("a", at=T0 + 4))
+    b = await put(queue, item("b", at=T0 + 1), item("b", at=T0 + 3), item("b", at=T0 + 5))
+    assert await claim(queue, T0 + 6) == a
+    assert await claim(queue, T0 + 6) == b
+
+
+async def test_an_item_that_asked_for_less_heads_its_own_bundle(queue: Queue) -> None:
+    big = [item(hint=3, at=T0 + i) for i in (0, 2, 3)]
+    small = item(hint=1, at=T0 + 1)
+    ids = await put(queue, big[0], small, big[1], big[2])
+    assert await claim(queue, T0 + 4) == [ids[0], ids[2], ids[3]]
+    assert await claim(queue, T0 + 4) == [ids[1]]
+
+
+async def test_the_token_budget_caps_a_bundle(queue: Queue) -> None:
+    ids = await put(queue, *(item(hint=3, tokens=400, budget=1000, at=T0 + i) for i in range(3)))
+    assert await claim(queue, T0 + 3) == ids[:2]
+
+
+async def test_an_expired_lease_makes_items_claimable_again(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
+    claimed = await queue.claim("dead", "b1", T0 + 3, T0 + 33, 10)
+    assert [it.lease_owner for it in claimed] == ["dead"] * 3
+    assert await queue.recover_leases(T0 + 32.9) == 0
+    assert await claim(queue, T0 + 32.9, owner="w2") == []
+    assert await queue.recover_leases(T0 + 33) == 3
+    again = await queue.claim("w2", "b2", T0 + 34, T0 + 64, 10)
+    assert [it.queue_id for it in again] == ids
+    assert [it.attempts for it in again] == [1, 1, 1]
+
+
+async def test_extending_a_lease_keeps_it(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
+    await claim(queue, T0 + 3, owner="w1")
+    assert await queue.extend("w1", ids, T0 + 100) == 3
+    assert await queue.extend("w2", ids, T0 + 500) == 0
+    assert await queue.recover_leases(T0 + 99) == 0
+    assert await queue.recover_leases(T0 + 100) == 3
+
+
+async def test_finish_records_one_callback_even_when_two_workers_finish(queue: Queue) -> None:
+    (qid,) = await put(queue, item(hint=1))
+    await claim(queue, T0, owner="slow")
+    await queue.recover_leases(T0 + 31)  # the slow worker's lease lapsed
+    assert await claim(queue, T0 + 31, owner="fast") == [qid]
+    assert await queue.finish([done(qid, 1)], T0 + 32) == [qid]  # the late answer still counts
+    assert await queue.finish([done(qid, 2)], T0 + 33) == []  # no second callback
+    assert await queue.retry("fast", [Retry(qid, T0, 1, "x")], T0 + 33) == []
+    entries = await queue.claim_outbox(T0 + 40, T0 + 70, 10)
+    assert [(e.message_key, e.envelope) for e in entries] == [("key-1", b"env-1")]
+    stored = await queue.get(qid)
+    assert stored is not None and stored.state is QueueItemState.COMPLETED
+
+
+async def test_only_the_lease_owner_can_requeue(queue: Queue) -> None:
+    (qid,) = await put(queue, item(hint=1))
+    await claim(queue, T0, owner="w1")
+    assert await queue.retry("w2", [Retry(qid, T0, 1, "nope")], T0) == []
+    assert await queue.retry("w1", [Retry(qid, T0, 1, "ok")], T0) == [qid]
+
+
+async def test_a_retry_waits_for_its_time_and_goes_alone(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
+    await claim(queue, T0 + 3)
+    spent = Spent(100, 20, 0.5)
+    retry = Retry(ids[1], T0 + 20, 1, "missing_item: not answered", spent=spent)
+    assert await queue.retry("w1", [retry], T0 + 4) == [ids[1]]
+    await put(queue, item(at=T0 + 5), item(at=T0 + 6))
+    assert await claim(queue, T0 + 19, linger=60) == []  # fresh items linger; retry not due
+    assert await claim(queue, T0 + 20, linger=60) == [ids[1]]  # due, oldest, alone
+    stored = await queue.get(ids[1])
+    assert stored is not None
+    assert (stored.attempts, stored.hint, stored.spent) == (1, 1, spent)
+    assert stored.last_error == "missing_item: not answered"
+
+
+async def test_a_split_does_not_cost_an_attempt(queue: Queue) -> None:
+    ids = await put(queue, *(item(hint=4, at=T0 + i) for i in range(4)))
+    await claim(queue, T0 + 4)
+    split = [Retry(q, T0 + 5, 2, "too large", count_attempt=False) for q in ids]
+    await queue.retry("w1", split, T0 + 5)
+    first = await queue.claim("w1", "b", T0 + 5, T0 + 35, 10)
+    assert [(it.queue_id, it.attempts) for it in first] == [(ids[0], 0), (ids[1], 0)]
+
+
+async def test_items_past_their_ttl_are_not_claimed_but_handed_to_the_sweeper(
+    queue: Queue,
+) -> None:
+    old = await put(queue, item(at=T0, ttl=5), item(at=T0 + 1, ttl=5))
+    fresh = await put(queue, item(hint=1, at=T0 + 2, ttl=500))
+    assert await claim(queue, T0 + 7) == fresh
+    expired = await queue.claim_expired("sweeper", T0 + 7, T0 + 37, 100)
+    assert sorted(it.queue_id for it in expired) == sorted(old)
+    assert all(it.payload for it in expired)
+    assert await queue.claim_expired("sweeper2", T0 + 8, T0 + 38, 100) == []
+    finished = [Finished(q, QueueItemState.EXPIRED, "t", q, b"e") for q in old]
+    assert sorted(await queue.finish(finished, T0 + 8)) == sorted(old)
+    stored = await queue.get(old[0])
+    assert stored is not None and stored.state is QueueItemState.EXPIRED
+
+
+async def test_capacity_counts_items_and_bytes(backend_url: str) -> None:
+    q = queue_from_url(backend_url, max_items=3, max_bytes=10_000)
+    try:
+        a, _, _ = await put(q, item(), item(), item())
+        with pytest.raises(QueueFull) as full:
+            await q.enqueue(item())
+        assert full.value.limit == "items"
+        await claim(q, T0 + 100)
+        await q.finish([done(a)], T0 + 100)  # a finished item frees its place ...
+        with pytest.raises(QueueFull) as full:
+            await q.enqueue(item(payload="x" * 20_000))  # ... but not room for this
+        assert full.value.limit == "bytes"
+        await q.enqueue(item())
+    finally:
+        await q.close()
+
+
+async def test_a_known_correlation_id_is_not_queued_twice(queue: Queue) -> None:
+    first = item()
+    again = NewItem(**{**first.__dict__, "queue_id": str(uuid.uuid4())})
+    assert await queue.enqueue(first) == (first.queue_id, True)
+    assert await queue.enqueue(again) == (first.queue_id, False)
+    assert (await queue.depth(T0)).queued == 1
+
+
+async def test_outbox_entries_are_leased_until_deleted(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
+    await claim(queue, T0 + 3)
+    await queue.finish([done(q, n) for n, q in enumerate(ids)], T0 + 4)
+    first = await queue.claim_outbox(T0 + 5, T0 + 35, 10)
+    assert [e.message_key for e in first] == ["key-0", "key-1", "key-2"]
+    assert await queue.claim_outbox(T0 + 6, T0 + 36, 10) == []  # leased to the first publisher
+    await queue.delete_outbox([first[0].entry_id, first[2].entry_id])
+    again = await queue.claim_outbox(T0 + 35, T0 + 65, 10)  # never acknowledged: back
+    assert [e.message_key for e in again] == ["key-1"]
+
+
+async def test_depth_counts_comparisons_by_state(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(5)))
+    await claim(queue, T0 + 5)
+    await queue.retry("w1", [Retry(ids[0], T0 + 100, 1, "later")], T0 + 6)
+    depth = await queue.depth(T0 + 6)
+    assert (depth.queued, depth.delayed, depth.processing, depth.outbox) == (3, 1, 2, 0)
+    await queue.finish([done(ids[1])], T0 + 7)
+    depth = await queue.depth(T0 + 7)
+    assert (depth.queued, depth.processing, depth.outbox) == (3, 1, 1)
+    assert depth.active_bytes == 4 * len(b'{"p": 1}')
+
+
+async def test_two_processes_claiming_at_once_never_get_the_same_item(backend_url: str) -> None:
+    q = queue_from_url(backend_url, max_items=100_000, max_bytes=10**9)
+    now = time.time()
+    ids: list[str] = []
+    for k in range(3):
+        ids += await put(q, *(item(f"key-{k}", hint=4, at=now - 100 + i) for i in range(100)))
+    await q.close()
+    start_at = str(time.time() + 2.0)
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.provider.claim_race",
+            backend_url,
+            owner,
+            start_at,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+        )
+        for owner in ("p1", "p2")
+    ]
+    outs = [json.loads((await p.communicate())[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    first, second = (set(o) for o in outs)
+    assert len(outs[0]) == len(first) and len(outs[1]) == len(second)
+    assert first.isdisjoint(second)
+    assert first | second == set(ids)
+    assert first and second  # both really took part
