@@ -65,9 +65,16 @@ class ProviderSettings(BackendSettings):
     price_table_path: str | None = None
     # vendor adapters (keys and base URLs come from the SDKs' own environment:
     # ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL)
-    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_model: str = "claude-sonnet-4-6"
+    # models without structured outputs (output_config.format) answer through a forced tool
     anthropic_tool_use_models: list[str] = Field(
-        default_factory=lambda: ["claude-3", "claude-opus-4-0", "claude-opus-4-2025"]
+        default_factory=lambda: [
+            "claude-3",
+            "claude-opus-4-0",
+            "claude-opus-4-2025",
+            "claude-sonnet-4-0",
+            "claude-sonnet-4-2025",
+        ]
     )
     openai_model: str = "gpt-4.1-mini"
     openai_max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = (

@@ -9,6 +9,7 @@ as a real model's would be.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -21,9 +22,13 @@ from cjllm.sim.tokens import CHARS_PER_TOKEN, count_tokens
 REFUSAL_TEXT = "I can't help with comparing these texts."
 
 
+Parsed = list[tuple[str, list[str]]]
+"""Items as the judge read them: (custom_id, sha256 of each part), in prompt order."""
+
+
 @dataclass(frozen=True)
 class Answer:
-    custom_ids: list[str]
+    items: Parsed
     entries: list[dict[str, Any]]
     """The entries the model produced (after faults), complete ones only when cut."""
     text: str
@@ -32,11 +37,19 @@ class Answer:
     """``end``, ``max_tokens`` or ``refusal``."""
     output_tokens: int
 
+    @property
+    def custom_ids(self) -> list[str]:
+        return [cid for cid, _ in self.items]
 
-def decide_items(judge: Judge, prompt: str) -> tuple[list[str], list[dict[str, Any]]]:
-    """The custom_ids found in ``prompt`` and the judge's entry for each."""
+
+def decide_items(judge: Judge, prompt: str) -> tuple[Parsed, list[dict[str, Any]]]:
+    """The items found in ``prompt`` and the judge's entry for each."""
     items_text = find_items_text(prompt)
     items = parse_items(items_text) if items_text is not None else []
+    parsed = [
+        (item.custom_id, [hashlib.sha256(p.encode()).hexdigest() for p in item.parts])
+        for item in items
+    ]
     entries = []
     for item in items:
         decision = judge.decide(item.custom_id, item.parts)
@@ -48,7 +61,7 @@ def decide_items(judge: Judge, prompt: str) -> tuple[list[str], list[dict[str, A
                 "confidence": decision.confidence,
             }
         )
-    return [item.custom_id for item in items], entries
+    return parsed, entries
 
 
 def _cut_inside_an_item(entries: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
@@ -61,11 +74,11 @@ def _cut_inside_an_item(entries: list[dict[str, Any]]) -> tuple[str, list[dict[s
 
 
 def compose(judge: Judge, prompt: str, *, max_tokens: int, faults: set[str]) -> Answer:
-    ids, entries = decide_items(judge, prompt)
+    parsed, entries = decide_items(judge, prompt)
     if "refusal" in faults:
-        return Answer(ids, [], REFUSAL_TEXT, "refusal", count_tokens(REFUSAL_TEXT))
+        return Answer(parsed, [], REFUSAL_TEXT, "refusal", count_tokens(REFUSAL_TEXT))
     if "malformed_json" in faults:
-        return Answer(ids, [], MALFORMED_TEXT, "end", count_tokens(MALFORMED_TEXT))
+        return Answer(parsed, [], MALFORMED_TEXT, "end", count_tokens(MALFORMED_TEXT))
     spoiled = spoil_entries(entries, faults)
     text, stop = json.dumps({"comparisons": spoiled}), "end"
     if "max_tokens" in faults:
@@ -75,4 +88,4 @@ def compose(judge: Judge, prompt: str, *, max_tokens: int, faults: set[str]) -> 
         text = text[: max_tokens * CHARS_PER_TOKEN]
         spoiled = [e for e in spoiled if json.dumps(e) in text]
         stop = "max_tokens"
-    return Answer(ids, spoiled, text, stop, count_tokens(text))
+    return Answer(parsed, spoiled, text, stop, count_tokens(text))

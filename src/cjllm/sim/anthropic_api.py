@@ -239,7 +239,7 @@ async def create_message(request: Request) -> Response:
     state.record(
         "POST /v1/messages",
         model=body["model"],
-        custom_ids=answer.custom_ids,
+        items=answer.items,
         usage=usage,
         faults=faults,
         stop=message["stop_reason"],
@@ -292,7 +292,7 @@ def _batch_result(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
     state.record(
         "POST /v1/messages/batches",
         model=params["model"],
-        custom_ids=answer.custom_ids,
+        items=answer.items,
         usage=usage,
         faults=faults,
         stop=message["stop_reason"],

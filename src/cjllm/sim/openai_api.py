@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from cjllm.sim.answers import Answer, compose
+from cjllm.sim.answers import Answer, Parsed, compose
 from cjllm.sim.anthropic_api import read_json, sim_of
 from cjllm.sim.faults import CALL_FAULTS, UNKNOWN_ID, draw
 from cjllm.sim.state import SimError, SimState, Usage, new_id
@@ -140,7 +140,7 @@ def _usage_json(usage: Usage) -> dict[str, Any]:
 
 def build_chat(
     state: SimState, body: dict[str, Any], faults: set[str]
-) -> tuple[dict[str, Any], list[str], Usage]:
+) -> tuple[dict[str, Any], Parsed, Usage]:
     prompt = chat_prompt(body)
     answer = compose(state.judge, prompt, max_tokens=_max_tokens(body), faults=faults)
     cached = state.cache.openai(body["model"], prompt)
@@ -166,7 +166,7 @@ def build_chat(
         "service_tier": "default",
         "system_fingerprint": "fp_cjllm_sim",
     }
-    return completion, answer.custom_ids, usage
+    return completion, answer.items, usage
 
 
 def _choice(index: int, answer: Answer) -> dict[str, Any]:
@@ -177,7 +177,7 @@ def _choice(index: int, answer: Answer) -> dict[str, Any]:
 
 def build_completion(
     state: SimState, body: dict[str, Any], faults: set[str]
-) -> tuple[dict[str, Any], list[str], Usage]:
+) -> tuple[dict[str, Any], Parsed, Usage]:
     """Each prompt answered on its own; one prompt takes the one-answer faults, and the
     missing, duplicated and unknown faults act on the list of choices."""
     prompts = body["prompt"]
@@ -185,7 +185,8 @@ def build_completion(
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise SimError(400, "prompt must be a string or a list of strings", param="prompt")
     max_tokens = _max_tokens(body)
-    choices, ids = [], []
+    choices: list[dict[str, Any]] = []
+    items: Parsed = []
     usage = Usage(input=0, output=0)
     for i, prompt in enumerate(prompts):
         answer = compose(
@@ -198,7 +199,7 @@ def build_completion(
         usage.input += count_tokens(prompt) - cached
         usage.cache_read += cached
         usage.output += answer.output_tokens
-        ids += answer.custom_ids
+        items += answer.items
         choices.append(_choice(i, answer))
     if "missing_item" in faults:
         choices.pop(len(choices) // 2)
@@ -224,7 +225,7 @@ def build_completion(
         "usage": _usage_json(usage),
         "system_fingerprint": "fp_cjllm_sim",
     }
-    return completion, ids, usage
+    return completion, items, usage
 
 
 async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
@@ -242,7 +243,7 @@ async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
             prompt_tokens = count_tokens(json.dumps(body["prompt"]))
         faults = state.gate(body["model"], prompt_tokens)
         build = build_chat if chat else build_completion
-        completion, ids, usage = build(state, body, faults)
+        completion, items, usage = build(state, body, faults)
     except SimError as exc:
         await asyncio.sleep(state.config.latency.per_call)
         return error_response(state, exc)
@@ -251,13 +252,13 @@ async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
     state.record(
         endpoint,
         model=body["model"],
-        custom_ids=ids,
+        items=items,
         usage=usage,
         faults=faults,
         stop=finish,
         body=body,
     )
-    await asyncio.sleep(state.config.latency.seconds(len(ids), usage.output))
+    await asyncio.sleep(state.config.latency.seconds(len(items), usage.output))
     state.counters.responses["200"] += 1
     headers = {"x-request-id": new_id("req_"), **_ratelimit_headers(state)}
     return JSONResponse(completion, headers=headers)
@@ -378,13 +379,13 @@ def _run_line(state: SimState, body: Any, endpoint: str) -> tuple[int, dict[str,
             state.counters.faults[name] += 1
         if faults & set(CALL_FAULTS):
             raise SimError(500, "The server had an error processing the request (simulated).")
-        completion, ids, usage = (build_chat if chat else build_completion)(state, body, faults)
+        completion, items, usage = (build_chat if chat else build_completion)(state, body, faults)
     except SimError as exc:
         return exc.status, _error_json(exc)
     state.record(
         endpoint,
         model=body["model"],
-        custom_ids=ids,
+        items=items,
         usage=usage,
         faults=faults,
         stop="batch",

@@ -229,14 +229,16 @@ class SimState:
         endpoint: str,
         *,
         model: str,
-        custom_ids: list[str],
+        items: list[tuple[str, list[str]]],
         usage: Usage,
         faults: set[str],
         stop: str,
         body: Any,
         batch: bool = False,
     ) -> None:
-        """Count one answered model call (or one batch request) and log it."""
+        """Count one answered model call (or one batch request) and log it. ``items``:
+        (custom_id, sha256 of each essay) as the judge read them."""
+        custom_ids = [cid for cid, _ in items]
         if batch:
             self.counters.batches["requests"] += 1
             self.counters.batches["items"] += len(custom_ids)
@@ -254,6 +256,7 @@ class SimState:
                 "model": model,
                 "batch": batch,
                 "custom_ids": custom_ids,
+                "items": [{"custom_id": c, "parts_sha256": d} for c, d in items],
                 "faults": sorted(faults),
                 "stop": stop,
                 "usage": vars(usage).copy(),

@@ -133,7 +133,7 @@ class OpenAIAdapter:
 
     def takes_temperature(self, model: str) -> bool:
         """False for models that reject sampling parameters (reasoning models)."""
-        return not any(model == p or model.startswith(p + "-") for p in self.no_temperature_models)
+        return not any(model.startswith(prefix) for prefix in self.no_temperature_models)
 
     def _sampling(self, call: BundleCall, model: str) -> dict[str, Any]:
         if call.temperature is not None and self.takes_temperature(model):
