@@ -1,0 +1,125 @@
+"""The CJ database on SQLite and real PostgreSQL: migrations, once-only state changes."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+
+from cjllm.cj.records import NewComparison, NewEssay
+from cjllm.cj.store import RoundExists, Store
+from cjllm.cj.tables import Base, Batch, ComparisonStatus
+
+
+async def fresh_pg_database(postgres_url: str) -> str:
+    """Create an empty PostgreSQL database on the test server; return its URL."""
+    name = f"cj_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path}/store.sqlite"
+    else:
+        url = await fresh_pg_database(request.getfixturevalue("postgres_url"))
+    the_store = await Store.open(url)
+    yield the_store
+    await the_store.close()
+
+
+def _diff(connection: Connection) -> list[object]:
+    def ours(name: str | None, kind: str, _parent: object) -> bool:
+        return not (kind == "table" and name == "cj_alembic_version")
+
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": ours}
+    )
+    return list(compare_metadata(context, Base.metadata))
+
+
+async def test_migrations_build_exactly_the_model_schema(store: Store) -> None:
+    async with store.engine.connect() as conn:
+        assert await conn.run_sync(_diff) == []
+        tables = await conn.run_sync(lambda c: set(inspect(c).get_table_names()))
+    assert {"cj_batches", "cj_essays", "cj_rounds", "cj_comparisons", "cj_dead_letters"} <= tables
+    assert "cj_alembic_version" in tables
+
+
+async def test_migrating_again_is_a_no_op(store: Store) -> None:
+    url = store.engine.url.render_as_string(hide_password=False)
+    again = await Store.open(url)
+    await again.close()
+
+
+async def _batch(store: Store, essays: int = 4) -> str:
+    batch_id = str(uuid.uuid4())
+    await store.create_batch(
+        Batch(
+            id=batch_id,
+            batching_strategy="serial_round",
+            provider="mock",
+            instructions="x",
+            options={"budget": 10},
+            ignored_callbacks=0,
+            completion_published=False,
+        ),
+        [NewEssay(f"e{i}", f"text {i}") for i in range(essays)],
+    )
+    return batch_id
+
+
+async def test_a_round_number_can_be_started_once(store: Store) -> None:
+    batch_id = await _batch(store)
+    await store.add_round(batch_id, 1, 2, [NewComparison("e0", "e1")])
+    with pytest.raises(RoundExists):
+        await store.add_round(batch_id, 1, 2, [NewComparison("e2", "e3")])
+    assert len(await store.outcomes(batch_id)) == 1  # the loser wrote nothing
+
+
+async def test_concurrent_closers_close_a_round_once(store: Store) -> None:
+    batch_id = await _batch(store)
+    rows = await store.add_round(
+        batch_id, 1, 2, [NewComparison("e0", "e1"), NewComparison("e2", "e3")]
+    )
+    assert not await store.close_round_if_done(batch_id, 1)
+    failed = await asyncio.gather(
+        *(store.fail_pending(r.request_correlation_id, "x", "y") for r in rows)
+    )
+    assert failed == [(batch_id, 1), (batch_id, 1)]
+    closes = await asyncio.gather(*(store.close_round_if_done(batch_id, 1) for _ in range(8)))
+    assert sorted(closes) == [False] * 7 + [True]
+
+
+async def test_a_pending_row_changes_once(store: Store) -> None:
+    batch_id = await _batch(store)
+    (row,) = await store.add_round(batch_id, 1, 1, [NewComparison("e0", "e1")])
+    results = await asyncio.gather(
+        *(store.fail_pending(row.request_correlation_id, f"code{i}", "m") for i in range(6))
+    )
+    assert sum(r is not None for r in results) == 1
+    (outcome,) = await store.outcomes(batch_id)
+    assert outcome.status is ComparisonStatus.FAILED
+
+
+async def test_unsubmitted_rows_are_found_until_accepted(store: Store) -> None:
+    batch_id = await _batch(store)
+    rows = await store.add_round(
+        batch_id, 1, 2, [NewComparison("e0", "e1"), NewComparison("e2", "e3")]
+    )
+    assert len(await store.unsubmitted(batch_id)) == 2
+    await store.mark_submitted(rows[0].request_correlation_id, str(uuid.uuid4()))
+    (left,) = await store.unsubmitted(batch_id)
+    assert left.request_correlation_id == rows[1].request_correlation_id
