@@ -125,11 +125,15 @@ class StubProvider:
             **common,
         )
 
-    async def publish(self, item: Received, *, error: str | None = None, topic: str | None = None) -> None:
+    async def publish(
+        self, item: Received, *, error: str | None = None, topic: str | None = None
+    ) -> None:
         assert self.bus is not None
         result = self.result_for(item, error=error)
         envelope = EventEnvelope.for_result(result, "stub")
-        await self.bus.publish(topic or item.request.callback_topic, str(result.correlation_id), envelope)
+        await self.bus.publish(
+            topic or item.request.callback_topic, str(result.correlation_id), envelope
+        )
 
 
 def judge_for(qualities: dict[str, float], noise: float = 0.5) -> Judge:

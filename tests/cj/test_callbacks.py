@@ -131,7 +131,9 @@ async def test_a_round_in_which_every_comparison_fails(make_harness: MakeHarness
     result = await h.cj.wait_for_completion(batch_id, timeout=60)
     assert result.status == "failed"
     assert result.stop_reason == "too_few_comparisons_succeeded"
-    assert "0 of 6" in (result.message or "") and "every_comparison_failed" in (result.message or "")
+    assert "0 of 6" in (result.message or "") and "every_comparison_failed" in (
+        result.message or ""
+    )
     assert (result.rounds, result.comparisons_failed, result.comparisons_succeeded) == (2, 6, 0)
     rows = await h.cj.store.comparisons(batch_id)
     assert [r.attempt for r in rows if r.round_number == 2] == [2, 2, 2]
@@ -174,9 +176,7 @@ async def test_callback_contradicting_its_row_is_not_trusted(make_harness: MakeH
     result = h.stub.result_for(item)
     md = result.request_metadata
     md["essay_a_id"], md["essay_b_id"] = md["essay_b_id"], md["essay_a_id"]
-    await h.bus.publish(
-        h.settings.callback_topic, "k", EventEnvelope.for_result(result, "stub")
-    )
+    await h.bus.publish(h.settings.callback_topic, "k", EventEnvelope.for_result(result, "stub"))
     await h.bus.drain()
     row = (await _rows(h, batch_id))[item.request.correlation_id]
     assert row.status == ComparisonStatus.FAILED
@@ -210,7 +210,11 @@ async def test_crash_between_writing_rows_and_submitting_resumes(
 ) -> None:
     essays, qualities = essays_with_quality(6)
     crashed = await make_harness(stub=StubProvider(answer=None), max_concurrent_comparisons=3)
-    monkeypatch.setattr(crashed.cj.client, "_http", httpx.AsyncClient(transport=CrashingTransport(), base_url="http://p"))
+    monkeypatch.setattr(
+        crashed.cj.client,
+        "_http",
+        httpx.AsyncClient(transport=CrashingTransport(), base_url="http://p"),
+    )
     with pytest.raises(Crash):
         await crashed.cj.start_batch(essays, instructions="Describe a journey.")
     (batch_id,) = await crashed.cj.store.running_batch_ids()
@@ -223,7 +227,9 @@ async def test_crash_between_writing_rows_and_submitting_resumes(
     )
     result = await restarted.cj.wait_for_completion(batch_id, timeout=60)
     assert result.status == "completed"
-    first_round = [r for r in restarted.stub.received if r.request.metadata["bundle_group"].endswith(":1")]
+    first_round = [
+        r for r in restarted.stub.received if r.request.metadata["bundle_group"].endswith(":1")
+    ]
     assert len(first_round) == 3
     rows = await restarted.cj.store.comparisons(batch_id)
     assert all(r.status == ComparisonStatus.SUCCEEDED for r in rows)

@@ -28,7 +28,7 @@ async def _run(make_harness: MakeHarness, n: int = 10, **overrides: object):  # 
 async def test_serial_round_shares_one_bundle_group_sized_to_the_round(
     make_harness: MakeHarness,
 ) -> None:
-    h, batch_id, result, by_round = await _run(make_harness)
+    _, batch_id, result, by_round = await _run(make_harness)
     assert list(by_round) == [f"{batch_id}:{i}" for i in range(1, 5)]
     sizes = [len(group) for group in by_round.values()]
     assert sizes == [4, 4, 4, 3]  # budget 15, rounds capped at MAX_CONCURRENT_COMPARISONS=4
