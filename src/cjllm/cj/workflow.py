@@ -3,7 +3,9 @@
 Event-driven: the callback that resolves a round's last comparison closes the round (one
 conditional update, so exactly one caller wins), refits Bradley-Terry and either starts the
 next round or finishes the batch, all before it returns. Nothing polls to move a batch on.
-:meth:`CJWorkflow.resume` picks a batch up after a crash at any point.
+:meth:`CJWorkflow.resume` picks a batch up after a crash at any point. Fitting, planning and
+split-half reliability run in worker threads, so the event loop (bus heartbeats, HTTP) stays
+responsive while a large batch is scored.
 """
 
 from __future__ import annotations
@@ -274,7 +276,7 @@ class CJWorkflow:
         outcomes = await self.store.outcomes(batch_id)
         counts = stopping.tally(outcomes)
         try:
-            fit = fit_outcomes(essays, outcomes, options.bt_prior)
+            fit = await asyncio.to_thread(fit_outcomes, essays, outcomes, options.bt_prior)
         except (ValueError, np.linalg.LinAlgError) as exc:
             await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
             return None
@@ -284,7 +286,9 @@ class CJWorkflow:
         number = (closed_round or 0) + 1
         pairs: list[NewComparison] = []
         if reason is None:
-            pairs = rounds.plan_next_round(batch_id, number, options, essays, outcomes, fit)
+            pairs = await asyncio.to_thread(
+                rounds.plan_next_round, batch_id, number, options, essays, outcomes, fit
+            )
             reason = None if pairs else stopping.NO_USEFUL_PAIRS
         if reason is not None:
             await self._finish(batch, options, fit, counts, reason, None)
@@ -322,9 +326,14 @@ class CJWorkflow:
         else:
             sizes = component_sizes(n, fit)
             verdict = stopping.verdict(options, n, counts, reason, sizes)
-            ranking = build_ranking(essays, fit, grade_scale)
-            reliability_sh = split_half(
-                fit, n, options.bt_prior, options.split_half_splits, seed_for(batch.id, 0)
+            ranking = await asyncio.to_thread(build_ranking, essays, fit, grade_scale)
+            reliability_sh = await asyncio.to_thread(
+                split_half,
+                fit,
+                n,
+                options.bt_prior,
+                options.split_half_splits,
+                seed_for(batch.id, 0),
             )
             components = len(sizes)
         totals = await self.store.progress(batch.id)
