@@ -1,0 +1,79 @@
+"""Crash at any step of a batch's life, restart, and nothing is stuck or done twice."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from cjllm.cj.callbacks import record_result
+from cjllm.cj.options import BatchOptions
+from cjllm.cj.records import NewEssay
+from cjllm.cj.store import Store
+from cjllm.cj.tables import Batch, ComparisonStatus
+from cjllm.contracts import EventEnvelope
+from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
+
+
+async def test_crash_after_the_batch_row_before_any_round(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(6)
+    h = await make_harness(stub=judging_stub(qualities), max_concurrent_comparisons=3)
+    options = BatchOptions.from_settings(h.settings)
+    # what start_batch writes first, as if the process died right after
+    await h.cj.store.create_batch(
+        Batch(
+            id="7d6a3f0e-2b53-4b0e-9a39-0d5f4f3f2a11",
+            batching_strategy=options.batching_strategy.value,
+            provider=h.settings.llm_provider,
+            instructions="Describe a journey.",
+            options=options.to_json(len(essays)),
+            ignored_callbacks=0,
+            completion_published=False,
+        ),
+        [NewEssay(e.essay_id, e.text) for e in essays],
+    )
+    assert await h.cj.resume_all() == ["7d6a3f0e-2b53-4b0e-9a39-0d5f4f3f2a11"]
+    result = await h.cj.wait_for_completion("7d6a3f0e-2b53-4b0e-9a39-0d5f4f3f2a11", timeout=60)
+    assert result.status == "completed" and result.comparisons_requested == 30
+
+
+async def test_crash_after_closing_a_round_before_the_next(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(6)
+    h = await make_harness(stub=judging_stub(qualities, answer=None), max_concurrent_comparisons=3)
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a journey.")
+    for item in h.stub.received:  # the callbacks land, but nobody advances the batch
+        await h.cj.store.mark_submitted(item.request.correlation_id, str(item.queue_id))  # type: ignore[arg-type]
+    for item in h.stub.received:
+        result = h.stub.result_for(item)
+        await record_result(h.cj.store, result, EventEnvelope.for_result(result, "stub"))
+    assert await h.cj.store.close_round_if_done(batch_id, 1)
+    h.stub.answer = "after"
+    await h.cj.resume(batch_id)
+    await h.cj.resume(batch_id)  # resuming twice starts nothing twice
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.status == "completed"
+    rounds = [r.round_number for r in await h.cj.store.comparisons(batch_id)]
+    assert rounds.count(2) == 3 and len(rounds) == 30
+
+
+async def test_a_failed_advance_is_retried_by_the_redelivered_callback(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    essays, qualities = essays_with_quality(6)
+    h = await make_harness(stub=judging_stub(qualities), max_concurrent_comparisons=3)
+    real_outcomes = Store.outcomes
+    calls: list[int] = []
+
+    async def flaky(self: Store, batch_id: str):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 2:  # the advance after round 1 fails once
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return await real_outcomes(self, batch_id)
+
+    monkeypatch.setattr(Store, "outcomes", flaky)
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a journey.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.status == "completed"
+    rows = await h.cj.store.comparisons(batch_id)
+    assert len(rows) == 30 and all(r.status == ComparisonStatus.SUCCEEDED for r in rows)
+    assert max(r.round_number for r in rows) == 10
+    assert (await h.cj.progress(batch_id)).ignored_callbacks == 1  # the redelivery
