@@ -147,14 +147,14 @@ async def test_a_keyless_openai_compatible_server_needs_only_its_base_url(
             None,
             "context_window_exceeded",
             False,
-        ),  # fmt: skip
+        ),
         (
             400,
             "This model's maximum context length is 8192 tokens",
             "context_length_exceeded",
             "context_window_exceeded",
             False,
-        ),  # fmt: skip
+        ),
         (408, "timeout", None, "timeout", True),
         (409, "conflict", None, "conflict", True),
         (402, "billing", None, "payment_required", False),
