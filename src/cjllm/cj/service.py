@@ -15,12 +15,15 @@ after this subscribes). A bus built here from ``CJLLM_BUS_URL`` is started and s
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import uvicorn
 
 from cjllm.bus import EventBus, bus_from_url
+from cjllm.cj.api import create_app
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.store import Store
 from cjllm.cj.workflow import CJWorkflow, ProgressHook
@@ -61,3 +64,17 @@ async def cj_service(
     finally:
         await client.aclose()
         await store.close()
+
+
+def run_cj(settings: CJSettings, host: str = "127.0.0.1", port: int = 8081) -> None:
+    """Run the CJ service with its HTTP API until interrupted (``cjllm serve cj``).
+
+    The provider is reached at ``CJLLM_PROVIDER_URL``; the bus is ``CJLLM_BUS_URL``.
+    """
+    asyncio.run(_serve(settings, host, port))
+
+
+async def _serve(settings: CJSettings, host: str, port: int) -> None:
+    async with cj_service(settings) as workflow:
+        config = uvicorn.Config(create_app(workflow), host=host, port=port, lifespan="off")
+        await uvicorn.Server(config).serve()

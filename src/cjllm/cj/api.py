@@ -1,0 +1,122 @@
+"""HTTP API of the CJ Assessment Service (``cjllm serve cj``).
+
+``POST /api/v1/assessments`` starts a batch (``202`` once its first round is sent);
+``GET /api/v1/assessments/{cj_batch_id}`` reports progress and, when finished, the
+``CJAssessmentCompletedV1`` result; ``GET /healthz``. The completion event is also published
+on the completion topic, so callers may listen instead of asking.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+from fastapi import FastAPI, HTTPException
+from pydantic import BaseModel, ConfigDict, Field
+
+from cjllm.cj.options import InvalidBatch
+from cjllm.cj.store import BatchNotFound
+from cjllm.cj.workflow import CJWorkflow, EssayInput
+from cjllm.contracts import CJAssessmentCompletedV1
+
+
+class EssayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    essay_id: str = Field(min_length=1, max_length=255)
+    text: str = Field(min_length=1)
+
+
+class AnchorIn(EssayIn):
+    grade: str = Field(min_length=1)
+
+
+class AssessmentRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    essays: list[EssayIn] = Field(min_length=1)
+    anchors: list[AnchorIn] = Field(default_factory=list)
+    instructions: str = Field(min_length=1)
+    rubric: str | None = None
+    grade_scale: list[str] | None = None
+    bos_batch_id: str | None = None
+    cj_batch_id: uuid.UUID | None = None
+
+
+class AssessmentAccepted(BaseModel):
+    cj_batch_id: str
+    status: Literal["running"] = "running"
+
+
+class AssessmentProgress(BaseModel):
+    rounds: int
+    requested: int
+    pending: int
+    succeeded: int
+    failed: int
+    ignored_callbacks: int
+    provider_calls: int
+    total_tokens: int
+    cost_estimate: float
+    reliability: float | None
+    mean_se: float | None
+    budget: int | None
+
+
+class AssessmentStatus(BaseModel):
+    cj_batch_id: str
+    status: str
+    progress: AssessmentProgress
+    result: CJAssessmentCompletedV1 | None = None
+
+
+def create_app(workflow: CJWorkflow) -> FastAPI:
+    app = FastAPI(title="cjllm CJ Assessment Service")
+
+    @app.post("/api/v1/assessments", status_code=202)
+    async def start(body: AssessmentRequest) -> AssessmentAccepted:
+        try:
+            batch_id = await workflow.start_batch(
+                [EssayInput(e.essay_id, e.text) for e in body.essays],
+                anchors=[EssayInput(a.essay_id, a.text, a.grade) for a in body.anchors],
+                instructions=body.instructions,
+                rubric=body.rubric,
+                grade_scale=body.grade_scale,
+                bos_batch_id=body.bos_batch_id,
+                batch_id=str(body.cj_batch_id) if body.cj_batch_id else None,
+            )
+        except InvalidBatch as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return AssessmentAccepted(cj_batch_id=batch_id)
+
+    @app.get("/api/v1/assessments/{cj_batch_id}")
+    async def status(cj_batch_id: str) -> AssessmentStatus:
+        try:
+            progress = await workflow.progress(cj_batch_id)
+        except BatchNotFound as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        return AssessmentStatus(
+            cj_batch_id=cj_batch_id,
+            status=progress.status.value,
+            progress=AssessmentProgress(
+                rounds=progress.rounds,
+                requested=progress.requested,
+                pending=progress.pending,
+                succeeded=progress.succeeded,
+                failed=progress.failed,
+                ignored_callbacks=progress.ignored_callbacks,
+                provider_calls=progress.provider_calls,
+                total_tokens=progress.total_tokens,
+                cost_estimate=progress.cost_estimate,
+                reliability=progress.reliability,
+                mean_se=progress.mean_se,
+                budget=progress.budget,
+            ),
+            result=await workflow.result(cj_batch_id),
+        )
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
