@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cjllm import __version__
+from cjllm.contracts import BatchingStrategy
 
 app = typer.Typer(
     name="cjllm",
@@ -116,3 +118,127 @@ def sim(
         raise typer.BadParameter(str(exc)) from exc
     typer.echo(f"cjllm sim listening on http://{host}:{port} (GET /sim/counters)")
     run(config, host, port)
+
+
+@app.command()
+def rank(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of .txt/.md essays (essay id = file stem), or a CSV/JSONL file "
+            "with essay_id,text.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for results and run state (resumable).")
+    ] = Path("cjllm-results"),
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            "--provider",
+            help="mock, anthropic or openai. Default: the first whose API key is set "
+            "(ANTHROPIC_API_KEY, OPENAI_API_KEY), else mock.",
+            show_default=False,
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model", help="Model name (default: the provider's default).", show_default=False
+        ),
+    ] = None,
+    strategy: Annotated[
+        BatchingStrategy,
+        typer.Option(
+            "--strategy",
+            help="serial_round (one bundle per round), serial_override (--bundle-size per "
+            "call) or per_request (one provider call per comparison).",
+        ),
+    ] = BatchingStrategy.SERIAL_ROUND,
+    bundle_size: Annotated[
+        int | None,
+        typer.Option(
+            "--bundle-size",
+            help="Comparisons per provider call: the override with serial_override; the "
+            "round size cap (MAX_CONCURRENT_COMPARISONS) with serial_round.",
+            show_default=False,
+        ),
+    ] = None,
+    comparisons_per_essay: Annotated[
+        float | None,
+        typer.Option(
+            "--comparisons-per-essay",
+            help="Comparison budget per essay, K (total ⌈K·n/2⌉). Default 10.",
+            show_default=False,
+        ),
+    ] = None,
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", help="Cap on the total comparisons.", show_default=False),
+    ] = None,
+    instructions: Annotated[
+        Path | None,
+        typer.Option("--instructions", help="The assignment / judging instructions (text file)."),
+    ] = None,
+    rubric: Annotated[Path | None, typer.Option("--rubric", help="The rubric (text file).")] = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors", help="Anchor essays with known grades: CSV/JSONL essay_id,text,grade."
+        ),
+    ] = None,
+    grade_scale: Annotated[
+        str | None,
+        typer.Option(
+            "--grade-scale",
+            help="Anchor grades in order, lowest first, comma-separated (e.g. E,D,C,B,A); not "
+            "needed when every grade is a number.",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated judge's draws.")] = 0,
+) -> None:
+    """Rank essays by comparative judgement, all in this process; --out is resumable."""
+    import logging
+
+    from rich.console import Console
+
+    from cjllm.essays import EssayInputError
+    from cjllm.rank import RankError, RankRequest, run_until_done
+    from cjllm.terminal import LiveProgress, print_result
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    console = Console()
+    request = RankRequest(
+        path=path,
+        out_dir=out,
+        provider=provider,
+        model=model,
+        strategy=strategy,
+        bundle_size=bundle_size,
+        comparisons_per_essay=comparisons_per_essay,
+        budget=budget,
+        instructions=instructions,
+        rubric=rubric,
+        anchors=anchors,
+        grade_scale=[g.strip() for g in grade_scale.split(",")] if grade_scale else None,
+        seed=seed,
+    )
+    live = LiveProgress(console)
+    try:
+        with live.running():
+            outcome = run_until_done(request, live.hooks())
+    except (EssayInputError, RankError) as exc:
+        console.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        console.print(
+            f"\nInterrupted. Judged comparisons are saved in {out}; run the same command "
+            "again to resume.",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+    print_result(console, outcome.result, outcome.judge.label, outcome.files)
+    if outcome.result.status != "completed":
+        raise typer.Exit(1)

@@ -1,0 +1,197 @@
+"""The embedded shape: the provider service and the CJ service in one process.
+
+Everything lives in one folder (``cjllm rank --out DIR``): the provider's SQLite queue
+(``queue.sqlite``) and the CJ SQLite database (``cj.sqlite``). The CJ service still reaches
+the provider through its HTTP API, over an in-process ASGI transport, so the contract is the
+same as in the distributed shape; callbacks travel on a :class:`DirectBus`.
+
+Why a direct bus and not the queueing in-memory bus: the provider deletes a callback from
+its durable outbox once the bus has accepted it. A bus that holds callbacks in memory would
+lose the accepted-but-unhandled ones when the process is killed, leaving comparisons
+pending forever. The direct bus accepts a callback only once the CJ handler has recorded it,
+so the SQLite outbox stays the one buffer and a killed run resumes with nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from cjllm.bus import BusError, Handler
+from cjllm.cj.service import cj_service
+from cjllm.cj.workflow import CJWorkflow, ProgressHook
+from cjllm.contracts import EventEnvelope
+from cjllm.provider.adapters import LLMAdapter
+from cjllm.provider.service import ProviderService, embedded_provider
+from cjllm.settings import CJSettings, ProviderSettings
+
+log = logging.getLogger(__name__)
+
+QUEUE_FILE = "queue.sqlite"
+DATABASE_FILE = "cj.sqlite"
+LOCK_FILE = ".cjllm.lock"
+# the provider's address as the CJ service sees it; the ASGI transport never resolves it
+IN_PROCESS_PROVIDER_URL = "http://provider.in-process"
+
+
+class DirectBus:
+    """An in-process bus that delivers on publish: ``publish`` returns once every
+    subscribed group's handler has returned, and raises :class:`BusError` if one raised
+    (the publisher keeps the event and tries again; consumers de-duplicate).
+
+    Handlers of one group run one at a time, in publish order per caller. A topic nobody
+    subscribed to accepts and drops events, as a topic nobody reads would keep them unread.
+    Publishing before :meth:`start` or after :meth:`stop` is refused.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[str, dict[str, Handler]] = defaultdict(dict)
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._running = False
+
+    async def start(self) -> None:
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+
+    def subscribe(self, topic: str, group: str, handler: Handler) -> None:
+        self._groups[topic][group] = handler
+        self._locks.setdefault((topic, group), asyncio.Lock())
+
+    async def publish(self, topic: str, key: str, envelope: EventEnvelope) -> None:
+        if not self._running:
+            raise BusError(f"direct bus not running; {topic} event {key} not delivered")
+        raw = envelope.to_bytes()
+        for group, handler in list(self._groups[topic].items()):
+            async with self._locks[(topic, group)]:
+                try:
+                    await handler(EventEnvelope.from_bytes(raw))
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the handler's failure is the publisher's retry
+                    log.warning("%s handler of %s failed on %s: %s", group, topic, key, exc)
+                    raise BusError(f"{group} could not handle {topic} event {key}: {exc}") from exc
+
+
+class OutDirBusy(RuntimeError):
+    """Another process is using the same ``--out`` folder."""
+
+
+@dataclass(frozen=True)
+class EmbeddedPaths:
+    out_dir: Path
+
+    @property
+    def queue(self) -> Path:
+        return self.out_dir / QUEUE_FILE
+
+    @property
+    def database(self) -> Path:
+        return self.out_dir / DATABASE_FILE
+
+    def provider_settings(self, base: ProviderSettings) -> ProviderSettings:
+        """``base`` with the embedded queue and bus, and leases suited to one process."""
+        return base.model_copy(
+            update={
+                "queue_url": f"sqlite:///{self.queue.resolve()}",
+                "bus_url": "memory://",
+                # this process holds the folder lock, so a lease left by an earlier process
+                # is stale; short leases (renewed while calls run) let a restart go on soon
+                "lease_seconds": min(base.lease_seconds, 30.0),
+                "outbox_lease_seconds": min(base.outbox_lease_seconds, 5.0),
+            }
+        )
+
+    def cj_settings(self, base: CJSettings) -> CJSettings:
+        """``base`` with the embedded database, bus and in-process provider address."""
+        return base.model_copy(
+            update={
+                "database_url": f"sqlite+aiosqlite:///{self.database.resolve()}",
+                "bus_url": "memory://",
+                "provider_url": IN_PROCESS_PROVIDER_URL,
+            }
+        )
+
+
+@contextmanager
+def locked_out_dir(out_dir: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on ``out_dir`` (created if needed) for this process."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = (out_dir / LOCK_FILE).open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutDirBusy(
+                f"{out_dir} is in use by another cjllm process; wait for it or use another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield out_dir
+    finally:
+        handle.close()
+
+
+@dataclass
+class EmbeddedServices:
+    """The running pair: the CJ workflow to drive, and the provider service behind it."""
+
+    cj: CJWorkflow
+    provider: ProviderService
+
+
+@asynccontextmanager
+async def embedded_services(
+    out_dir: Path,
+    provider_settings: ProviderSettings,
+    cj_settings: CJSettings,
+    *,
+    adapters: Mapping[str, LLMAdapter] | None = None,
+    on_progress: ProgressHook | None = None,
+) -> AsyncIterator[EmbeddedServices]:
+    """Run both services over the files in ``out_dir`` (which the caller has locked).
+
+    Start-up order matters: the CJ service subscribes to the callback topic (and resumes
+    unfinished batches) before the provider's worker and publisher start, so no callback
+    is published before someone can record it. Leases left by a killed earlier process are
+    returned to the queue at once.
+    """
+    paths = EmbeddedPaths(out_dir)
+    psettings = paths.provider_settings(provider_settings)
+    csettings = paths.cj_settings(cj_settings).model_copy(
+        update={"provider_api_token": psettings.api_token}
+    )
+    bus = DirectBus()
+    await bus.start()
+    try:
+        async with embedded_provider(psettings, bus=bus, adapters=adapters, work=False) as provider:
+            transport = httpx.ASGITransport(app=provider.app)
+            async with cj_service(
+                csettings, transport=transport, bus=bus, on_progress=on_progress, resume=True
+            ) as cj:
+                stale_before = time.time() + psettings.lease_seconds + 1.0
+                recovered = await provider.queue.recover_leases(stale_before)
+                if recovered:
+                    log.info("requeued %d comparisons left in flight by an earlier run", recovered)
+                provider.start_work()
+                try:
+                    yield EmbeddedServices(cj=cj, provider=provider)
+                finally:
+                    # stop calling and publishing before the CJ side closes its database
+                    await provider.stop_work()
+    finally:
+        await bus.stop()

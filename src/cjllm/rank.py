@@ -1,0 +1,452 @@
+"""``cjllm rank``: rank a folder (or CSV/JSONL) of essays end to end, in one process.
+
+The job: read and check every input (before any judge is called), choose the judge, reuse
+or start the batch recorded in ``--out``, run the embedded provider and CJ services until
+the batch finishes, then write ``ranking.csv``, ``ranking.json`` and ``report.html``.
+
+Resuming: ``--out`` keeps ``run.json`` (the batch id and a fingerprint of everything that
+defines the run: essays, anchors, instructions, rubric, provider, model and options) next to
+the queue and database. Re-running with the same inputs continues that batch — comparisons
+already judged are not asked again; a finished batch just rewrites the report. Different
+inputs in the same ``--out`` are refused with the differences named: use another ``--out``
+(or delete the folder) to start over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import signal
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cjllm.cj.options import BatchOptions, InvalidBatch
+from cjllm.cj.records import BatchProgress
+from cjllm.cj.store import BatchNotFound
+from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
+from cjllm.contracts import BatchingStrategy, CJAssessmentCompletedV1
+from cjllm.embedded import embedded_services, locked_out_dir
+from cjllm.essays import (
+    Essay,
+    EssayInputError,
+    check_distinct,
+    essay_set_digest,
+    load_anchors,
+    load_essays,
+    read_text,
+)
+from cjllm.provider.adapters import LLMAdapter, make_adapter
+from cjllm.provider.adapters.mock import MockAdapter
+from cjllm.report import ReportFiles, RunContext, write_report
+from cjllm.settings import CJSettings, ProviderSettings
+from cjllm.sim.judge import Judge, load_manifest_qualities
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+RUN_FILE_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+DEFAULT_INSTRUCTIONS = (
+    "No assignment text was given. Judge which essay is the better piece of writing "
+    "overall: the quality of its ideas and argument, its organisation, and its control "
+    "of language."
+)
+
+
+class RankError(Exception):
+    """A problem the user must fix before (or instead of) running; the message says how."""
+
+
+@dataclass(frozen=True)
+class RankRequest:
+    """What the command line asked for."""
+
+    path: Path
+    out_dir: Path
+    provider: str | None = None
+    model: str | None = None
+    strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
+    bundle_size: int | None = None
+    comparisons_per_essay: float | None = None
+    budget: int | None = None
+    instructions: Path | None = None
+    rubric: Path | None = None
+    anchors: Path | None = None
+    grade_scale: Sequence[str] | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Judging:
+    """The judge chosen for a run, as the adapter to call and as users are told about it."""
+
+    provider: str
+    model: str
+    label: str
+    note: str
+    adapter: LLMAdapter
+
+
+@dataclass(frozen=True)
+class RankInputs:
+    essays: list[Essay]
+    anchors: list[Essay]
+    instructions: str
+    rubric: str | None
+    manifest: Path | None
+
+
+@dataclass
+class RankOutcome:
+    result: CJAssessmentCompletedV1
+    files: ReportFiles | None
+    resumed: bool
+    judge: Judging
+
+
+@dataclass
+class Hooks:
+    """What the terminal shows: the start (batch id, judge, inputs, resumed?), events as
+    they happen, and the batch's counters a few times a second. All optional."""
+
+    on_start: Callable[[str, Judging, RankInputs, bool], None] | None = None
+    on_event: Callable[[ProgressEvent], None] | None = None
+    on_tick: Callable[[BatchProgress], None] | None = None
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def load_inputs(request: RankRequest) -> RankInputs:
+    """Read and check every input file; raises :class:`EssayInputError` naming the file."""
+    essays = load_essays(request.path)
+    anchors = load_anchors(request.anchors) if request.anchors is not None else []
+    if request.anchors is not None:
+        check_distinct(essays, anchors, request.anchors)
+    instructions = (
+        read_text(request.instructions, "instructions file").strip()
+        if request.instructions is not None
+        else DEFAULT_INSTRUCTIONS
+    )
+    if not instructions:
+        assert request.instructions is not None
+        raise EssayInputError(request.instructions, "the instructions file is empty")
+    rubric = read_text(request.rubric, "rubric file").strip() if request.rubric else None
+    if request.rubric is not None and not rubric:
+        raise EssayInputError(request.rubric, "the rubric file is empty")
+    manifest = request.path / MANIFEST_NAME if request.path.is_dir() else None
+    return RankInputs(
+        essays=essays,
+        anchors=anchors,
+        instructions=instructions,
+        rubric=rubric,
+        manifest=manifest if manifest is not None and manifest.is_file() else None,
+    )
+
+
+def choose_provider(requested: str | None, environ: dict[str, str] | None = None) -> str:
+    """The provider to use: the one asked for, else the first with an API key set, else mock."""
+    if requested is not None:
+        return requested
+    env = os.environ if environ is None else environ
+    for provider, key in KEY_ENV.items():
+        if env.get(key):
+            return provider
+    return "mock"
+
+
+def make_judge(
+    provider: str, model: str | None, inputs: RankInputs, settings: ProviderSettings, seed: int
+) -> Judging:
+    """Build the adapter now, so a missing key or SDK is reported before any work starts."""
+    if provider == "mock":
+        adapter = MockAdapter.from_settings(settings)
+        qualities: dict[str, float] = {}
+        if inputs.manifest is not None:
+            try:
+                qualities = load_manifest_qualities([inputs.manifest])
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise EssayInputError(
+                    inputs.manifest,
+                    f"unreadable simulation manifest ({type(exc).__name__}: {exc}); fix it or "
+                    "move it out of the essays folder",
+                ) from None
+        adapter.judge = Judge(
+            qualities=qualities,
+            noise=settings.mock_noise,
+            position_bias=settings.mock_position_bias,
+            seed=seed,
+        )
+        known = sum(adapter.judge.known_quality(e.text) is not None for e in inputs.essays)
+        if known:
+            note = (
+                f"No LLM is called. The simulated judge knows the intended quality of {known} "
+                f"essays from {inputs.manifest} (a simulation feature, for demos and tests); "
+                "others are judged by a text heuristic."
+            )
+        else:
+            note = (
+                "No LLM is called: the simulated judge decides by a text heuristic. Set "
+                "ANTHROPIC_API_KEY or OPENAI_API_KEY (or pass --provider) for a real judge."
+            )
+        return Judging(
+            "mock", model or adapter.default_model, "mock (simulated judge)", note, adapter
+        )
+    if provider not in KEY_ENV:
+        raise RankError(f"--provider {provider!r}: choose mock, anthropic or openai")
+    key = KEY_ENV[provider]
+    if not os.environ.get(key):
+        raise RankError(
+            f"--provider {provider} needs {key} in the environment "
+            f"(for a compatible server also set {provider.upper()}_BASE_URL)"
+        )
+    try:
+        vendor = make_adapter(provider, settings)
+    except ImportError as exc:
+        raise RankError(f"the {provider} SDK is not installed: {exc}") from exc
+    chosen = model or vendor.default_model
+    base = os.environ.get(f"{provider.upper()}_BASE_URL")
+    note = f"Each provider call is billed by {provider}" + (f" (at {base})." if base else ".")
+    return Judging(provider, chosen, f"{provider} / {chosen}", note, vendor)
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def fingerprint(request: RankRequest, inputs: RankInputs, judging: Judging) -> dict[str, Any]:
+    """Everything that defines a run; a resumed run must match it exactly."""
+
+    def sha(text: str | None) -> str | None:
+        return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    return {
+        "essays": essay_set_digest(inputs.essays),
+        "essay_count": len(inputs.essays),
+        "anchors": essay_set_digest(inputs.anchors) if inputs.anchors else None,
+        "anchor_grades": sorted((a.essay_id, a.grade or "") for a in inputs.anchors) or None,
+        "grade_scale": list(request.grade_scale) if request.grade_scale else None,
+        "instructions": sha(inputs.instructions),
+        "rubric": sha(inputs.rubric),
+        "provider": judging.provider,
+        "model": judging.model,
+        "strategy": request.strategy.value,
+        "bundle_size": request.bundle_size,
+        "comparisons_per_essay": request.comparisons_per_essay,
+        "budget": request.budget,
+        "seed": request.seed,
+    }
+
+
+def read_run_file(out_dir: Path) -> dict[str, Any] | None:
+    path = out_dir / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RankError(f"{path} is unreadable ({exc}); delete {out_dir} to start over") from exc
+    if not isinstance(data, dict) or data.get("version") != RUN_FILE_VERSION:
+        raise RankError(f"{path} is not a cjllm run file this version understands")
+    return data
+
+
+def write_run_file(out_dir: Path, data: dict[str, Any]) -> None:
+    path = out_dir / RUN_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def cj_settings_for(request: RankRequest, judging: Judging) -> CJSettings:
+    """CJ settings from the environment, overridden by the command line."""
+    base = CJSettings()
+    update: dict[str, Any] = {
+        "llm_provider": judging.provider,
+        "llm_model": judging.model,
+        "llm_batching_strategy": request.strategy,
+    }
+    if request.bundle_size is not None:
+        if request.strategy is BatchingStrategy.SERIAL_OVERRIDE:
+            update["serial_override_bundle_size"] = request.bundle_size
+        elif request.strategy is BatchingStrategy.SERIAL_ROUND:
+            update["max_concurrent_comparisons"] = request.bundle_size
+        else:
+            raise RankError(
+                f"--bundle-size applies to serial_round and serial_override, not {request.strategy}"
+            )
+    elif (
+        request.strategy is BatchingStrategy.SERIAL_OVERRIDE
+        and not base.serial_override_bundle_size
+    ):
+        raise RankError("--strategy serial_override needs --bundle-size N")
+    if request.comparisons_per_essay is not None:
+        update["comparisons_per_essay"] = request.comparisons_per_essay
+    if request.budget is not None:
+        update["max_comparisons_total"] = request.budget
+    settings = base.model_copy(update=update)
+    try:
+        BatchOptions.from_settings(settings).validate()
+    except InvalidBatch as exc:
+        raise RankError(str(exc)) from exc
+    return settings
+
+
+def provider_settings_for(request: RankRequest) -> ProviderSettings:
+    return ProviderSettings().model_copy(update={"mock_seed": request.seed})
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def prepare(request: RankRequest) -> tuple[RankInputs, Judging, CJSettings, ProviderSettings]:
+    """Everything that can fail before a single comparison: inputs, judge, settings."""
+    if request.comparisons_per_essay is not None and request.comparisons_per_essay <= 0:
+        raise RankError("--comparisons-per-essay must be > 0")
+    if request.budget is not None and request.budget < 1:
+        raise RankError("--budget must be at least 1")
+    if request.bundle_size is not None and request.bundle_size < 1:
+        raise RankError("--bundle-size must be at least 1")
+    inputs = load_inputs(request)
+    provider = choose_provider(request.provider)
+    psettings = provider_settings_for(request)
+    judging = make_judge(provider, request.model, inputs, psettings, request.seed)
+    return inputs, judging, cj_settings_for(request, judging), psettings
+
+
+async def run_rank(request: RankRequest, hooks: Hooks | None = None) -> RankOutcome:
+    """Run (or resume) the ranking job in ``request.out_dir``; see the module docstring."""
+    hooks = hooks or Hooks()
+    inputs, judging, csettings, psettings = prepare(request)
+    with locked_out_dir(request.out_dir) as out_dir:
+        wanted = fingerprint(request, inputs, judging)
+        previous = read_run_file(out_dir)
+        if previous is not None:
+            changed = differences(previous["inputs"], wanted)
+            if changed:
+                raise RankError(
+                    f"{out_dir} holds a run with different {', '.join(changed)} (started "
+                    f"{previous.get('started_at', '?')}). Use another --out, or delete {out_dir} "
+                    "to start over."
+                )
+            batch_id = str(previous["batch_id"])
+        else:
+            batch_id = str(uuid.uuid4())
+            write_run_file(
+                out_dir,
+                {
+                    "version": RUN_FILE_VERSION,
+                    "batch_id": batch_id,
+                    "started_at": datetime.now(UTC).isoformat(),
+                    "source": str(request.path),
+                    "judge": judging.label,
+                    "inputs": wanted,
+                },
+            )
+        try:
+            result, resumed = await _drive(
+                out_dir, batch_id, inputs, judging, request, csettings, psettings, hooks
+            )
+        finally:
+            await judging.adapter.aclose()
+        files = None
+        if result.ranking:
+            files = write_report(
+                out_dir,
+                result,
+                RunContext(
+                    judge=judging.label,
+                    source=str(request.path),
+                    finished_at=datetime.now(UTC),
+                ),
+            )
+        return RankOutcome(result=result, files=files, resumed=resumed, judge=judging)
+
+
+async def _drive(
+    out_dir: Path,
+    batch_id: str,
+    inputs: RankInputs,
+    judging: Judging,
+    request: RankRequest,
+    csettings: CJSettings,
+    psettings: ProviderSettings,
+    hooks: Hooks,
+) -> tuple[CJAssessmentCompletedV1, bool]:
+    async with embedded_services(
+        out_dir,
+        psettings,
+        csettings,
+        adapters={judging.provider: judging.adapter},
+        on_progress=hooks.on_event,
+    ) as services:
+        cj = services.cj
+        try:
+            await cj.store.batch(batch_id)
+            resumed = True
+        except BatchNotFound:
+            resumed = False
+        if hooks.on_start is not None:
+            hooks.on_start(batch_id, judging, inputs, resumed)
+        if not resumed:
+            try:
+                await cj.start_batch(
+                    [EssayInput(e.essay_id, e.text) for e in inputs.essays],
+                    instructions=inputs.instructions,
+                    rubric=inputs.rubric,
+                    anchors=[EssayInput(a.essay_id, a.text, a.grade) for a in inputs.anchors],
+                    grade_scale=list(request.grade_scale) if request.grade_scale else None,
+                    batch_id=batch_id,
+                )
+            except InvalidBatch as exc:
+                (out_dir / RUN_FILE).unlink(missing_ok=True)
+                raise RankError(str(exc)) from exc
+        waiter = asyncio.create_task(cj.wait_for_completion(batch_id, check_every=0.5))
+        tick = hooks.on_tick
+        poller = asyncio.create_task(_poll(tick, cj, batch_id)) if tick is not None else None
+        try:
+            result = await waiter
+        finally:
+            if poller is not None:
+                poller.cancel()
+                await asyncio.gather(poller, return_exceptions=True)
+        return result, resumed
+
+
+async def _poll(tick: Callable[[BatchProgress], None], cj: CJWorkflow, batch_id: str) -> None:
+    while True:
+        tick(await cj.progress(batch_id))
+        await asyncio.sleep(0.25)
+
+
+def run_until_done(request: RankRequest, hooks: Hooks | None = None) -> RankOutcome:
+    """Run the job in a fresh event loop; SIGTERM stops it as cleanly as Ctrl-C does."""
+
+    async def main() -> RankOutcome:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        if task is not None:
+            try:
+                loop.add_signal_handler(signal.SIGTERM, task.cancel)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        return await run_rank(request, hooks)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
