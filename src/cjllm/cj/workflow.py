@@ -33,7 +33,13 @@ from cjllm.cj.ranking import (
     seed_for,
     split_half,
 )
-from cjllm.cj.records import BatchProgress, BatchRecord, NewComparison, NewEssay
+from cjllm.cj.records import (
+    BatchProgress,
+    BatchRecord,
+    EssayRecord,
+    NewComparison,
+    NewEssay,
+)
 from cjllm.cj.store import RoundExists, Store
 from cjllm.cj.tables import Batch, BatchStatus, RoundStatus
 from cjllm.contracts import (
@@ -99,6 +105,7 @@ class CJWorkflow:
         self.on_progress = on_progress
         self.callbacks = CallbackCounts()
         self._finished: dict[str, asyncio.Event] = {}
+        self._essay_cache: dict[str, list[EssayRecord]] = {}
 
     # ---------------------------------------------------------------- public API
 
@@ -272,7 +279,7 @@ class CJWorkflow:
         if batch.status is not BatchStatus.RUNNING:
             return None
         options = BatchOptions.from_json(batch.options)
-        essays = await self.store.essays(batch_id)
+        essays = await self._essays(batch_id)
         outcomes = await self.store.outcomes(batch_id)
         counts = stopping.tally(outcomes)
         try:
@@ -297,7 +304,7 @@ class CJWorkflow:
         return job, number, pairs
 
     async def _submission(self, batch: BatchRecord, bundle_size: int) -> rounds.Submission:
-        essays = await self.store.essays(batch.id)
+        essays = await self._essays(batch.id)
         return rounds.Submission(
             batch=batch,
             options=BatchOptions.from_json(batch.options),
@@ -317,7 +324,7 @@ class CJWorkflow:
         reason: str,
         error: str | None,
     ) -> None:
-        essays = await self.store.essays(batch.id)
+        essays = await self._essays(batch.id)
         n = len(essays)
         grade_scale = batch.grade_scale
         if fit is None:  # scoring itself failed: no ranking to offer
@@ -378,6 +385,7 @@ class CJWorkflow:
         )
         if not finished:
             return
+        self._essay_cache.pop(batch.id, None)
         log.info("CJ batch %s %s: %s", batch.id, event.status, message)
         await self._publish(event)
         self._event(batch.id).set()
@@ -406,6 +414,13 @@ class CJWorkflow:
         await self.store.mark_published(event.cj_batch_id)
 
     # ---------------------------------------------------------------- helpers
+
+    async def _essays(self, batch_id: str) -> list[EssayRecord]:
+        """A batch's essays (they never change once stored, so they are read once)."""
+        cached = self._essay_cache.get(batch_id)
+        if cached is None:
+            cached = self._essay_cache[batch_id] = await self.store.essays(batch_id)
+        return cached
 
     def _event(self, batch_id: str) -> asyncio.Event:
         return self._finished.setdefault(batch_id, asyncio.Event())
