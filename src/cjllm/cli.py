@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -241,4 +241,138 @@ def rank(
         raise typer.Exit(130) from None
     print_result(console, outcome.result, outcome.judge.label, outcome.files)
     if outcome.result.status != "completed":
+        raise typer.Exit(1)
+
+
+@serve_app.command("cj")
+def serve_cj(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface the HTTP API listens on."),
+    port: int = typer.Option(8081, "--port", help="Port of the HTTP API."),
+) -> None:
+    """The CJ Assessment Service: plan rounds, send comparisons to the provider, score.
+
+    Settings come from CJLLM_* environment variables: CJLLM_DATABASE_URL (PostgreSQL),
+    CJLLM_BUS_URL (Kafka), CJLLM_PROVIDER_URL (the provider API), strategy and budgets.
+    Start assessments with `cjllm submit` or POST /api/v1/assessments.
+    """
+    import logging
+
+    from cjllm.cj.service import run_cj
+    from cjllm.settings import CJSettings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run_cj(CJSettings(), host, port)
+
+
+@app.command()
+def submit(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder of .txt/.md essays, or a CSV/JSONL file with essay_id,text.",
+            show_default=False,
+        ),
+    ],
+    cj_url: Annotated[
+        str,
+        typer.Option(
+            "--cj-url", envvar="CJLLM_CJ_URL", help="Base URL of a running `cjllm serve cj`."
+        ),
+    ] = "http://127.0.0.1:8081",
+    instructions: Annotated[
+        Path | None,
+        typer.Option("--instructions", help="The assignment / judging instructions (text file)."),
+    ] = None,
+    rubric: Annotated[Path | None, typer.Option("--rubric", help="The rubric (text file).")] = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors", help="Anchor essays with known grades: CSV/JSONL essay_id,text,grade."
+        ),
+    ] = None,
+    grade_scale: Annotated[
+        str | None,
+        typer.Option(
+            "--grade-scale",
+            help="Anchor grades, lowest first, comma-separated.",
+            show_default=False,
+        ),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait for the result and show it.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="With --wait: write ranking.csv/json and report.html here."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="With --wait: give up after this many seconds."),
+    ] = None,
+) -> None:
+    """Start an assessment on a running CJ service (distributed shape); prints its batch id.
+
+    The result lands in the service's database and as a CJAssessmentCompletedV1 event on
+    its completion topic; --wait also polls for it here.
+    """
+    from datetime import UTC, datetime
+
+    import httpx
+    from rich.console import Console
+
+    from cjllm.cj.records import BatchProgress
+    from cjllm.cj.tables import BatchStatus
+    from cjllm.essays import EssayInputError
+    from cjllm.report import RunContext, write_report
+    from cjllm.submit import SubmitError, SubmitRequest
+    from cjllm.submit import submit as send
+    from cjllm.submit import wait as wait_for
+    from cjllm.terminal import LiveProgress, print_result
+
+    console = Console()
+    request = SubmitRequest(
+        path=path,
+        cj_url=cj_url,
+        instructions=instructions,
+        rubric=rubric,
+        anchors=anchors,
+        grade_scale=[g.strip() for g in grade_scale.split(",")] if grade_scale else None,
+    )
+    try:
+        with httpx.Client(timeout=120.0) as client:
+            batch_id = send(request, client)
+            console.print(f"Submitted batch {batch_id} to {cj_url}", highlight=False)
+            if not wait:
+                typer.echo(batch_id)
+                return
+            live = LiveProgress(console)
+
+            def show(data: dict[str, Any]) -> None:
+                p = data["progress"]
+                live.tick(
+                    BatchProgress(
+                        batch_id=batch_id,
+                        status=BatchStatus(str(data["status"])),
+                        prompt_tokens=0,
+                        completion_tokens=0,
+                        **p,
+                    )
+                )
+
+            with live.running():
+                result = wait_for(cj_url, batch_id, client, timeout=timeout, on_status=show)
+    except EssayInputError as exc:
+        console.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except (SubmitError, TimeoutError) as exc:
+        console.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    judge = f"{result.provider} / {result.model}"
+    files = None
+    if out is not None and result.ranking:
+        files = write_report(
+            out, result, RunContext(judge=judge, source=str(path), finished_at=datetime.now(UTC))
+        )
+    print_result(console, result, judge, files)
+    if result.status != "completed":
         raise typer.Exit(1)
