@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cjllm.provider.adapters import LLMAdapter, ProviderCallError, make_adapter
-from cjllm.provider.adapters.openai import MissingCredentials, OpenAIAdapter
-from cjllm.provider.adapters.vendor_errors import retry_after_seconds, status_error
+from cjllm.provider.adapters.anthropic import AnthropicAdapter
+from cjllm.provider.adapters.openai import OpenAIAdapter
+from cjllm.provider.adapters.vendor_errors import (
+    MissingCredentials,
+    retry_after_seconds,
+    status_error,
+)
 from cjllm.provider.pricing import load_price_table
 from cjllm.settings import ProviderSettings
 from tests.adapters.bundles import bundle
@@ -116,20 +123,25 @@ async def test_an_unreachable_provider_is_a_retryable_connection_error(
     assert (caught.value.code, caught.value.retryable) == ("connection_error", True)
 
 
-def test_openai_without_a_key_or_a_server_is_a_clear_configuration_error(
-    monkeypatch: pytest.MonkeyPatch,
+def test_no_key_and_no_server_is_a_clear_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN",
+                 "ANTHROPIC_BASE_URL", "ANTHROPIC_PROFILE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ANTHROPIC_CONFIG_DIR", str(tmp_path))  # no credential profiles
     with pytest.raises(MissingCredentials, match="OPENAI_API_KEY"):
         OpenAIAdapter(model="gpt-4.1-mini", prices=load_price_table())
+    with pytest.raises(MissingCredentials, match="anthropic"):
+        AnthropicAdapter(model="claude-sonnet-4-6", prices=load_price_table())
 
 
-async def test_a_keyless_openai_compatible_server_needs_only_its_base_url(
-    vendor_env: SimControl, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("vendor", ["anthropic", "openai"])
+async def test_a_keyless_compatible_server_needs_only_its_base_url(
+    vendor: str, vendor_env: SimControl, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OPENAI_API_KEY")
-    adapter = make_adapter("openai", ProviderSettings())
+    monkeypatch.delenv(f"{vendor.upper()}_API_KEY")
+    adapter = make_adapter(vendor, ProviderSettings())
     try:
         outcome = await adapter.call_bundle(bundle(1))
     finally:

@@ -19,6 +19,7 @@ The SDK reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``; its own retries 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -32,7 +33,12 @@ from cjllm.provider.adapters import (
     ProviderCallError,
     SharedBlock,
 )
-from cjllm.provider.adapters.vendor_errors import status_error, transport_error
+from cjllm.provider.adapters.vendor_errors import (
+    PLACEHOLDER_KEY,
+    MissingCredentials,
+    status_error,
+    transport_error,
+)
 from cjllm.provider.pricing import PriceTable, load_price_table
 from cjllm.provider.prompts import (
     OUTPUT_SCHEMA,
@@ -114,9 +120,33 @@ class AnthropicAdapter:
         self.tool_use_models = tuple(tool_use_models)
         self.max_output_tokens_per_item = max_output_tokens_per_item
         self.timeout = timeout
-        self.client = client or anthropic.AsyncAnthropic(
-            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
-        )
+        if client is None:
+            client = self._client(api_key, base_url, timeout)
+        self.client = client
+
+    @staticmethod
+    def _client(
+        api_key: str | None, base_url: str | None, timeout: float
+    ) -> anthropic.AsyncAnthropic:
+        """The SDK client (credentials from its environment), or :class:`MissingCredentials`."""
+        try:
+            client = anthropic.AsyncAnthropic(
+                api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+            )
+        except anthropic.AnthropicError as exc:  # e.g. a credentials profile that is missing
+            raise MissingCredentials(
+                f"the anthropic provider has no usable credentials: {exc}"
+            ) from exc
+        if client.api_key is None and client.auth_token is None and client.credentials is None:
+            if not (base_url or os.environ.get("ANTHROPIC_BASE_URL")):
+                raise MissingCredentials(
+                    "the anthropic provider needs ANTHROPIC_API_KEY (or ANTHROPIC_BASE_URL "
+                    "naming an Anthropic-compatible server that takes no key)"
+                )
+            client = anthropic.AsyncAnthropic(
+                api_key=PLACEHOLDER_KEY, base_url=base_url, max_retries=0, timeout=timeout
+            )
+        return client
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> AnthropicAdapter:

@@ -34,7 +34,12 @@ from cjllm.provider.adapters import (
     CallUsage,
     ProviderCallError,
 )
-from cjllm.provider.adapters.vendor_errors import status_error, transport_error
+from cjllm.provider.adapters.vendor_errors import (
+    PLACEHOLDER_KEY,
+    MissingCredentials,
+    status_error,
+    transport_error,
+)
 from cjllm.provider.pricing import PriceTable, load_price_table
 from cjllm.provider.prompts import (
     OUTPUT_SCHEMA,
@@ -48,12 +53,6 @@ from cjllm.settings import ProviderSettings
 
 PROVIDER = "openai"
 ANSWER_OVERHEAD_TOKENS = 64
-# a local OpenAI-compatible server named by OPENAI_BASE_URL usually wants no key at all
-PLACEHOLDER_KEY = "sk-no-key-required"
-
-
-class MissingCredentials(ValueError):
-    """No ``OPENAI_API_KEY`` and no ``OPENAI_BASE_URL`` of a server that might not need one."""
 
 
 def _usage(usage: CompletionUsage | None) -> CallUsage:

@@ -18,6 +18,14 @@ from typing import Any
 
 from cjllm.provider.adapters import ProviderCallError
 
+# a local compatible server named by *_BASE_URL usually wants no key at all
+PLACEHOLDER_KEY = "sk-no-key-required"
+
+
+class MissingCredentials(ValueError):
+    """No API key, and no base URL of a compatible server that might not need one."""
+
+
 _NOT_RETRYABLE = {
     400: "bad_request",
     401: "authentication_failed",
