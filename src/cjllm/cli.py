@@ -205,7 +205,7 @@ def rank(
     from rich.console import Console
 
     from cjllm.essays import EssayInputError
-    from cjllm.rank import RankError, RankRequest, run_until_done
+    from cjllm.rank import RankError, RankRequest, prepare, run_until_done
     from cjllm.terminal import LiveProgress, print_result
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -225,10 +225,12 @@ def rank(
         grade_scale=[g.strip() for g in grade_scale.split(",")] if grade_scale else None,
         seed=seed,
     )
-    live = LiveProgress(console)
     try:
+        prepared = prepare(request)
+        live = LiveProgress(console)
+        live.judge(prepared.judging)
         with live.running():
-            outcome = run_until_done(request, live.hooks())
+            outcome = run_until_done(prepared, live.hooks())
     except (EssayInputError, RankError) as exc:
         console.print(f"[bold red]Error:[/] {exc}", highlight=False)
         raise typer.Exit(2) from None

@@ -32,7 +32,7 @@ from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
 from cjllm.contracts import BatchingStrategy, CJAssessmentCompletedV1
-from cjllm.embedded import embedded_services, locked_out_dir
+from cjllm.embedded import OutDirBusy, embedded_services, locked_out_dir
 from cjllm.essays import (
     Essay,
     EssayInputError,
@@ -187,10 +187,11 @@ def make_judge(
         )
         known = sum(adapter.judge.known_quality(e.text) is not None for e in inputs.essays)
         if known:
+            rest = len(inputs.essays) - known
             note = (
                 f"No LLM is called. The simulated judge knows the intended quality of {known} "
-                f"essays from {inputs.manifest} (a simulation feature, for demos and tests); "
-                "others are judged by a text heuristic."
+                f"essays from {inputs.manifest} (a simulation feature, for demos and tests)"
+                + (f"; the other {rest} are judged by a text heuristic." if rest else ".")
             )
         else:
             note = (
@@ -313,7 +314,18 @@ def provider_settings_for(request: RankRequest) -> ProviderSettings:
 # --------------------------------------------------------------------------- the job
 
 
-def prepare(request: RankRequest) -> tuple[RankInputs, Judging, CJSettings, ProviderSettings]:
+@dataclass(frozen=True)
+class PreparedRun:
+    """A request whose inputs are read and checked, with its judge and settings."""
+
+    request: RankRequest
+    inputs: RankInputs
+    judging: Judging
+    cj_settings: CJSettings
+    provider_settings: ProviderSettings
+
+
+def prepare(request: RankRequest) -> PreparedRun:
     """Everything that can fail before a single comparison: inputs, judge, settings."""
     if request.comparisons_per_essay is not None and request.comparisons_per_essay <= 0:
         raise RankError("--comparisons-per-essay must be > 0")
@@ -325,72 +337,71 @@ def prepare(request: RankRequest) -> tuple[RankInputs, Judging, CJSettings, Prov
     provider = choose_provider(request.provider)
     psettings = provider_settings_for(request)
     judging = make_judge(provider, request.model, inputs, psettings, request.seed)
-    return inputs, judging, cj_settings_for(request, judging), psettings
+    return PreparedRun(request, inputs, judging, cj_settings_for(request, judging), psettings)
 
 
-async def run_rank(request: RankRequest, hooks: Hooks | None = None) -> RankOutcome:
-    """Run (or resume) the ranking job in ``request.out_dir``; see the module docstring."""
-    hooks = hooks or Hooks()
-    inputs, judging, csettings, psettings = prepare(request)
-    with locked_out_dir(request.out_dir) as out_dir:
-        wanted = fingerprint(request, inputs, judging)
-        previous = read_run_file(out_dir)
-        if previous is not None:
-            changed = differences(previous["inputs"], wanted)
-            if changed:
-                raise RankError(
-                    f"{out_dir} holds a run with different {', '.join(changed)} (started "
-                    f"{previous.get('started_at', '?')}). Use another --out, or delete {out_dir} "
-                    "to start over."
-                )
-            batch_id = str(previous["batch_id"])
-        else:
-            batch_id = str(uuid.uuid4())
-            write_run_file(
-                out_dir,
-                {
-                    "version": RUN_FILE_VERSION,
-                    "batch_id": batch_id,
-                    "started_at": datetime.now(UTC).isoformat(),
-                    "source": str(request.path),
-                    "judge": judging.label,
-                    "inputs": wanted,
-                },
+async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
+    """Run (or resume) the ranking job in ``--out``; see the module docstring."""
+    try:
+        with locked_out_dir(run.request.out_dir) as out_dir:
+            return await _run_locked(run, out_dir, hooks or Hooks())
+    except OutDirBusy as exc:
+        raise RankError(str(exc)) from None
+    finally:
+        await run.judging.adapter.aclose()
+
+
+async def _run_locked(run: PreparedRun, out_dir: Path, hooks: Hooks) -> RankOutcome:
+    batch_id = _batch_for(run, out_dir)
+    result, resumed = await _drive(run, out_dir, batch_id, hooks)
+    files = None
+    if result.ranking:
+        context = RunContext(
+            judge=run.judging.label,
+            source=str(run.request.path),
+            finished_at=datetime.now(UTC),
+        )
+        files = write_report(out_dir, result, context)
+    return RankOutcome(result=result, files=files, resumed=resumed, judge=run.judging)
+
+
+def _batch_for(run: PreparedRun, out_dir: Path) -> str:
+    """The batch id recorded in ``out_dir`` for these inputs, or a new one (recorded now)."""
+    wanted = fingerprint(run.request, run.inputs, run.judging)
+    previous = read_run_file(out_dir)
+    if previous is not None:
+        changed = differences(previous["inputs"], wanted)
+        if changed:
+            raise RankError(
+                f"{out_dir} holds a run with different {', '.join(changed)} (started "
+                f"{previous.get('started_at', '?')}). Use another --out, or delete {out_dir} "
+                "to start over."
             )
-        try:
-            result, resumed = await _drive(
-                out_dir, batch_id, inputs, judging, request, csettings, psettings, hooks
-            )
-        finally:
-            await judging.adapter.aclose()
-        files = None
-        if result.ranking:
-            files = write_report(
-                out_dir,
-                result,
-                RunContext(
-                    judge=judging.label,
-                    source=str(request.path),
-                    finished_at=datetime.now(UTC),
-                ),
-            )
-        return RankOutcome(result=result, files=files, resumed=resumed, judge=judging)
+        return str(previous["batch_id"])
+    batch_id = str(uuid.uuid4())
+    write_run_file(
+        out_dir,
+        {
+            "version": RUN_FILE_VERSION,
+            "batch_id": batch_id,
+            "started_at": datetime.now(UTC).isoformat(),
+            "source": str(run.request.path),
+            "judge": run.judging.label,
+            "inputs": wanted,
+        },
+    )
+    return batch_id
 
 
 async def _drive(
-    out_dir: Path,
-    batch_id: str,
-    inputs: RankInputs,
-    judging: Judging,
-    request: RankRequest,
-    csettings: CJSettings,
-    psettings: ProviderSettings,
-    hooks: Hooks,
+    run: PreparedRun, out_dir: Path, batch_id: str, hooks: Hooks
 ) -> tuple[CJAssessmentCompletedV1, bool]:
+    """Run both services until the batch has a result; start the batch if it is new."""
+    inputs, judging = run.inputs, run.judging
     async with embedded_services(
         out_dir,
-        psettings,
-        csettings,
+        run.provider_settings,
+        run.cj_settings,
         adapters={judging.provider: judging.adapter},
         on_progress=hooks.on_event,
     ) as services:
@@ -409,17 +420,16 @@ async def _drive(
                     instructions=inputs.instructions,
                     rubric=inputs.rubric,
                     anchors=[EssayInput(a.essay_id, a.text, a.grade) for a in inputs.anchors],
-                    grade_scale=list(request.grade_scale) if request.grade_scale else None,
+                    grade_scale=list(run.request.grade_scale) if run.request.grade_scale else None,
                     batch_id=batch_id,
                 )
             except InvalidBatch as exc:
                 (out_dir / RUN_FILE).unlink(missing_ok=True)
                 raise RankError(str(exc)) from exc
-        waiter = asyncio.create_task(cj.wait_for_completion(batch_id, check_every=0.5))
         tick = hooks.on_tick
         poller = asyncio.create_task(_poll(tick, cj, batch_id)) if tick is not None else None
         try:
-            result = await waiter
+            result = await cj.wait_for_completion(batch_id, check_every=0.5)
         finally:
             if poller is not None:
                 poller.cancel()
@@ -433,7 +443,7 @@ async def _poll(tick: Callable[[BatchProgress], None], cj: CJWorkflow, batch_id:
         await asyncio.sleep(0.25)
 
 
-def run_until_done(request: RankRequest, hooks: Hooks | None = None) -> RankOutcome:
+def run_until_done(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
     """Run the job in a fresh event loop; SIGTERM stops it as cleanly as Ctrl-C does."""
 
     async def main() -> RankOutcome:
@@ -444,7 +454,7 @@ def run_until_done(request: RankRequest, hooks: Hooks | None = None) -> RankOutc
                 loop.add_signal_handler(signal.SIGTERM, task.cancel)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
-        return await run_rank(request, hooks)
+        return await run_rank(run, hooks)
 
     try:
         return asyncio.run(main())

@@ -48,9 +48,11 @@ class LiveProgress:
     def hooks(self) -> Hooks:
         return Hooks(on_start=self.start, on_event=self.event, on_tick=self.tick)
 
-    def start(self, batch_id: str, judging: Judging, inputs: RankInputs, resumed: bool) -> None:
+    def judge(self, judging: Judging) -> None:
         self.console.print(f"[bold]Judge:[/] {judging.label}", highlight=False)
         self.console.print(f"  {judging.note}", highlight=False)
+
+    def start(self, batch_id: str, judging: Judging, inputs: RankInputs, resumed: bool) -> None:
         anchors = f" and {len(inputs.anchors)} anchors" if inputs.anchors else ""
         verb = "Resuming" if resumed else "Starting"
         self.console.print(
