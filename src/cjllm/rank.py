@@ -44,6 +44,7 @@ from cjllm.essays import (
 )
 from cjllm.provider.adapters import LLMAdapter, make_adapter
 from cjllm.provider.adapters.mock import MockAdapter
+from cjllm.provider.adapters.vendor_errors import MissingCredentials
 from cjllm.report import ReportFiles, RunContext, write_report
 from cjllm.settings import CJSettings, ProviderSettings
 from cjllm.sim.judge import Judge, load_manifest_qualities
@@ -203,14 +204,10 @@ def make_judge(
         )
     if provider not in KEY_ENV:
         raise RankError(f"--provider {provider!r}: choose mock, anthropic or openai")
-    key = KEY_ENV[provider]
-    if not os.environ.get(key):
-        raise RankError(
-            f"--provider {provider} needs {key} in the environment "
-            f"(for a compatible server also set {provider.upper()}_BASE_URL)"
-        )
     try:
         vendor = make_adapter(provider, settings)
+    except MissingCredentials as exc:
+        raise RankError(str(exc)) from None
     except ImportError as exc:
         raise RankError(f"the {provider} SDK is not installed: {exc}") from exc
     chosen = model or vendor.default_model
