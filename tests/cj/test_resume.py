@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.exc import OperationalError
 
+from cjllm.cj import rounds
 from cjllm.cj.callbacks import record_result
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.records import NewEssay
@@ -77,3 +78,24 @@ async def test_a_failed_advance_is_retried_by_the_redelivered_callback(
     assert len(rows) == 30 and all(r.status == ComparisonStatus.SUCCEEDED for r in rows)
     assert max(r.round_number for r in rows) == 10
     assert (await h.cj.progress(batch_id)).ignored_callbacks == 1  # the redelivery
+
+
+async def test_an_error_that_would_repeat_fails_the_batch_instead_of_looping(
+    make_harness: MakeHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    essays, qualities = essays_with_quality(6)
+    h = await make_harness(stub=judging_stub(qualities), max_concurrent_comparisons=3)
+    real_plan = rounds.plan_next_round
+
+    def broken(batch_id: str, number: int, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        if number == 3:
+            raise RuntimeError("planner bug")
+        return real_plan(batch_id, number, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rounds, "plan_next_round", broken)
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a journey.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert (result.status, result.stop_reason) == ("failed", "internal_error")
+    assert "RuntimeError: planner bug" in (result.message or "")
+    assert (result.rounds, result.comparisons_succeeded) == (2, 6)
+    assert (await h.cj.progress(batch_id)).ignored_callbacks == 0  # nothing was redelivered

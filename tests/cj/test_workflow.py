@@ -299,3 +299,22 @@ def test_budget_rule() -> None:
     assert options.budget(11) == 28
     assert options.with_changes(max_comparisons_total=20).budget(11) == 20
     assert np.isclose(options.budget(2), 5)
+
+
+def test_undefined_split_half_is_reported_as_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cjllm.cj import ranking
+
+    def degenerate(*_args: object, **_kwargs: object) -> float:
+        raise ZeroDivisionError("float division by zero")  # a split correlation of -1
+
+    monkeypatch.setattr(ranking, "split_half_reliability", degenerate)
+    fit = ranking.BatchFit(
+        theta=np.zeros(3),
+        se=np.ones(3),
+        first=np.array([0, 1, 2, 0]),
+        second=np.array([1, 2, 0, 2]),
+        first_won=np.array([True, False, True, False]),
+        reliability=None,
+        mean_se=1.0,
+    )
+    assert ranking.split_half(fit, 3, 0.1, 4, [1]) is None

@@ -8,6 +8,7 @@ regularised Bradley-Terry fit (:func:`cjllm.cj.scoring.fit_bradley_terry`, prior
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from cjllm.cj.scoring import (
 )
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.contracts import RankedEssay
+
+log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -88,13 +91,19 @@ def component_sizes(n_essays: int, fit: BatchFit) -> list[int]:
 def split_half(
     fit: BatchFit, n_essays: int, prior: float, splits: int, seed: list[int]
 ) -> float | None:
-    """Mean corrected split-half reliability, or None when there are too few comparisons."""
+    """Mean corrected split-half reliability, or None when it is undefined: too few
+    comparisons, a half with constant scores, or a split correlation of exactly −1 (which
+    happens with a handful of comparisons). It is a diagnostic; it never stops a batch."""
     if fit.successes < 4:
         return None
-    value = split_half_reliability(
-        n_essays, fit.first, fit.second, fit.first_won, prior=prior, n_splits=splits, rng=seed
-    )
-    return None if np.isnan(value) else float(value)
+    try:
+        value = split_half_reliability(
+            n_essays, fit.first, fit.second, fit.first_won, prior=prior, n_splits=splits, rng=seed
+        )
+    except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
+        log.warning("split-half reliability undefined for %d comparisons: %r", fit.successes, exc)
+        return None
+    return None if not np.isfinite(value) else float(value)
 
 
 @dataclass(frozen=True)

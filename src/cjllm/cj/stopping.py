@@ -27,6 +27,7 @@ NO_USEFUL_PAIRS = "no_useful_pairs"
 TOO_FEW_SUCCEEDED = "too_few_comparisons_succeeded"
 DISCONNECTED = "disconnected_comparison_graph"
 SCORING_FAILED = "scoring_failed"
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass(frozen=True)

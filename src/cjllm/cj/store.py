@@ -1,7 +1,6 @@
-"""The CJ database: open and migrate it, and every read and write the workflow makes.
+"""Every read and write the CJ workflow makes (engine and migrations: :mod:`.database`).
 
-SQLite (``sqlite+aiosqlite:///…``) and PostgreSQL (``postgresql+asyncpg://…``), chosen by
-``CJLLM_DATABASE_URL``. State changes that must happen once are conditional updates:
+State changes that must happen once are conditional updates:
 a comparison changes only ``WHERE status = 'pending'``, a round closes only ``WHERE status =
 'open'``, a batch finishes only ``WHERE status = 'running'``, and a round number is a primary
 key, so two workers can never both start round N+1 (DESIGN.md §6).
@@ -13,21 +12,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
-from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Connection, event, func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from cjllm.cj.database import WRITE_OPTION, create_engine, migrate
 from cjllm.cj.records import (
     BatchProgress,
     BatchRecord,
@@ -50,10 +41,6 @@ from cjllm.cj.tables import (
 )
 from cjllm.contracts import utcnow
 
-MIGRATIONS = Path(__file__).parent / "migrations"
-_PG_MIGRATION_LOCK = 0x636A6C6C6D  # "cjllm": one migrator at a time per database
-WRITE_OPTION = "cj_write"
-
 
 class BatchNotFound(LookupError):
     def __init__(self, batch_id: str) -> None:
@@ -63,52 +50,6 @@ class BatchNotFound(LookupError):
 
 class RoundExists(RuntimeError):
     """Another worker already started this round number (the loser simply stops)."""
-
-
-# --------------------------------------------------------------------------- engine
-
-
-def create_engine(url: str) -> AsyncEngine:
-    """An async engine. SQLite gets WAL (``synchronous=NORMAL``: a crashed process loses no
-    committed transaction), foreign keys, and ``BEGIN IMMEDIATE`` for write transactions
-    (execution option ``cj_write``), so writers in different processes queue for the lock
-    instead of failing on a lock upgrade; readers use a plain ``BEGIN`` and never block."""
-    if not url.startswith("sqlite"):
-        return create_async_engine(url, pool_pre_ping=True)
-    engine = create_async_engine(url, connect_args={"timeout": 60})
-    memory = ":memory:" in url or url.rstrip("/").endswith("sqlite+aiosqlite:")
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA foreign_keys=ON")
-        if not memory:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get(WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-    return engine
-
-
-def _upgrade(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        connection.execute(text(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})"))
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
-async def migrate(engine: AsyncEngine) -> None:
-    """Bring the database to the newest schema (alembic ``upgrade head``), in one transaction."""
-    async with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
-        await conn.run_sync(_upgrade)
 
 
 def _int(value: Any) -> int | None:

@@ -18,50 +18,25 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from sqlalchemy.exc import SQLAlchemyError
 
 from cjllm.bus import BusError, EventBus
 from cjllm.cj import rounds, stopping
 from cjllm.cj.callbacks import CallbackCounts, apply_callback
+from cjllm.cj.completion import build_completion, completion_envelope
+from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
-from cjllm.cj.ranking import (
-    BatchFit,
-    build_ranking,
-    component_sizes,
-    fit_outcomes,
-    numeric_grade_scale,
-    seed_for,
-    split_half,
-)
-from cjllm.cj.records import (
-    BatchProgress,
-    BatchRecord,
-    EssayRecord,
-    NewComparison,
-    NewEssay,
-)
+from cjllm.cj.ranking import BatchFit, fit_outcomes
+from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison
 from cjllm.cj.store import RoundExists, Store
 from cjllm.cj.tables import Batch, BatchStatus, RoundStatus
-from cjllm.contracts import (
-    COMPLETION_EVENT_TYPE,
-    CJAssessmentCompletedV1,
-    EventEnvelope,
-    TokenUsage,
-)
+from cjllm.contracts import CJAssessmentCompletedV1, EventEnvelope
 from cjllm.settings import CJSettings
 
+__all__ = ["CJWorkflow", "EssayInput", "ProgressEvent", "ProgressHook"]
+
 log = logging.getLogger(__name__)
-
-MAX_ID_CHARS = 255
-
-
-@dataclass(frozen=True)
-class EssayInput:
-    """An essay to rank. ``grade`` is set for anchors (essays whose grade is known)."""
-
-    essay_id: str
-    text: str
-    grade: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +104,7 @@ class CJWorkflow:
         """
         options = options or BatchOptions.from_settings(self.settings)
         options.validate()
-        all_essays, scale = _checked_essays(essays, anchors, grade_scale)
+        all_essays, scale = checked_essays(essays, anchors, grade_scale)
         if not instructions.strip():
             raise InvalidBatch("the assignment instructions are empty")
         batch_id = str(uuid.UUID(batch_id)) if batch_id else str(uuid.uuid4())
@@ -253,14 +228,23 @@ class CJWorkflow:
 
     async def _advance(self, batch_id: str, closed_round: int | None) -> int | None:
         """After ``closed_round`` (None: before the first): finish the batch, or start the
-        next round and return its number. If deciding fails, the round is reopened so the
-        next callback for it, or :meth:`resume`, tries again."""
+        next round and return its number.
+
+        If deciding fails on the database or the bus (or is cancelled), the round is reopened
+        and the error raised, so the redelivered callback, or :meth:`resume`, tries again.
+        Any other error would fail the same way on every retry (a redelivery loop), so the
+        batch is failed at once with the error as its message.
+        """
         try:
             plan = await self._decide(batch_id, closed_round)
-        except BaseException:
+        except (SQLAlchemyError, BusError, OSError, asyncio.CancelledError):
             if closed_round is not None:
                 await self.store.reopen_round(batch_id, closed_round)
             raise
+        except Exception as exc:
+            log.exception("batch %s: deciding after round %s failed", batch_id, closed_round)
+            await self._fail(batch_id, stopping.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+            return None
         if plan is None:
             return None
         job, number, pairs = plan
@@ -303,6 +287,13 @@ class CJWorkflow:
         job = await self._submission(batch, options.preferred_bundle_size(len(pairs)))
         return job, number, pairs
 
+    async def _fail(self, batch_id: str, reason: str, error: str) -> None:
+        batch = await self.store.batch(batch_id)
+        if batch.status is BatchStatus.RUNNING:
+            outcomes = await self.store.outcomes(batch_id)
+            options = BatchOptions.from_json(batch.options)
+            await self._finish(batch, options, None, stopping.tally(outcomes), reason, error)
+
     async def _submission(self, batch: BatchRecord, bundle_size: int) -> rounds.Submission:
         essays = await self._essays(batch.id)
         return rounds.Submission(
@@ -325,83 +316,28 @@ class CJWorkflow:
         error: str | None,
     ) -> None:
         essays = await self._essays(batch.id)
-        n = len(essays)
-        grade_scale = batch.grade_scale
-        if fit is None:  # scoring itself failed: no ranking to offer
-            verdict = stopping.Verdict(BatchStatus.FAILED, reason, f"scoring failed: {error}")
-            ranking, reliability_sh, components = None, None, None
-        else:
-            sizes = component_sizes(n, fit)
-            verdict = stopping.verdict(options, n, counts, reason, sizes)
-            ranking = await asyncio.to_thread(build_ranking, essays, fit, grade_scale)
-            reliability_sh = await asyncio.to_thread(
-                split_half,
-                fit,
-                n,
-                options.bt_prior,
-                options.split_half_splits,
-                seed_for(batch.id, 0),
-            )
-            components = len(sizes)
-        totals = await self.store.progress(batch.id)
-        message = verdict.message
-        if ranking is not None and ranking.grade_message:
-            message = f"{message} {ranking.grade_message}"
-        event = CJAssessmentCompletedV1(
-            cj_batch_id=batch.id,
-            bos_batch_id=batch.bos_batch_id,
-            status="completed" if verdict.status is BatchStatus.COMPLETED else "failed",
-            stop_reason=verdict.stop_reason,
-            ranking=ranking.essays if ranking is not None else [],
-            comparisons_requested=totals.requested,
-            comparisons_succeeded=totals.succeeded,
-            comparisons_failed=totals.failed,
-            rounds=totals.rounds,
-            provider_calls=totals.provider_calls,
-            token_usage=TokenUsage(
-                prompt_tokens=totals.prompt_tokens,
-                completion_tokens=totals.completion_tokens,
-                total_tokens=totals.total_tokens,
-            ),
-            cost_estimate=totals.cost_estimate,
-            scale_separation_reliability=fit.reliability if fit is not None else None,
-            split_half_reliability=reliability_sh,
-            batching_strategy=options.batching_strategy,
-            provider=batch.provider,
-            model=await self._model_used(batch),
-            message=message,
-            mean_se=fit.mean_se if fit is not None else None,
-            ignored_callbacks=totals.ignored_callbacks,
-            graph_components=components,
-            grade_scale=grade_scale,
+        done = await build_completion(
+            self.store, batch, options, essays, fit, counts, reason, error
         )
+        event = done.event
         finished = await self.store.finish_batch(
             batch.id,
-            verdict.status,
-            verdict.stop_reason,
-            message,
+            done.verdict.status,
+            event.stop_reason,
+            event.message,
             event.model_dump(mode="json"),
-            ranking.rows if ranking is not None else [],
+            done.ranking.rows if done.ranking is not None else [],
         )
         if not finished:
             return
         self._essay_cache.pop(batch.id, None)
-        log.info("CJ batch %s %s: %s", batch.id, event.status, message)
+        log.info("CJ batch %s %s: %s", batch.id, event.status, event.message)
         await self._publish(event)
         self._event(batch.id).set()
         self._emit(ProgressEvent(batch.id, "batch_finished", status=event.status))
 
-    async def _model_used(self, batch: BatchRecord) -> str:
-        models = await self.store.models_used(batch.id)
-        return ",".join(models) if models else batch.model or "default"
-
     async def _publish(self, event: CJAssessmentCompletedV1) -> None:
-        envelope = EventEnvelope(
-            event_type=COMPLETION_EVENT_TYPE,
-            source_service=self.settings.source_service,
-            correlation_id=uuid.UUID(event.cj_batch_id),
-            data=event.model_dump(mode="json"),
-        )
+        envelope = completion_envelope(event, self.settings.source_service)
         try:
             await self.bus.publish(self.settings.completion_topic, event.cj_batch_id, envelope)
         except BusError as exc:
@@ -432,43 +368,3 @@ class CJWorkflow:
             self.on_progress(event)
         except Exception:  # a broken progress display must not stall the batch
             log.exception("progress hook failed on %s", event)
-
-
-def _checked_essays(
-    essays: Sequence[EssayInput],
-    anchors: Sequence[EssayInput],
-    grade_scale: Sequence[str] | None,
-) -> tuple[list[NewEssay], list[str] | None]:
-    """Validate essays and anchors; return the rows to store and the grade scale."""
-    out: list[NewEssay] = []
-    seen: set[str] = set()
-    for kind, group in (("essay", essays), ("anchor", anchors)):
-        for e in group:
-            if not e.essay_id or len(e.essay_id) > MAX_ID_CHARS:
-                raise InvalidBatch(f"{kind} id {e.essay_id!r} must be 1..{MAX_ID_CHARS} chars")
-            if e.essay_id in seen:
-                raise InvalidBatch(f"essay id {e.essay_id!r} occurs more than once")
-            if not e.text.strip():
-                raise InvalidBatch(f"{kind} {e.essay_id!r} has no text")
-            grade = e.grade if kind == "anchor" else None
-            if kind == "anchor" and not grade:
-                raise InvalidBatch(f"anchor {e.essay_id!r} has no grade")
-            seen.add(e.essay_id)
-            out.append(NewEssay(e.essay_id, e.text, grade))
-    if len(out) < 2:
-        raise InvalidBatch(f"comparative judgement needs at least 2 essays, got {len(out)}")
-    if not anchors:
-        return out, list(grade_scale) if grade_scale else None
-    grades = [str(a.grade) for a in anchors]
-    if grade_scale is None:
-        scale = numeric_grade_scale(grades)
-        if scale is None:
-            raise InvalidBatch(
-                f"anchor grades {sorted(set(grades))} are not all numbers: give grade_scale "
-                "(the grades in order, lowest first)"
-            )
-        return out, scale
-    unknown = sorted(set(grades) - set(grade_scale))
-    if unknown:
-        raise InvalidBatch(f"anchor grades {unknown} are not in grade_scale {list(grade_scale)}")
-    return out, list(grade_scale)
