@@ -1,0 +1,78 @@
+"""The README quick start on a clean clone in a fresh virtual environment (a real install)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.cli import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _clean_env(venv: Path) -> dict[str, str]:
+    drop = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PIP_REQUIRE_VIRTUALENV")
+    out = {k: v for k, v in os.environ.items() if k not in drop and not k.endswith("_API_KEY")}
+    out["PATH"] = f"{venv / 'bin'}{os.pathsep}{out.get('PATH', '')}"
+    out["VIRTUAL_ENV"] = str(venv)
+    out["COLUMNS"] = "160"
+    return out
+
+
+def test_readme_quick_start_on_a_clean_clone_in_a_fresh_venv(tmp_path: Path) -> None:
+    clone = tmp_path / "cjllm"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    environ = _clean_env(venv)
+
+    # the README's two commands, in the clone, with the venv's tools first on PATH
+    install = subprocess.run(
+        ["pip", "install", "--disable-pip-version-check", "."],
+        cwd=clone,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout[-4000:] + install.stderr[-4000:]
+    rank = subprocess.run(
+        ["cjllm", "rank", "examples/essays", "--out", "results"],
+        cwd=clone,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert rank.returncode == 0, rank.stdout + rank.stderr
+
+    # it ran the installed package, not the source tree of the test run
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import cjllm; print(cjllm.__file__)"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert str(venv) in where.stdout
+
+    results = clone / "results"
+    with (results / "ranking.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 18 and list(rows[0])[:4] == ["rank", "essay_id", "score", "se"]
+    summary = json.loads((results / "ranking.json").read_text(encoding="utf-8"))["summary"]
+    assert summary["judge"] == "mock (simulated judge)"
+    assert summary["status"] == "completed"
+    assert 0 < summary["provider_calls"] < summary["comparisons_made"]
+    page = (results / "report.html").read_text(encoding="utf-8")
+    assert '<svg id="score-plot"' in page and page.count('<circle class="score"') == 18
+    assert "Judge: mock (simulated judge)" in rank.stdout
