@@ -101,7 +101,9 @@ def ranking_rows(result: CJAssessmentCompletedV1) -> list[dict[str, Any]]:
                 "wins": essay.wins,
                 "is_anchor": essay.is_anchor,
                 "projected_grade": essay.projected_grade,
-                "grade_probability": essay.grade_probability,
+                "grade_probability": (
+                    None if essay.grade_probability is None else round(essay.grade_probability, 4)
+                ),
             }
         )
     return rows
