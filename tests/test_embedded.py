@@ -9,7 +9,8 @@ import pytest
 
 from cjllm.bus import BusError
 from cjllm.contracts import EventEnvelope
-from cjllm.embedded import DirectBus, EmbeddedPaths, OutDirBusy, locked_out_dir
+from cjllm.embedded import DirectBus, EmbeddedPaths
+from cjllm.out_dir import OutDirBusy, locked_out_dir
 from cjllm.settings import CJSettings, ProviderSettings
 
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from cjllm.contracts import BatchingStrategy
-from cjllm.rank import RankError, RankRequest, choose_provider, differences, fingerprint, prepare
+from cjllm.judges import choose_provider
+from cjllm.out_dir import differences
+from cjllm.rank import RankError, RankRequest, fingerprint, prepare
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "essays"
 

@@ -15,16 +15,13 @@ so the SQLite outbox stays the one buffer and a killed run resumes with nothing 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import httpx
 
@@ -40,7 +37,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_FILE = "queue.sqlite"
 DATABASE_FILE = "cj.sqlite"
-LOCK_FILE = ".cjllm.lock"
 # the provider's address as the CJ service sees it; the ASGI transport never resolves it
 IN_PROCESS_PROVIDER_URL = "http://provider.in-process"
 
@@ -85,10 +81,6 @@ class DirectBus:
                     raise BusError(f"{group} could not handle {topic} event {key}: {exc}") from exc
 
 
-class OutDirBusy(RuntimeError):
-    """Another process is using the same ``--out`` folder."""
-
-
 @dataclass(frozen=True)
 class EmbeddedPaths:
     out_dir: Path
@@ -125,27 +117,6 @@ class EmbeddedPaths:
         )
 
 
-@contextmanager
-def locked_out_dir(out_dir: Path) -> Iterator[Path]:
-    """Hold an exclusive lock on ``out_dir`` (created if needed) for this process."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = (out_dir / LOCK_FILE).open("a+", encoding="utf-8")
-    try:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise OutDirBusy(
-                f"{out_dir} is in use by another cjllm process; wait for it or use another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield out_dir
-    finally:
-        handle.close()
-
-
 @dataclass
 class EmbeddedServices:
     """The running pair: the CJ workflow to drive, and the provider service behind it."""
@@ -163,7 +134,8 @@ async def embedded_services(
     adapters: Mapping[str, LLMAdapter] | None = None,
     on_progress: ProgressHook | None = None,
 ) -> AsyncIterator[EmbeddedServices]:
-    """Run both services over the files in ``out_dir`` (which the caller has locked).
+    """Run both services over the files in ``out_dir``, which the caller has locked
+    (:func:`cjllm.out_dir.locked_out_dir`).
 
     Start-up order matters: the CJ service subscribes to the callback topic (and resumes
     unfinished batches) before the provider's worker and publisher start, so no callback

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import logging
-import os
 import signal
 import uuid
 from collections.abc import Callable, Sequence
@@ -32,7 +29,7 @@ from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
 from cjllm.contracts import BatchingStrategy, CJAssessmentCompletedV1
-from cjllm.embedded import OutDirBusy, embedded_services, locked_out_dir
+from cjllm.embedded import embedded_services
 from cjllm.essays import (
     Essay,
     EssayInputError,
@@ -42,19 +39,19 @@ from cjllm.essays import (
     load_essays,
     read_text,
 )
-from cjllm.provider.adapters import LLMAdapter, make_adapter
-from cjllm.provider.adapters.mock import MockAdapter
-from cjllm.provider.adapters.vendor_errors import MissingCredentials
+from cjllm.judges import JudgeUnavailable, Judging, choose_provider, make_judge
+from cjllm.out_dir import (
+    OutDirError,
+    differences,
+    forget_run,
+    locked_out_dir,
+    read_run_file,
+    write_run_file,
+)
 from cjllm.report import ReportFiles, RunContext, write_report
 from cjllm.settings import CJSettings, ProviderSettings
-from cjllm.sim.judge import Judge, load_manifest_qualities
 
-log = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
-RUN_FILE_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 DEFAULT_INSTRUCTIONS = (
     "No assignment text was given. Judge which essay is the better piece of writing "
     "overall: the quality of its ideas and argument, its organisation, and its control "
@@ -83,17 +80,6 @@ class RankRequest:
     anchors: Path | None = None
     grade_scale: Sequence[str] | None = None
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Judging:
-    """The judge chosen for a run, as the adapter to call and as users are told about it."""
-
-    provider: str
-    model: str
-    label: str
-    note: str
-    adapter: LLMAdapter
 
 
 @dataclass(frozen=True)
@@ -153,69 +139,6 @@ def load_inputs(request: RankRequest) -> RankInputs:
     )
 
 
-def choose_provider(requested: str | None, environ: dict[str, str] | None = None) -> str:
-    """The provider to use: the one asked for, else the first with an API key set, else mock."""
-    if requested is not None:
-        return requested
-    env = os.environ if environ is None else environ
-    for provider, key in KEY_ENV.items():
-        if env.get(key):
-            return provider
-    return "mock"
-
-
-def make_judge(
-    provider: str, model: str | None, inputs: RankInputs, settings: ProviderSettings, seed: int
-) -> Judging:
-    """Build the adapter now, so a missing key or SDK is reported before any work starts."""
-    if provider == "mock":
-        adapter = MockAdapter.from_settings(settings)
-        qualities: dict[str, float] = {}
-        if inputs.manifest is not None:
-            try:
-                qualities = load_manifest_qualities([inputs.manifest])
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise EssayInputError(
-                    inputs.manifest,
-                    f"unreadable simulation manifest ({type(exc).__name__}: {exc}); fix it or "
-                    "move it out of the essays folder",
-                ) from None
-        adapter.judge = Judge(
-            qualities=qualities,
-            noise=settings.mock_noise,
-            position_bias=settings.mock_position_bias,
-            seed=seed,
-        )
-        known = sum(adapter.judge.known_quality(e.text) is not None for e in inputs.essays)
-        if known:
-            rest = len(inputs.essays) - known
-            note = (
-                f"No LLM is called. The simulated judge knows the intended quality of {known} "
-                f"essays from {inputs.manifest} (a simulation feature, for demos and tests)"
-                + (f"; the other {rest} are judged by a text heuristic." if rest else ".")
-            )
-        else:
-            note = (
-                "No LLM is called: the simulated judge decides by a text heuristic. Set "
-                "ANTHROPIC_API_KEY or OPENAI_API_KEY (or pass --provider) for a real judge."
-            )
-        return Judging(
-            "mock", model or adapter.default_model, "mock (simulated judge)", note, adapter
-        )
-    if provider not in KEY_ENV:
-        raise RankError(f"--provider {provider!r}: choose mock, anthropic or openai")
-    try:
-        vendor = make_adapter(provider, settings)
-    except MissingCredentials as exc:
-        raise RankError(str(exc)) from None
-    except ImportError as exc:
-        raise RankError(f"the {provider} SDK is not installed: {exc}") from exc
-    chosen = model or vendor.default_model
-    base = os.environ.get(f"{provider.upper()}_BASE_URL")
-    note = f"Each provider call is billed by {provider}" + (f" (at {base})." if base else ".")
-    return Judging(provider, chosen, f"{provider} / {chosen}", note, vendor)
-
-
 # --------------------------------------------------------------------------- run state
 
 
@@ -241,30 +164,6 @@ def fingerprint(request: RankRequest, inputs: RankInputs, judging: Judging) -> d
         "budget": request.budget,
         "seed": request.seed,
     }
-
-
-def read_run_file(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / RUN_FILE
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RankError(f"{path} is unreadable ({exc}); delete {out_dir} to start over") from exc
-    if not isinstance(data, dict) or data.get("version") != RUN_FILE_VERSION:
-        raise RankError(f"{path} is not a cjllm run file this version understands")
-    return data
-
-
-def write_run_file(out_dir: Path, data: dict[str, Any]) -> None:
-    path = out_dir / RUN_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 # --------------------------------------------------------------------------- settings
@@ -333,7 +232,17 @@ def prepare(request: RankRequest) -> PreparedRun:
     inputs = load_inputs(request)
     provider = choose_provider(request.provider)
     psettings = provider_settings_for(request)
-    judging = make_judge(provider, request.model, inputs, psettings, request.seed)
+    try:
+        judging = make_judge(
+            provider,
+            request.model,
+            psettings,
+            seed=request.seed,
+            manifest=inputs.manifest,
+            texts=[e.text for e in inputs.essays],
+        )
+    except JudgeUnavailable as exc:
+        raise RankError(str(exc)) from None
     return PreparedRun(request, inputs, judging, cj_settings_for(request, judging), psettings)
 
 
@@ -342,7 +251,7 @@ async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
     try:
         with locked_out_dir(run.request.out_dir) as out_dir:
             return await _run_locked(run, out_dir, hooks or Hooks())
-    except OutDirBusy as exc:
+    except OutDirError as exc:
         raise RankError(str(exc)) from None
     finally:
         await run.judging.adapter.aclose()
@@ -379,7 +288,6 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
     write_run_file(
         out_dir,
         {
-            "version": RUN_FILE_VERSION,
             "batch_id": batch_id,
             "started_at": datetime.now(UTC).isoformat(),
             "source": str(run.request.path),
@@ -421,7 +329,7 @@ async def _drive(
                     batch_id=batch_id,
                 )
             except InvalidBatch as exc:
-                (out_dir / RUN_FILE).unlink(missing_ok=True)
+                forget_run(out_dir)
                 raise RankError(str(exc)) from exc
         tick = hooks.on_tick
         poller = asyncio.create_task(_poll(tick, cj, batch_id)) if tick is not None else None

@@ -18,7 +18,8 @@ from rich.table import Table
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.workflow import ProgressEvent
 from cjllm.contracts import CJAssessmentCompletedV1
-from cjllm.rank import Hooks, Judging, RankInputs
+from cjllm.judges import Judging
+from cjllm.rank import Hooks, RankInputs
 from cjllm.report import ReportFiles, interval
 
 
