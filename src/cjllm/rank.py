@@ -339,6 +339,8 @@ async def _drive(
             if poller is not None:
                 poller.cancel()
                 await asyncio.gather(poller, return_exceptions=True)
+        if tick is not None:
+            tick(await cj.progress(batch_id))  # the display ends on the final counts
         return result, resumed
 
 

@@ -30,7 +30,7 @@ class LiveProgress:
         self.console = console
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.completed:.0f}/{task.total:.0f} comparisons"),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
@@ -69,7 +69,7 @@ class LiveProgress:
             self.task,
             description=f"Round {p.rounds}",
             completed=done,
-            total=max(done, p.budget or p.requested or 1),
+            total=done if p.status.value != "running" else max(done, p.budget or 1),
             detail=detail_line(p),
         )
 
