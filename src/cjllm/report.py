@@ -162,8 +162,8 @@ def render_html(result: CJAssessmentCompletedV1, context: RunContext) -> str:
         style=_STYLE,
         heading=esc(context.title),
         lede=esc(
-            f"{summary['essays']} essays ranked by comparative judgement "
-            f"({summary['comparisons_made']} comparisons, judge: {context.judge})."
+            f"{summary['essays']} essays ranked by comparative judgement: "
+            f"{summary['comparisons_made']} comparisons, judged by {context.judge}."
         ),
         plot=render_plot(rows),
         table=_table(rows),
