@@ -9,6 +9,7 @@ from anthropic.types.messages.batch_create_params import Request as BatchRequest
 from cjllm.provider.adapters import make_adapter
 from cjllm.provider.adapters.anthropic import AnthropicAdapter
 from cjllm.provider.adapters.openai import OpenAIAdapter
+from cjllm.provider.pricing import load_price_table
 from cjllm.settings import ProviderSettings
 from tests.adapters.bundles import bundle
 from tests.adapters.vendor_schemas import openapi_problems, typed_dict_problems
@@ -31,7 +32,7 @@ async def test_anthropic_bodies_match_the_sdks_typed_params(
 
 
 def test_anthropic_batch_params_match_the_sdks_typed_params() -> None:
-    adapter = AnthropicAdapter.from_settings(ProviderSettings())
+    adapter = AnthropicAdapter(model="claude-sonnet-4-6", prices=load_price_table(), api_key="k")
     call = bundle(2)
     request = {"custom_id": call.bundle_id, "params": adapter.request_params(call)}
     assert typed_dict_problems(request, BatchRequest) == []
@@ -80,7 +81,7 @@ async def test_openai_prompt_list_bodies_match_the_openapi_document(
 
 
 def test_openai_batch_line_bodies_match_the_openapi_document() -> None:
-    adapter = OpenAIAdapter(model="gpt-4.1-mini", prices=None, api_key="k")  # type: ignore[arg-type]
+    adapter = OpenAIAdapter(model="gpt-4.1-mini", prices=load_price_table(), api_key="k")
     assert openapi_problems(adapter.chat_body(bundle(2)), "CreateChatCompletionRequest") == []
 
 

@@ -1,4 +1,4 @@
-"""The Anthropic side of the simulated provider: ``/v1/messages`` and Message Batches.
+"""The Anthropic side of the simulated provider: ``POST /v1/messages``.
 
 Request checks follow the real API where our adapters could trip them: unknown top-level
 parameters are rejected (sampling parameters included), at most four ``cache_control``
@@ -13,7 +13,6 @@ import asyncio
 import itertools
 import json
 import math
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +20,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from cjllm.sim.answers import Answer, compose
-from cjllm.sim.faults import draw
-from cjllm.sim.state import SimError, SimState, Usage, new_id
+from cjllm.sim.state import SimError, SimState, Usage, new_id, read_json, sim_of
 from cjllm.sim.tokens import count_tokens
 
 router = APIRouter()
@@ -45,12 +43,6 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 STOP_REASONS = {"end": "end_turn", "max_tokens": "max_tokens", "refusal": "refusal"}
-BATCH_TTL = timedelta(hours=24)
-
-
-def sim_of(request: Request) -> SimState:
-    state: SimState = request.app.state.sim
-    return state
 
 
 def error_body(exc: SimError, request_id: str) -> dict[str, Any]:
@@ -71,16 +63,6 @@ def error_response(state: SimState, exc: SimError) -> JSONResponse:
         headers["retry-after"] = str(math.ceil(exc.retry_after))
     state.counters.responses[str(exc.status)] += 1
     return JSONResponse(error_body(exc, request_id), status_code=exc.status, headers=headers)
-
-
-async def read_json(request: Request, state: SimState) -> Any:
-    raw = await request.body()
-    if len(raw) > state.config.max_request_bytes:
-        raise SimError(413, "Request exceeds the maximum allowed number of bytes.")
-    try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise SimError(400, "There was an error parsing the body of your request.") from None
 
 
 def _blocks(value: Any, where: str) -> list[dict[str, Any]]:
@@ -214,7 +196,7 @@ def _ratelimit_headers(state: SimState) -> dict[str, str]:
     return headers
 
 
-async def _admit(request: Request, state: SimState) -> Any:
+async def admit(request: Request, state: SimState) -> Any:
     if not state.authorized(request.headers):
         raise SimError(401, "invalid x-api-key")
     if "anthropic-version" not in request.headers:
@@ -227,7 +209,7 @@ async def create_message(request: Request) -> Response:
     state = sim_of(request)
     state.counters.requests["POST /v1/messages"] += 1
     try:
-        body = await _admit(request, state)
+        body = await admit(request, state)
         check_params(body)
         prompt_tokens = count_tokens("\n\n".join(t for t, _ in prompt_blocks(body)))
         faults = state.gate(body["model"], prompt_tokens)
@@ -249,155 +231,3 @@ async def create_message(request: Request) -> Response:
     state.counters.responses["200"] += 1
     headers = {"request-id": new_id("req_"), **_ratelimit_headers(state)}
     return JSONResponse(message, headers=headers)
-
-
-# --------------------------------------------------------------------------- message batches
-
-
-def _iso(at: float | None) -> str | None:
-    if at is None:
-        return None
-    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
-
-
-def _batch_view(request: Request, batch: dict[str, Any]) -> dict[str, Any]:
-    ended = batch["canceled_at"] is not None or time.time() >= batch["ends_at"]
-    counts = {"processing": 0, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-    for line in batch["results"]:
-        counts[line["result"]["type"] if ended else "processing"] += 1
-    results_url = f"{str(request.base_url).rstrip('/')}/v1/messages/batches/{batch['id']}/results"
-    return {
-        "id": batch["id"],
-        "type": "message_batch",
-        "processing_status": "ended" if ended else "in_progress",
-        "request_counts": counts,
-        "created_at": _iso(batch["created_at"]),
-        "expires_at": _iso(batch["created_at"] + BATCH_TTL.total_seconds()),
-        "ended_at": _iso(batch["canceled_at"] or batch["ends_at"]) if ended else None,
-        "cancel_initiated_at": _iso(batch["canceled_at"]),
-        "archived_at": None,
-        "results_url": results_url if ended else None,
-    }
-
-
-def _batch_result(state: SimState, params: dict[str, Any]) -> dict[str, Any]:
-    faults = draw(state.config.faults, state.rng)
-    for name in faults:
-        state.counters.faults[name] += 1
-    if faults & {"rate_limited", "overloaded", "server_error"}:
-        status = 529 if "overloaded" in faults else 500
-        exc = SimError(status, "The request could not be processed (simulated).")
-        return {"type": "errored", "error": error_body(exc, new_id("req_"))}
-    message, answer, usage = build_message(state, params, faults)
-    state.record(
-        "POST /v1/messages/batches",
-        model=params["model"],
-        items=answer.items,
-        usage=usage,
-        faults=faults,
-        stop=message["stop_reason"],
-        body=params,
-        batch=True,
-    )
-    return {"type": "succeeded", "message": message}
-
-
-@router.post("/v1/messages/batches")
-async def create_batch(request: Request) -> Response:
-    state = sim_of(request)
-    state.counters.requests["POST /v1/messages/batches"] += 1
-    try:
-        body = await _admit(request, state)
-        requests = body.get("requests") if isinstance(body, dict) else None
-        if not isinstance(requests, list) or not requests:
-            raise SimError(400, "requests: at least one request is required")
-        seen: set[str] = set()
-        for i, entry in enumerate(requests):
-            cid = entry.get("custom_id") if isinstance(entry, dict) else None
-            if not isinstance(cid, str) or not 1 <= len(cid) <= 64 or cid in seen:
-                raise SimError(400, f"requests.{i}.custom_id: must be unique, 1 to 64 characters")
-            seen.add(cid)
-            check_params(entry.get("params"), f"requests.{i}.params.")
-    except SimError as exc:
-        return error_response(state, exc)
-    now = time.time()
-    batch: dict[str, Any] = {
-        "id": new_id("msgbatch_"),
-        "created_at": now,
-        "ends_at": now + state.config.batch_seconds,
-        "canceled_at": None,
-        "results": [
-            {"custom_id": r["custom_id"], "result": _batch_result(state, r["params"])}
-            for r in requests
-        ],
-    }
-    state.stores["message_batches"][batch["id"]] = batch
-    state.counters.batches["created"] += 1
-    state.counters.responses["200"] += 1
-    return JSONResponse(_batch_view(request, batch), headers={"request-id": new_id("req_")})
-
-
-def _find_batch(request: Request, state: SimState, batch_id: str) -> dict[str, Any]:
-    if not state.authorized(request.headers):
-        raise SimError(401, "invalid x-api-key")
-    batch: dict[str, Any] | None = state.stores["message_batches"].get(batch_id)
-    if batch is None:
-        raise SimError(404, f"message batch {batch_id} not found")
-    return batch
-
-
-@router.get("/v1/messages/batches")
-async def list_batches(request: Request) -> Response:
-    state = sim_of(request)
-    state.counters.requests["GET /v1/messages/batches"] += 1
-    if not state.authorized(request.headers):
-        return error_response(state, SimError(401, "invalid x-api-key"))
-    data = [_batch_view(request, b) for b in reversed(state.stores["message_batches"].values())]
-    return JSONResponse(
-        {
-            "data": data,
-            "has_more": False,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-        }
-    )
-
-
-@router.get("/v1/messages/batches/{batch_id}")
-async def retrieve_batch(request: Request, batch_id: str) -> Response:
-    state = sim_of(request)
-    state.counters.requests["GET /v1/messages/batches/{id}"] += 1
-    try:
-        batch = _find_batch(request, state, batch_id)
-    except SimError as exc:
-        return error_response(state, exc)
-    return JSONResponse(_batch_view(request, batch))
-
-
-@router.post("/v1/messages/batches/{batch_id}/cancel")
-async def cancel_batch(request: Request, batch_id: str) -> Response:
-    state = sim_of(request)
-    state.counters.requests["POST /v1/messages/batches/{id}/cancel"] += 1
-    try:
-        batch = _find_batch(request, state, batch_id)
-    except SimError as exc:
-        return error_response(state, exc)
-    if batch["canceled_at"] is None and time.time() < batch["ends_at"]:
-        batch["canceled_at"] = time.time()
-        for line in batch["results"]:
-            line["result"] = {"type": "canceled"}
-    return JSONResponse(_batch_view(request, batch))
-
-
-@router.get("/v1/messages/batches/{batch_id}/results")
-async def batch_results(request: Request, batch_id: str) -> Response:
-    state = sim_of(request)
-    state.counters.requests["GET /v1/messages/batches/{id}/results"] += 1
-    try:
-        batch = _find_batch(request, state, batch_id)
-        if _batch_view(request, batch)["processing_status"] != "ended":
-            raise SimError(400, f"message batch {batch_id} has not ended; no results yet")
-    except SimError as exc:
-        return error_response(state, exc)
-    lines = "".join(json.dumps(line) + "\n" for line in batch["results"])
-    return Response(lines, media_type="application/x-jsonl")

@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from cjllm.sim import anthropic_api, openai_api
+from cjllm.sim import anthropic_api, anthropic_batches, openai_api, openai_batches
 from cjllm.sim.faults import parse_fault
 from cjllm.sim.state import SimConfig, SimState, merged
 
@@ -38,8 +38,8 @@ def create_app(
     """The ASGI app. ``qualities`` (text hash → hidden quality) adds to the manifests'."""
     app = FastAPI(title="cjllm simulated provider", docs_url=None, redoc_url=None)
     app.state.sim = SimState.create(config or SimConfig(), qualities)
-    app.include_router(anthropic_api.router)
-    app.include_router(openai_api.router)
+    for module in (anthropic_api, anthropic_batches, openai_api, openai_batches):
+        app.include_router(module.router)
 
     @app.get("/sim/counters")
     async def counters(request: Request) -> dict[str, Any]:

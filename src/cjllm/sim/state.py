@@ -7,6 +7,7 @@ them: a forced status, the model name, the rate limits, then the injected call f
 
 from __future__ import annotations
 
+import json
 import random
 import secrets
 from collections import Counter, deque
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from cjllm.sim.faults import FaultRates, draw
@@ -263,3 +265,20 @@ class SimState:
                 "body": body,
             }
         )
+
+
+def sim_of(request: Request) -> SimState:
+    """The state of the app serving ``request``."""
+    state: SimState = request.app.state.sim
+    return state
+
+
+async def read_json(request: Request, state: SimState) -> Any:
+    """The request's JSON body: 413 over ``max_request_bytes``, 400 when it does not parse."""
+    raw = await request.body()
+    if len(raw) > state.config.max_request_bytes:
+        raise SimError(413, "Request exceeds the maximum allowed number of bytes.")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SimError(400, "There was an error parsing the body of your request.") from None
