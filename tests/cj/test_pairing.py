@@ -9,11 +9,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from cjllm.cj.pairing import plan_round, random_round
-from cjllm.cj.scoring import (
-    fit_bradley_terry,
-    scale_separation_reliability,
-    split_half_reliability,
-)
+from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
+from cjllm.cj.scoring import fit_bradley_terry
 
 Pair = tuple[int, int]
 

@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 
 from cjllm.cj import scoring
+from cjllm.cj.grades import project_grades
+from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
 from cjllm.cj.scoring import (
     DisconnectedGraphError,
     UnboundedEstimateError,
     connected_components,
     fit_bradley_terry,
-    project_grades,
     reference_coded,
-    scale_separation_reliability,
-    split_half_reliability,
 )
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -338,3 +337,9 @@ def test_project_grades() -> None:
         project_grades(theta, se, {0: "A", 3: "C"}, ["C", "B", "A"])
     with pytest.raises(ValueError, match="not in grade_order"):
         project_grades(theta, se, {0: "F"}, ["C", "B", "A"])
+
+
+def test_split_half_is_nan_not_an_error_when_halves_disagree_completely() -> None:
+    # two items, two comparisons that contradict each other: every split correlates at -1
+    value = split_half_reliability(2, [0, 1], [1, 0], [True, True], prior=1.0, n_splits=5, rng=0)
+    assert math.isnan(value)

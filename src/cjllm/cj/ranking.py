@@ -15,14 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from cjllm.cj.grades import project_grades
 from cjllm.cj.records import EssayRecord, EssayResult, PairOutcome
-from cjllm.cj.scoring import (
-    connected_components,
-    fit_bradley_terry,
-    project_grades,
-    scale_separation_reliability,
-    split_half_reliability,
-)
+from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
+from cjllm.cj.scoring import connected_components, fit_bradley_terry
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.contracts import RankedEssay
 

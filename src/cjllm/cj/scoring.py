@@ -12,7 +12,7 @@ indexes in ``range(n_items)``; item ids never enter this module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy.typing as npt
 from scipy.linalg import cho_factor, cho_solve, lapack
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _csgraph_components
-from scipy.special import expit, ndtr, xlogy
+from scipy.special import expit, xlogy
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -376,110 +376,3 @@ def reference_coded(fit: BTFit, reference: int = 0) -> tuple[FloatArray, FloatAr
     var = np.diag(c) + c[reference, reference] - 2.0 * c[:, reference]
     var[reference] = 0.0
     return fit.theta - fit.theta[reference], np.sqrt(np.maximum(var, 0.0))
-
-
-def scale_separation_reliability(theta: npt.ArrayLike, se: npt.ArrayLike) -> float:
-    """Scale separation reliability (var(θ) − mean(se²)) / var(θ).
-
-    var is the population variance (divisor n, ``np.var``): for sum-to-zero estimates with
-    sum-to-zero SEs, E[mean θ̂²] = mean θ² + mean se², so this is the matching convention.
-    The value can be negative when errors dominate; it is not clipped. Raises ``ValueError``
-    when θ has zero variance or the shapes differ.
-    """
-    t, e = np.asarray(theta, dtype=np.float64), np.asarray(se, dtype=np.float64)
-    if t.shape != e.shape or t.ndim != 1:
-        raise ValueError(f"theta and se must be 1-D of equal length, got {t.shape}, {e.shape}")
-    observed = float(np.var(t))
-    if observed == 0.0:
-        raise ValueError("theta has zero variance: reliability is undefined")
-    return (observed - float(np.mean(e**2))) / observed
-
-
-def split_half_reliability(
-    n_items: int,
-    first: npt.ArrayLike,
-    second: npt.ArrayLike,
-    first_won: npt.ArrayLike,
-    *,
-    prior: float,
-    n_splits: int = 20,
-    rng: RngLike = None,
-    order_effect: bool = False,
-) -> float:
-    """Mean Spearman-Brown corrected split-half reliability over random splits.
-
-    Each split shuffles the comparisons and halves them (the second half takes the odd one),
-    fits both halves with ``fit_bradley_terry(..., prior=prior, order_effect=order_effect)``
-    (``prior`` must be > 0: a half may be disconnected; an item absent from a half sits at the
-    prior mean 0), takes the Pearson correlation r of the two θ vectors and corrects it to full
-    length with 2r / (1 + r). Returns the mean of the ``n_splits`` corrected values (NaN if a
-    half has constant θ). ``rng``: anything ``np.random.default_rng`` accepts.
-    """
-    f, s, y = _comparisons(n_items, first, second, first_won)
-    if not (np.isfinite(prior) and prior > 0.0):
-        raise ValueError(f"split-half fits need prior > 0, got {prior}")
-    if n_splits < 1 or f.size < 2:
-        raise ValueError("need n_splits >= 1 and at least two comparisons")
-    gen = np.random.default_rng(rng)
-    corrected = []
-    for _ in range(n_splits):
-        order = gen.permutation(f.size)
-        halves = (order[: f.size // 2], order[f.size // 2 :])
-        a, b = (
-            fit_bradley_terry(
-                n_items, f[h], s[h], y[h], prior=prior, order_effect=order_effect
-            ).theta
-            for h in halves
-        )
-        if np.std(a) == 0.0 or np.std(b) == 0.0:
-            return float("nan")
-        r = float(np.corrcoef(a, b)[0, 1])
-        corrected.append(2.0 * r / (1.0 + r))
-    return float(np.mean(corrected))
-
-
-def project_grades(
-    theta: npt.ArrayLike,
-    se: npt.ArrayLike,
-    anchor_grades: Mapping[int, str],
-    grade_order: Sequence[str],
-) -> list[tuple[str, float]]:
-    """Most probable grade of every item, and its probability, from graded anchor items.
-
-    ``anchor_grades`` maps anchor item index -> grade label; ``grade_order`` lists the labels
-    from lowest to highest. Rule (logit scale): each grade with at least one anchor is located
-    at the mean θ of its anchors (grades without anchors cannot be located and are never
-    returned); these means must increase with ``grade_order``, else ``ValueError``. Boundaries
-    are the midpoints between consecutive located grades, the lowest and highest intervals are
-    open-ended. Item i's grade probabilities are the masses of N(θ_i, se_i²) on the intervals;
-    the returned grade is the one with the largest mass (first on ties), with that mass.
-    Returns one (grade, probability) per item, in item order. Requires se > 0.
-    """
-    t, e = np.asarray(theta, dtype=np.float64), np.asarray(se, dtype=np.float64)
-    if t.shape != e.shape or t.ndim != 1:
-        raise ValueError(f"theta and se must be 1-D of equal length, got {t.shape}, {e.shape}")
-    if not np.all(e > 0.0):
-        raise ValueError("every se must be > 0")
-    labels = list(grade_order)
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"grade_order has duplicates: {labels}")
-    unknown = sorted({g for g in anchor_grades.values() if g not in labels})
-    if unknown:
-        raise ValueError(f"anchor grades {unknown} are not in grade_order {labels}")
-    if any(not 0 <= i < t.size for i in anchor_grades):
-        raise ValueError(f"anchor indexes must lie in range({t.size})")
-    located = [g for g in labels if g in anchor_grades.values()]
-    if not located:
-        raise ValueError("no anchors given: grades cannot be located")
-    means = np.array(
-        [np.mean([t[i] for i, g in anchor_grades.items() if g == label]) for label in located]
-    )
-    for k in np.flatnonzero(np.diff(means) <= 0.0):
-        raise ValueError(
-            f"anchor means are out of grade order: {located[k]} at {means[k]:.3f} is not "
-            f"below {located[k + 1]} at {means[k + 1]:.3f}"
-        )
-    edges = np.concatenate([[-np.inf], (means[:-1] + means[1:]) / 2.0, [np.inf]])
-    mass = np.diff(ndtr((edges[None, :] - t[:, None]) / e[:, None]), axis=1)
-    best = np.argmax(mass, axis=1)
-    return [(located[k], float(mass[i, k])) for i, k in enumerate(best)]

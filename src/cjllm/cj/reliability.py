@@ -1,0 +1,75 @@
+"""Reliability of a Bradley-Terry scale: scale separation and split-half.
+
+Plain functions over numpy arrays, like :mod:`cjllm.cj.scoring`, whose fits they use.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from cjllm.cj.scoring import RngLike, _comparisons, fit_bradley_terry
+
+
+def scale_separation_reliability(theta: npt.ArrayLike, se: npt.ArrayLike) -> float:
+    """Scale separation reliability (var(θ) − mean(se²)) / var(θ).
+
+    var is the population variance (divisor n, ``np.var``): for sum-to-zero estimates with
+    sum-to-zero SEs, E[mean θ̂²] = mean θ² + mean se², so this is the matching convention.
+    The value can be negative when errors dominate; it is not clipped. Raises ``ValueError``
+    when θ has zero variance or the shapes differ.
+    """
+    t, e = np.asarray(theta, dtype=np.float64), np.asarray(se, dtype=np.float64)
+    if t.shape != e.shape or t.ndim != 1:
+        raise ValueError(f"theta and se must be 1-D of equal length, got {t.shape}, {e.shape}")
+    observed = float(np.var(t))
+    if observed == 0.0:
+        raise ValueError("theta has zero variance: reliability is undefined")
+    return (observed - float(np.mean(e**2))) / observed
+
+
+def split_half_reliability(
+    n_items: int,
+    first: npt.ArrayLike,
+    second: npt.ArrayLike,
+    first_won: npt.ArrayLike,
+    *,
+    prior: float,
+    n_splits: int = 20,
+    rng: RngLike = None,
+    order_effect: bool = False,
+) -> float:
+    """Mean Spearman-Brown corrected split-half reliability over random splits.
+
+    Each split shuffles the comparisons and halves them (the second half takes the odd one),
+    fits both halves with ``fit_bradley_terry(..., prior=prior, order_effect=order_effect)``
+    (``prior`` must be > 0: a half may be disconnected; an item absent from a half sits at the
+    prior mean 0) and takes the Pearson correlation r of the two θ vectors. The mean r over the
+    ``n_splits`` splits is corrected to full length with Spearman-Brown, 2r / (1 + r).
+    Returns NaN when a half has constant θ or the mean r is −1 (tiny, degenerate batches),
+    so callers can report "undefined" instead of failing. ``rng``: anything
+    ``np.random.default_rng`` accepts.
+    """
+    f, s, y = _comparisons(n_items, first, second, first_won)
+    if not (np.isfinite(prior) and prior > 0.0):
+        raise ValueError(f"split-half fits need prior > 0, got {prior}")
+    if n_splits < 1 or f.size < 2:
+        raise ValueError("need n_splits >= 1 and at least two comparisons")
+    gen = np.random.default_rng(rng)
+    correlations = []
+    for _ in range(n_splits):
+        order = gen.permutation(f.size)
+        halves = (order[: f.size // 2], order[f.size // 2 :])
+        a, b = (
+            fit_bradley_terry(
+                n_items, f[h], s[h], y[h], prior=prior, order_effect=order_effect
+            ).theta
+            for h in halves
+        )
+        if np.std(a) == 0.0 or np.std(b) == 0.0:
+            return float("nan")
+        correlations.append(float(np.corrcoef(a, b)[0, 1]))
+    r = float(np.mean(correlations))
+    if 1.0 + r <= 1e-9:  # r is -1 up to rounding
+        return float("nan")
+    return 2.0 * r / (1.0 + r)
