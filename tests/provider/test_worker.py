@@ -51,7 +51,7 @@ async def test_hundred_requests_make_ten_calls_and_each_callback_has_its_own_win
     results_topic = topic()
     callbacks = Callbacks()
     consumer = KafkaBus(kafka_bootstrap)
-    consumer.subscribe(results_topic, "cj-service", callbacks)
+    consumer.subscribe(results_topic, f"cj-{uuid.uuid4().hex[:8]}", callbacks)
     await consumer.start()
     settings = fast_settings(redis_queue_url, bus_url=f"kafka://{kafka_bootstrap}")
     bodies = [body(i, topic=results_topic, size=10) for i in range(100)]

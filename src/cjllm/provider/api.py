@@ -9,7 +9,7 @@
 - 422 — the body does not match the contract (the error's ``loc`` names the field);
 - 400 — a well-formed request the service cannot serve: an unknown or unconfigured
   provider, an unsupported ``batching_strategy``, conflicting correlation ids;
-- 503 + ``Retry-After`` — the queue is over its item or byte capacity.
+- 503 + ``Retry-After`` — the queue is over its item or byte capacity, or unreachable.
 
 Error bodies always have FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``.
 ``GET /api/v1/comparison/{queue_id}`` reports a comparison's state; ``/healthz`` and
@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
@@ -48,7 +48,7 @@ from cjllm.provider.bundling import (
 )
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
-from cjllm.provider.queue import NewItem, Queue, QueueFull
+from cjllm.provider.queue import NewItem, Queue, QueueFull, QueueUnavailable
 from cjllm.settings import ProviderSettings
 
 COMPARISON_PATH = "/api/v1/comparison"
@@ -135,13 +135,13 @@ def create_app(
         )
         try:
             queue_id, created = await queue.enqueue(item)
-        except QueueFull as exc:
-            metrics.requests.labels("queue_full").inc()
-            retry_after = str(settings.queue_full_retry_after_seconds)
+        except (QueueFull, QueueUnavailable) as exc:
+            kind = "queue_full" if isinstance(exc, QueueFull) else "queue_unavailable"
+            metrics.requests.labels(kind).inc()
             return JSONResponse(
-                {"detail": [{"loc": [], "msg": str(exc), "type": "queue_full"}]},
+                {"detail": [{"loc": [], "msg": str(exc), "type": kind}]},
                 status_code=503,
-                headers={"Retry-After": retry_after},
+                headers={"Retry-After": str(settings.queue_full_retry_after_seconds)},
             )
         metrics.requests.labels("queued" if created else "duplicate").inc()
         if on_enqueue is not None:
@@ -170,9 +170,14 @@ def create_app(
         )
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        depth = await queue.depth(time.time())
-        return {"status": "ok", "queued": depth.queued, "processing": depth.processing}
+    async def healthz() -> JSONResponse:
+        try:
+            depth = await queue.depth(time.time())
+        except QueueUnavailable as exc:
+            return JSONResponse({"status": "unavailable", "reason": str(exc)}, status_code=503)
+        return JSONResponse(
+            {"status": "ok", "queued": depth.queued, "processing": depth.processing}
+        )
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:

@@ -33,7 +33,8 @@ class ProviderMetrics:
         )
         self.requests = Counter(
             "cjllm_provider_requests_total",
-            "Comparison requests by outcome (queued, duplicate, rejected, queue_full).",
+            "Comparison requests by outcome: queued, duplicate, rejected, queue_full, "
+            "queue_unavailable.",
             ["outcome"],
             registry=r,
         )

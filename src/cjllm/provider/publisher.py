@@ -19,6 +19,7 @@ from cjllm.bus import BusError, EventBus
 from cjllm.contracts import EventEnvelope
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.queue import OutboxEntry, Queue
+from cjllm.provider.worker import nap
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,11 @@ class Publisher:
         """Callbacks were recorded: publish now rather than at the next poll."""
         self._wakeup.set()
 
-    async def run(self) -> None:
-        """Drain the outbox until cancelled."""
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        """Drain the outbox until ``stop``."""
+        while not stop.is_set():
             if not await self.drain_once():
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval_seconds)
-                except TimeoutError:
-                    pass
+                await nap(self._wakeup, self.settings.poll_interval_seconds)
                 self._wakeup.clear()
 
     async def drain_once(self) -> int:

@@ -54,6 +54,11 @@ class QueueFull(Exception):
         self.maximum = maximum
 
 
+class QueueUnavailable(Exception):
+    """The queue backend could not be reached or refused the operation (the database file is
+    locked for too long, Redis is down). Nothing changed; the caller may try again."""
+
+
 @dataclass(frozen=True)
 class Spent:
     """Usage charged to one comparison so far (failed tries included)."""

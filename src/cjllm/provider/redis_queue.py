@@ -25,6 +25,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider.queue import (
@@ -34,6 +35,7 @@ from cjllm.provider.queue import (
     OutboxEntry,
     QueuedItem,
     QueueFull,
+    QueueUnavailable,
     Retry,
     Spent,
 )
@@ -323,7 +325,10 @@ class RedisQueue:
         )
 
     async def _call(self, name: str, *args: Any) -> Any:
-        return await self._scripts[name](args=[self.prefix, *args])
+        try:
+            return await self._scripts[name](args=[self.prefix, *args])
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis queue ({name}): {exc}") from exc
 
     async def enqueue(self, item: NewItem) -> tuple[str, bool]:
         reply = await self._call(
@@ -411,24 +416,33 @@ class RedisQueue:
     async def delete_outbox(self, entry_ids: Sequence[str]) -> None:
         if not entry_ids:
             return
-        async with self._r.pipeline(transaction=True) as pipe:
-            pipe.delete(*(f"{self.prefix}:ob:{oid}" for oid in entry_ids))
-            pipe.zrem(f"{self.prefix}:outbox", *entry_ids)
-            await pipe.execute()
+        try:
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.delete(*(f"{self.prefix}:ob:{oid}" for oid in entry_ids))
+                pipe.zrem(f"{self.prefix}:outbox", *entry_ids)
+                await pipe.execute()
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis queue (delete_outbox): {exc}") from exc
 
     async def get(self, queue_id: str) -> QueuedItem | None:
-        fields = await self._r.hgetall(f"{self.prefix}:item:{queue_id}")
+        try:
+            fields = await self._r.hgetall(f"{self.prefix}:item:{queue_id}")
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis queue (get): {exc}") from exc
         if not fields:
             return None
         return _item([cast(bytes, x) for pair in fields.items() for x in pair])
 
     async def depth(self, now: float) -> Depth:
         p = self.prefix
-        async with self._r.pipeline(transaction=False) as pipe:
-            pipe.hmget(f"{p}:stats", "queued", "processing", "bytes")
-            pipe.zcount(f"{p}:delayed", f"({_num(now)}", "+inf")
-            pipe.zcard(f"{p}:outbox")
-            stats, delayed, outbox = await pipe.execute()
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                pipe.hmget(f"{p}:stats", "queued", "processing", "bytes")
+                pipe.zcount(f"{p}:delayed", f"({_num(now)}", "+inf")
+                pipe.zcard(f"{p}:outbox")
+                stats, delayed, outbox = await pipe.execute()
+        except RedisError as exc:
+            raise QueueUnavailable(f"Redis queue (depth): {exc}") from exc
         queued, processing, size = (int(x or 0) for x in stats)
         return Depth(queued, int(delayed), processing, size, int(outbox))
 

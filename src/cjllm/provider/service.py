@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlparse
 
@@ -31,7 +30,7 @@ from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers
 from cjllm.provider.publisher import Publisher
 from cjllm.provider.queue import Queue, queue_from_url
-from cjllm.provider.worker import Worker, forever
+from cjllm.provider.worker import Worker, supervise
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -62,29 +61,29 @@ class ProviderService:
             queue, providers, settings, self.metrics, on_enqueue=self.worker.notify
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
 
     def start_work(self) -> None:
         """Start the worker, the sweeper and the outbox publisher in this event loop."""
         if self._tasks:
             return
+        self._stop = asyncio.Event()
         self._tasks = [
-            asyncio.create_task(forever("worker", self.worker.run)),
-            asyncio.create_task(forever("sweeper", self._sweep_loop)),
-            asyncio.create_task(forever("publisher", self.publisher.run)),
+            asyncio.create_task(supervise(name, loop, self._stop))
+            for name, loop in (
+                ("worker", self.worker.run),
+                ("sweeper", self.worker.run_sweeper),
+                ("publisher", self.publisher.run),
+            )
         ]
 
     async def stop_work(self) -> None:
         """Stop them; bundles in flight hand their items back to the queue untouched."""
+        self._stop.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await self.worker.sweep()
-            self.metrics.observe_depth(await self.queue.depth(time.time()))
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
 
 
 @contextlib.asynccontextmanager
@@ -119,14 +118,14 @@ async def embedded_provider(
     providers = Providers(settings, adapters)
     service = ProviderService(settings, queue=queue, bus=bus, providers=providers)
     try:
-        if own_bus:
+        if own_bus and work:  # only the publisher uses the bus
             await bus.start()
         if work:
             service.start_work()
         yield service
     finally:
         await service.stop_work()
-        if own_bus:
+        if own_bus and work:
             await bus.stop()
         await providers.aclose()
         if own_queue:

@@ -25,6 +25,7 @@ from cjllm.provider.queue import (
     OutboxEntry,
     QueuedItem,
     QueueFull,
+    QueueUnavailable,
     Retry,
     Spent,
 )
@@ -139,7 +140,10 @@ class SQLiteQueue:
             return fn(self._conn)
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.to_thread(fn)
+        try:
+            return await asyncio.to_thread(fn)
+        except sqlite3.OperationalError as exc:
+            raise QueueUnavailable(f"SQLite queue {self.path}: {exc}") from exc
 
     # ------------------------------------------------------------------ enqueue
 

@@ -41,7 +41,14 @@ from cjllm.provider.bundling import PlannedComparison, apportion, build_call
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.prompts import MalformedOutput, Reconciled
 from cjllm.provider.providers import Providers, ProviderUnavailable
-from cjllm.provider.queue import Finished, Queue, QueuedItem, Retry, Spent
+from cjllm.provider.queue import (
+    Finished,
+    Queue,
+    QueuedItem,
+    QueueUnavailable,
+    Retry,
+    Spent,
+)
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -68,16 +75,33 @@ def backoff(attempt: int, base: float, cap: float, retry_after: float | None = N
     return max(delay, retry_after or 0.0)
 
 
-async def forever(name: str, step: Callable[[], Awaitable[None]]) -> None:
-    """Run ``step`` until cancelled; a failing step is logged and tried again shortly."""
-    while True:
+async def supervise(
+    name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
+) -> None:
+    """Run ``loop(stop)`` until ``stop`` is set; a loop that fails is logged and restarted.
+
+    Every loop also checks ``stop`` itself rather than relying on being cancelled: on Python
+    3.11 ``asyncio.wait_for`` (which redis-py uses for socket timeouts) can swallow a
+    cancellation that lands as its inner await completes, and a loop would then run for ever.
+    """
+    while not stop.is_set():
         try:
-            await step()
+            await loop(stop)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s failed; trying again in 1s", name)
-            await asyncio.sleep(1.0)
+            log.exception("%s failed; restarting it in 1s", name)
+            await nap(stop, 1.0)
+
+
+async def nap(wakeup: asyncio.Event, seconds: float) -> None:
+    """Sleep until ``wakeup`` is set or ``seconds`` pass (``asyncio.timeout``, not
+    ``wait_for``, for the reason given in :func:`supervise`)."""
+    try:
+        async with asyncio.timeout(seconds):
+            await wakeup.wait()
+    except TimeoutError:
+        pass
 
 
 class Worker:
@@ -107,8 +131,8 @@ class Worker:
 
     # ------------------------------------------------------------------ the claim loop
 
-    async def run(self) -> None:
-        """Claim and process bundles until cancelled, ``worker_concurrency`` at a time."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Claim and process bundles until ``stop``, ``worker_concurrency`` at a time."""
         slots = asyncio.Semaphore(self.settings.worker_concurrency)
         in_flight: set[asyncio.Task[None]] = set()
 
@@ -119,13 +143,15 @@ class Worker:
                 log.error("bundle failed", exc_info=task.exception())
 
         try:
-            while True:
+            while not stop.is_set():
                 await slots.acquire()
                 try:
                     claimed = await self.claim()
-                except Exception:
+                except QueueUnavailable as exc:  # bundles in flight carry on meanwhile
                     slots.release()
-                    raise
+                    log.warning("cannot claim (%s); trying again in 1s", exc)
+                    await nap(stop, 1.0)
+                    continue
                 if not claimed:
                     slots.release()
                     await self._idle()
@@ -149,10 +175,7 @@ class Worker:
         )
 
     async def _idle(self) -> None:
-        try:
-            await asyncio.wait_for(self._wakeup.wait(), self.settings.poll_interval_seconds)
-        except TimeoutError:
-            pass
+        await nap(self._wakeup, self.settings.poll_interval_seconds)
         self._wakeup.clear()
 
     # ------------------------------------------------------------------ one bundle
@@ -189,9 +212,8 @@ class Worker:
         labels = (adapter.name, call.model)
         started = time.monotonic()
         try:
-            outcome = await asyncio.wait_for(
-                adapter.call_bundle(call), self.settings.call_timeout_seconds
-            )
+            async with asyncio.timeout(self.settings.call_timeout_seconds):
+                outcome = await adapter.call_bundle(call)
         except TimeoutError as exc:
             self.metrics.provider_calls.labels(*labels, "timeout").inc()
             raise ProviderCallError(
@@ -351,24 +373,26 @@ class Worker:
     @contextlib.asynccontextmanager
     async def _leases_kept(self, queue_ids: list[str]) -> AsyncIterator[None]:
         """Renew the leases on ``queue_ids`` every third of a lease while the block runs."""
-        keeper = asyncio.create_task(self._keep_leases(queue_ids))
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep_leases(queue_ids, done))
         try:
             yield
         finally:
+            done.set()
             keeper.cancel()
 
-    async def _keep_leases(self, queue_ids: list[str]) -> None:
+    async def _keep_leases(self, queue_ids: list[str], done: asyncio.Event) -> None:
         interval = self.settings.lease_seconds / 3
         while True:
-            await asyncio.sleep(interval)
+            await nap(done, interval)
+            if done.is_set():
+                return
             try:
                 await self.queue.extend(
                     self.owner, queue_ids, time.time() + self.settings.lease_seconds
                 )
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("could not renew leases; the next renewal will try again")
+            except QueueUnavailable as exc:
+                log.warning("could not renew leases (%s); the next renewal will try again", exc)
 
     def _count_items(self, found: Reconciled) -> None:
         m = self.metrics.item_outcomes
@@ -420,7 +444,9 @@ class Worker:
             self.metrics.expiries.inc(len(settled.done))
         await self.queue.purge(now - self.settings.record_retention_seconds)
 
-    async def run_sweeper(self) -> None:
-        while True:
+    async def run_sweeper(self, stop: asyncio.Event) -> None:
+        """Sweep every ``sweep_interval_seconds`` until ``stop``; refresh the depth gauges."""
+        while not stop.is_set():
             await self.sweep()
-            await asyncio.sleep(self.settings.sweep_interval_seconds)
+            self.metrics.observe_depth(await self.queue.depth(time.time()))
+            await nap(stop, self.settings.sweep_interval_seconds)

@@ -1,0 +1,317 @@
+"""The HTTP API: refusals name the field and queue nothing; accepted requests are queued once."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from cjllm.bus import MemoryBus
+from cjllm.contracts import SPINE_KEYS
+from tests.provider.support import (
+    COMPARISON_PATH,
+    Callbacks,
+    body,
+    eventually,
+    fast_settings,
+    metric,
+    post_all,
+    provider,
+)
+from tests.services import free_port
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def drop(key: str) -> Mutation:
+    return lambda b: b.pop(key)
+
+
+def overrides(**kw: Any) -> Mutation:
+    return lambda b: b["llm_config_overrides"].update(kw)
+
+
+def metadata(**kw: Any) -> Mutation:
+    return lambda b: b["metadata"].update(kw)
+
+
+def essay_a(text: str) -> Mutation:
+    return lambda b: b["prompt_blocks"][2].update(content=text)
+
+
+def blocks(n: int, chars: int) -> Mutation:
+    def mutate(b: dict[str, Any]) -> None:
+        b["prompt_blocks"] = [
+            {"target": "user_content", "content": "x" * chars, "cacheable": i < n - 2}
+            for i in range(n)
+        ]
+
+    return mutate
+
+
+def only_shared_blocks(b: dict[str, Any]) -> None:
+    b["prompt_blocks"] = [b["prompt_blocks"][1]]
+
+
+BAD_INPUT: list[tuple[str, Mutation, int, list[Any]]] = [
+    ("missing callback_topic", drop("callback_topic"), 422, ["body", "callback_topic"]),
+    ("missing overrides", drop("llm_config_overrides"), 422, ["body", "llm_config_overrides"]),
+    (
+        "unknown provider",
+        overrides(provider_override="gemini"),
+        400,
+        ["body", "llm_config_overrides", "provider_override"],
+    ),
+    (
+        "confidence in overrides",
+        overrides(confidence=4),
+        422,
+        ["body", "llm_config_overrides", "confidence"],
+    ),
+    (
+        "temperature out of range",
+        overrides(temperature_override=2.5),
+        422,
+        ["body", "llm_config_overrides", "temperature_override"],
+    ),
+    ("oversize essay", essay_a("word " * 2000), 413, ["body", "prompt_blocks", 2, "content"]),
+    ("oversize prompt", blocks(6, 1500), 413, ["body", "prompt_blocks"]),
+    ("too many blocks", blocks(9, 10), 413, ["body", "prompt_blocks"]),
+    ("no per-comparison part", only_shared_blocks, 422, ["body"]),
+    (
+        "async_batch not supported yet",
+        metadata(batching_strategy="async_batch"),
+        400,
+        ["body", "metadata", "batching_strategy"],
+    ),
+    (
+        "nightly_batch not supported yet",
+        metadata(batching_strategy="nightly_batch"),
+        400,
+        ["body", "metadata", "batching_strategy"],
+    ),
+    (
+        "unknown strategy",
+        metadata(batching_strategy="bundle_everything"),
+        422,
+        ["body", "metadata", "batching_strategy"],
+    ),
+    (
+        "zero bundle size",
+        metadata(preferred_bundle_size=0),
+        422,
+        ["body", "metadata", "preferred_bundle_size"],
+    ),
+    (
+        "conflicting correlation ids",
+        metadata(request_correlation_id=str(uuid.uuid4())),
+        400,
+        ["body", "metadata", "request_correlation_id"],
+    ),
+    (
+        "spine field of the wrong type",
+        metadata(essay_a_id=17),
+        422,
+        ["body", "metadata", "essay_a_id"],
+    ),
+]
+
+
+@pytest.fixture
+async def api(backend_url: str):  # type: ignore[no-untyped-def]
+    settings = fast_settings(
+        backend_url, api_token=TOKEN, max_prompt_chars=5000, max_blocks=8, max_request_bytes=40_000
+    )
+    async with provider(settings, work=False) as running:
+        yield running
+
+
+@pytest.mark.parametrize(
+    ("case", "mutate", "status", "loc"), BAD_INPUT, ids=[c[0] for c in BAD_INPUT]
+)
+async def test_bad_input_is_refused_naming_the_field_and_nothing_is_queued(
+    api: Any, case: str, mutate: Mutation, status: int, loc: list[Any]
+) -> None:
+    svc, client, _ = api
+    request_body = copy.deepcopy(body(1, topic="results"))
+    mutate(request_body)
+    response = await client.post(COMPARISON_PATH, json=request_body, headers=AUTH)
+    assert response.status_code == status, response.text
+    assert loc in [d["loc"] for d in response.json()["detail"]]
+    assert (await svc.queue.depth(0)).queued == 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}],
+    ids=["missing", "wrong", "not bearer"],
+)
+async def test_a_missing_or_wrong_token_is_401(api: Any, headers: dict[str, str]) -> None:
+    svc, client, _ = api
+    response = await client.post(COMPARISON_PATH, json=body(1, topic="r"), headers=headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    status = await client.get(f"{COMPARISON_PATH}/{uuid.uuid4()}", headers=headers)
+    assert status.status_code == 401
+    assert (await svc.queue.depth(0)).queued == 0
+
+
+async def test_an_oversize_body_is_413_before_it_is_read(api: Any) -> None:
+    svc, client, _ = api
+    raw = b'{"user_prompt": "' + b"x" * 50_000 + b'"}'
+    response = await client.post(
+        COMPARISON_PATH, content=raw, headers={**AUTH, "content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert (await svc.queue.depth(0)).queued == 0
+
+
+async def test_malformed_json_is_422(api: Any) -> None:
+    svc, client, _ = api
+    headers = {**AUTH, "content-type": "application/json"}
+    response = await client.post(COMPARISON_PATH, content=b'{"callback_topic": ', headers=headers)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+    assert (await svc.queue.depth(0)).queued == 0
+
+
+async def test_a_full_queue_is_503_with_retry_after_and_nothing_is_queued(backend_url: str) -> None:
+    settings = fast_settings(backend_url, queue_max_items=2, queue_full_retry_after_seconds=7)
+    async with provider(settings, work=False) as (svc, client, _):
+        await post_all(client, [body(i, topic="r") for i in range(2)])
+        response = await client.post(COMPARISON_PATH, json=body(3, topic="r"))
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "7"
+        assert response.json()["detail"][0]["type"] == "queue_full"
+        assert (await svc.queue.depth(0)).queued == 2
+        assert metric(svc, "cjllm_provider_requests_total", outcome="queue_full") == 1
+
+
+async def test_accepted_request_is_202_and_its_status_can_be_read(api: Any) -> None:
+    _, client, _ = api
+    request_body = body(1, topic="r")
+    response = await client.post(COMPARISON_PATH, json=request_body, headers=AUTH)
+    assert response.status_code == 202
+    answer = response.json()
+    assert set(answer) == {"queue_id", "status", "message", "estimated_wait_minutes"}
+    assert answer["status"] == "queued"
+    status = await client.get(f"{COMPARISON_PATH}/{answer['queue_id']}", headers=AUTH)
+    assert status.status_code == 200
+    assert status.json()["status"] == "queued"
+    assert status.json()["correlation_id"] == request_body["correlation_id"]
+    missing = await client.get(f"{COMPARISON_PATH}/{uuid.uuid4()}", headers=AUTH)
+    assert missing.status_code == 404
+
+
+async def test_reposting_a_correlation_id_queues_it_once(api: Any) -> None:
+    svc, client, _ = api
+    request_body = body(1, topic="r")
+    first = await client.post(COMPARISON_PATH, json=request_body, headers=AUTH)
+    again = await client.post(COMPARISON_PATH, json=request_body, headers=AUTH)
+    assert again.status_code == 202
+    assert again.json()["queue_id"] == first.json()["queue_id"]
+    assert (await svc.queue.depth(0)).queued == 1
+
+
+async def test_a_correlation_id_is_made_when_absent_and_the_spine_is_completed(
+    backend_url: str,
+) -> None:
+    callbacks = Callbacks()
+    bus = MemoryBus()
+    bus.subscribe("r", "cj", callbacks)
+    await bus.start()
+    request_body = body(1, topic="r", size=None, group=None)
+    del request_body["correlation_id"]
+    request_body["metadata"] = {}
+    async with provider(fast_settings(backend_url, linger_seconds=0.0), bus=bus) as (_, client, _):
+        await post_all(client, [request_body])
+        await eventually(lambda: callbacks.count == 1)
+    await bus.stop()
+    ((cid, (result,)),) = callbacks.by_id.items()
+    meta = result.request_metadata
+    assert set(SPINE_KEYS) <= set(meta)
+    assert meta["request_correlation_id"] == cid
+    assert meta["batching_strategy"] == "serial_round"
+    assert meta["essay_a_id"] is None
+
+
+async def test_per_request_sends_every_comparison_alone(backend_url: str) -> None:
+    callbacks = Callbacks()
+    bus = MemoryBus()
+    bus.subscribe("r", "cj", callbacks)
+    await bus.start()
+    bodies = [body(i, topic="r", size=10, strategy="per_request") for i in range(4)]
+    async with provider(fast_settings(backend_url), bus=bus) as (_, client, mock):
+        await post_all(client, bodies)
+        await eventually(lambda: callbacks.count == 4)
+    await bus.stop()
+    assert [len(c.items) for c in mock.calls] == [1, 1, 1, 1]
+
+
+async def test_health_and_metrics_need_no_token(api: Any) -> None:
+    _, client, _ = api
+    await client.post(COMPARISON_PATH, json=body(1, topic="r"), headers=AUTH)
+    health = await client.get("/healthz")
+    assert health.status_code == 200 and health.json()["queued"] == 1
+    text = (await client.get("/metrics")).text
+    assert 'cjllm_provider_queue_depth{state="queued"} 1.0' in text
+    for name in (
+        "cjllm_provider_calls_total",
+        "cjllm_provider_items_per_call",
+        "cjllm_provider_callbacks_total",
+        "cjllm_provider_retries_total",
+        "cjllm_provider_expiries_total",
+        "cjllm_provider_lease_recoveries_total",
+        "cjllm_provider_call_latency_seconds",
+    ):
+        assert f"# TYPE {name}" in text
+
+
+async def test_a_round_posted_concurrently_over_http_goes_out_as_one_call(
+    backend_url: str,
+) -> None:
+    callbacks = Callbacks()
+    bus = MemoryBus()
+    bus.subscribe("r", "cj", callbacks)
+    await bus.start()
+    settings = fast_settings(backend_url, api_token=TOKEN)
+    port = free_port()
+    async with provider(settings, bus=bus) as (svc, _, mock):
+        config = uvicorn.Config(
+            svc.app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"
+        )
+        server = uvicorn.Server(config)
+        serving = asyncio.create_task(server.serve())
+        try:
+            await eventually(lambda: server.started)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=AUTH) as http:
+                round_ = [body(i, topic="r", size=10) for i in range(10)]
+                responses = await asyncio.gather(
+                    *(http.post(COMPARISON_PATH, json=b) for b in round_)
+                )
+            assert [r.status_code for r in responses] == [202] * 10
+            await eventually(lambda: callbacks.count == 10)
+        finally:
+            server.should_exit = True
+            await serving
+    await bus.stop()
+    assert [len(c.items) for c in mock.calls] == [10]
+
+
+async def test_an_unreachable_queue_is_503_not_a_false_202() -> None:
+    settings = fast_settings(f"redis://127.0.0.1:{free_port()}/0")
+    async with provider(settings, work=False) as (_, client, _):
+        response = await client.post(COMPARISON_PATH, json=body(1, topic="r"))
+        assert response.status_code == 503
+        assert response.json()["detail"][0]["type"] == "queue_unavailable"
+        assert "retry-after" in response.headers
+        assert (await client.get("/healthz")).status_code == 503
