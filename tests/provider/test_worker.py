@@ -16,7 +16,7 @@ import pytest
 from cjllm.bus import BusError, KafkaBus, MemoryBus
 from cjllm.contracts import SPINE_KEYS, ComparisonRequest, EventEnvelope, QueueItemState
 from cjllm.provider.adapters import BundleCall, CallOutcome, ProviderCallError
-from cjllm.provider.adapters.mock import MockAdapter, rate_limited, server_error
+from cjllm.provider.adapters.mock import MockAdapter, overloaded, rate_limited, server_error
 from cjllm.provider.bundling import PlannedComparison, compatibility_key
 from tests.provider.support import (
     Callbacks,
@@ -206,13 +206,16 @@ async def test_a_rate_limited_bundle_waits_for_retry_after_and_stays_together(
     assert all(r.is_success for rs in callbacks.by_id.values() for r in rs)
 
 
-async def test_a_garbled_answer_retries_the_whole_bundle(
-    backend_url: str, results: tuple[str, Callbacks]
+@pytest.mark.parametrize(
+    "fault", ["garbage", overloaded(), server_error()], ids=["garbled answer", "529", "500"]
+)
+async def test_a_failed_call_retries_the_whole_bundle(
+    backend_url: str, results: tuple[str, Callbacks], fault: Any
 ) -> None:
     results_topic, callbacks = results
     bus = await memory_bus(callbacks, results_topic)
     mock = MockAdapter()
-    mock.call_faults.append("garbage")
+    mock.call_faults.append(fault)
     async with provider(fast_settings(backend_url), bus=bus, mock=mock) as (_, client, _):
         await post_all(client, [body(i, topic=results_topic, size=3) for i in range(3)])
         await eventually(lambda: callbacks.count == 3)

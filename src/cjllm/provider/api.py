@@ -109,13 +109,12 @@ def create_app(
     )
     async def post_comparison(request: Request) -> JSONResponse:
         authorize(request)
-        body = await _read_body(request, settings.max_request_bytes)
         try:
-            comparison = ComparisonRequest.model_validate_json(body)
-        except ValidationError as exc:
-            metrics.requests.labels("rejected").inc()
-            _invalid(exc)
-        try:
+            body = await _read_body(request, settings.max_request_bytes)
+            try:
+                comparison = ComparisonRequest.model_validate_json(body)
+            except ValidationError as exc:
+                _invalid(exc)
             _check_sizes(comparison, settings)
             plan, hints = _plan(comparison, providers)
         except HTTPException:
@@ -159,7 +158,17 @@ def create_app(
         authorize(request)
         item = await queue.get(str(queue_id))
         if item is None:
-            raise HTTPException(404, detail=f"no comparison with queue_id {queue_id}")
+            raise HTTPException(
+                404,
+                detail=[
+                    {
+                        "loc": ["path", "queue_id"],
+                        "msg": f"no comparison with queue_id {queue_id} (unknown, or its record "
+                        "outlived CJLLM_RECORD_RETENTION_SECONDS)",
+                        "type": "not_found",
+                    }
+                ],
+            )
         return ComparisonStatusResponse(
             queue_id=queue_id,
             correlation_id=uuid.UUID(item.correlation_id),

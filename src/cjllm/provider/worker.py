@@ -328,7 +328,16 @@ class Worker:
         )
         settled.done.append((results.finished(item, plan, result, self._source), final))
 
-    async def _give_up(self, entries: list[Entry], code: str, message: str) -> None:
+    async def _give_up(
+        self,
+        entries: list[Entry],
+        code: str,
+        message: str,
+        *,
+        operation: str = "llm_comparison",
+        state: QueueItemState = QueueItemState.FAILED,
+    ) -> None:
+        """Error callbacks for items no call answered (worn out, or expired in the queue)."""
         now = time.time()
         settled = Settlement()
         for item, plan in entries:
@@ -338,12 +347,14 @@ class Worker:
                 service=self._source,
                 code=code,
                 message=message,
-                operation="llm_comparison",
+                operation=operation,
                 call=None,
                 spent=item.spent,
                 now=now,
+                details={"last_error": item.last_error},
             )
-            settled.done.append((results.finished(item, plan, result, self._source), code))
+            finished = results.finished(item, plan, result, self._source, state)
+            settled.done.append((finished, code))
         await self._record(settled, now)
 
     async def _release(self, entries: list[Entry]) -> None:
@@ -415,33 +426,15 @@ class Worker:
         if recovered:
             log.warning("requeued %d comparisons whose worker lost its lease", recovered)
             self.metrics.lease_recoveries.inc(recovered)
+        ttl = f"not answered within its time to live ({self.settings.item_ttl_seconds:g}s)"
         while expired := await self.queue.claim_expired(
             self.owner, now, now + self.settings.lease_seconds, 100
         ):
-            settled = Settlement()
-            for item in expired:
-                plan = PlannedComparison.from_json(item.payload)
-                result = results.failure(
-                    item,
-                    plan,
-                    service=self._source,
-                    code="ttl_expired",
-                    message=(
-                        f"not answered within its time to live "
-                        f"({self.settings.item_ttl_seconds:g}s)"
-                    ),
-                    operation="queue_ttl",
-                    call=None,
-                    spent=item.spent,
-                    now=now,
-                    details={"last_error": item.last_error},
-                )
-                finished = results.finished(
-                    item, plan, result, self._source, QueueItemState.EXPIRED
-                )
-                settled.done.append((finished, "ttl_expired"))
-            await self._record(settled, now)
-            self.metrics.expiries.inc(len(settled.done))
+            entries = [(item, PlannedComparison.from_json(item.payload)) for item in expired]
+            await self._give_up(
+                entries, "ttl_expired", ttl, operation="queue_ttl", state=QueueItemState.EXPIRED
+            )
+            self.metrics.expiries.inc(len(entries))
         await self.queue.purge(now - self.settings.record_retention_seconds)
 
     async def run_sweeper(self, stop: asyncio.Event) -> None:
