@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from cjllm.contracts import (
-    SPINE_KEYS,
     ErrorDetail,
     EventEnvelope,
     LLMComparisonResultV1,
@@ -42,10 +41,8 @@ def _time(ts: float) -> datetime:
 
 
 def spine(plan: PlannedComparison, call: CallRef | None) -> dict[str, Any]:
-    """The request's metadata with every spine key present and the call fields filled."""
+    """The request's metadata (the API completed the spine at enqueue) with the call fields."""
     meta = dict(plan.request.metadata)
-    for key in SPINE_KEYS:
-        meta.setdefault(key, None)
     meta.update(
         bundle_id=call.bundle_id if call else None,
         bundle_index=call.bundle_index if call else None,
