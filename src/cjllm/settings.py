@@ -32,7 +32,6 @@ class ProviderSettings(BackendSettings):
 
     api_token: str | None = None
     callback_source: str = "llm_provider_service"
-    default_provider: str = "mock"
     # request limits (HTTP 413)
     max_prompt_chars: int = 200_000
     max_blocks: int = 32

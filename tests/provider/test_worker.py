@@ -296,7 +296,13 @@ async def test_a_refused_call_is_not_retried(
     bus = await memory_bus(callbacks, results_topic)
     mock = MockAdapter()
     mock.call_faults.append(
-        ProviderCallError("authentication_failed", "401 bad key", retryable=False, status=401)
+        ProviderCallError(
+            "authentication_failed",
+            "401 bad key",
+            retryable=False,
+            status=401,
+            details={"status": 401, "provider_message": "invalid x-api-key"},
+        )
     )
     async with provider(fast_settings(backend_url), bus=bus, mock=mock) as (_, client, _):
         await post_all(client, [body(i, topic=results_topic, size=2) for i in range(2)])
@@ -306,6 +312,9 @@ async def test_a_refused_call_is_not_retried(
     errors = [r.error_detail for rs in callbacks.by_id.values() for r in rs]
     assert {e.error_code for e in errors if e is not None} == {"authentication_failed"}
     assert all(e is not None for e in errors)
+    for e in errors:  # the provider's own words reach the caller
+        assert e is not None and e.details["provider_message"] == "invalid x-api-key"
+        assert e.details["status"] == 401
 
 
 async def test_an_item_past_its_ttl_gets_an_error_callback_with_the_full_spine(

@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider import results
@@ -287,6 +288,7 @@ class Worker:
                 hint=item.hint,
                 retry_after=exc.retry_after,
                 retryable=exc.retryable,
+                details=exc.details,
             )
         await self._record(settled, now)
 
@@ -304,8 +306,12 @@ class Worker:
         hint: int,
         retry_after: float | None = None,
         retryable: bool = True,
+        details: dict[str, Any] | None = None,
     ) -> None:
-        """Requeue ``item`` with backoff, or give it an error callback when out of tries."""
+        """Requeue ``item`` with backoff, or give it an error callback when out of tries.
+
+        ``details`` (the provider's status, message, error type, request id) are kept in the
+        error callback's ``error_detail.details``."""
         attempt = item.attempts + 1
         s = self.settings
         if retryable and attempt < s.max_attempts:
@@ -324,7 +330,7 @@ class Worker:
             call=ref,
             spent=item.spent + share,
             now=now,
-            details={"last_error_code": code},
+            details={**(details or {}), "last_error_code": code},
         )
         settled.done.append((results.finished(item, plan, result, self._source), final))
 
