@@ -18,6 +18,29 @@ app = typer.Typer(
 )
 
 
+# options shared by `rank` and `submit`
+InstructionsOption = Annotated[
+    Path | None,
+    typer.Option("--instructions", help="The assignment / judging instructions (text file)."),
+]
+RubricOption = Annotated[Path | None, typer.Option("--rubric", help="The rubric (text file).")]
+AnchorsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--anchors", help="Anchor essays with known grades: CSV/JSONL essay_id,text,grade."
+    ),
+]
+GradeScaleOption = Annotated[
+    str | None,
+    typer.Option(
+        "--grade-scale",
+        help="Anchor grades in order, lowest first, comma-separated (e.g. E,D,C,B,A); not "
+        "needed when every grade is a number.",
+        show_default=False,
+    ),
+]
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"cjllm {__version__}")
@@ -177,26 +200,10 @@ def rank(
         int | None,
         typer.Option("--budget", help="Cap on the total comparisons.", show_default=False),
     ] = None,
-    instructions: Annotated[
-        Path | None,
-        typer.Option("--instructions", help="The assignment / judging instructions (text file)."),
-    ] = None,
-    rubric: Annotated[Path | None, typer.Option("--rubric", help="The rubric (text file).")] = None,
-    anchors: Annotated[
-        Path | None,
-        typer.Option(
-            "--anchors", help="Anchor essays with known grades: CSV/JSONL essay_id,text,grade."
-        ),
-    ] = None,
-    grade_scale: Annotated[
-        str | None,
-        typer.Option(
-            "--grade-scale",
-            help="Anchor grades in order, lowest first, comma-separated (e.g. E,D,C,B,A); not "
-            "needed when every grade is a number.",
-            show_default=False,
-        ),
-    ] = None,
+    instructions: InstructionsOption = None,
+    rubric: RubricOption = None,
+    anchors: AnchorsOption = None,
+    grade_scale: GradeScaleOption = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated judge's draws.")] = 0,
 ) -> None:
     """Rank essays by comparative judgement, all in this process; --out is resumable."""
@@ -281,25 +288,10 @@ def submit(
             "--cj-url", envvar="CJLLM_CJ_URL", help="Base URL of a running `cjllm serve cj`."
         ),
     ] = "http://127.0.0.1:8081",
-    instructions: Annotated[
-        Path | None,
-        typer.Option("--instructions", help="The assignment / judging instructions (text file)."),
-    ] = None,
-    rubric: Annotated[Path | None, typer.Option("--rubric", help="The rubric (text file).")] = None,
-    anchors: Annotated[
-        Path | None,
-        typer.Option(
-            "--anchors", help="Anchor essays with known grades: CSV/JSONL essay_id,text,grade."
-        ),
-    ] = None,
-    grade_scale: Annotated[
-        str | None,
-        typer.Option(
-            "--grade-scale",
-            help="Anchor grades, lowest first, comma-separated.",
-            show_default=False,
-        ),
-    ] = None,
+    instructions: InstructionsOption = None,
+    rubric: RubricOption = None,
+    anchors: AnchorsOption = None,
+    grade_scale: GradeScaleOption = None,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait for the result and show it.")
     ] = False,
