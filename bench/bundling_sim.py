@@ -121,7 +121,15 @@ async def run(
     return Run(label, counters["calls"], inputs, tokens["output"], seconds)
 
 
-async def main(args: argparse.Namespace) -> None:
+async def measure(args: argparse.Namespace, sim: str) -> tuple[Run, Run]:
+    with tempfile.TemporaryDirectory(prefix="cjllm-bench-") as tmp:
+        base = await run("per_request", "per_request", 1, args, sim, Path(tmp))
+        label = f"bundled (size {args.size})"
+        bundled = await run(label, "serial_round", args.size, args, sim, Path(tmp))
+    return base, bundled
+
+
+def main(args: argparse.Namespace) -> None:
     port = free_port()
     sim = f"http://127.0.0.1:{port}"
     command = [
@@ -140,10 +148,7 @@ async def main(args: argparse.Namespace) -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        with tempfile.TemporaryDirectory(prefix="cjllm-bench-") as tmp:
-            base = await run("per_request", "per_request", 1, args, sim, Path(tmp))
-            label = f"bundled (size {args.size})"
-            bundled = await run(label, "serial_round", args.size, args, sim, Path(tmp))
+        base, bundled = asyncio.run(measure(args, sim))
     finally:
         proc.terminate()
         proc.wait()
@@ -173,4 +178,4 @@ if __name__ == "__main__":
     parser.add_argument("--latency-token", type=float, default=0.004, help="per output token")
     parser.add_argument("--concurrency", type=int, default=4, help="worker_concurrency")
     parser.add_argument("--linger", type=float, default=0.25, help="linger_seconds")
-    asyncio.run(main(parser.parse_args()))
+    main(parser.parse_args())
