@@ -17,11 +17,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from cjllm.bus import MemoryBus
 from cjllm.contracts import EventEnvelope
+from cjllm.provider.adapters import LLMAdapter
 from cjllm.provider.adapters.mock import MockAdapter
 from cjllm.provider.service import embedded_provider
 from cjllm.settings import ProviderSettings
@@ -36,7 +38,7 @@ class Run:
     seconds: float
 
 
-def request(i: int, strategy: str, size: int) -> dict[str, object]:
+def request(i: int, strategy: str, size: int) -> dict[str, Any]:
     return {
         "prompt_blocks": [
             {"target": "user_content", "content": RUBRIC, "cacheable": True},
@@ -55,6 +57,37 @@ def request(i: int, strategy: str, size: int) -> dict[str, object]:
     }
 
 
+async def post_and_wait(
+    settings: ProviderSettings,
+    bodies: list[dict[str, Any]],
+    adapters: dict[str, LLMAdapter] | None = None,
+) -> float:
+    """POST every body to the embedded provider; seconds from the first POST to the last
+    callback on ``bench.results``."""
+    done = asyncio.Event()
+    received = 0
+
+    async def on_result(envelope: EventEnvelope) -> None:
+        nonlocal received
+        received += 1
+        if received == len(bodies):
+            done.set()
+
+    bus = MemoryBus()
+    bus.subscribe("bench.results", "bench", on_result)
+    await bus.start()
+    async with embedded_provider(settings, bus=bus, adapters=adapters) as service:
+        transport = httpx.ASGITransport(app=service.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
+            start = time.perf_counter()
+            for body in bodies:
+                (await client.post("/api/v1/comparison", json=body)).raise_for_status()
+            await done.wait()
+            seconds = time.perf_counter() - start
+    await bus.stop()
+    return seconds
+
+
 async def run(label: str, strategy: str, size: int, args: argparse.Namespace, workdir: Path) -> Run:
     settings = ProviderSettings(
         queue_url=f"sqlite:///{workdir / (strategy + '.sqlite')}",
@@ -63,29 +96,8 @@ async def run(label: str, strategy: str, size: int, args: argparse.Namespace, wo
         poll_interval_seconds=0.01,
     )
     mock = MockAdapter(latency_seconds=args.latency)
-    done = asyncio.Event()
-    received = 0
-
-    async def on_result(envelope: EventEnvelope) -> None:
-        nonlocal received
-        received += 1
-        if received == args.comparisons:
-            done.set()
-
-    bus = MemoryBus()
-    bus.subscribe("bench.results", "bench", on_result)
-    await bus.start()
     bodies = [request(i, strategy, size) for i in range(args.comparisons)]
-    async with embedded_provider(settings, bus=bus, adapters={"mock": mock}) as service:
-        transport = httpx.ASGITransport(app=service.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
-            start = time.perf_counter()
-            for body in bodies:
-                response = await client.post("/api/v1/comparison", json=body)
-                response.raise_for_status()
-            await done.wait()
-            seconds = time.perf_counter() - start
-    await bus.stop()
+    seconds = await post_and_wait(settings, bodies, adapters={"mock": mock})
     return Run(label, len(mock.calls), seconds)
 
 

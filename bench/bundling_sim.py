@@ -27,10 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bundling import post_and_wait  # bench/bundling.py, beside this script
 
-from cjllm.bus import MemoryBus
-from cjllm.contracts import EventEnvelope
-from cjllm.provider.service import embedded_provider
 from cjllm.settings import ProviderSettings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -91,29 +89,9 @@ async def run(
     )
     async with httpx.AsyncClient(base_url=sim) as control:
         (await control.post("/sim/reset")).raise_for_status()
-    done = asyncio.Event()
-    received = 0
-
-    async def on_result(envelope: EventEnvelope) -> None:
-        nonlocal received
-        received += 1
-        if received == args.comparisons:
-            done.set()
-
-    bus = MemoryBus()
-    bus.subscribe("bench.results", "bench", on_result)
-    await bus.start()
     texts = essays()
     bodies = [request(i, texts, strategy, size) for i in range(args.comparisons)]
-    async with embedded_provider(settings, bus=bus) as service:
-        transport = httpx.ASGITransport(app=service.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
-            start = time.perf_counter()
-            for body in bodies:
-                (await client.post("/api/v1/comparison", json=body)).raise_for_status()
-            await done.wait()
-            seconds = time.perf_counter() - start
-    await bus.stop()
+    seconds = await post_and_wait(settings, bodies)
     async with httpx.AsyncClient(base_url=sim) as control:
         counters = (await control.get("/sim/counters")).json()
     tokens = counters["tokens"]
