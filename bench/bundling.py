@@ -23,8 +23,8 @@ import httpx
 
 from cjllm.bus import MemoryBus
 from cjllm.contracts import EventEnvelope
-from cjllm.provider.adapters import LLMAdapter
 from cjllm.provider.adapters.mock import MockAdapter
+from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.service import embedded_provider
 from cjllm.settings import ProviderSettings
 

@@ -29,7 +29,7 @@ from cjllm.bus import BusError, Handler
 from cjllm.cj.service import cj_service
 from cjllm.cj.workflow import CJWorkflow, ProgressHook
 from cjllm.contracts import EventEnvelope
-from cjllm.provider.adapters import LLMAdapter
+from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.service import ProviderService, embedded_provider
 from cjllm.settings import CJSettings, ProviderSettings
 

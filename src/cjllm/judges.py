@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cjllm.essays import EssayInputError
-from cjllm.provider.adapters import LLMAdapter, make_adapter
+from cjllm.provider.adapters import make_adapter
 from cjllm.provider.adapters.mock import MockAdapter
 from cjllm.provider.adapters.vendor_errors import MissingCredentials
+from cjllm.provider.calls import LLMAdapter
 from cjllm.settings import ProviderSettings
 from cjllm.sim.judge import Judge, load_manifest_qualities
 

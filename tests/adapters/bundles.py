@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cjllm.provider.adapters import BundleCall, BundleItem, SharedBlock
+from cjllm.provider.calls import BundleCall, BundleItem, SharedBlock
 
 RUBRIC = (
     "Rubric. Judge the quality of argument: a clear position, relevant evidence, "

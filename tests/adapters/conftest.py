@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cjllm.provider.adapters import LLMAdapter, make_adapter
+from cjllm.provider.adapters import make_adapter
+from cjllm.provider.calls import LLMAdapter
 from cjllm.settings import ProviderSettings
 from tests.sim.conftest import sim, sim_server, vendor_env
 from tests.sim.running import SimControl

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cjllm.provider.adapters import SharedBlock
 from cjllm.provider.adapters.anthropic import AnthropicAdapter, cache_breakpoints
+from cjllm.provider.calls import SharedBlock
 from cjllm.provider.pricing import load_price_table
 from cjllm.settings import ProviderSettings
 from tests.adapters.bundles import bundle, ids

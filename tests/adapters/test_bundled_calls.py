@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cjllm.provider.adapters import LLMAdapter, make_adapter
+from cjllm.provider.adapters import make_adapter
+from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.pricing import load_price_table
 from cjllm.settings import ProviderSettings
 from cjllm.sim.judge import Judge

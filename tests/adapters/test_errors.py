@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cjllm.provider.adapters import LLMAdapter, ProviderCallError, make_adapter
+from cjllm.provider.adapters import make_adapter
 from cjllm.provider.adapters.anthropic import AnthropicAdapter
 from cjllm.provider.adapters.openai import OpenAIAdapter
 from cjllm.provider.adapters.vendor_errors import (
@@ -14,6 +14,7 @@ from cjllm.provider.adapters.vendor_errors import (
     retry_after_seconds,
     status_error,
 )
+from cjllm.provider.calls import LLMAdapter, ProviderCallError
 from cjllm.provider.pricing import load_price_table
 from cjllm.settings import ProviderSettings
 from tests.adapters.bundles import bundle

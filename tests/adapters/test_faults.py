@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cjllm.provider.adapters import LLMAdapter, ProviderCallError
+from cjllm.provider.calls import LLMAdapter, ProviderCallError
 from cjllm.sim.faults import UNKNOWN_ID
 from tests.adapters.bundles import bundle, ids
 from tests.sim.running import SimControl

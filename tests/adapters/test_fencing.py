@@ -14,7 +14,7 @@ import json
 import re
 from dataclasses import replace
 
-from cjllm.provider.adapters import BundleCall, BundleItem, LLMAdapter
+from cjllm.provider.calls import BundleCall, BundleItem, LLMAdapter
 from cjllm.provider.prompts import find_items_text, parse_items, render_items
 from tests.adapters.bundles import bundle
 from tests.sim.running import SimControl

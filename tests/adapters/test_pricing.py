@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cjllm.provider.adapters import CallUsage
+from cjllm.provider.calls import CallUsage
 from cjllm.provider.pricing import PriceTableError, load_price_table, packaged_price_table
 
 

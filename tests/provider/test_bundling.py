@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from cjllm.contracts import BundleHints, ComparisonRequest
-from cjllm.provider.adapters import CallOutcome, CallUsage
+from cjllm.provider.answers import Reconciled
 from cjllm.provider.bundling import (
     Candidate,
     PlannedComparison,
@@ -18,7 +18,7 @@ from cjllm.provider.bundling import (
     pick_bundle,
     size_hint,
 )
-from cjllm.provider.prompts import Reconciled
+from cjllm.provider.calls import CallOutcome, CallUsage
 from tests.provider.support import body
 
 

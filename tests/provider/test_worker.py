@@ -15,9 +15,9 @@ import pytest
 
 from cjllm.bus import BusError, KafkaBus, MemoryBus
 from cjllm.contracts import SPINE_KEYS, ComparisonRequest, EventEnvelope, QueueItemState
-from cjllm.provider.adapters import BundleCall, CallOutcome, ProviderCallError
 from cjllm.provider.adapters.mock import MockAdapter, overloaded, rate_limited, server_error
 from cjllm.provider.bundling import PlannedComparison, compatibility_key
+from cjllm.provider.calls import BundleCall, CallOutcome, ProviderCallError
 from tests.provider.support import (
     Callbacks,
     body,

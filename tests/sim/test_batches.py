@@ -11,7 +11,7 @@ import pytest
 
 from cjllm.provider.adapters.anthropic import AnthropicAdapter
 from cjllm.provider.adapters.openai import OpenAIAdapter
-from cjllm.provider.prompts import reconcile
+from cjllm.provider.answers import reconcile
 from cjllm.settings import ProviderSettings
 from tests.adapters.bundles import bundle, ids
 from tests.sim.running import SimControl

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cjllm.provider.adapters import BundleCall, BundleItem, make_adapter
+from cjllm.provider.adapters import make_adapter
+from cjllm.provider.calls import BundleCall, BundleItem
 from cjllm.settings import ProviderSettings
 from cjllm.sim.judge import Judge, load_manifest_qualities, text_key
 from tests.sim.running import SimControl

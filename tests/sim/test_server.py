@@ -9,7 +9,7 @@ import openai.types
 import openai.types.chat
 import pytest
 
-from cjllm.provider.adapters import BundleItem
+from cjllm.provider.calls import BundleItem
 from cjllm.provider.prompts import render_items
 from tests.sim.running import SimControl
 

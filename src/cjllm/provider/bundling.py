@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cjllm.contracts import BatchingStrategy, BundleHints, ComparisonRequest, TokenUsage
-from cjllm.provider.adapters import BundleCall, BundleItem, CallOutcome, SharedBlock
+from cjllm.provider.calls import BundleCall, BundleItem, CallOutcome, SharedBlock
 from cjllm.provider.prompts import BUNDLE_INSTRUCTIONS
 from cjllm.provider.queue import Spent
 

@@ -23,7 +23,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cjllm.provider.adapters import CallUsage
+from cjllm.provider.calls import CallUsage
 
 PER_TOKENS = 1_000_000
 _FIELDS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")

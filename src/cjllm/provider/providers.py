@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from cjllm.provider.adapters import PROVIDERS, LLMAdapter, make_adapter
+from cjllm.provider.adapters import PROVIDERS, make_adapter
+from cjllm.provider.calls import LLMAdapter
 from cjllm.settings import ProviderSettings
 
 

@@ -19,8 +19,8 @@ from cjllm.contracts import (
     QueueItemState,
     Winner,
 )
+from cjllm.provider.answers import ItemAnswer
 from cjllm.provider.bundling import PlannedComparison, token_usage
-from cjllm.provider.prompts import ItemAnswer
 from cjllm.provider.queue import Finished, QueuedItem, Spent
 
 

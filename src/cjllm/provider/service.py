@@ -24,8 +24,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from cjllm.bus import EventBus, bus_from_url
-from cjllm.provider.adapters import LLMAdapter
 from cjllm.provider.api import create_app
+from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers
 from cjllm.provider.publisher import Publisher

@@ -37,10 +37,10 @@ from typing import Any
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider import results
-from cjllm.provider.adapters import BundleCall, CallOutcome, LLMAdapter, ProviderCallError
+from cjllm.provider.answers import MalformedOutput, Reconciled
 from cjllm.provider.bundling import PlannedComparison, apportion, build_call
+from cjllm.provider.calls import BundleCall, CallOutcome, LLMAdapter, ProviderCallError
 from cjllm.provider.metrics import ProviderMetrics
-from cjllm.provider.prompts import MalformedOutput, Reconciled
 from cjllm.provider.providers import Providers, ProviderUnavailable
 from cjllm.provider.queue import (
     Finished,

@@ -1,111 +1,14 @@
-"""The LLM adapter interface: one multi-comparison call in, per-item answers out.
+"""The LLM adapters, one per vendor, chosen by provider name.
 
-A bundle of one is how a single comparison is sent (``per_request``); adapters need no
-second code path. Adapters render the call with :mod:`cjllm.provider.prompts`, send it with
-their vendor's SDK, and reconcile the answer with :func:`cjllm.provider.prompts.reconcile`.
+Adapters render the call with :mod:`cjllm.provider.prompts`, send it with their vendor's
+SDK, and reconcile the answer with :func:`cjllm.provider.answers.reconcile`. The types they
+share are in :mod:`cjllm.provider.calls`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from cjllm.provider.prompts import Reconciled
+from cjllm.provider.calls import LLMAdapter
 from cjllm.settings import ProviderSettings
-
-
-@dataclass(frozen=True)
-class SharedBlock:
-    """A block of the shared prefix. ``cacheable`` blocks get a prompt-cache breakpoint."""
-
-    content: str
-    cacheable: bool = False
-    ttl: str = "5m"
-
-
-@dataclass(frozen=True)
-class BundleItem:
-    """One comparison inside a bundle: its ``custom_id`` and per-comparison parts.
-
-    ``parts`` is (Essay A, Essay B) when the request came as prompt blocks, or the single
-    whole ``user_prompt`` otherwise.
-    """
-
-    custom_id: str
-    parts: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class BundleCall:
-    """Everything one provider call needs. All items share the compatibility key."""
-
-    bundle_id: str
-    provider: str
-    model: str
-    system: tuple[SharedBlock, ...]
-    shared: tuple[SharedBlock, ...]
-    items: tuple[BundleItem, ...]
-    temperature: float | None = None
-    max_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class CallUsage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
-
-
-@dataclass
-class CallOutcome:
-    """What one provider call produced, already reconciled against the ids sent."""
-
-    reconciled: Reconciled
-    usage: CallUsage
-    cost: float
-    model: str
-    latency_ms: int
-    stop_reason: str | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-
-class ProviderCallError(Exception):
-    """A call-level failure. ``retryable`` decides between backoff and an error callback."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.status = status
-        self.retry_after = retry_after
-        self.details = details or {}
-
-
-class LLMAdapter(Protocol):
-    """One vendor. ``call_bundle`` raises :class:`ProviderCallError` for call-level failures."""
-
-    name: str
-    default_model: str
-
-    async def call_bundle(self, call: BundleCall) -> CallOutcome: ...
-
-    async def aclose(self) -> None: ...
-
 
 PROVIDERS = ("mock", "anthropic", "openai")
 

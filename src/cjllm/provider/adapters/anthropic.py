@@ -26,27 +26,21 @@ from typing import Any
 
 import anthropic
 
-from cjllm.provider.adapters import (
-    BundleCall,
-    CallOutcome,
-    CallUsage,
-    ProviderCallError,
-    SharedBlock,
-)
 from cjllm.provider.adapters.vendor_errors import (
     PLACEHOLDER_KEY,
     MissingCredentials,
     status_error,
     transport_error,
 )
-from cjllm.provider.pricing import PriceTable, load_price_table
-from cjllm.provider.prompts import (
+from cjllm.provider.answers import (
     OUTPUT_SCHEMA,
     OUTPUT_SCHEMA_NAME,
     MalformedOutput,
     reconcile_answer,
-    render_items,
 )
+from cjllm.provider.calls import BundleCall, CallOutcome, CallUsage, ProviderCallError, SharedBlock
+from cjllm.provider.pricing import PriceTable, load_price_table
+from cjllm.provider.prompts import render_items
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 It renders each call with :func:`cjllm.provider.prompts.render_items`, reads the items back
 as a provider would, answers every item with :class:`cjllm.sim.judge.Judge` (seeded by the
 item's ``custom_id``, so retries get the same answer), writes the answer as JSON text and
-runs it through :func:`cjllm.provider.prompts.reconcile` — so injected faults exercise the
+runs it through :func:`cjllm.provider.answers.reconcile` — so injected faults exercise the
 same validation a real answer goes through.
 
 Fault injection for tests and demos:
@@ -26,9 +26,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from cjllm.provider.adapters import BundleCall, CallOutcome, CallUsage, ProviderCallError
+from cjllm.provider.answers import reconcile
 from cjllm.provider.bundling import estimate_tokens
-from cjllm.provider.prompts import parse_items, reconcile, render_items
+from cjllm.provider.calls import BundleCall, CallOutcome, CallUsage, ProviderCallError
+from cjllm.provider.prompts import parse_items, render_items
 from cjllm.settings import ProviderSettings
 from cjllm.sim.judge import Judge
 

@@ -27,28 +27,22 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
-from cjllm.provider.adapters import (
-    BundleCall,
-    BundleItem,
-    CallOutcome,
-    CallUsage,
-    ProviderCallError,
-)
 from cjllm.provider.adapters.vendor_errors import (
     PLACEHOLDER_KEY,
     MissingCredentials,
     status_error,
     transport_error,
 )
-from cjllm.provider.pricing import PriceTable, load_price_table
-from cjllm.provider.prompts import (
+from cjllm.provider.answers import (
     OUTPUT_SCHEMA,
     OUTPUT_SCHEMA_NAME,
     MalformedOutput,
     Reconciled,
     reconcile_answer,
-    render_items,
 )
+from cjllm.provider.calls import BundleCall, BundleItem, CallOutcome, CallUsage, ProviderCallError
+from cjllm.provider.pricing import PriceTable, load_price_table
+from cjllm.provider.prompts import render_items
 from cjllm.settings import ProviderSettings
 
 PROVIDER = "openai"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from cjllm.provider.adapters import ProviderCallError
+from cjllm.provider.calls import ProviderCallError
 
 # a local compatible server named by *_BASE_URL usually wants no key at all
 PLACEHOLDER_KEY = "sk-no-key-required"
