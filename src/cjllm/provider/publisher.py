@@ -17,9 +17,9 @@ import time
 
 from cjllm.bus import BusError, EventBus
 from cjllm.contracts import EventEnvelope
+from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.queue import OutboxEntry, Queue
-from cjllm.provider.worker import nap
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,13 @@ from fastapi import FastAPI
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
 from cjllm.provider.calls import LLMAdapter
+from cjllm.provider.loops import supervise
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers
 from cjllm.provider.publisher import Publisher
 from cjllm.provider.queue import Queue, queue_from_url
-from cjllm.provider.worker import Worker, supervise
+from cjllm.provider.sweeper import Sweeper
+from cjllm.provider.worker import Worker
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class ProviderService:
         self.worker = Worker(
             queue, providers, settings, self.metrics, on_recorded=self.publisher.notify
         )
+        self.sweeper = Sweeper(queue, self.worker.settler, settings)
         self.app: FastAPI = create_app(
             queue, providers, settings, self.metrics, on_enqueue=self.worker.notify
         )
@@ -72,7 +75,7 @@ class ProviderService:
             asyncio.create_task(supervise(name, loop, self._stop))
             for name, loop in (
                 ("worker", self.worker.run),
-                ("sweeper", self.worker.run_sweeper),
+                ("sweeper", self.sweeper.run),
                 ("publisher", self.publisher.run),
             )
         ]

@@ -16,8 +16,8 @@
   :class:`cjllm.provider.publisher.Publisher` sends them. After ``max_attempts`` failed
   tries an item gets an error callback instead of another retry.
 
-The **sweeper** requeues items whose lease expired (their worker died), gives items past
-their TTL an error callback, and forgets old terminal records.
+How each item's fate is written down is :mod:`cjllm.provider.settle`; the queue's upkeep
+(lost leases, TTL expiry) is :mod:`cjllm.provider.sweeper`.
 """
 
 from __future__ import annotations
@@ -27,82 +27,32 @@ import contextlib
 import logging
 import math
 import os
-import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from cjllm.contracts import QueueItemState
 from cjllm.provider import results
 from cjllm.provider.answers import MalformedOutput, Reconciled
 from cjllm.provider.bundling import PlannedComparison, apportion, build_call
 from cjllm.provider.calls import BundleCall, CallOutcome, LLMAdapter, ProviderCallError
+from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
 from cjllm.provider.queue import (
-    Finished,
     Queue,
     QueuedItem,
     QueueUnavailable,
     Retry,
     Spent,
 )
+from cjllm.provider.settle import Entry, Settlement, Settler
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
 CONTEXT_TOO_LARGE = "context_window_exceeded"
 """The :class:`ProviderCallError` code adapters raise for a call too large for the model."""
-
-Entry = tuple[QueuedItem, PlannedComparison]
-
-
-@dataclass
-class Settlement:
-    """What becomes of each item of a bundle: finished (with its metric label) or requeued
-    (with its reason). Recorded with one ``finish`` and one ``retry`` queue step."""
-
-    done: list[tuple[Finished, str]] = field(default_factory=list)
-    retries: list[tuple[Retry, str]] = field(default_factory=list)
-
-
-def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
-    """Seconds before try ``attempt + 1``: ``base * 2**(attempt-1)`` capped at ``cap``, with
-    up to 25% jitter taken off, and never less than the provider's ``retry-after``."""
-    delay = min(cap, base * 2.0 ** (attempt - 1)) * random.uniform(0.75, 1.0)
-    return max(delay, retry_after or 0.0)
-
-
-async def supervise(
-    name: str, loop: Callable[[asyncio.Event], Awaitable[None]], stop: asyncio.Event
-) -> None:
-    """Run ``loop(stop)`` until ``stop`` is set; a loop that fails is logged and restarted.
-
-    Every loop also checks ``stop`` itself rather than relying on being cancelled: on Python
-    3.11 ``asyncio.wait_for`` (which redis-py uses for socket timeouts) can swallow a
-    cancellation that lands as its inner await completes, and a loop would then run for ever.
-    """
-    while not stop.is_set():
-        try:
-            await loop(stop)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s failed; restarting it in 1s", name)
-            await nap(stop, 1.0)
-
-
-async def nap(wakeup: asyncio.Event, seconds: float) -> None:
-    """Sleep until ``wakeup`` is set or ``seconds`` pass (``asyncio.timeout``, not
-    ``wait_for``, for the reason given in :func:`supervise`)."""
-    try:
-        async with asyncio.timeout(seconds):
-            await wakeup.wait()
-    except TimeoutError:
-        pass
 
 
 class Worker:
@@ -123,7 +73,7 @@ class Worker:
         self.settings = settings
         self.metrics = metrics
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._on_recorded = on_recorded
+        self.settler = Settler(queue, settings, metrics, self.owner, on_recorded)
         self._wakeup = asyncio.Event()
 
     def notify(self) -> None:
@@ -186,7 +136,7 @@ class Worker:
         entries = [(item, PlannedComparison.from_json(item.payload)) for item in claimed]
         worn = [e for e in entries if e[0].attempts >= self.settings.max_attempts]
         if worn:  # its leases lapsed too often (a bundle that kills workers)
-            await self._give_up(worn, "retries_exhausted", "lost its lease too many times")
+            await self.settler.give_up(worn, "retries_exhausted", "lost its lease too many times")
             entries = [e for e in entries if e not in worn]
         if not entries:
             return
@@ -199,7 +149,7 @@ class Worker:
             await self._call_failed(entries, call, exc)
             return
         except asyncio.CancelledError:
-            await asyncio.shield(self._release(entries))
+            await asyncio.shield(self.settler.release(entries))
             raise
         await self._settle(entries, call, adapter, outcome)
 
@@ -253,13 +203,15 @@ class Worker:
             answer = found.answers.get(plan.correlation_id)
             if answer is not None:
                 result = results.success(item, plan, answer, ref, item.spent + share, now)
-                settled.done.append((results.finished(item, plan, result, self._source), "success"))
+                settled.done.append(
+                    (results.finished(item, plan, result, self.settler.source), "success")
+                )
                 continue
             invalid = found.invalid.get(plan.correlation_id)
             code = "missing_item" if invalid is None else "invalid_item"
             message = invalid or "the answer did not include this item"
-            self._next_try(settled, item, plan, ref, code, message, share, now, hint=1)
-        await self._record(settled, now)
+            self.settler.next_try(settled, item, plan, ref, code, message, share, now, hint=1)
+        await self.settler.record(settled, now)
 
     async def _call_failed(
         self, entries: list[Entry], call: BundleCall, exc: ProviderCallError
@@ -271,12 +223,12 @@ class Worker:
             for item, _ in entries:
                 retry = Retry(item.queue_id, now, half, exc.message, count_attempt=False)
                 settled.retries.append((retry, "split"))
-            await self._record(settled, now)
+            await self.settler.record(settled, now)
             return
         log.warning("bundle %s (%d items) failed: %s", call.bundle_id, len(entries), exc)
         for index, (item, plan) in enumerate(entries):
             ref = results.CallRef(call.bundle_id, index, len(entries), call.provider, call.model, 0)
-            self._next_try(
+            self.settler.next_try(
                 settled,
                 item,
                 plan,
@@ -290,102 +242,7 @@ class Worker:
                 retryable=exc.retryable,
                 details=exc.details,
             )
-        await self._record(settled, now)
-
-    def _next_try(
-        self,
-        settled: Settlement,
-        item: QueuedItem,
-        plan: PlannedComparison,
-        ref: results.CallRef,
-        code: str,
-        message: str,
-        share: Spent,
-        now: float,
-        *,
-        hint: int,
-        retry_after: float | None = None,
-        retryable: bool = True,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        """Requeue ``item`` with backoff, or give it an error callback when out of tries.
-
-        ``details`` (the provider's status, message, error type, request id) are kept in the
-        error callback's ``error_detail.details``."""
-        attempt = item.attempts + 1
-        s = self.settings
-        if retryable and attempt < s.max_attempts:
-            delay = backoff(attempt, s.retry_base_seconds, s.retry_max_seconds, retry_after)
-            retry = Retry(item.queue_id, now + delay, hint, f"{code}: {message}", True, share)
-            settled.retries.append((retry, code))
-            return
-        final = "retries_exhausted" if retryable else code
-        result = results.failure(
-            item,
-            plan,
-            service=self._source,
-            code=final,
-            message=f"{message} (after {attempt} tries)" if retryable else message,
-            operation="llm_comparison",
-            call=ref,
-            spent=item.spent + share,
-            now=now,
-            details={**(details or {}), "last_error_code": code},
-        )
-        settled.done.append((results.finished(item, plan, result, self._source), final))
-
-    async def _give_up(
-        self,
-        entries: list[Entry],
-        code: str,
-        message: str,
-        *,
-        operation: str = "llm_comparison",
-        state: QueueItemState = QueueItemState.FAILED,
-    ) -> None:
-        """Error callbacks for items no call answered (worn out, or expired in the queue)."""
-        now = time.time()
-        settled = Settlement()
-        for item, plan in entries:
-            result = results.failure(
-                item,
-                plan,
-                service=self._source,
-                code=code,
-                message=message,
-                operation=operation,
-                call=None,
-                spent=item.spent,
-                now=now,
-                details={"last_error": item.last_error},
-            )
-            finished = results.finished(item, plan, result, self._source, state)
-            settled.done.append((finished, code))
-        await self._record(settled, now)
-
-    async def _release(self, entries: list[Entry]) -> None:
-        """Hand leased items back untouched (the worker is stopping mid-call)."""
-        now = time.time()
-        settled = Settlement()
-        for item, _ in entries:
-            retry = Retry(item.queue_id, now, item.hint, "worker stopped", count_attempt=False)
-            settled.retries.append((retry, "released"))
-        await self._record(settled, now)
-
-    async def _record(self, settled: Settlement, now: float) -> None:
-        if settled.done:
-            changed = set(await self.queue.finish([f for f, _ in settled.done], now))
-            for f, label in settled.done:
-                if f.queue_id in changed:
-                    self.metrics.callbacks.labels(label).inc()
-            if changed and self._on_recorded is not None:
-                self._on_recorded()
-        if settled.retries:
-            retries = [r for r, _ in settled.retries]
-            changed = set(await self.queue.retry(self.owner, retries, now))
-            for r, reason in settled.retries:
-                if r.queue_id in changed:
-                    self.metrics.retries.labels(reason).inc()
+        await self.settler.record(settled, now)
 
     @contextlib.asynccontextmanager
     async def _leases_kept(self, queue_ids: list[str]) -> AsyncIterator[None]:
@@ -418,34 +275,3 @@ class Worker:
         m.labels("invalid").inc(len(found.invalid) - len(found.duplicates))
         m.labels("duplicate").inc(len(found.duplicates))
         m.labels("unknown").inc(len(found.unknown))
-
-    @property
-    def _source(self) -> str:
-        return self.settings.callback_source
-
-    # ------------------------------------------------------------------ the sweeper
-
-    async def sweep(self) -> None:
-        """One pass: requeue lost leases, expire items past their TTL, forget old records."""
-        now = time.time()
-        recovered = await self.queue.recover_leases(now)
-        if recovered:
-            log.warning("requeued %d comparisons whose worker lost its lease", recovered)
-            self.metrics.lease_recoveries.inc(recovered)
-        ttl = f"not answered within its time to live ({self.settings.item_ttl_seconds:g}s)"
-        while expired := await self.queue.claim_expired(
-            self.owner, now, now + self.settings.lease_seconds, 100
-        ):
-            entries = [(item, PlannedComparison.from_json(item.payload)) for item in expired]
-            await self._give_up(
-                entries, "ttl_expired", ttl, operation="queue_ttl", state=QueueItemState.EXPIRED
-            )
-            self.metrics.expiries.inc(len(entries))
-        await self.queue.purge(now - self.settings.record_retention_seconds)
-
-    async def run_sweeper(self, stop: asyncio.Event) -> None:
-        """Sweep every ``sweep_interval_seconds`` until ``stop``; refresh the depth gauges."""
-        while not stop.is_set():
-            await self.sweep()
-            self.metrics.observe_depth(await self.queue.depth(time.time()))
-            await nap(stop, self.settings.sweep_interval_seconds)
