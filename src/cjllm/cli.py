@@ -102,7 +102,18 @@ def sim(
     latency_item: float = typer.Option(0.0, "--latency-item", help="Seconds per item."),
     latency_token: float = typer.Option(0.0, "--latency-token", help="Seconds per output token."),
     rpm: int | None = typer.Option(None, "--rpm", help="Requests per minute before 429."),
-    tpm: int | None = typer.Option(None, "--tpm", help="Tokens per minute before 429."),
+    itpm: int | None = typer.Option(
+        None, "--itpm", help="Input tokens (without cache reads) per minute before 429."
+    ),
+    otpm: int | None = typer.Option(
+        None, "--otpm", help="Output tokens per minute (charged at max_tokens) before 429."
+    ),
+    tpm: int | None = typer.Option(
+        None, "--tpm", help="Input + output tokens per minute before 429."
+    ),
+    limit_period: float = typer.Option(
+        60.0, "--limit-period", help="Seconds in the limits' minute (shorten to run faster)."
+    ),
     fault: Annotated[
         list[str] | None,
         typer.Option("--fault", help="NAME=RATE, e.g. overloaded=0.05 (repeatable)."),
@@ -130,7 +141,10 @@ def sim(
             latency_item=latency_item,
             latency_token=latency_token,
             rpm=rpm,
+            itpm=itpm,
+            otpm=otpm,
             tpm=tpm,
+            limit_period=limit_period,
             faults=fault or [],
             fault_seed=fault_seed,
             api_key=api_key,

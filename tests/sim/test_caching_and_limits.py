@@ -7,7 +7,15 @@ import random
 import pytest
 
 from cjllm.sim.faults import FAULTS, FaultRates, draw, parse_fault, spoil_entries
-from cjllm.sim.limits import LatencyModel, RateLimiter, RateLimits
+from cjllm.sim.limits import (
+    LatencyModel,
+    Need,
+    RateLimits,
+    TokenBuckets,
+    anthropic_headers,
+    openai_duration,
+    openai_headers,
+)
 from cjllm.sim.tokens import PromptCache, count_tokens
 
 
@@ -70,26 +78,60 @@ def test_openai_caches_the_longest_seen_prefix_in_128_token_steps() -> None:
     assert cache.openai("m", shared + "third question") == 0
 
 
-def test_the_request_limit_slides_over_a_minute() -> None:
+def test_the_request_bucket_refills_continuously_and_says_when_to_come_back() -> None:
     clock = Clock()
-    limiter, limits = RateLimiter(clock=clock), RateLimits(requests_per_minute=2)
-    assert limiter.admit(limits, 10) is None
-    clock.now += 10
-    assert limiter.admit(limits, 10) is None
-    assert limiter.admit(limits, 10) == 50.0  # the first request leaves the window in 50 s
-    clock.now += 50
-    assert limiter.admit(limits, 10) is None
+    buckets, limits = TokenBuckets(clock=clock), RateLimits(requests_per_minute=30)
+    for _ in range(30):  # starts full
+        assert buckets.admit(limits, Need(10, 10)) is None
+    assert buckets.admit(limits, Need(10, 10)) == pytest.approx(2.0)  # one request per 2 s
+    clock.now += 1.0
+    assert buckets.admit(limits, Need(10, 10)) == pytest.approx(1.0)
+    clock.now += 1.0
+    assert buckets.admit(limits, Need(10, 10)) is None
 
 
-def test_the_token_limit_counts_what_was_spent() -> None:
+def test_input_and_output_buckets_charge_max_tokens_then_correct_it() -> None:
     clock = Clock()
-    limiter, limits = RateLimiter(clock=clock), RateLimits(tokens_per_minute=1000)
-    assert limiter.admit(limits, 600) is None
-    limiter.spend(700)
-    clock.now += 15
-    assert limiter.admit(limits, 400) == 45.0
-    assert limiter.admit(limits, 2000) == 60.0  # can never fit: a whole window
-    assert limiter.budget(limits).tokens_left == 300
+    limits = RateLimits(input_tokens_per_minute=30_000, output_tokens_per_minute=8_000)
+    buckets = TokenBuckets(clock=clock)
+    assert buckets.admit(limits, Need(20_000, 6_000)) is None
+    # the output bucket holds 2,000 until the call ends; 3,000 more need 7.5 s of refill
+    assert buckets.admit(limits, Need(1_000, 3_000)) == pytest.approx(7.5)
+    buckets.correct(limits, reserved=6_000, produced=1_000)  # 5,000 come back
+    assert buckets.admit(limits, Need(1_000, 3_000)) is None
+    assert buckets.admit(limits, Need(30_001, 1)) == 60.0  # can never fit: a whole period
+    report = buckets.report(limits)
+    assert (report["input_tokens"].remaining, report["output_tokens"].remaining) == (9_000, 4_000)
+    assert report["input_tokens"].full_in == pytest.approx(42.0)  # 21,000 at 500/s
+
+
+def test_a_shorter_period_scales_every_limit_by_one_factor() -> None:
+    clock = Clock()
+    limits = RateLimits(requests_per_minute=30, period_seconds=6.0)
+    buckets = TokenBuckets(clock=clock)
+    for _ in range(30):
+        buckets.admit(limits, Need(1, 1))
+    assert buckets.admit(limits, Need(1, 1)) == pytest.approx(0.2)
+
+
+def test_the_headers_report_limit_remaining_and_reset_in_each_vendors_shape() -> None:
+    clock = Clock()
+    limits = RateLimits(
+        requests_per_minute=50, tokens_per_minute=90_000, input_tokens_per_minute=30_000
+    )
+    buckets = TokenBuckets(clock=clock)
+    buckets.admit(limits, Need(3_000, 1_000))
+    levels = buckets.report(limits)
+    anthropic = anthropic_headers(levels)
+    assert anthropic["anthropic-ratelimit-requests-limit"] == "50"
+    assert anthropic["anthropic-ratelimit-requests-remaining"] == "49"
+    assert anthropic["anthropic-ratelimit-input-tokens-remaining"] == "27000"
+    assert anthropic["anthropic-ratelimit-input-tokens-reset"].endswith("Z")
+    openai = openai_headers(levels)
+    assert openai["x-ratelimit-remaining-tokens"] == "86000"
+    assert openai["x-ratelimit-reset-requests"] == "1.2s"
+    assert "x-ratelimit-limit-input-tokens" not in openai
+    assert (openai_duration(0.02), openai_duration(360.0)) == ("20ms", "6m0s")
 
 
 def test_latency_grows_with_items_and_output_tokens() -> None:

@@ -188,6 +188,20 @@ def test_success_headers_report_the_rate_limit_budget(sim: SimControl) -> None:
     assert response.headers["x-ratelimit-remaining-requests"] == "8"
 
 
+def test_a_429_is_honest_about_when_to_come_back_and_carries_the_headers(
+    sim: SimControl,
+) -> None:
+    sim.configure(limits={"requests_per_minute": 1, "period_seconds": 6.0})
+    assert sim.http.post("/v1/messages", json=message_body(), headers=ANTHROPIC_HEADERS).is_success
+    refused = sim.http.post("/v1/chat/completions", json=chat_body(), headers=OPENAI_HEADERS)
+    assert refused.status_code == 429
+    assert 5_000 < int(refused.headers["retry-after-ms"]) <= 6_000
+    assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    refused = sim.http.post("/v1/messages", json=message_body(), headers=ANTHROPIC_HEADERS)
+    assert refused.headers["retry-after"] == "6"  # whole seconds, rounded up
+    assert refused.headers["anthropic-ratelimit-requests-remaining"] == "0"
+
+
 def test_counters_report_calls_items_tokens_and_faults(sim: SimControl) -> None:
     sim.http.post("/v1/messages", json=message_body(), headers=ANTHROPIC_HEADERS)
     sim.configure(faults={"overloaded": 1.0})

@@ -4,7 +4,8 @@ Request checks follow the real API where our adapters could trip them: unknown t
 parameters are rejected (sampling parameters included), at most four ``cache_control``
 breakpoints, and no one-hour breakpoint after a five-minute one. Errors use Anthropic's
 body (``{"type": "error", "error": {"type", "message"}, "request_id"}``) and headers
-(``request-id``, ``retry-after``; 529 for ``overloaded_error``).
+(``request-id``, ``retry-after``; 529 for ``overloaded_error``). Every ``/v1/messages``
+answer, 429s included, carries the ``anthropic-ratelimit-*`` headers.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import asyncio
 import itertools
 import json
 import math
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from cjllm.sim.answers import Answer, compose
+from cjllm.sim.limits import Need, anthropic_headers
 from cjllm.sim.state import SimError, SimState, Usage, new_id, read_json, sim_of
 from cjllm.sim.tokens import count_tokens
 
@@ -56,9 +57,12 @@ def error_body(exc: SimError, request_id: str) -> dict[str, Any]:
     }
 
 
-def error_response(state: SimState, exc: SimError) -> JSONResponse:
+def error_response(state: SimState, exc: SimError, *, limits: bool = False) -> JSONResponse:
+    """An error answer; ``limits`` adds the rate-limit headers (model calls carry them)."""
     request_id = new_id("req_")
     headers = {"request-id": request_id}
+    if limits:
+        headers.update(anthropic_headers(state.rate_levels()))
     if exc.retry_after is not None:
         headers["retry-after"] = str(math.ceil(exc.retry_after))
     state.counters.responses[str(exc.status)] += 1
@@ -180,20 +184,11 @@ def build_message(
     return message, answer, usage
 
 
-def _ratelimit_headers(state: SimState) -> dict[str, str]:
-    limits = state.config.limits
-    budget = state.limiter.budget(limits)
-    reset = (datetime.now(UTC) + timedelta(seconds=budget.reset_seconds)).isoformat()
-    headers: dict[str, str] = {}
-    if limits.requests_per_minute is not None:
-        headers["anthropic-ratelimit-requests-limit"] = str(limits.requests_per_minute)
-        headers["anthropic-ratelimit-requests-remaining"] = str(budget.requests_left)
-        headers["anthropic-ratelimit-requests-reset"] = reset
-    if limits.tokens_per_minute is not None:
-        headers["anthropic-ratelimit-tokens-limit"] = str(limits.tokens_per_minute)
-        headers["anthropic-ratelimit-tokens-remaining"] = str(budget.tokens_left)
-        headers["anthropic-ratelimit-tokens-reset"] = reset
-    return headers
+def uncached_tokens(state: SimState, body: dict[str, Any]) -> int:
+    """The input tokens the input-token limit counts: all but cache reads."""
+    blocks = prompt_blocks(body)
+    total = count_tokens("\n\n".join(t for t, _ in blocks))
+    return max(0, total - state.cache.anthropic(body["model"], blocks, remember=False).read)
 
 
 async def admit(request: Request, state: SimState) -> Any:
@@ -211,13 +206,12 @@ async def create_message(request: Request) -> Response:
     try:
         body = await admit(request, state)
         check_params(body)
-        prompt_tokens = count_tokens("\n\n".join(t for t, _ in prompt_blocks(body)))
-        faults = state.gate(body["model"], prompt_tokens)
+        faults = state.gate(body["model"], Need(uncached_tokens(state, body), body["max_tokens"]))
         message, answer, usage = build_message(state, body, faults)
     except SimError as exc:
         await asyncio.sleep(state.config.latency.per_call)
-        return error_response(state, exc)
-    state.limiter.spend(usage.input + usage.cache_creation + usage.cache_read + usage.output)
+        return error_response(state, exc, limits=True)
+    state.limiter.correct(state.config.limits, body["max_tokens"], usage.output)
     state.record(
         "POST /v1/messages",
         model=body["model"],
@@ -229,5 +223,5 @@ async def create_message(request: Request) -> Response:
     )
     await asyncio.sleep(state.config.latency.seconds(len(answer.custom_ids), usage.output))
     state.counters.responses["200"] += 1
-    headers = {"request-id": new_id("req_"), **_ratelimit_headers(state)}
+    headers = {"request-id": new_id("req_"), **anthropic_headers(state.rate_levels())}
     return JSONResponse(message, headers=headers)

@@ -5,7 +5,8 @@ or a list of prompts (the prompt-list mode of OpenAI-compatible servers such as 
 answers each in its own choice, ``index`` = the prompt's position. Unknown parameters are
 rejected as the real API does. Errors use OpenAI's body (``{"error": {"message", "type",
 "param", "code"}}``) and headers (``x-request-id``, ``retry-after``, ``retry-after-ms``);
-an overloaded server answers 503.
+an overloaded server answers 503. Every model-call answer, 429s included, carries the
+``x-ratelimit-*`` headers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from cjllm.sim.answers import Answer, Parsed, compose
 from cjllm.sim.faults import UNKNOWN_ID
+from cjllm.sim.limits import Need, openai_headers
 from cjllm.sim.state import SimError, SimState, Usage, new_id, read_json, sim_of
 from cjllm.sim.tokens import count_tokens
 
@@ -50,33 +52,20 @@ DEFAULT_MAX_TOKENS = 4096
 ONE_CHOICE_FAULTS = {"malformed_json", "refusal", "max_tokens", "invalid_item"}
 
 
-def error_response(state: SimState, exc: SimError) -> JSONResponse:
+def error_response(state: SimState, exc: SimError, *, limits: bool = False) -> JSONResponse:
+    """An error answer; ``limits`` adds the rate-limit headers (model calls carry them)."""
     status = 503 if exc.status == 529 else exc.status
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     code = exc.code or ("invalid_api_key" if status == 401 else None)
     headers = {"x-request-id": new_id("req_")}
+    if limits:
+        headers.update(openai_headers(state.rate_levels()))
     if exc.retry_after is not None:
         headers["retry-after"] = str(math.ceil(exc.retry_after))
         headers["retry-after-ms"] = str(int(exc.retry_after * 1000))
     state.counters.responses[str(status)] += 1
     body = {"error": {"message": exc.message, "type": kind, "param": exc.param, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _ratelimit_headers(state: SimState) -> dict[str, str]:
-    limits = state.config.limits
-    budget = state.limiter.budget(limits)
-    reset = f"{budget.reset_seconds:.3f}s"
-    headers: dict[str, str] = {}
-    if limits.requests_per_minute is not None:
-        headers["x-ratelimit-limit-requests"] = str(limits.requests_per_minute)
-        headers["x-ratelimit-remaining-requests"] = str(budget.requests_left)
-        headers["x-ratelimit-reset-requests"] = reset
-    if limits.tokens_per_minute is not None:
-        headers["x-ratelimit-limit-tokens"] = str(limits.tokens_per_minute)
-        headers["x-ratelimit-remaining-tokens"] = str(budget.tokens_left)
-        headers["x-ratelimit-reset-tokens"] = reset
-    return headers
 
 
 def check_keys(body: Any, allowed: frozenset[str], required: tuple[str, ...]) -> None:
@@ -234,16 +223,20 @@ async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
         if chat:
             check_keys(body, CHAT_PARAMS, ("model", "messages"))
             prompt_tokens = count_tokens(chat_prompt(body))
+            reserved = _max_tokens(body)
         else:
             check_keys(body, COMPLETION_PARAMS, ("model", "prompt"))
             prompt_tokens = count_tokens(json.dumps(body["prompt"]))
-        faults = state.gate(body["model"], prompt_tokens)
+            prompts = body["prompt"]
+            reserved = _max_tokens(body) * (len(prompts) if isinstance(prompts, list) else 1)
+        # OpenAI's token limit counts cached input tokens too
+        faults = state.gate(body["model"], Need(prompt_tokens, reserved))
         build = build_chat if chat else build_completion
         completion, items, usage = build(state, body, faults)
     except SimError as exc:
         await asyncio.sleep(state.config.latency.per_call)
-        return error_response(state, exc)
-    state.limiter.spend(usage.input + usage.cache_read + usage.output)
+        return error_response(state, exc, limits=True)
+    state.limiter.correct(state.config.limits, reserved, usage.output)
     finish = ",".join(sorted({c["finish_reason"] for c in completion["choices"]}))
     state.record(
         endpoint,
@@ -256,7 +249,7 @@ async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
     )
     await asyncio.sleep(state.config.latency.seconds(len(items), usage.output))
     state.counters.responses["200"] += 1
-    headers = {"x-request-id": new_id("req_"), **_ratelimit_headers(state)}
+    headers = {"x-request-id": new_id("req_"), **openai_headers(state.rate_levels())}
     return JSONResponse(completion, headers=headers)
 
 

@@ -15,7 +15,9 @@ Control endpoints (for tests and benchmarks):
   faults, stop reason, usage and the request body as received.
 - ``GET /sim/config`` / ``PATCH /sim/config`` — read or change the configuration
   (:class:`~cjllm.sim.state.SimConfig`; nested objects merge, lists replace).
-- ``POST /sim/reset`` — zero the counters, call log, caches, rate windows and stores.
+- ``POST /sim/reset`` — zero the counters, call log, caches, rate-limit buckets and stores.
+
+Rate limits are the vendors' token buckets (:mod:`cjllm.sim.limits`).
 """
 
 from __future__ import annotations
@@ -86,7 +88,10 @@ def build_config(
     latency_item: float = 0.0,
     latency_token: float = 0.0,
     rpm: int | None = None,
+    itpm: int | None = None,
+    otpm: int | None = None,
     tpm: int | None = None,
+    limit_period: float = 60.0,
     faults: Sequence[str] = (),
     fault_seed: int = 0,
     api_key: str | None = None,
@@ -108,7 +113,13 @@ def build_config(
                 "per_item": latency_item,
                 "per_output_token": latency_token,
             },
-            "limits": {"requests_per_minute": rpm, "tokens_per_minute": tpm},
+            "limits": {
+                "requests_per_minute": rpm,
+                "input_tokens_per_minute": itpm,
+                "output_tokens_per_minute": otpm,
+                "tokens_per_minute": tpm,
+                "period_seconds": limit_period,
+            },
             "faults": dict(parse_fault(f) for f in faults),
             "fault_seed": fault_seed,
             "api_key": api_key,

@@ -3,6 +3,7 @@
 One :class:`SimState` lives on the ASGI app (``app.state.sim``); both vendor dialects read
 it. :func:`gate` holds the checks every model call passes, in the order the real APIs apply
 them: a forced status, the model name, the rate limits, then the injected call faults.
+The rate-limit buckets (:mod:`cjllm.sim.limits`) are one set for the whole server.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cjllm.sim.faults import FaultRates, draw
 from cjllm.sim.judge import Judge, load_manifest_qualities
-from cjllm.sim.limits import LatencyModel, RateLimiter, RateLimits
+from cjllm.sim.limits import LatencyModel, Level, Need, RateLimits, TokenBuckets
 from cjllm.sim.tokens import PromptCache
 
 CALL_LOG_SIZE = 200
@@ -147,7 +148,7 @@ class SimState:
     judge: Judge
     counters: Counters = field(default_factory=Counters)
     cache: PromptCache = field(default_factory=PromptCache)
-    limiter: RateLimiter = field(default_factory=RateLimiter)
+    limiter: TokenBuckets = field(default_factory=TokenBuckets)
     rng: random.Random = field(default_factory=random.Random)
     calls: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=CALL_LOG_SIZE))
     stores: dict[str, dict[str, Any]] = field(
@@ -190,8 +191,10 @@ class SimState:
             return False
         return self.config.api_key is None or key == self.config.api_key
 
-    def gate(self, model: str, input_tokens: int) -> set[str]:
-        """Checks before a model call; raises :class:`SimError`, else returns answer faults."""
+    def gate(self, model: str, need: Need) -> set[str]:
+        """Checks before a model call; raises :class:`SimError`, else returns answer faults.
+        ``need``: the call's uncached input tokens and its ``max_tokens``, which the rate
+        limits take before the call (see :mod:`cjllm.sim.limits`)."""
         config = self.config
         if config.forced_statuses:
             status = config.forced_statuses.pop(0)
@@ -200,13 +203,13 @@ class SimState:
             raise SimError(status, f"simulated HTTP {status}", retry_after=retry)
         if config.known_models is not None and model not in config.known_models:
             raise SimError(404, f"model: {model}", param="model", code="model_not_found")
-        retry_after = self.limiter.admit(config.limits, input_tokens)
+        retry_after = self.limiter.admit(config.limits, need)
         if retry_after is not None:
             self.counters.faults["rate_limit_exceeded"] += 1
             raise SimError(
                 429,
                 "This request would exceed the rate limit for your organization "
-                "(requests or tokens per minute). Please try again later.",
+                "(requests, input or output tokens per minute). Please try again later.",
                 retry_after=retry_after,
                 code="rate_limit_exceeded",
             )
@@ -225,6 +228,10 @@ class SimState:
         if "server_error" in faults:
             raise SimError(500, "Internal server error (simulated).")
         return faults
+
+    def rate_levels(self) -> dict[str, Level]:
+        """The buckets as the rate-limit headers report them."""
+        return self.limiter.report(self.config.limits)
 
     def record(
         self,

@@ -62,9 +62,11 @@ class PromptCache:
         expiry = self.entries.get(key)
         return expiry is not None and expiry > now
 
-    def anthropic(self, model: str, blocks: Sequence[tuple[str, str | None]]) -> CacheUse:
+    def anthropic(
+        self, model: str, blocks: Sequence[tuple[str, str | None]], *, remember: bool = True
+    ) -> CacheUse:
         """``blocks``: the request's text blocks in prompt order, each with its breakpoint TTL
-        (None where the block has no ``cache_control``)."""
+        (None where the block has no ``cache_control``). ``remember=False`` only looks."""
         now = self.clock()
         digest = hashlib.sha256(model.encode())
         chars = 0
@@ -85,7 +87,8 @@ class PromptCache:
             if tokens > covered:
                 written[ttl] += tokens - covered
                 covered = tokens
-            self.entries[key] = max(self.entries.get(key, 0.0), now + TTL_SECONDS[ttl])
+            if remember:
+                self.entries[key] = max(self.entries.get(key, 0.0), now + TTL_SECONDS[ttl])
         return CacheUse(read=read, written_5m=written["5m"], written_1h=written["1h"])
 
     def openai(self, model: str, prompt: str) -> int:
