@@ -126,6 +126,7 @@ class ComparisonStatusResponse(BaseModel):
     attempts: int
     queued_at: datetime
     updated_at: datetime
+    estimated_wait_minutes: int | None = None
 
 
 # --------------------------------------------------------------------------- result event

@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cjllm.contracts import BatchingStrategy
+from cjllm.provider.rate_limits import RateLimitSetting
 
 
 class BackendSettings(BaseSettings):
@@ -58,6 +59,12 @@ class ProviderSettings(BackendSettings):
     outbox_lease_seconds: float = 30.0
     publish_batch_size: int = 100
     metrics_port: int | None = None
+    # rate limits per provider key (provider + base URL + API key + model class): per-minute
+    # budgets by "provider", "provider/model-class" or "provider/model" (JSON), tightened by
+    # what the provider's headers say; see docs/rate_limits.md
+    rate_limits: dict[str, RateLimitSetting] = Field(default_factory=dict)
+    rate_limit_period_seconds: float = Field(default=60.0, gt=0.0)
+    rate_limit_max_wait_seconds: float = Field(default=5.0, ge=0.0)
     # provider calls
     call_timeout_seconds: float = 300.0
     max_output_tokens_per_item: int = 400

@@ -153,7 +153,15 @@ async def test_a_keyless_compatible_server_needs_only_its_base_url(
 @pytest.mark.parametrize(
     ("status", "message", "code", "expected", "retryable"),
     [
-        (429, "You exceeded your current quota", "insufficient_quota", "quota_exhausted", False),
+        (429, "You exceeded your current quota", "insufficient_quota", "insufficient_quota", False),
+        (
+            400,
+            "Your credit balance is too low to access the Anthropic API.",
+            None,
+            "insufficient_quota",
+            False,
+        ),
+        (429, "rate limit of 50 requests per minute", "rate_limit_exceeded", "rate_limited", True),
         (
             400,
             "prompt is too long: 210000 tokens > 200000 maximum",

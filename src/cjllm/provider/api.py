@@ -39,6 +39,7 @@ from cjllm.contracts import (
     ComparisonRequest,
     ComparisonStatusResponse,
     MetadataSpine,
+    QueueItemState,
 )
 from cjllm.provider.bundling import (
     PlannedComparison,
@@ -46,6 +47,7 @@ from cjllm.provider.bundling import (
     size_hint,
     token_budget,
 )
+from cjllm.provider.limiter import Limiter
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
 from cjllm.provider.queue import NewItem, Queue, QueueFull, QueueUnavailable
@@ -73,9 +75,28 @@ def create_app(
     metrics: ProviderMetrics,
     *,
     on_enqueue: Callable[[], None] | None = None,
+    limiter: Limiter | None = None,
 ) -> FastAPI:
-    """The API over ``queue``. ``on_enqueue`` wakes an in-process worker (optional)."""
+    """The API over ``queue``. ``on_enqueue`` wakes an in-process worker (optional);
+    ``limiter`` gives ``estimated_wait_minutes`` from the key's rate limits (else null)."""
     app = FastAPI(title="cjllm LLM Provider Service", version=__version__)
+
+    async def wait_minutes(plan: PlannedComparison, tokens: int, hint: int) -> int | None:
+        """Minutes the queue ahead takes at the key's rate limits (null when unknown)."""
+        if limiter is None:
+            return None
+        try:
+            adapter = providers.get(plan.provider)
+        except ProviderUnavailable:
+            return None
+        if not limiter.limits(limiter.key(adapter, plan.model), plan.model).known():
+            return None
+        try:
+            depth = await queue.depth(time.time())
+        except QueueUnavailable:
+            return None
+        ahead = depth.queued + depth.processing
+        return limiter.wait_minutes(adapter, plan.model, ahead, tokens, hint)
 
     def authorize(request: Request) -> None:
         if settings.api_token is None:
@@ -150,7 +171,11 @@ def create_app(
             if created
             else "this correlation_id is already queued; no second comparison was made"
         )
-        answer = ComparisonQueuedResponse(queue_id=uuid.UUID(queue_id), message=message)
+        answer = ComparisonQueuedResponse(
+            queue_id=uuid.UUID(queue_id),
+            message=message,
+            estimated_wait_minutes=await wait_minutes(plan, item.tokens, item.hint),
+        )
         return JSONResponse(answer.model_dump(mode="json"), status_code=202)
 
     @app.get(COMPARISON_PATH + "/{queue_id}", response_model=ComparisonStatusResponse)
@@ -169,6 +194,10 @@ def create_app(
                     }
                 ],
             )
+        wait = None
+        if item.state in (QueueItemState.QUEUED, QueueItemState.PROCESSING):
+            plan = PlannedComparison.from_json(item.payload)
+            wait = await wait_minutes(plan, item.tokens, item.hint)
         return ComparisonStatusResponse(
             queue_id=queue_id,
             correlation_id=uuid.UUID(item.correlation_id),
@@ -176,6 +205,7 @@ def create_app(
             attempts=item.attempts,
             queued_at=datetime.fromtimestamp(item.enqueued_at, UTC),
             updated_at=datetime.fromtimestamp(item.updated_at, UTC),
+            estimated_wait_minutes=wait,
         )
 
     @app.get("/healthz")

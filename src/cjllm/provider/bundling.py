@@ -105,6 +105,17 @@ class PlannedComparison:
         return estimate_tokens(chars + len(BUNDLE_INSTRUCTIONS))
 
 
+def call_input_tokens(call: BundleCall, *, cached: bool = False) -> int:
+    """Estimated input tokens of a whole call: the bundle instructions and items, plus its
+    cacheable prefix unless ``cached`` (read from the prompt cache), plus the rest of it."""
+    chars = len(BUNDLE_INSTRUCTIONS)
+    for block in (*call.system, *call.shared):
+        chars += 0 if cached and block.cacheable else len(block.content)
+    for item in call.items:
+        chars += sum(len(p) for p in item.parts) + len(item.custom_id) + _ITEM_OVERHEAD_CHARS
+    return estimate_tokens(chars)
+
+
 def compatibility_key(planned: PlannedComparison) -> str:
     """sha256 over everything that must be equal for two comparisons to share a call."""
     overrides = planned.request.llm_config_overrides

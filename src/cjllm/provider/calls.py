@@ -13,6 +13,9 @@ from typing import Any, Protocol
 
 from cjllm.provider.answers import Reconciled
 
+ANSWER_OVERHEAD_TOKENS = 64
+"""Output tokens a bundle's answer needs beyond its items (the JSON around them)."""
+
 
 @dataclass(frozen=True)
 class SharedBlock:
@@ -48,6 +51,12 @@ class BundleCall:
     temperature: float | None = None
     max_tokens: int | None = None
 
+    def max_output_tokens(self, per_item_default: int) -> int:
+        """The call's ``max_tokens``: each item's (the override, else the default) plus the
+        answer's overhead. The rate limiter reserves this much of the output budget."""
+        per_item = self.max_tokens or per_item_default
+        return per_item * len(self.items) + ANSWER_OVERHEAD_TOKENS
+
 
 @dataclass(frozen=True)
 class CallUsage:
@@ -72,10 +81,13 @@ class CallOutcome:
     latency_ms: int
     stop_reason: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    rate_headers: dict[str, str] = field(default_factory=dict)
+    """The answer's rate-limit headers (:func:`cjllm.provider.rate_headers.rate_headers`)."""
 
 
 class ProviderCallError(Exception):
-    """A call-level failure. ``retryable`` decides between backoff and an error callback."""
+    """A call-level failure. ``retryable`` decides between backoff and an error callback;
+    ``rate_headers`` are the error answer's rate-limit headers, if it had any."""
 
     def __init__(
         self,
@@ -86,6 +98,7 @@ class ProviderCallError(Exception):
         status: int | None = None,
         retry_after: float | None = None,
         details: dict[str, Any] | None = None,
+        rate_headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
@@ -94,13 +107,18 @@ class ProviderCallError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.details = details or {}
+        self.rate_headers = rate_headers or {}
 
 
 class LLMAdapter(Protocol):
-    """One vendor. ``call_bundle`` raises :class:`ProviderCallError` for call-level failures."""
+    """One vendor. ``call_bundle`` raises :class:`ProviderCallError` for call-level failures.
+
+    ``account`` says where calls go and whose key (base URL + key fingerprint, never the
+    key: :func:`cjllm.provider.rate_limits.account_of`); the rate limiter keys on it."""
 
     name: str
     default_model: str
+    account: str
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome: ...
 

@@ -97,6 +97,36 @@ class ProviderMetrics:
             registry=r,
         )
 
+        self.rate_limit_wait = Histogram(
+            "cjllm_provider_rate_limit_wait_seconds",
+            "Seconds a bundle was held back by its key's rate limit before its call "
+            "(waited in place, or sent back to the queue until its turn).",
+            ["provider"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "cjllm_provider_rate_limited_total",
+            "Calls the provider refused for a limit, by kind: the budget a 429 exhausted "
+            "(requests, input_tokens, output_tokens, tokens, unknown), overloaded, or "
+            "insufficient_quota.",
+            ["provider", "kind"],
+            registry=r,
+        )
+        self.rate_limit = Gauge(
+            "cjllm_provider_rate_limit",
+            "Per-minute limit in force for a key's budget (configured, or learned from headers).",
+            ["provider", "model_class", "budget"],
+            registry=r,
+        )
+        self.rate_limit_used = Counter(
+            "cjllm_provider_rate_limit_used_total",
+            "Requests and tokens charged to a key's budgets, as the provider reported them "
+            "(compare rate()[1m] with cjllm_provider_rate_limit).",
+            ["provider", "model_class", "budget"],
+            registry=r,
+        )
+
     def observe_depth(self, depth: Depth) -> None:
         self.queue_depth.labels("queued").set(depth.queued)
         self.queue_depth.labels("delayed").set(depth.delayed)

@@ -288,6 +288,7 @@ class RedisQueue:
         retention_seconds: float = 24 * 3600,
     ) -> None:
         self._r = client
+        self.client = client  # shared with the rate-limit buckets (redis_limits)
         self.prefix = "{" + prefix + "}"
         self.max_items = max_items
         self.max_bytes = max_bytes

@@ -26,11 +26,13 @@ from fastapi import FastAPI
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
 from cjllm.provider.calls import LLMAdapter
+from cjllm.provider.limiter import Limiter
 from cjllm.provider.loops import supervise
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers
 from cjllm.provider.publisher import Publisher
 from cjllm.provider.queue import Queue, queue_from_url
+from cjllm.provider.redis_limits import buckets_for
 from cjllm.provider.sweeper import Sweeper
 from cjllm.provider.worker import Worker
 from cjllm.settings import ProviderSettings
@@ -56,12 +58,24 @@ class ProviderService:
         self.providers = providers
         self.metrics = metrics or ProviderMetrics()
         self.publisher = Publisher(queue, bus, settings, self.metrics)
+        buckets = buckets_for(queue, settings.rate_limit_period_seconds)
+        self.limiter = Limiter(settings, self.metrics, buckets)
         self.worker = Worker(
-            queue, providers, settings, self.metrics, on_recorded=self.publisher.notify
+            queue,
+            providers,
+            settings,
+            self.metrics,
+            limiter=self.limiter,
+            on_recorded=self.publisher.notify,
         )
         self.sweeper = Sweeper(queue, self.worker.settler, settings)
         self.app: FastAPI = create_app(
-            queue, providers, settings, self.metrics, on_enqueue=self.worker.notify
+            queue,
+            providers,
+            settings,
+            self.metrics,
+            on_enqueue=self.worker.notify,
+            limiter=self.limiter,
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()

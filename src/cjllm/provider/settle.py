@@ -21,6 +21,7 @@ from typing import Any
 from cjllm.contracts import QueueItemState
 from cjllm.provider import results
 from cjllm.provider.bundling import PlannedComparison
+from cjllm.provider.limiter import costs_attempt
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.queue import Finished, Queue, QueuedItem, Retry, Spent
 from cjllm.settings import ProviderSettings
@@ -85,8 +86,15 @@ class Settler:
     ) -> None:
         """Requeue ``item`` with backoff, or give it an error callback when out of tries.
 
+        A refusal for a rate limit costs no attempt: the item waits ``retry_after`` (the
+        key's pause, or its turn) however often it happens; only its TTL ends that.
         ``details`` (the provider's status, message, error type, request id) are kept in the
         error callback's ``error_detail.details``."""
+        if not costs_attempt(code):
+            due = now + (retry_after or 0.0)
+            retry = Retry(item.queue_id, due, hint, f"{code}: {message}", False, share)
+            settled.retries.append((retry, code))
+            return
         attempt = item.attempts + 1
         s = self.settings
         if retryable and attempt < s.max_attempts:

@@ -1,7 +1,9 @@
 """The sweeper: looks after the queue between bundles.
 
     every sweep_interval:  lost leases ──> requeued (the try counts)
-                           past TTL     ──> error callback (``ttl_expired``)
+                           past TTL     ──> error callback (``ttl_expired``, or
+                                            ``rate_limited`` / ``overloaded`` when the
+                                            provider's limit is what kept it waiting)
                            old records  ──> forgotten
 
 A sweeper that dies mid-way loses nothing: expired items are leased to it before their
@@ -17,10 +19,11 @@ import time
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider.bundling import PlannedComparison
+from cjllm.provider.limiter import expiry_code
 from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.queue import Queue
-from cjllm.provider.settle import Settler
+from cjllm.provider.settle import Entry, Settler
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -47,11 +50,16 @@ class Sweeper:
         while expired := await self.queue.claim_expired(
             self.settler.owner, now, now + self.settings.lease_seconds, 100
         ):
-            entries = [(item, PlannedComparison.from_json(item.payload)) for item in expired]
-            await self.settler.give_up(
-                entries, "ttl_expired", ttl, operation="queue_ttl", state=QueueItemState.EXPIRED
-            )
-            self.metrics.expiries.inc(len(entries))
+            by_code: dict[str, list[Entry]] = {}
+            for item in expired:
+                entry = (item, PlannedComparison.from_json(item.payload))
+                by_code.setdefault(expiry_code(item.last_error), []).append(entry)
+            for code, entries in by_code.items():
+                reason = ttl if code == "ttl_expired" else f"{ttl}: the provider's limit ({code})"
+                await self.settler.give_up(
+                    entries, code, reason, operation="queue_ttl", state=QueueItemState.EXPIRED
+                )
+            self.metrics.expiries.inc(len(expired))
         await self.queue.purge(now - self.settings.record_retention_seconds)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -6,7 +6,9 @@
 - **claim**: the queue leases the next ready bundle (DESIGN.md §6; the rule is in
   :mod:`cjllm.provider.bundling`). Several bundles are in flight at once
   (``worker_concurrency``); their leases are renewed while the call runs.
-- **call**: one multi-comparison call through the adapter. A call-level failure
+- **call**: one multi-comparison call through the adapter, paced by the key's rate limits
+  (:mod:`cjllm.provider.limiter`: a bundle too big for one minute of them is split first; a
+  429 or an overload pauses the key and costs no attempt). A call-level failure
   (:class:`ProviderCallError`, an unreadable answer, a timeout) retries the whole bundle with
   exponential backoff that honours ``retry-after``; a bundle too large for the context is
   split in half without costing an attempt.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -36,6 +39,7 @@ from cjllm.provider import results
 from cjllm.provider.answers import MalformedOutput, Reconciled
 from cjllm.provider.bundling import PlannedComparison, apportion, build_call
 from cjllm.provider.calls import BundleCall, CallOutcome, LLMAdapter, ProviderCallError
+from cjllm.provider.limiter import Limiter, costs_attempt
 from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
@@ -65,6 +69,7 @@ class Worker:
         settings: ProviderSettings,
         metrics: ProviderMetrics,
         *,
+        limiter: Limiter | None = None,
         owner: str | None = None,
         on_recorded: Callable[[], None] | None = None,
     ) -> None:
@@ -72,6 +77,7 @@ class Worker:
         self.providers = providers
         self.settings = settings
         self.metrics = metrics
+        self.limiter = limiter or Limiter(settings, metrics)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.settler = Settler(queue, settings, metrics, self.owner, on_recorded)
         self._wakeup = asyncio.Event()
@@ -144,7 +150,8 @@ class Worker:
         try:
             async with self._leases_kept([item.queue_id for item, _ in entries]):
                 adapter = self._adapter(call.provider)
-                outcome = await self._call(adapter, call)
+                entries, call = await self._within_rate_limits(adapter, entries, call)
+                outcome = await self.limiter.send(adapter, call, self._call)
         except ProviderCallError as exc:
             await self._call_failed(entries, call, exc)
             return
@@ -152,6 +159,21 @@ class Worker:
             await asyncio.shield(self.settler.release(entries))
             raise
         await self._settle(entries, call, adapter, outcome)
+
+    async def _within_rate_limits(
+        self, adapter: LLMAdapter, entries: list[Entry], call: BundleCall
+    ) -> tuple[list[Entry], BundleCall]:
+        """Send back (no attempt) the items one minute of the key's limits cannot hold."""
+        fit = self.limiter.items_that_fit(adapter, call)
+        if fit >= len(entries):
+            return entries, call
+        now = time.time()
+        settled = Settlement()
+        for item, _ in entries[fit:]:
+            retry = Retry(item.queue_id, now, fit, "split to fit the rate limit", False)
+            settled.retries.append((retry, "rate_limit_split"))
+        await self.settler.record(settled, now)
+        return entries[:fit], dataclasses.replace(call, items=call.items[:fit])
 
     def _adapter(self, provider: str) -> LLMAdapter:
         try:
@@ -225,7 +247,8 @@ class Worker:
                 settled.retries.append((retry, "split"))
             await self.settler.record(settled, now)
             return
-        log.warning("bundle %s (%d items) failed: %s", call.bundle_id, len(entries), exc)
+        level = logging.WARNING if costs_attempt(exc.code) else logging.INFO
+        log.log(level, "bundle %s (%d items) failed: %s", call.bundle_id, len(entries), exc)
         for index, (item, plan) in enumerate(entries):
             ref = results.CallRef(call.bundle_id, index, len(entries), call.provider, call.model, 0)
             self.settler.next_try(

@@ -41,13 +41,14 @@ from cjllm.provider.answers import (
 from cjllm.provider.calls import BundleCall, CallOutcome, CallUsage, ProviderCallError, SharedBlock
 from cjllm.provider.pricing import PriceTable, load_price_table
 from cjllm.provider.prompts import render_items
+from cjllm.provider.rate_headers import rate_headers
+from cjllm.provider.rate_limits import account_of
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "anthropic"
 MAX_BREAKPOINTS = 4
-ANSWER_OVERHEAD_TOKENS = 64
 TRUNCATED_STOPS = ("max_tokens", "model_context_window_exceeded")
 
 
@@ -117,6 +118,7 @@ class AnthropicAdapter:
         if client is None:
             client = self._client(api_key, base_url, timeout)
         self.client = client
+        self.account = account_of(str(client.base_url), client.api_key or client.auth_token)
 
     @staticmethod
     def _client(
@@ -167,10 +169,9 @@ class AnthropicAdapter:
             _text_block(b.content, marks.get(len(call.system) + i))
             for i, b in enumerate(call.shared)
         ]
-        per_item = call.max_tokens or self.max_output_tokens_per_item
         params: dict[str, Any] = {
             "model": model,
-            "max_tokens": per_item * len(call.items) + ANSWER_OVERHEAD_TOKENS,
+            "max_tokens": call.max_output_tokens(self.max_output_tokens_per_item),
             "messages": [
                 {
                     "role": "user",
@@ -197,12 +198,14 @@ class AnthropicAdapter:
             params["output_config"] = {"format": {"type": "json_schema", "schema": OUTPUT_SCHEMA}}
         return params
 
-    async def _send(self, params: dict[str, Any]) -> anthropic.types.Message:
+    async def _send(self, params: dict[str, Any]) -> tuple[anthropic.types.Message, dict[str, str]]:
+        """The message and the answer's rate-limit headers."""
         try:
-            message: anthropic.types.Message = await self.client.messages.create(
+            raw = await self.client.messages.with_raw_response.create(
                 **params, timeout=self.timeout
             )
-            return message
+            message: anthropic.types.Message = await raw.parse()
+            return message, rate_headers(raw.headers)
         except anthropic.APIStatusError as exc:
             raise status_error(
                 PROVIDER,
@@ -237,7 +240,7 @@ class AnthropicAdapter:
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         params = self.request_params(call)
         started = time.monotonic()
-        message = await self._send(params)
+        message, headers = await self._send(params)
         latency_ms = int((time.monotonic() - started) * 1000)
         sent_ids = [item.custom_id for item in call.items]
         answer: Any = "".join(b.text for b in message.content if b.type == "text")
@@ -293,6 +296,7 @@ class AnthropicAdapter:
             latency_ms=latency_ms,
             stop_reason=stop,
             details=details,
+            rate_headers=headers,
         )
 
     async def aclose(self) -> None:

@@ -65,6 +65,7 @@ class MockAdapter:
     usd_per_million_input: float = 0.0
     usd_per_million_output: float = 0.0
     name: str = "mock"
+    account: str = "mock"
     item_faults: dict[str, list[ItemFault]] = field(default_factory=dict)
     extra_ids: list[str] = field(default_factory=list)
     call_faults: deque[ProviderCallError | Literal["garbage"]] = field(default_factory=deque)

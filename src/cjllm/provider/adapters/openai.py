@@ -40,13 +40,21 @@ from cjllm.provider.answers import (
     Reconciled,
     reconcile_answer,
 )
-from cjllm.provider.calls import BundleCall, BundleItem, CallOutcome, CallUsage, ProviderCallError
+from cjllm.provider.calls import (
+    ANSWER_OVERHEAD_TOKENS,
+    BundleCall,
+    BundleItem,
+    CallOutcome,
+    CallUsage,
+    ProviderCallError,
+)
 from cjllm.provider.pricing import PriceTable, load_price_table
 from cjllm.provider.prompts import render_items
+from cjllm.provider.rate_headers import rate_headers
+from cjllm.provider.rate_limits import account_of
 from cjllm.settings import ProviderSettings
 
 PROVIDER = "openai"
-ANSWER_OVERHEAD_TOKENS = 64
 
 
 def _usage(usage: CompletionUsage | None) -> CallUsage:
@@ -111,6 +119,7 @@ class OpenAIAdapter:
                 api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
             )
         self.client = client
+        self.account = account_of(str(client.base_url), client.api_key)
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings) -> OpenAIAdapter:
@@ -145,7 +154,6 @@ class OpenAIAdapter:
         user = [b.content for b in call.shared]
         messages.append({"role": "user", "content": "\n\n".join([*user, instructions, items_text])})
         prefix = "\x00".join(b.content for b in (*call.system, *call.shared))
-        per_item = call.max_tokens or self.max_output_tokens_per_item
         return {
             "model": model,
             "messages": messages,
@@ -157,7 +165,7 @@ class OpenAIAdapter:
                     "strict": True,
                 },
             },
-            self.max_tokens_field: per_item * len(call.items) + ANSWER_OVERHEAD_TOKENS,
+            self.max_tokens_field: call.max_output_tokens(self.max_output_tokens_per_item),
             "prompt_cache_key": "cjllm-" + hashlib.sha256(prefix.encode()).hexdigest()[:32],
             **self._sampling(call, model),
         }
@@ -179,14 +187,23 @@ class OpenAIAdapter:
             **self._sampling(call, model),
         }
 
-    async def _send(self, body: dict[str, Any], chat: bool) -> ChatCompletion | Completion:
+    async def _send(
+        self, body: dict[str, Any], chat: bool
+    ) -> tuple[ChatCompletion | Completion, dict[str, str]]:
+        """The response and its rate-limit headers."""
         try:
             response: ChatCompletion | Completion
             if chat:
-                response = await self.client.chat.completions.create(**body, timeout=self.timeout)
+                raw = await self.client.chat.completions.with_raw_response.create(
+                    **body, timeout=self.timeout
+                )
+                response = raw.parse()
             else:
-                response = await self.client.completions.create(**body, timeout=self.timeout)
-            return response
+                plain = await self.client.completions.with_raw_response.create(
+                    **body, timeout=self.timeout
+                )
+                response, raw = plain.parse(), plain
+            return response, rate_headers(raw.headers)
         except openai.APIStatusError as exc:
             error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
             message = error.get("message") if isinstance(error, dict) else None
@@ -216,7 +233,7 @@ class OpenAIAdapter:
         chat = not self.prompt_list
         body = self.chat_body(call) if chat else self.completions_body(call)
         started = time.monotonic()
-        response = await self._send(body, chat)
+        response, headers = await self._send(body, chat)
         latency_ms = int((time.monotonic() - started) * 1000)
         details: dict[str, Any] = {
             "provider": PROVIDER,
@@ -242,6 +259,7 @@ class OpenAIAdapter:
             latency_ms=latency_ms,
             stop_reason=stop,
             details=details,
+            rate_headers=headers,
         )
 
     def _read_chat(

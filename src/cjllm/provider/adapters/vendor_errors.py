@@ -1,7 +1,12 @@
 """How a vendor's HTTP failure becomes a :class:`ProviderCallError` (shared by both SDK adapters).
 
 Retryable: 408, 409, 429 (except an exhausted quota), 5xx and Anthropic's 529 overloaded,
-timeouts and connection failures; the queue backs off, honouring ``retry-after``.
+timeouts and connection failures; the queue backs off, honouring ``retry-after``. A 429
+is ``rate_limited`` and an overload ``overloaded``: the rate limiter pauses the key and the
+try costs no attempt (:mod:`cjllm.provider.limiter`).
+An account out of credit or over its spend limit (OpenAI ``insufficient_quota``,
+``billing_hard_limit_reached``; Anthropic's "credit balance is too low" or "reached your
+specified API usage limits") is ``insufficient_quota``: not a rate limit, not retryable.
 Not retryable: every other 4xx (400, 401, 402, 403, 404, 413, 422 …); the vendor's own
 message, error type and code and the request id are kept in ``details`` so the error
 callback says what the provider said. A prompt over the model's context window is a
@@ -17,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from cjllm.provider.calls import ProviderCallError
+from cjllm.provider.rate_headers import rate_headers
 
 # a local compatible server named by *_BASE_URL usually wants no key at all
 PLACEHOLDER_KEY = "sk-no-key-required"
@@ -36,6 +42,14 @@ _NOT_RETRYABLE = {
     422: "bad_request",
 }
 _CONTEXT_MARKERS = ("prompt is too long", "maximum context length", "context_length_exceeded")
+_QUOTA_CODES = ("insufficient_quota", "billing_hard_limit_reached")
+_QUOTA_MARKERS = (
+    "exceeded your current quota",
+    "credit balance is too low",
+    "specified api usage limits",
+    "spend limit",
+    "billing hard limit",
+)
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -84,8 +98,10 @@ def status_error(
     if retry_after is not None:
         details["retry_after"] = retry_after
     lowered = f"{message} {error_code or ''}".lower()
-    if status == 429 and error_code == "insufficient_quota":
-        code, retryable = "quota_exhausted", False
+    if status in (400, 402, 403, 429) and (
+        error_code in _QUOTA_CODES or any(marker in lowered for marker in _QUOTA_MARKERS)
+    ):
+        code, retryable = "insufficient_quota", False
     elif status == 429:
         code, retryable = "rate_limited", True
     elif status == 529 or error_type == "overloaded_error":
@@ -105,6 +121,7 @@ def status_error(
         status=status,
         retry_after=retry_after,
         details=details,
+        rate_headers=rate_headers(headers),
     )
 
 
