@@ -227,7 +227,7 @@ def rank(
 
     from cjllm.essays import EssayInputError
     from cjllm.rank import RankError, RankRequest, prepare, run_until_done
-    from cjllm.terminal import LiveProgress, print_result
+    from cjllm.terminal import LiveProgress, print_result, provider_notes
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
@@ -263,6 +263,8 @@ def rank(
         )
         raise typer.Exit(130) from None
     print_result(console, outcome.result, outcome.judge.label, outcome.files)
+    for line in provider_notes(outcome.pacing):
+        console.print(line, highlight=False)
     if outcome.result.status != "completed":
         raise typer.Exit(1)
 

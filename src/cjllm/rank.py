@@ -48,6 +48,7 @@ from cjllm.out_dir import (
     read_run_file,
     write_run_file,
 )
+from cjllm.provider.limiter import Limiter, Pacing
 from cjllm.report import ReportFiles, RunContext, write_report
 from cjllm.settings import CJSettings, ProviderSettings
 
@@ -97,16 +98,19 @@ class RankOutcome:
     files: ReportFiles | None
     resumed: bool
     judge: Judging
+    pacing: Pacing | None = None
 
 
 @dataclass
 class Hooks:
     """What the terminal shows: the start (batch id, judge, inputs, resumed?), events as
-    they happen, and the batch's counters a few times a second. All optional."""
+    they happen, the batch's counters and the rate limiter's state a few times a second.
+    All optional."""
 
     on_start: Callable[[str, Judging, RankInputs, bool], None] | None = None
     on_event: Callable[[ProgressEvent], None] | None = None
     on_tick: Callable[[BatchProgress], None] | None = None
+    on_pacing: Callable[[Pacing], None] | None = None
 
 
 # --------------------------------------------------------------------------- inputs
@@ -259,16 +263,44 @@ async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
 
 async def _run_locked(run: PreparedRun, out_dir: Path, hooks: Hooks) -> RankOutcome:
     batch_id = _batch_for(run, out_dir)
-    result, resumed = await _drive(run, out_dir, batch_id, hooks)
+    result, resumed, pacing = await _drive(run, out_dir, batch_id, hooks)
     files = None
     if result.ranking:
         context = RunContext(
             judge=run.judging.label,
             source=str(run.request.path),
             finished_at=datetime.now(UTC),
+            provider_usage=_usage(out_dir),
         )
         files = write_report(out_dir, result, context)
-    return RankOutcome(result=result, files=files, resumed=resumed, judge=run.judging)
+    return RankOutcome(
+        result=result, files=files, resumed=resumed, judge=run.judging, pacing=pacing
+    )
+
+
+def _usage(out_dir: Path) -> dict[str, Any] | None:
+    """The provider requests and rate-limit waiting of every run in ``out_dir``."""
+    run_file = read_run_file(out_dir) or {}
+    usage: dict[str, Any] | None = run_file.get("provider_usage")
+    return usage
+
+
+def _add_usage(out_dir: Path, pacing: Pacing) -> None:
+    """Add this process's provider requests and waiting to those ``run.json`` holds."""
+    run_file = read_run_file(out_dir)
+    if run_file is None:
+        return
+    usage = run_file.get("provider_usage") or {"requests": {}, "rate_limit_wait_seconds": 0.0}
+    requests = dict(usage["requests"])
+    for outcome, n in pacing.requests.items():
+        requests[outcome] = requests.get(outcome, 0) + n
+    usage = {
+        "requests": requests,
+        "rate_limit_wait_seconds": round(
+            usage["rate_limit_wait_seconds"] + pacing.held_back_seconds, 3
+        ),
+    }
+    write_run_file(out_dir, {**run_file, "provider_usage": usage})
 
 
 def _batch_for(run: PreparedRun, out_dir: Path) -> str:
@@ -300,9 +332,11 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
 
 async def _drive(
     run: PreparedRun, out_dir: Path, batch_id: str, hooks: Hooks
-) -> tuple[CJAssessmentCompletedV1, bool]:
-    """Run both services until the batch has a result; start the batch if it is new."""
-    inputs, judging = run.inputs, run.judging
+) -> tuple[CJAssessmentCompletedV1, bool, Pacing]:
+    """Run both services until the batch has a result; start the batch if it is new.
+    The provider's requests and rate-limit waiting are added to ``run.json`` even when
+    the run is interrupted."""
+    judging = run.judging
     async with embedded_services(
         out_dir,
         run.provider_settings,
@@ -310,43 +344,72 @@ async def _drive(
         adapters={judging.provider: judging.adapter},
         on_progress=hooks.on_event,
     ) as services:
-        cj = services.cj
+        limiter = services.provider.limiter
         try:
-            await cj.store.batch(batch_id)
-            resumed = True
-        except BatchNotFound:
-            resumed = False
-        if hooks.on_start is not None:
-            hooks.on_start(batch_id, judging, inputs, resumed)
-        if not resumed:
-            try:
-                await cj.start_batch(
-                    [EssayInput(e.essay_id, e.text) for e in inputs.essays],
-                    instructions=inputs.instructions,
-                    rubric=inputs.rubric,
-                    anchors=[EssayInput(a.essay_id, a.text, a.grade) for a in inputs.anchors],
-                    grade_scale=list(run.request.grade_scale) if run.request.grade_scale else None,
-                    batch_id=batch_id,
-                )
-            except InvalidBatch as exc:
-                forget_run(out_dir)
-                raise RankError(str(exc)) from exc
-        tick = hooks.on_tick
-        poller = asyncio.create_task(_poll(tick, cj, batch_id)) if tick is not None else None
-        try:
-            result = await cj.wait_for_completion(batch_id, check_every=0.5)
+            return await _until_done(run, out_dir, batch_id, hooks, services.cj, limiter)
         finally:
-            if poller is not None:
-                poller.cancel()
-                await asyncio.gather(poller, return_exceptions=True)
-        if tick is not None:
-            tick(await cj.progress(batch_id))  # the display ends on the final counts
-        return result, resumed
+            _add_usage(out_dir, limiter.pacing())
 
 
-async def _poll(tick: Callable[[BatchProgress], None], cj: CJWorkflow, batch_id: str) -> None:
+async def _until_done(
+    run: PreparedRun,
+    out_dir: Path,
+    batch_id: str,
+    hooks: Hooks,
+    cj: CJWorkflow,
+    limiter: Limiter,
+) -> tuple[CJAssessmentCompletedV1, bool, Pacing]:
+    inputs, judging = run.inputs, run.judging
+    try:
+        await cj.store.batch(batch_id)
+        resumed = True
+    except BatchNotFound:
+        resumed = False
+    if hooks.on_start is not None:
+        hooks.on_start(batch_id, judging, inputs, resumed)
+    if not resumed:
+        try:
+            await cj.start_batch(
+                [EssayInput(e.essay_id, e.text) for e in inputs.essays],
+                instructions=inputs.instructions,
+                rubric=inputs.rubric,
+                anchors=[EssayInput(a.essay_id, a.text, a.grade) for a in inputs.anchors],
+                grade_scale=list(run.request.grade_scale) if run.request.grade_scale else None,
+                batch_id=batch_id,
+            )
+        except InvalidBatch as exc:
+            forget_run(out_dir)
+            raise RankError(str(exc)) from exc
+    tick = hooks.on_tick
+    poller = (
+        asyncio.create_task(_poll(tick, hooks.on_pacing, cj, limiter, batch_id))
+        if tick is not None
+        else None
+    )
+    try:
+        result = await cj.wait_for_completion(batch_id, check_every=0.5)
+    finally:
+        if poller is not None:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+    if tick is not None:
+        tick(await cj.progress(batch_id))  # the display ends on the final counts
+    return result, resumed, limiter.pacing()
+
+
+async def _poll(
+    tick: Callable[[BatchProgress], None],
+    pace: Callable[[Pacing], None] | None,
+    cj: CJWorkflow,
+    limiter: Limiter,
+    batch_id: str,
+) -> None:
     while True:
-        tick(await cj.progress(batch_id))
+        progress = await cj.progress(batch_id)
+        if pace is not None:  # before the tick, which draws both
+            left = (progress.budget or 0) - progress.succeeded - progress.failed
+            pace(limiter.pacing(max(progress.pending, left)))
+        tick(progress)
         await asyncio.sleep(0.25)
 
 

@@ -14,7 +14,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,6 +37,9 @@ class RunContext:
     source: str
     finished_at: datetime
     title: str = "Essay ranking"
+    provider_usage: Mapping[str, Any] | None = None
+    """Requests sent to the provider by outcome and seconds its rate limit held work back
+    (``run.json``'s ``provider_usage``), when the provider ran in this process."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,22 @@ def run_summary(result: CJAssessmentCompletedV1, context: RunContext) -> dict[st
         "finished_at": context.finished_at.isoformat(),
         "cjllm_version": __version__,
         "message": result.message,
+        **_provider_usage(context),
+    }
+
+
+def _provider_usage(context: RunContext) -> dict[str, Any]:
+    """Every request sent to the provider, 429s included, and the time spent waiting for
+    its rate limit (``provider_calls`` then counts them all; the comparisons per call stay
+    those of the answered calls)."""
+    usage = context.provider_usage
+    if not usage:
+        return {}
+    requests = {k: int(v) for k, v in sorted(usage.get("requests", {}).items())}
+    return {
+        "provider_calls": sum(requests.values()),
+        "provider_calls_by_outcome": requests,
+        "rate_limit_wait_seconds": round(float(usage.get("rate_limit_wait_seconds", 0.0)), 1),
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from rich.console import Console
@@ -19,6 +20,7 @@ from cjllm.cj.records import BatchProgress
 from cjllm.cj.workflow import ProgressEvent
 from cjllm.contracts import CJAssessmentCompletedV1
 from cjllm.judges import Judging
+from cjllm.provider.limiter import Pacing
 from cjllm.rank import Hooks, RankInputs
 from cjllm.report import ReportFiles, interval
 
@@ -39,6 +41,7 @@ class LiveProgress:
         )
         self.task: TaskID | None = None
         self.last: BatchProgress | None = None
+        self.pacing: Pacing | None = None
 
     @contextmanager
     def running(self) -> Iterator[LiveProgress]:
@@ -47,7 +50,12 @@ class LiveProgress:
             yield self
 
     def hooks(self) -> Hooks:
-        return Hooks(on_start=self.start, on_event=self.event, on_tick=self.tick)
+        return Hooks(
+            on_start=self.start, on_event=self.event, on_tick=self.tick, on_pacing=self.pace
+        )
+
+    def pace(self, pacing: Pacing) -> None:
+        self.pacing = pacing
 
     def judge(self, judging: Judging) -> None:
         self.console.print(f"[bold]Judge:[/] {judging.label}", highlight=False)
@@ -70,7 +78,7 @@ class LiveProgress:
             description=f"Round {p.rounds}",
             completed=done,
             total=done if p.status.value != "running" else max(done, p.budget or 1),
-            detail=detail_line(p),
+            detail=detail_line(p) + waiting_note(self.pacing),
         )
 
     def event(self, event: ProgressEvent) -> None:
@@ -92,6 +100,39 @@ def detail_line(p: BatchProgress) -> str:
     if p.reliability is not None:
         parts.append(f"reliability {p.reliability:.2f}")
     return " · ".join(parts)
+
+
+def waiting_note(pacing: Pacing | None, now: datetime | None = None) -> str:
+    """While the provider's rate limit holds work back: say so, with the finish time the
+    limits allow (when known)."""
+    if pacing is None or not pacing.waiting:
+        return ""
+    note = " · waiting for the provider's rate limit"
+    if pacing.finish_in is not None:
+        finish = (now or datetime.now()) + timedelta(seconds=pacing.finish_in)
+        note += f", done about {finish:%H:%M}"
+    return note
+
+
+def provider_notes(pacing: Pacing | None) -> list[str]:
+    """After a run: the requests the provider refused and the waiting, and in one line an
+    account out of credit."""
+    if pacing is None:
+        return []
+    lines = []
+    refused = sum(n for k, n in pacing.requests.items() if k in ("rate_limited", "overloaded"))
+    if refused or pacing.held_back_seconds >= 1:
+        lines.append(
+            f"Rate limits: {pacing.requests_sent} requests sent, {refused} refused "
+            f"(rate limited or overloaded); waited {pacing.held_back_seconds:.0f}s for them"
+        )
+    if pacing.out_of_quota:
+        lines.append(
+            "The provider account is out of credit or quota (insufficient_quota): "
+            f"{pacing.out_of_quota} — add credit or raise its spend limit, then run the "
+            "same command again to resume."
+        )
+    return lines
 
 
 def ranking_table(result: CJAssessmentCompletedV1) -> Table:

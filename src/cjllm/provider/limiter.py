@@ -98,6 +98,7 @@ class Pacing:
     held_back_seconds: float
     requests: dict[str, int]
     finish_in: float | None
+    out_of_quota: str | None = None
 
     @property
     def requests_sent(self) -> int:
@@ -125,6 +126,7 @@ class Limiter:
         self._learned: dict[str, Limits] = {}
         self._tallies: dict[str, Tally] = {}
         self._quota: dict[str, tuple[float, ProviderCallError]] = {}
+        self._quota_message: str | None = None
         self._held_until = 0.0
         self._held_total = 0.0
 
@@ -262,6 +264,7 @@ class Limiter:
         await self._learn(key, reading)
         if exc.code == QUOTA_CODE:
             self._quota[key.id] = (self._clock() + QUOTA_RECHECK_SECONDS, exc)
+            self._quota_message = exc.message
             self.metrics.rate_limited.labels(key.provider, QUOTA_CODE).inc()
             return
         if exc.code not in ("rate_limited", "overloaded"):
@@ -367,6 +370,7 @@ class Limiter:
             held_back_seconds=self._held_total - resume_in,
             requests=dict(requests),
             finish_in=finish,
+            out_of_quota=self._quota_message,
         )
 
     def wait_minutes(
