@@ -7,6 +7,7 @@ the real SDKs and ``cjllm sim`` are in ``tests/e2e/test_rate_limits_sim.py``.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -15,6 +16,7 @@ from cjllm.bus import MemoryBus
 from cjllm.provider.adapters.mock import MockAdapter, overloaded, rate_limited
 from cjllm.provider.calls import ProviderCallError
 from tests.provider.support import (
+    COMPARISON_PATH,
     Callbacks,
     body,
     eventually,
@@ -159,3 +161,23 @@ async def test_a_bundle_bigger_than_a_minute_of_output_is_split_without_an_attem
     assert all(callbacks.one(b["correlation_id"]).is_success for b in bodies)
     assert max(len(call.items) for call in mock.calls) == 3
     assert all(item is not None and item.attempts == 0 for item in stored)
+
+
+async def test_the_wait_estimate_comes_from_the_queue_ahead_and_the_keys_limits(
+    backend_url: str, results: tuple[str, Callbacks]
+) -> None:
+    results_topic, _ = results
+    limited = fast_settings(backend_url, rate_limits={"mock": {"rpm": 6}})
+    bodies = [body(i, topic=results_topic, strategy="per_request") for i in range(30)]
+    async with provider(limited, work=False) as (_, client, _):
+        first = await client.post(COMPARISON_PATH, json=bodies[0])
+        ids = [first.json()["queue_id"], *await post_all(client, bodies[1:])]
+        await asyncio.sleep(1.1)  # the API reads the queue's depth at most once a second
+        status = (await client.get(f"{COMPARISON_PATH}/{ids[-1]}")).json()
+    assert first.json()["estimated_wait_minutes"] == 0
+    # 30 queued: 31 one-comparison calls at 6 a minute
+    assert status["estimated_wait_minutes"] == round(31 / 6)
+    unlimited = fast_settings(backend_url)
+    async with provider(unlimited, work=False) as (_, client, _):
+        answer = await client.post(COMPARISON_PATH, json=body(99, topic=results_topic))
+    assert answer.json()["estimated_wait_minutes"] is None

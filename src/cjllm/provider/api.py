@@ -81,6 +81,8 @@ def create_app(
     ``limiter`` gives ``estimated_wait_minutes`` from the key's rate limits (else null)."""
     app = FastAPI(title="cjllm LLM Provider Service", version=__version__)
 
+    ahead_seen = [0.0, 0.0]  # comparisons queued or in flight, and when that was read
+
     async def wait_minutes(plan: PlannedComparison, tokens: int, hint: int) -> int | None:
         """Minutes the queue ahead takes at the key's rate limits (null when unknown)."""
         if limiter is None:
@@ -91,12 +93,14 @@ def create_app(
             return None
         if not limiter.limits(limiter.key(adapter, plan.model), plan.model).known():
             return None
-        try:
-            depth = await queue.depth(time.time())
-        except QueueUnavailable:
-            return None
-        ahead = depth.queued + depth.processing
-        return limiter.wait_minutes(adapter, plan.model, ahead, tokens, hint)
+        now = time.time()
+        if now - ahead_seen[1] > 1.0:  # the queue's depth, read at most once a second
+            try:
+                depth = await queue.depth(now)
+            except QueueUnavailable:
+                return None
+            ahead_seen[:] = [depth.queued + depth.processing, now]
+        return limiter.wait_minutes(adapter, plan.model, int(ahead_seen[0]), tokens, hint)
 
     def authorize(request: Request) -> None:
         if settings.api_token is None:

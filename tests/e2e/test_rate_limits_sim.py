@@ -1,0 +1,155 @@
+"""Rate limits through the real ``anthropic`` SDK against ``cjllm sim``'s token buckets.
+
+The sim answers as the vendors do (their rate-limit headers on every answer, an honest
+``retry-after`` on a 429); its limits' minute is shortened (``period_seconds``) and the
+provider is told the same (``CJLLM_RATE_LIMIT_PERIOD_SECONDS``), so the jobs run in seconds
+with every ratio kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cjllm.bus import MemoryBus
+from cjllm.contracts import QueueItemState
+from cjllm.provider.queue import queue_from_url
+from cjllm.provider.service import embedded_provider
+from cjllm.sim.state import SimConfig
+from tests.e2e.cli import CJLLM, REPO, env
+from tests.provider.support import COMPARISON_PATH, Callbacks, body, eventually, fast_settings
+from tests.sim.running import SimControl, running_sim
+
+PERIOD = 3.0  # seconds in the sim's (and the provider's) minute
+
+
+@pytest.fixture
+def sim() -> Iterator[SimControl]:
+    with running_sim(SimConfig()) as control:
+        yield control
+
+
+def point_at(sim: SimControl, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.anthropic_base_url)
+
+
+async def test_a_limited_flaky_server_answers_every_comparison_and_costs_no_attempt(
+    sim: SimControl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """15% of calls answered 429 and 15% of bundle items dropped, inside a 20-a-minute
+    request limit: every comparison is answered, and no 429 costs an attempt."""
+    point_at(sim, monkeypatch)
+    sim.configure(
+        limits={"requests_per_minute": 20, "period_seconds": PERIOD},
+        faults={"rate_limited": 0.15, "missing_item": 0.15},
+        fault_seed=7,
+        fault_retry_after=0.2,
+    )
+    topic, callbacks = f"results-{uuid.uuid4().hex[:8]}", Callbacks()
+    bus = MemoryBus()
+    bus.subscribe(topic, "cj", callbacks)
+    await bus.start()
+    settings = fast_settings(
+        f"sqlite:///{tmp_path / 'queue.sqlite'}",
+        linger_seconds=0.05,
+        max_attempts=5,
+        rate_limit_period_seconds=PERIOD,
+    )
+    bodies = [
+        body(i, topic=topic, size=10, provider="anthropic", group=f"round-{i // 10}")
+        for i in range(40)
+    ]
+    async with embedded_provider(settings, bus=bus) as svc:
+        transport = httpx.ASGITransport(app=svc.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
+            for request_body in bodies:
+                assert (await client.post(COMPARISON_PATH, json=request_body)).status_code == 202
+            await eventually(lambda: callbacks.count == 40, timeout=120)
+        pacing = svc.limiter.pacing()
+    await bus.stop()
+    assert all(callbacks.one(b["correlation_id"]).is_success for b in bodies)
+    counters = sim.counters()
+    assert counters["faults"].get("rate_limited", 0) > 0  # the storm really happened
+    assert pacing.requests_sent == sum(counters["requests"].values())
+    assert pacing.requests.get("rate_limited", 0) == counters["responses"].get("429", 0)
+
+
+def worker(queue_url: str, sim: SimControl, log: Path) -> subprocess.Popen[bytes]:
+    extra = {
+        "CJLLM_QUEUE_URL": queue_url,
+        "CJLLM_BUS_URL": "memory://",
+        "CJLLM_LINGER_SECONDS": "0.05",
+        "CJLLM_POLL_INTERVAL_SECONDS": "0.02",
+        "CJLLM_WORKER_CONCURRENCY": "4",
+        "CJLLM_RATE_LIMIT_PERIOD_SECONDS": str(PERIOD),
+        "CJLLM_RATE_LIMIT_MAX_WAIT_SECONDS": "0.5",
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": sim.anthropic_base_url,
+    }
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [*CJLLM, "serve", "provider", "--worker-only"],
+            cwd=REPO,
+            env=env(extra),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+async def test_two_worker_processes_on_redis_share_one_limit(
+    sim: SimControl, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two worker processes, four calls in flight each, against a 20-a-minute request
+    limit: once the first answers have taught it, the shared buckets keep the pair under
+    the limit (each alone would allow the whole limit, and the sim would refuse half)."""
+    point_at(sim, monkeypatch)
+    sim.configure(
+        limits={"requests_per_minute": 20, "period_seconds": PERIOD},
+        latency={"per_call": 0.05},
+    )
+    queue_url = f"{redis_url}?prefix=t-{uuid.uuid4().hex[:12]}"
+    settings = fast_settings(queue_url, rate_limit_period_seconds=PERIOD)
+    n = 60  # per_request: 60 calls, 3 minutes' worth of the limit
+    bodies = [
+        body(i, topic="unused", size=None, provider="anthropic", strategy="per_request")
+        for i in range(n)
+    ]
+    procs = [worker(queue_url, sim, tmp_path / f"worker-{i}.log") for i in range(2)]
+    queue = queue_from_url(queue_url, max_items=1000, max_bytes=10_000_000)
+    try:
+        async with embedded_provider(settings, queue=queue, work=False) as svc:
+            transport = httpx.ASGITransport(app=svc.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://p") as client:
+                ids = []
+                for request_body in bodies:
+                    response = await client.post(COMPARISON_PATH, json=request_body)
+                    assert response.status_code == 202, response.text
+                    ids.append(response.json()["queue_id"])
+
+            async def finished() -> int:
+                items = [await queue.get(q) for q in ids]
+                return sum(i is not None and i.state is QueueItemState.COMPLETED for i in items)
+
+            for _ in range(600):
+                if await finished() == n:
+                    break
+                await asyncio.sleep(0.1)
+            done = await finished()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+        await queue.close()
+    logs = "\n".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
+    assert done == n, logs
+    counters = sim.counters()
+    assert counters["calls"] == n
+    assert counters["responses"].get("429", 0) <= 2, counters
