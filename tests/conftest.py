@@ -29,3 +29,25 @@ def postgres_url() -> Iterator[str]:
 def kafka_bootstrap() -> Iterator[str]:
     with services.kafka_broker() as servers:
         yield servers
+
+
+# The fast subset (`pytest -m smoke`, about a minute): what a clean clone must pass on its
+# own (tests/e2e/test_clean_clone.py runs it in a clone with nothing beside it). It covers
+# the parts that once depended on files outside the tree or on the checkout path: the
+# vendors' request types, the inputs, the report, the command line, and one end-to-end
+# ranking of the examples.
+SMOKE = (
+    "tests/test_contracts.py",
+    "tests/test_essays.py",
+    "tests/test_rank.py",
+    "tests/test_report.py",
+    "tests/test_startup.py",
+    "tests/adapters/test_request_schemas.py",
+    "tests/e2e/test_rank_embedded.py::test_rank_examples_recovers_the_manifest_order",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SMOKE):
+            item.add_marker(pytest.mark.smoke)

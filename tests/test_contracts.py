@@ -1,4 +1,4 @@
-"""The wire contracts of DESIGN.md §3: what is accepted, what is refused, and why."""
+"""The wire contracts of docs/architecture.md: what is accepted, what is refused, and why."""
 
 from __future__ import annotations
 

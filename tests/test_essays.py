@@ -45,7 +45,7 @@ def test_folder_ignores_manifest_and_other_files(tmp_path: Path) -> None:
             "a.txt": "One.",
             "b.txt": "Two.",
             "manifest.json": "{}",
-            "notes.docx": b"\xff\xfe",
+            "notes.odt": b"\xff\xfe",
             ".x.txt": "",
         },
     )
@@ -67,7 +67,7 @@ def test_missing_path_is_named(tmp_path: Path) -> None:
 
 def test_empty_folder_is_an_error(tmp_path: Path) -> None:
     folder = _write(tmp_path / "in", {"manifest.json": "{}"})
-    with pytest.raises(EssayInputError, match=r"no \.txt or \.md files") as err:
+    with pytest.raises(EssayInputError, match=r"no \.txt, \.md, \.docx or \.pdf files") as err:
         load_essays(folder)
     assert str(folder) in str(err.value)
 
@@ -203,3 +203,73 @@ def test_digest_depends_on_ids_and_texts_not_order(tmp_path: Path) -> None:
     assert essay_set_digest(essays) == essay_set_digest(list(reversed(essays)))
     (folder / "b.txt").write_text("Two!", encoding="utf-8")
     assert essay_set_digest(load_essays(folder)) != essay_set_digest(essays)
+
+
+def _pdf_with_text(lines: list[str]) -> bytes:
+    """A one-page PDF whose text layer holds ``lines`` (Helvetica), built by hand."""
+    body = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(
+        "(" + line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ") '"
+        for line in lines
+    )
+    stream = body + " ET"
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] "
+        "/Resources << /Font << /F1 4 0 R >> >> /Contents 5 0 R >>",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, obj in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n{obj}\nendobj\n".encode("latin-1")
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{o:010d} 00000 n \n".encode() for o in offsets)
+    out += (
+        f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    )
+    return out
+
+
+def test_folder_reads_word_and_pdf_essays(tmp_path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("Schools should start later.")
+    document.add_paragraph("Teenagers sleep late, and tired students learn less.")
+    document.save(str(tmp_path / "word-essay.docx"))
+    (tmp_path / "pdf-essay.pdf").write_bytes(
+        _pdf_with_text(["Early starts help families.", "Buses cost money."])
+    )
+    (tmp_path / "~$word-essay.docx").write_bytes(b"Word's lock file")
+    essays = {e.essay_id: e.text for e in load_essays(tmp_path)}
+    assert sorted(essays) == ["pdf-essay", "word-essay"]
+    assert essays["word-essay"] == (
+        "Schools should start later.\nTeenagers sleep late, and tired students learn less."
+    )
+    assert "Early starts help families." in essays["pdf-essay"]
+    assert "Buses cost money." in essays["pdf-essay"]
+
+
+def test_a_pdf_without_a_text_layer_is_named(tmp_path: Path) -> None:
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    writer.add_blank_page(width=612, height=792)  # what a scan looks like to a text reader
+    with (tmp_path / "scanned.pdf").open("wb") as handle:
+        writer.write(handle)
+    (tmp_path / "fine.txt").write_text("A typed essay.", encoding="utf-8")
+    with pytest.raises(EssayInputError, match="no text layer") as caught:
+        load_essays(tmp_path)
+    assert caught.value.path == tmp_path / "scanned.pdf"
+    assert "scanned.pdf" in str(caught.value) and "OCR" in str(caught.value)
+
+
+def test_a_broken_word_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "broken.docx").write_bytes(b"not a zip at all")
+    (tmp_path / "fine.txt").write_text("A typed essay.", encoding="utf-8")
+    with pytest.raises(EssayInputError, match=r"broken\.docx: not a readable Word"):
+        load_essays(tmp_path)

@@ -1,14 +1,16 @@
-"""`cjllm rank` decisions that need no services: judge choice, options, run fingerprints."""
+"""`cjllm rank` decisions that need no services: judge choice, options, credentials, run
+fingerprints."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
 
 from cjllm.contracts import BatchingStrategy
-from cjllm.judges import choose_provider
 from cjllm.out_dir import differences
+from cjllm.preflight import check_credentials, choose_provider
 from cjllm.rank import RankError, RankRequest, fingerprint, prepare
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "essays"
@@ -30,10 +32,27 @@ def test_mock_judge_with_a_manifest_says_it_is_simulated(tmp_path: Path) -> None
 def test_a_real_provider_without_credentials_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.config/anthropic credentials profile
     for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(RankError, match="ANTHROPIC_API_KEY"):
         prepare(RankRequest(path=EXAMPLES, out_dir=tmp_path, provider="anthropic"))
+
+
+def test_credentials_are_checked_from_the_environment_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(RankError, match=r"OPENAI_API_KEY .*--provider mock"):
+        check_credentials("openai", {})
+    with pytest.raises(RankError, match="ANTHROPIC_API_KEY"):
+        check_credentials("anthropic", {"OPENAI_API_KEY": "k"})
+    # a key, a compatible server or a credentials profile: the SDK decides later
+    check_credentials("openai", {"OPENAI_BASE_URL": "http://127.0.0.1:1/v1"})
+    check_credentials("anthropic", {"ANTHROPIC_AUTH_TOKEN": "t"})
+    (tmp_path / ".config" / "anthropic").mkdir(parents=True)
+    check_credentials("anthropic", {})
+    check_credentials("mock", {})
 
 
 @pytest.mark.parametrize(
@@ -74,3 +93,43 @@ def test_fingerprint_names_what_changed(tmp_path: Path) -> None:
         fingerprint(first.request, first.inputs, first.judging),
         fingerprint(second.request, second.inputs, second.judging),
     ) == ["budget", "seed"]
+
+
+def _same_texts_as_csv(folder: Path, target: Path) -> Path:
+    with target.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["essay_id", "text"])
+        for path in sorted(folder.glob("*.txt")):
+            writer.writerow([path.stem, path.read_text(encoding="utf-8")])
+    return target
+
+
+def test_fingerprint_covers_the_judge_and_how_it_decides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same texts from a CSV (no manifest: text heuristic) are another run than the
+    examples folder (manifest): only the judge differs, and it is named."""
+    by_manifest = prepare(RankRequest(EXAMPLES, tmp_path, provider="mock"))
+    table = _same_texts_as_csv(EXAMPLES, tmp_path / "essays.csv")
+    by_heuristic = prepare(RankRequest(table, tmp_path, provider="mock"))
+    assert by_manifest.judging.mode == "manifest" and by_heuristic.judging.mode == "heuristic"
+    first = fingerprint(by_manifest.request, by_manifest.inputs, by_manifest.judging)
+    second = fingerprint(by_heuristic.request, by_heuristic.inputs, by_heuristic.judging)
+    assert first["essays"] == second["essays"]
+    assert differences(first, second) == ["judge"]
+    # the simulated judge's parameters are part of it too
+    monkeypatch.setenv("CJLLM_MOCK_NOISE", "2.5")
+    noisier = prepare(RankRequest(EXAMPLES, tmp_path, provider="mock"))
+    third = fingerprint(noisier.request, noisier.inputs, noisier.judging)
+    assert differences(first, third) == ["judge"]
+
+
+def test_a_password_in_the_base_url_stays_out_of_the_run_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://user:s3cret@127.0.0.1:9/v1")
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    run = prepare(RankRequest(EXAMPLES, tmp_path, provider="openai", model="m"))
+    identity = run.judging.identity()
+    assert identity["base_url"] == "http://127.0.0.1:9/v1"
+    assert "s3cret" not in run.judging.note

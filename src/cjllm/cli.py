@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from cjllm import __version__
-from cjllm.contracts import BatchingStrategy
+from cjllm.strategies import BatchingStrategy
 
 app = typer.Typer(
     name="cjllm",
@@ -162,8 +162,8 @@ def rank(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A folder of .txt/.md essays (essay id = file stem), or a CSV/JSONL file "
-            "with essay_id,text.",
+            help="A folder of .txt/.md/.docx/.pdf essays (essay id = file stem), or a "
+            "CSV/JSONL file with essay_id,text.",
             show_default=False,
         ),
     ],
@@ -219,17 +219,24 @@ def rank(
     anchors: AnchorsOption = None,
     grade_scale: GradeScaleOption = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated judge's draws.")] = 0,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="Print the planned comparisons, provider calls, tokens and cost (list and "
+            "batch prices) without calling the LLM, and exit.",
+        ),
+    ] = False,
 ) -> None:
     """Rank essays by comparative judgement, all in this process; --out is resumable."""
-    import logging
-
+    # Options, inputs and credentials are checked before anything heavy is imported, so a
+    # mistake is reported at once (cjllm.preflight); the services load only after that.
     from rich.console import Console
 
     from cjllm.essays import EssayInputError
-    from cjllm.rank import RankError, RankRequest, prepare, run_until_done
-    from cjllm.terminal import LiveProgress, print_result, provider_notes
+    from cjllm.preflight import RankError, RankRequest, preflight
+    from cjllm.terminal import error, say
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
     request = RankRequest(
         path=path,
@@ -247,24 +254,47 @@ def rank(
         seed=seed,
     )
     try:
-        prepared = prepare(request)
+        checked = preflight(request, credentials=not estimate)
+    except (EssayInputError, RankError) as exc:
+        error(console, str(exc))
+        raise typer.Exit(2) from None
+    if estimate:
+        from cjllm.estimate import estimate_run
+
+        try:
+            figures = estimate_run(checked)
+        except RankError as exc:
+            error(console, str(exc))
+            raise typer.Exit(2) from None
+        for line in figures.lines():
+            say(console, line)
+        return
+
+    import logging
+
+    from cjllm.rank import prepare, run_context, run_until_done
+    from cjllm.terminal import LiveProgress, print_result, provider_notes
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        prepared = prepare(checked)
         live = LiveProgress(console)
         live.judge(prepared.judging)
         with live.running():
             outcome = run_until_done(prepared, live.hooks())
     except (EssayInputError, RankError) as exc:
-        console.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        error(console, str(exc))
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        console.print(
+        say(
+            console,
             f"\nInterrupted. Judged comparisons are saved in {out}; run the same command "
             "again to resume.",
-            highlight=False,
         )
         raise typer.Exit(130) from None
-    print_result(console, outcome.result, outcome.judge.label, outcome.files)
+    print_result(console, outcome.result, run_context(prepared, out), outcome.files)
     for line in provider_notes(outcome.pacing):
-        console.print(line, highlight=False)
+        say(console, line)
     if outcome.result.status != "completed":
         raise typer.Exit(1)
 
@@ -294,7 +324,7 @@ def submit(
     path: Annotated[
         Path,
         typer.Argument(
-            help="A folder of .txt/.md essays, or a CSV/JSONL file with essay_id,text.",
+            help="A folder of .txt/.md/.docx/.pdf essays, or a CSV/JSONL file with essay_id,text.",
             show_default=False,
         ),
     ],
@@ -327,31 +357,43 @@ def submit(
     """
     from datetime import UTC, datetime
 
-    import httpx
     from rich.console import Console
+
+    from cjllm.essays import EssayInputError
+    from cjllm.terminal import error, say
+
+    console = Console()
+    try:
+        from cjllm.submit import SubmitRequest, assessment_body
+
+        request = SubmitRequest(
+            path=path,
+            cj_url=cj_url,
+            instructions=instructions,
+            rubric=rubric,
+            anchors=anchors,
+            grade_scale=[g.strip() for g in grade_scale.split(",")] if grade_scale else None,
+        )
+        body = assessment_body(request)
+    except EssayInputError as exc:
+        error(console, str(exc))
+        raise typer.Exit(2) from None
+
+    import httpx
 
     from cjllm.cj.records import BatchProgress
     from cjllm.cj.tables import BatchStatus
-    from cjllm.essays import EssayInputError
-    from cjllm.report import RunContext, write_report
-    from cjllm.submit import SubmitError, SubmitRequest
+    from cjllm.report import Evidence, RunContext, write_report
+    from cjllm.report.summary import LLM, SIMULATED
+    from cjllm.submit import SubmitError, judgements
     from cjllm.submit import submit as send
     from cjllm.submit import wait as wait_for
     from cjllm.terminal import LiveProgress, print_result
 
-    console = Console()
-    request = SubmitRequest(
-        path=path,
-        cj_url=cj_url,
-        instructions=instructions,
-        rubric=rubric,
-        anchors=anchors,
-        grade_scale=[g.strip() for g in grade_scale.split(",")] if grade_scale else None,
-    )
     try:
         with httpx.Client(timeout=120.0) as client:
-            batch_id = send(request, client)
-            console.print(f"Submitted batch {batch_id} to {cj_url}", highlight=False)
+            batch_id = send(request, client, body)
+            say(console, f"Submitted batch {batch_id} to {cj_url}")
             if not wait:
                 typer.echo(batch_id)
                 return
@@ -371,18 +413,24 @@ def submit(
 
             with live.running():
                 result = wait_for(cj_url, batch_id, client, timeout=timeout, on_status=show)
-    except EssayInputError as exc:
-        console.print(f"[bold red]Error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+            evidence = None
+            if out is not None and result.ranking:
+                texts = {e["essay_id"]: e["text"] for e in (*body["essays"], *body["anchors"])}
+                evidence = Evidence(texts, judgements(cj_url, batch_id, client))
     except (SubmitError, TimeoutError) as exc:
-        console.print(f"[bold red]Error:[/] {exc}", highlight=False)
+        error(console, str(exc))
         raise typer.Exit(1) from None
-    judge = f"{result.provider} / {result.model}"
+    context = RunContext(
+        judge=f"{result.provider} / {result.model}",
+        source=str(path),
+        finished_at=datetime.now(UTC),
+        judge_mode=SIMULATED if result.provider == "mock" else LLM,
+        instructions=body["instructions"],
+        rubric=body["rubric"],
+    )
     files = None
     if out is not None and result.ranking:
-        files = write_report(
-            out, result, RunContext(judge=judge, source=str(path), finished_at=datetime.now(UTC))
-        )
-    print_result(console, result, judge, files)
+        files = write_report(out, result, context, evidence)
+    print_result(console, result, context, files)
     if result.status != "completed":
         raise typer.Exit(1)

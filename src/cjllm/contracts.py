@@ -1,4 +1,4 @@
-"""Wire contracts: everything that crosses a process boundary (DESIGN.md §3).
+"""Wire contracts: everything that crosses a process boundary (docs/architecture.md, "Contracts").
 
 The HTTP request and response of ``POST /api/v1/comparison``, the
 ``LLMComparisonResultV1`` event inside its ``EventEnvelope``, and the metadata spine
@@ -15,6 +15,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cjllm.strategies import BatchingStrategy as BatchingStrategy
+
 JUSTIFICATION_MAX_CHARS = 500
 RESULT_EVENT_TYPE = "LLMComparisonResultV1"
 COMPLETION_EVENT_TYPE = "CJAssessmentCompletedV1"
@@ -24,16 +26,6 @@ Winner = Literal["Essay A", "Essay B"]
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-class BatchingStrategy(StrEnum):
-    """How the CJ service asks the provider to bundle (CJ setting ``LLM_BATCHING_STRATEGY``)."""
-
-    SERIAL_ROUND = "serial_round"
-    SERIAL_OVERRIDE = "serial_override"
-    PER_REQUEST = "per_request"
-    ASYNC_BATCH = "async_batch"
-    NIGHTLY_BATCH = "nightly_batch"
 
 
 class _Strict(BaseModel):

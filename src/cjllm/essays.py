@@ -1,10 +1,16 @@
-"""Reading essays for ``cjllm rank``: a folder of ``.txt``/``.md`` files, or a CSV/JSONL file.
+"""Reading essays for ``cjllm rank``: a folder of ``.txt``/``.md``/``.docx``/``.pdf`` files,
+or a CSV/JSONL file.
+
+Word files are read with ``python-docx`` (paragraph text, tables included), PDFs with
+``pypdf`` (the text layer; a scanned PDF has none and is refused naming the file — run it
+through OCR first). Both are imported only when a folder holds such a file.
 
 Every problem a user can fix is an :class:`EssayInputError` naming the file (and line, for
 CSV/JSONL) and what is wrong, raised before any essay reaches a judge: a missing path, an
 empty folder, an unreadable or non-UTF-8 file, an empty essay, a duplicate id, fewer than two
 essays. Nothing is skipped silently except files a folder is not expected to hold as essays
-(anything not ``.txt``/``.md``, e.g. ``manifest.json``, and hidden files).
+(anything not ``.txt``/``.md``/``.docx``/``.pdf``, e.g. ``manifest.json``, and hidden files,
+including Word's ``~$`` lock files).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ESSAY_SUFFIXES = (".txt", ".md")
+ESSAY_SUFFIXES = (".txt", ".md", ".docx", ".pdf")
 TABLE_SUFFIXES = (".csv", ".jsonl")
 MIN_ESSAYS = 2
 
@@ -78,7 +84,7 @@ def load_essays(path: Path) -> list[Essay]:
     else:
         raise EssayInputError(
             path,
-            "expected a folder of .txt/.md essays, a .csv or a .jsonl file "
+            "expected a folder of .txt/.md/.docx/.pdf essays, a .csv or a .jsonl file "
             f"(got a {path.suffix or 'suffix-less'} file)",
         )
     if len(essays) < MIN_ESSAYS:
@@ -135,11 +141,14 @@ def _load_folder(folder: Path) -> list[Essay]:
     files = sorted(
         p
         for p in folder.iterdir()
-        if p.suffix.lower() in ESSAY_SUFFIXES and not p.name.startswith(".") and not p.is_dir()
+        if p.suffix.lower() in ESSAY_SUFFIXES
+        and not p.name.startswith((".", "~$"))
+        and not p.is_dir()
     )
     if not files:
         raise EssayInputError(
-            folder, "no essays: the folder holds no .txt or .md files (essay id = file stem)"
+            folder,
+            "no essays: the folder holds no .txt, .md, .docx or .pdf files (essay id = file stem)",
         )
     seen: dict[str, Path] = {}
     essays: list[Essay] = []
@@ -150,11 +159,66 @@ def _load_folder(folder: Path) -> list[Essay]:
                 file, f"duplicate essay id {essay_id!r}: {seen[essay_id].name} has the same stem"
             )
         seen[essay_id] = file
-        text = read_text(file, "essay").strip()
+        text = _read_essay_file(file).strip()
         if not text:
             raise EssayInputError(file, "empty essay (the file holds no text)")
         essays.append(Essay(essay_id=essay_id, text=text, source=str(file)))
     return essays
+
+
+def _read_essay_file(file: Path) -> str:
+    suffix = file.suffix.lower()
+    if suffix == ".docx":
+        return read_docx(file)
+    if suffix == ".pdf":
+        return read_pdf(file)
+    return read_text(file, "essay")
+
+
+def read_docx(path: Path) -> str:
+    """The text of a Word document: its paragraphs, then its tables' cells, one per line."""
+    import zipfile
+
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise EssayInputError(
+            path, f"not a readable Word (.docx) file ({type(exc).__name__}: {exc})"
+        ) from None
+    except OSError as exc:
+        raise EssayInputError(path, f"cannot read essay: {exc.strerror or exc}") from None
+    lines = [p.text for p in document.paragraphs]
+    for table in document.tables:
+        for row in table.rows:
+            lines.extend(cell.text for cell in row.cells)
+    return "\n".join(lines).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def read_pdf(path: Path) -> str:
+    """The text layer of a PDF, page by page. A PDF without one (a scan) is an error."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        reader = PdfReader(str(path))
+        if reader.is_encrypted:
+            raise EssayInputError(path, "the PDF is encrypted; save an unprotected copy")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except PdfReadError as exc:
+        raise EssayInputError(path, f"not a readable PDF ({exc})") from None
+    except OSError as exc:
+        raise EssayInputError(path, f"cannot read essay: {exc.strerror or exc}") from None
+    text = "\n\n".join(p.strip() for p in pages if p.strip())
+    if not text:
+        raise EssayInputError(
+            path,
+            f"the PDF has no text layer ({len(pages)} page(s) of images, e.g. a scan); run it "
+            "through OCR or save the essay as text",
+        )
+    return text
 
 
 # --------------------------------------------------------------------------- tables

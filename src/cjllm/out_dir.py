@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 RUN_FILE = "run.json"
-RUN_FILE_VERSION = 1
+RUN_FILE_VERSION = 2  # 2: the fingerprint names the judge and its mode
 LOCK_FILE = ".cjllm.lock"
 
 
@@ -61,7 +61,10 @@ def read_run_file(out_dir: Path) -> dict[str, Any] | None:
         raise OutDirError(f"{path} is unreadable ({exc}); delete {out_dir} to start over") from exc
     if not isinstance(data, dict) or data.get("version") != RUN_FILE_VERSION:
         raise OutDirError(
-            f"{path} is not a cjllm run file this version understands; use another --out"
+            f"{path} was written by another version of cjllm (run file version "
+            f"{data.get('version') if isinstance(data, dict) else '?'}, this one reads "
+            f"{RUN_FILE_VERSION}), so its run cannot be resumed; use another --out, or delete "
+            f"{out_dir} to start over"
         )
     return data
 

@@ -1,15 +1,16 @@
 """``cjllm rank``: rank a folder (or CSV/JSONL) of essays end to end, in one process.
 
-The job: read and check every input (before any judge is called), choose the judge, reuse
-or start the batch recorded in ``--out``, run the embedded provider and CJ services until
-the batch finishes, then write ``ranking.csv``, ``ranking.json`` and ``report.html``.
+The job: check every input (:mod:`cjllm.preflight`, before anything heavy loads), build
+the judge, reuse or start the batch recorded in ``--out``, run the embedded provider and CJ
+services until the batch finishes, then write the report files (:mod:`cjllm.report`).
 
 Resuming: ``--out`` keeps ``run.json`` (the batch id and a fingerprint of everything that
-defines the run: essays, anchors, instructions, rubric, provider, model and options) next to
-the queue and database. Re-running with the same inputs continues that batch — comparisons
-already judged are not asked again; a finished batch just rewrites the report. Different
-inputs in the same ``--out`` are refused with the differences named: use another ``--out``
-(or delete the folder) to start over.
+defines the run: essays and their texts, anchors, instructions, rubric, the judge — provider,
+model, server, and for the simulated judge its mode (manifest or text heuristic) and
+parameters — and the options) next to the queue and database. Re-running the same run
+continues that batch — comparisons already judged are not asked again; a finished batch
+just rewrites the report. Anything else in the same ``--out`` is refused with the
+differences named: use another ``--out`` (or delete the folder) to start over.
 """
 
 from __future__ import annotations
@@ -18,28 +19,21 @@ import asyncio
 import hashlib
 import signal
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cjllm.cj.evidence import judgements
 from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
 from cjllm.contracts import BatchingStrategy, CJAssessmentCompletedV1
 from cjllm.embedded import embedded_services
-from cjllm.essays import (
-    Essay,
-    EssayInputError,
-    check_distinct,
-    essay_set_digest,
-    load_anchors,
-    load_essays,
-    read_text,
-)
-from cjllm.judges import JudgeUnavailable, Judging, choose_provider, make_judge
+from cjllm.essays import essay_set_digest
+from cjllm.judges import JudgeUnavailable, Judging, make_judge
 from cjllm.out_dir import (
     OutDirError,
     differences,
@@ -48,48 +42,12 @@ from cjllm.out_dir import (
     read_run_file,
     write_run_file,
 )
+from cjllm.preflight import Checked, RankError, RankInputs, RankRequest, preflight
 from cjllm.provider.limiter import Limiter, Pacing
-from cjllm.report import ReportFiles, RunContext, write_report
+from cjllm.report import Evidence, ReportFiles, RunContext, write_report
 from cjllm.settings import CJSettings, ProviderSettings
 
-MANIFEST_NAME = "manifest.json"
-DEFAULT_INSTRUCTIONS = (
-    "No assignment text was given. Judge which essay is the better piece of writing "
-    "overall: the quality of its ideas and argument, its organisation, and its control "
-    "of language."
-)
-
-
-class RankError(Exception):
-    """A problem the user must fix before (or instead of) running; the message says how."""
-
-
-@dataclass(frozen=True)
-class RankRequest:
-    """What the command line asked for."""
-
-    path: Path
-    out_dir: Path
-    provider: str | None = None
-    model: str | None = None
-    strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
-    bundle_size: int | None = None
-    comparisons_per_essay: float | None = None
-    budget: int | None = None
-    instructions: Path | None = None
-    rubric: Path | None = None
-    anchors: Path | None = None
-    grade_scale: Sequence[str] | None = None
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class RankInputs:
-    essays: list[Essay]
-    anchors: list[Essay]
-    instructions: str
-    rubric: str | None
-    manifest: Path | None
+__all__ = ["Hooks", "PreparedRun", "RankError", "RankInputs", "RankOutcome", "RankRequest"]
 
 
 @dataclass
@@ -113,36 +71,6 @@ class Hooks:
     on_pacing: Callable[[Pacing], None] | None = None
 
 
-# --------------------------------------------------------------------------- inputs
-
-
-def load_inputs(request: RankRequest) -> RankInputs:
-    """Read and check every input file; raises :class:`EssayInputError` naming the file."""
-    essays = load_essays(request.path)
-    anchors = load_anchors(request.anchors) if request.anchors is not None else []
-    if request.anchors is not None:
-        check_distinct(essays, anchors, request.anchors)
-    instructions = (
-        read_text(request.instructions, "instructions file").strip()
-        if request.instructions is not None
-        else DEFAULT_INSTRUCTIONS
-    )
-    if not instructions:
-        assert request.instructions is not None
-        raise EssayInputError(request.instructions, "the instructions file is empty")
-    rubric = read_text(request.rubric, "rubric file").strip() if request.rubric else None
-    if request.rubric is not None and not rubric:
-        raise EssayInputError(request.rubric, "the rubric file is empty")
-    manifest = request.path / MANIFEST_NAME if request.path.is_dir() else None
-    return RankInputs(
-        essays=essays,
-        anchors=anchors,
-        instructions=instructions,
-        rubric=rubric,
-        manifest=manifest if manifest is not None and manifest.is_file() else None,
-    )
-
-
 # --------------------------------------------------------------------------- run state
 
 
@@ -160,8 +88,7 @@ def fingerprint(request: RankRequest, inputs: RankInputs, judging: Judging) -> d
         "grade_scale": list(request.grade_scale) if request.grade_scale else None,
         "instructions": sha(inputs.instructions),
         "rubric": sha(inputs.rubric),
-        "provider": judging.provider,
-        "model": judging.model,
+        "judge": judging.identity(),
         "strategy": request.strategy.value,
         "bundle_size": request.bundle_size,
         "comparisons_per_essay": request.comparisons_per_essay,
@@ -173,28 +100,19 @@ def fingerprint(request: RankRequest, inputs: RankInputs, judging: Judging) -> d
 # --------------------------------------------------------------------------- settings
 
 
-def cj_settings_for(request: RankRequest, judging: Judging) -> CJSettings:
+def cj_settings_for(request: RankRequest, provider: str, model: str) -> CJSettings:
     """CJ settings from the environment, overridden by the command line."""
     base = CJSettings()
     update: dict[str, Any] = {
-        "llm_provider": judging.provider,
-        "llm_model": judging.model,
+        "llm_provider": provider,
+        "llm_model": model,
         "llm_batching_strategy": request.strategy,
     }
     if request.bundle_size is not None:
         if request.strategy is BatchingStrategy.SERIAL_OVERRIDE:
             update["serial_override_bundle_size"] = request.bundle_size
-        elif request.strategy is BatchingStrategy.SERIAL_ROUND:
-            update["max_concurrent_comparisons"] = request.bundle_size
         else:
-            raise RankError(
-                f"--bundle-size applies to serial_round and serial_override, not {request.strategy}"
-            )
-    elif (
-        request.strategy is BatchingStrategy.SERIAL_OVERRIDE
-        and not base.serial_override_bundle_size
-    ):
-        raise RankError("--strategy serial_override needs --bundle-size N")
+            update["max_concurrent_comparisons"] = request.bundle_size
     if request.comparisons_per_essay is not None:
         update["comparisons_per_essay"] = request.comparisons_per_essay
     if request.budget is not None:
@@ -225,16 +143,11 @@ class PreparedRun:
     provider_settings: ProviderSettings
 
 
-def prepare(request: RankRequest) -> PreparedRun:
-    """Everything that can fail before a single comparison: inputs, judge, settings."""
-    if request.comparisons_per_essay is not None and request.comparisons_per_essay <= 0:
-        raise RankError("--comparisons-per-essay must be > 0")
-    if request.budget is not None and request.budget < 1:
-        raise RankError("--budget must be at least 1")
-    if request.bundle_size is not None and request.bundle_size < 1:
-        raise RankError("--bundle-size must be at least 1")
-    inputs = load_inputs(request)
-    provider = choose_provider(request.provider)
+def prepare(request: RankRequest | Checked) -> PreparedRun:
+    """Everything that can fail before a single comparison: the checks of
+    :func:`cjllm.preflight.preflight` (unless already passed), the judge, the settings."""
+    checked = request if isinstance(request, Checked) else preflight(request)
+    request, inputs, provider = checked.request, checked.inputs, checked.provider
     psettings = provider_settings_for(request)
     try:
         judging = make_judge(
@@ -247,7 +160,13 @@ def prepare(request: RankRequest) -> PreparedRun:
         )
     except JudgeUnavailable as exc:
         raise RankError(str(exc)) from None
-    return PreparedRun(request, inputs, judging, cj_settings_for(request, judging), psettings)
+    return PreparedRun(
+        request,
+        inputs,
+        judging,
+        cj_settings_for(request, judging.provider, judging.model),
+        psettings,
+    )
 
 
 async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
@@ -263,16 +182,10 @@ async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
 
 async def _run_locked(run: PreparedRun, out_dir: Path, hooks: Hooks) -> RankOutcome:
     batch_id = _batch_for(run, out_dir)
-    result, resumed, pacing = await _drive(run, out_dir, batch_id, hooks)
+    result, resumed, pacing, evidence = await _drive(run, out_dir, batch_id, hooks)
     files = None
     if result.ranking:
-        context = RunContext(
-            judge=run.judging.label,
-            source=str(run.request.path),
-            finished_at=datetime.now(UTC),
-            provider_usage=_usage(out_dir),
-        )
-        files = write_report(out_dir, result, context)
+        files = write_report(out_dir, result, run_context(run, out_dir), evidence)
     return RankOutcome(
         result=result, files=files, resumed=resumed, judge=run.judging, pacing=pacing
     )
@@ -303,6 +216,21 @@ def _add_usage(out_dir: Path, pacing: Pacing) -> None:
     write_run_file(out_dir, {**run_file, "provider_usage": usage})
 
 
+def run_context(run: PreparedRun, out_dir: Path | None = None) -> RunContext:
+    """What the report needs to know about the run besides its result (with ``out_dir``:
+    the provider requests and rate-limit waiting of every run recorded there)."""
+    return RunContext(
+        judge=run.judging.label,
+        source=str(run.request.path),
+        finished_at=datetime.now(UTC),
+        judge_mode=run.judging.mode,
+        judge_note=run.judging.note,
+        instructions=run.inputs.instructions,
+        rubric=run.inputs.rubric,
+        provider_usage=_usage(out_dir) if out_dir is not None else None,
+    )
+
+
 def _batch_for(run: PreparedRun, out_dir: Path) -> str:
     """The batch id recorded in ``out_dir`` for these inputs, or a new one (recorded now)."""
     wanted = fingerprint(run.request, run.inputs, run.judging)
@@ -310,10 +238,13 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
     if previous is not None:
         changed = differences(previous["inputs"], wanted)
         if changed:
+            then = (
+                f" (that run's judge: {previous.get('judge', '?')})" if "judge" in changed else ""
+            )
             raise RankError(
-                f"{out_dir} holds a run with different {', '.join(changed)} (started "
-                f"{previous.get('started_at', '?')}). Use another --out, or delete {out_dir} "
-                "to start over."
+                f"{out_dir} holds another run, started {previous.get('started_at', '?')}, "
+                f"with different {', '.join(changed)}{then}; cjllm resumes only the same "
+                f"run. Use another --out, or delete {out_dir} to start over."
             )
         return str(previous["batch_id"])
     batch_id = str(uuid.uuid4())
@@ -323,7 +254,7 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
             "batch_id": batch_id,
             "started_at": datetime.now(UTC).isoformat(),
             "source": str(run.request.path),
-            "judge": run.judging.label,
+            "judge": run.judging.describe(),
             "inputs": wanted,
         },
     )
@@ -332,7 +263,7 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
 
 async def _drive(
     run: PreparedRun, out_dir: Path, batch_id: str, hooks: Hooks
-) -> tuple[CJAssessmentCompletedV1, bool, Pacing]:
+) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence]:
     """Run both services until the batch has a result; start the batch if it is new.
     The provider's requests and rate-limit waiting are added to ``run.json`` even when
     the run is interrupted."""
@@ -358,7 +289,7 @@ async def _until_done(
     hooks: Hooks,
     cj: CJWorkflow,
     limiter: Limiter,
-) -> tuple[CJAssessmentCompletedV1, bool, Pacing]:
+) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence]:
     inputs, judging = run.inputs, run.judging
     try:
         await cj.store.batch(batch_id)
@@ -394,7 +325,9 @@ async def _until_done(
             await asyncio.gather(poller, return_exceptions=True)
     if tick is not None:
         tick(await cj.progress(batch_id))  # the display ends on the final counts
-    return result, resumed, limiter.pacing()
+    texts = {e.essay_id: e.text for e in (*inputs.essays, *inputs.anchors)}
+    evidence = Evidence(texts=texts, judgements=await judgements(cj.store, batch_id))
+    return result, resumed, limiter.pacing(), evidence
 
 
 async def _poll(

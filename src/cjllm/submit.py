@@ -4,7 +4,8 @@ The essays are read and checked locally exactly as ``cjllm rank`` does, then sen
 ``POST /api/v1/assessments``. The service runs the batch (its provider, model, strategy and
 budget come from its own ``CJLLM_*`` settings); the result lands in its database and as a
 ``CJAssessmentCompletedV1`` event on the completion topic. With ``wait`` this polls
-``GET /api/v1/assessments/{id}`` until the batch finishes and returns the result.
+``GET /api/v1/assessments/{id}`` until the batch finishes and returns the result;
+:func:`judgements` then fetches every comparison (``…/{id}/comparisons``) for the report.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 import httpx
 
+from cjllm.cj.evidence import BatchJudgements, Judgement
 from cjllm.contracts import CJAssessmentCompletedV1
 from cjllm.essays import check_distinct, load_anchors, load_essays, read_text
-from cjllm.rank import DEFAULT_INSTRUCTIONS
+from cjllm.preflight import DEFAULT_INSTRUCTIONS
 
 ASSESSMENTS_PATH = "/api/v1/assessments"
 
@@ -72,9 +74,10 @@ def _detail(response: httpx.Response) -> str:
     return str(data.get("detail", data)) if isinstance(data, dict) else str(data)
 
 
-def submit(request: SubmitRequest, client: httpx.Client) -> str:
-    """Start the assessment; return its ``cj_batch_id``."""
-    body = assessment_body(request)
+def submit(request: SubmitRequest, client: httpx.Client, body: dict[str, Any] | None = None) -> str:
+    """Start the assessment (``body``: :func:`assessment_body`, read now if not given);
+    return its ``cj_batch_id``."""
+    body = assessment_body(request) if body is None else body
     url = request.cj_url.rstrip("/") + ASSESSMENTS_PATH
     try:
         response = client.post(url, json=body)
@@ -125,3 +128,15 @@ def wait(
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"batch {batch_id} did not finish within {timeout:.0f}s")
         time.sleep(every)
+
+
+def judgements(cj_url: str, batch_id: str, client: httpx.Client) -> list[Judgement]:
+    """Every comparison of the batch, as the CJ service recorded it."""
+    url = f"{cj_url.rstrip('/')}{ASSESSMENTS_PATH}/{batch_id}/comparisons"
+    try:
+        response = client.get(url)
+    except httpx.HTTPError as exc:
+        raise SubmitError(f"cannot reach the CJ service at {cj_url}: {exc}") from exc
+    if response.status_code != 200:
+        raise SubmitError(f"comparisons of {batch_id}: {response.status_code} {_detail(response)}")
+    return BatchJudgements.model_validate(response.json()).comparisons

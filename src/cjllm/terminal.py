@@ -1,40 +1,68 @@
 """What ``cjllm rank`` and ``cjllm submit`` show in the terminal (rich).
 
-A live progress line while a batch runs (round, comparisons done and failed, provider calls,
-tokens, running cost, reliability), a line per round, and at the end the ranking table and
-the run summary.
+While a batch runs: a line per round, and a live two-line display whose first line holds the
+essentials — round, bar, comparisons done of the budget, elapsed time — within 80 columns,
+and whose second line adds detail (provider calls, cost, reliability, failures, tokens) cut
+to the terminal's width. Each detail is one entry of :func:`detail_parts`. At the end: the
+ranking table and the run summary, read from the same summary data as the report.
+
+Everything that comes from the run — essay ids, paths, error messages — is printed as text,
+never as rich markup (an id such as ``[/bold]`` is shown as written).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from cjllm.cj.records import BatchProgress
-from cjllm.cj.workflow import ProgressEvent
-from cjllm.contracts import CJAssessmentCompletedV1
-from cjllm.judges import Judging
-from cjllm.provider.limiter import Pacing
-from cjllm.rank import Hooks, RankInputs
-from cjllm.report import ReportFiles, interval
+if TYPE_CHECKING:
+    # imported where used: the error paths of the command line must stay light
+    from cjllm.cj.records import BatchProgress
+    from cjllm.cj.workflow import ProgressEvent
+    from cjllm.contracts import CJAssessmentCompletedV1
+    from cjllm.judges import Judging
+    from cjllm.provider.limiter import Pacing
+    from cjllm.rank import Hooks, RankInputs
+    from cjllm.report import ReportFiles, RunContext
+
+
+def say(console: Console, message: str, style: str | None = None) -> None:
+    """Print a message as plain text (no markup), unwrapped: the terminal wraps it."""
+    console.print(Text(message, style=style or ""), soft_wrap=True, highlight=False)
+
+
+def error(console: Console, message: str) -> None:
+    console.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True, highlight=False)
+
+
+class _Display(Progress):
+    """A rich progress bar with a second line of detail under it."""
+
+    detail: str = ""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        if self.detail:
+            yield Text("  " + self.detail, style="dim", no_wrap=True, overflow="ellipsis")
 
 
 class LiveProgress:
-    """A rich progress bar over the batch's comparison budget, fed by ticks and events."""
+    """The live display over the batch's comparison budget, fed by ticks and events."""
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.progress = Progress(
+        self.progress = _Display(
             TextColumn("[bold]{task.description}"),
-            BarColumn(bar_width=24),
-            TextColumn("{task.completed:.0f}/{task.total:.0f} comparisons"),
-            TextColumn("{task.fields[detail]}"),
+            BarColumn(bar_width=20),
+            TextColumn("{task.fields[count]}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,
@@ -46,10 +74,12 @@ class LiveProgress:
     @contextmanager
     def running(self) -> Iterator[LiveProgress]:
         with self.progress:
-            self.task = self.progress.add_task("Starting", total=1, detail="")
+            self.task = self.progress.add_task("Starting", total=None, count="")
             yield self
 
     def hooks(self) -> Hooks:
+        from cjllm.rank import Hooks
+
         return Hooks(
             on_start=self.start, on_event=self.event, on_tick=self.tick, on_pacing=self.pace
         )
@@ -58,56 +88,61 @@ class LiveProgress:
         self.pacing = pacing
 
     def judge(self, judging: Judging) -> None:
-        self.console.print(f"[bold]Judge:[/] {judging.label}", highlight=False)
-        self.console.print(f"  {judging.note}", highlight=False)
+        self.console.print(
+            Text.assemble(("Judge: ", "bold"), judging.label), soft_wrap=True, highlight=False
+        )
+        say(self.console, f"  {judging.note}")
 
     def start(self, batch_id: str, judging: Judging, inputs: RankInputs, resumed: bool) -> None:
         anchors = f" and {len(inputs.anchors)} anchors" if inputs.anchors else ""
         verb = "Resuming" if resumed else "Starting"
-        self.console.print(
-            f"{verb} batch {batch_id}: {len(inputs.essays)} essays{anchors}", highlight=False
-        )
+        say(self.console, f"{verb} batch {batch_id}: {len(inputs.essays)} essays{anchors}")
 
     def tick(self, p: BatchProgress) -> None:
         self.last = p
         if self.task is None:
             return
         done = p.succeeded + p.failed
+        running = p.status.value == "running"
+        total = max(done, p.budget or 0) if running else done
+        waiting = waiting_note(self.pacing)
+        self.progress.detail = " · ".join([*([waiting] if waiting else []), *detail_parts(p)])
         self.progress.update(
             self.task,
-            description=f"Round {p.rounds}",
+            description=f"Round {p.rounds}" if p.rounds else "Starting",
             completed=done,
-            total=done if p.status.value != "running" else max(done, p.budget or 1),
-            detail=detail_line(p) + waiting_note(self.pacing),
+            total=total or None,
+            count=f"{done:,}/{total:,} comparisons" if total else "",
         )
 
     def event(self, event: ProgressEvent) -> None:
         if event.kind == "round_started":
-            self.console.print(
+            say(
+                self.console,
                 f"  round {event.round_number}: {event.planned} comparisons sent to the judge",
-                highlight=False,
             )
 
 
-def detail_line(p: BatchProgress) -> str:
-    parts = [
-        f"failed {p.failed}",
-        f"pending {p.pending}",
-        f"provider calls {p.provider_calls}",
-        f"tokens {p.total_tokens:,}",
-        f"cost ${p.cost_estimate:.4f}",
-    ]
+def detail_parts(p: BatchProgress) -> list[str]:
+    """The second line of the live display, most telling first (cut at the terminal's
+    width). Reliability appears once it counts for stopping (``p.reliability`` is None
+    before: too few comparisons per essay for it to mean anything)."""
+    parts = [f"provider calls {p.provider_calls}", f"cost ${p.cost_estimate:.4f}"]
     if p.reliability is not None:
         parts.append(f"reliability {p.reliability:.2f}")
-    return " · ".join(parts)
+    if p.failed:
+        parts.append(f"failed {p.failed}")
+    parts.append(f"pending {p.pending}")
+    parts.append(f"tokens {p.total_tokens:,}")
+    return parts
 
 
 def waiting_note(pacing: Pacing | None, now: datetime | None = None) -> str:
     """While the provider's rate limit holds work back: say so, with the finish time the
-    limits allow (when known)."""
+    limits allow (when known). Shown first on the detail line."""
     if pacing is None or not pacing.waiting:
         return ""
-    note = " · waiting for the provider's rate limit"
+    note = "waiting for the provider's rate limit"
     if pacing.finish_in is not None:
         finish = (now or datetime.now()) + timedelta(seconds=pacing.finish_in)
         note += f", done about {finish:%H:%M}"
@@ -136,56 +171,73 @@ def provider_notes(pacing: Pacing | None) -> list[str]:
 
 
 def ranking_table(result: CJAssessmentCompletedV1) -> Table:
+    from cjllm.report import interval
+
     grades = any(e.projected_grade is not None for e in result.ranking)
     table = Table(title="Ranking", title_justify="left", header_style="bold")
-    for name in ("Rank", "Essay", "Score", "SE", "95% interval", "Comparisons", "Wins"):
+    for name in ("Rank", "Essay", "Score", "95% interval", "SE", "Comp.", "Wins"):
         table.add_column(name, justify="left" if name == "Essay" else "right")
     if grades:
         table.add_column("Grade", justify="right")
     for e in sorted(result.ranking, key=lambda x: x.rank):
         lo, hi = interval(e)
-        row = [
-            str(e.rank),
-            e.essay_id + (" (anchor)" if e.is_anchor else ""),
-            f"{e.score:.2f}",
-            f"{e.se:.2f}",
-            f"{lo:.2f} to {hi:.2f}",
-            str(e.comparisons),
-            str(e.wins),
+        row: list[Text] = [
+            Text(str(e.rank)),
+            Text(e.essay_id + (" (anchor)" if e.is_anchor else ""), overflow="fold"),
+            Text(f"{e.score:.2f}"),
+            Text(f"{lo:.2f} to {hi:.2f}"),
+            Text(f"{e.se:.2f}"),
+            Text(str(e.comparisons)),
+            Text(str(e.wins)),
         ]
         if grades:
-            row.append(e.projected_grade or "")
+            row.append(Text(e.projected_grade or ""))
         table.add_row(*row)
     return table
 
 
-def summary_lines(result: CJAssessmentCompletedV1, judge: str) -> list[str]:
-    made = result.comparisons_succeeded + result.comparisons_failed
-    per_call = f" ({made / result.provider_calls:.1f} per call)" if result.provider_calls else ""
-    rel = result.scale_separation_reliability
-    lines = [
-        f"Judge: {judge}",
-        f"Strategy: {result.batching_strategy.value} · rounds {result.rounds}",
-        f"Comparisons: {made} made, {result.comparisons_failed} failed · provider calls "
-        f"{result.provider_calls}{per_call}",
-        f"Tokens: {result.token_usage.total_tokens:,} · estimated cost ${result.cost_estimate:.4f}",
-        "Reliability (scale separation): " + ("n/a" if rel is None else f"{rel:.2f}"),
-        f"Stopped: {result.stop_reason}" + (f" — {result.message}" if result.message else ""),
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The run summary in a few lines, from :func:`cjllm.report.run_summary`."""
+    from cjllm.report import explain
+
+    made, calls = summary["comparisons_made"], summary["provider_calls"]
+    ratio = summary["comparisons_per_provider_call"]
+    per_call = f" ({ratio:.1f} comparisons per answered call)" if ratio else ""
+    rel = summary["scale_separation_reliability"]
+    tokens = summary["tokens"]["total_tokens"]
+    return [
+        f"Judge: {summary['judge']}",
+        f"Strategy: {summary['batching_strategy']} · rounds {summary['rounds']}",
+        f"Comparisons: {made} made, {summary['comparisons_failed']} failed · provider calls "
+        f"{calls}{per_call}",
+        f"Tokens: {tokens:,} · estimated cost ${summary['cost_estimate']:.4f}",
+        "Reliability (scale separation): "
+        + ("n/a" if rel is None else f"{rel:.2f}")
+        + f" — {explain.reliability_grade(rel)}",
+        f"Stopped: {explain.stop_reason(summary['stop_reason'])} ({summary['stop_reason']})",
+        *([f"Note: {summary['message']}"] if summary.get("message") else []),
     ]
-    return lines
 
 
 def print_result(
-    console: Console, result: CJAssessmentCompletedV1, judge: str, files: ReportFiles | None
+    console: Console,
+    result: CJAssessmentCompletedV1,
+    context: RunContext,
+    files: ReportFiles | None,
 ) -> None:
+    from cjllm.report import run_summary
+
+    if context.simulated:
+        say(console, "Simulated judge: no LLM read these essays.", style="bold yellow")
     if result.ranking:
         console.print(ranking_table(result))
-    for line in summary_lines(result, judge):
-        console.print(line)
+    for line in summary_lines(run_summary(result, context)):
+        say(console, line)
     if files is not None:
-        console.print(
-            f"Wrote {_show(files.csv)}, {_show(files.json)} and {_show(files.html)}",
-            highlight=False,
+        shown = [files.csv, *([files.comparisons] if files.comparisons else []), files.json]
+        say(
+            console,
+            f"Wrote {', '.join(_show(p) for p in shown)} and {_show(files.html)}",
         )
 
 

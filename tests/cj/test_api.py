@@ -32,6 +32,14 @@ async def test_start_watch_and_read_an_assessment(make_harness: MakeHarness) -> 
             "a1",
         }
         assert (await client.get("/api/v1/assessments/nope")).status_code == 404
+        # every comparison as evidence: who met whom, in which position, who won and why
+        judged = (await client.get(f"/api/v1/assessments/{batch_id}/comparisons")).json()
+        assert judged["cj_batch_id"] == batch_id and len(judged["comparisons"]) == 12
+        first = judged["comparisons"][0]
+        assert first["status"] == "succeeded" and first["winner"] in ("Essay A", "Essay B")
+        assert first["essay_a_id"] != first["essay_b_id"] and first["bundle_id"]
+        missing = await client.get("/api/v1/assessments/nope/comparisons")
+        assert missing.status_code == 404
         bad = await client.post(
             "/api/v1/assessments", json={**body, "essays": body["essays"][:1], "anchors": []}
         )

@@ -272,6 +272,22 @@ async def test_progress_hook_and_counters(make_harness: MakeHarness) -> None:
     assert progress.reliability is not None
 
 
+async def test_reliability_is_withheld_until_it_counts_for_stopping(
+    make_harness: MakeHarness,
+) -> None:
+    """Two comparisons per essay are fewer than the four the stopping rule wants before
+    reliability counts: it is recorded per round but not reported as progress."""
+    essays, qualities = essays_with_quality(8)
+    h = await make_harness(
+        stub=judging_stub(qualities), max_concurrent_comparisons=4, comparisons_per_essay=2
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="x")
+    await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert (await h.cj.store.progress(batch_id)).reliability is not None
+    progress = await h.cj.progress(batch_id)
+    assert progress.succeeded == 8 and progress.reliability is None
+
+
 async def test_unpublished_completion_is_published_on_resume(make_harness: MakeHarness) -> None:
     essays, qualities = essays_with_quality(4)
     h = await make_harness(stub=judging_stub(qualities), comparisons_per_essay=2)

@@ -277,6 +277,12 @@ async def _run_and_check(
     data = json.loads((out / "ranking.json").read_text(encoding="utf-8"))
     assert data["summary"]["comparisons_made"] == BUDGET
     assert len(data["ranking"]) == N_ESSAYS
+    # the evidence came from the CJ service's comparisons endpoint
+    judged = (out / "comparisons.csv").read_text(encoding="utf-8").splitlines()
+    assert len(judged) == 1 + BUDGET
+    assert (out / "report.html").read_text(encoding="utf-8").count('<article class="essay"') == (
+        N_ESSAYS
+    )
 
 
 async def _kill_a_worker_holding_a_bundle(

@@ -75,5 +75,6 @@ def test_readme_quick_start_on_a_clean_clone_in_a_fresh_venv(tmp_path: Path) -> 
     assert summary["status"] == "completed"
     assert 0 < summary["provider_calls"] < summary["comparisons_made"]
     page = (results / "report.html").read_text(encoding="utf-8")
-    assert '<svg id="score-plot"' in page and page.count('<circle class="score"') == 18
+    assert 'id="score-plot"' in page and page.count('<span class="dot"') == 18
+    assert (results / "comparisons.csv").exists()
     assert "Judge: mock (simulated judge)" in rank.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import signal
 import sqlite3
 import subprocess
@@ -14,6 +15,11 @@ import pytest
 from scipy.stats import spearmanr
 
 from tests.e2e.cli import CJLLM, EXAMPLES, REPO, comparison_rows, env, run
+
+
+def words(text: str) -> str:
+    """Terminal output with every run of whitespace (line breaks included) as one space."""
+    return " ".join(text.split())
 
 
 def manifest_quality() -> dict[str, float]:
@@ -36,8 +42,9 @@ def test_rank_examples_recovers_the_manifest_order_in_few_provider_calls(tmp_pat
         extra_env={"CJLLM_TARGET_RELIABILITY": "0.999"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Judge: mock (simulated judge)" in proc.stdout
-    assert "simulation feature" in proc.stdout
+    said = words(proc.stdout)  # whatever the terminal width and the checkout path
+    assert "Judge: mock (simulated judge)" in said
+    assert "simulation feature" in said
 
     data = json.loads((out / "ranking.json").read_text(encoding="utf-8"))
     summary = data["summary"]
@@ -56,14 +63,43 @@ def test_rank_examples_recovers_the_manifest_order_in_few_provider_calls(tmp_pat
     assert summary["judge"] == "mock (simulated judge)"
     assert summary["model"] == "mock-judge-1"
     assert summary["scale_separation_reliability"] > 0.8
-    assert f"provider calls {summary['provider_calls']}" in proc.stdout
+    assert f"provider calls {summary['provider_calls']}" in said
+    assert summary["judge_mode"] == "manifest"
+
+    # the estimate made beforehand (no judge called) matches what the run spent
+    ahead = run(
+        "rank",
+        str(EXAMPLES),
+        "--out",
+        str(tmp_path / "never"),
+        "--comparisons-per-essay",
+        "30",
+        "--estimate",
+    )
+    assert ahead.returncode == 0, ahead.stdout + ahead.stderr
+    planned = {
+        key: int(value.replace(",", ""))
+        for key, value in re.findall(
+            r"(comparisons|provider calls|input tokens) +(?:at most )?([\d,]+)", ahead.stdout
+        )
+    }
+    assert planned["comparisons"] == summary["comparisons_made"]
+    assert planned["provider calls"] <= summary["provider_calls"]
+    spent = summary["tokens"]["prompt_tokens"]
+    assert abs(planned["input tokens"] - spent) <= 0.1 * spent, (planned, spent)
 
     with (out / "ranking.csv").open(encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0])[:4] == ["rank", "essay_id", "score", "se"]
     assert [r["essay_id"] for r in rows] == [r["essay_id"] for r in data["ranking"]]
     page = (out / "report.html").read_text(encoding="utf-8")
-    assert '<svg id="score-plot"' in page and '<table id="ranking">' in page
+    assert 'id="score-plot"' in page and '<table id="ranking"' in page
+    assert 'id="simulated-banner"' in page and page.count('<article class="essay"') == 18
+    with (out / "comparisons.csv").open(encoding="utf-8", newline="") as handle:
+        judged = list(csv.DictReader(handle))
+    assert len(judged) == 270 and all(
+        j["winner"] in (j["essay_a_id"], j["essay_b_id"]) for j in judged
+    )
 
     # running it again finds the finished batch: same result, no new comparisons
     again = run(
@@ -120,6 +156,8 @@ def test_csv_input_and_serial_override_bundle_size(tmp_path: Path) -> None:
     assert summary["comparisons_made"] == 16
     assert summary["provider_calls"] >= 4  # at most 4 comparisons per call
     assert "heuristic" in proc.stdout  # no manifest next to a CSV: the judge says how it decides
+    summary_mode = json.loads((out / "ranking.json").read_text(encoding="utf-8"))["summary"]
+    assert summary_mode["judge_mode"] == "heuristic"
 
 
 def test_bad_input_is_refused_before_anything_runs(tmp_path: Path) -> None:
@@ -149,7 +187,56 @@ def test_other_essays_in_a_used_out_folder_are_refused(tmp_path: Path) -> None:
     (folder / "d.txt").write_text("A fourth essay arrives late.", encoding="utf-8")
     proc = run("rank", str(folder), "--out", str(out), "--budget", "3")
     assert proc.returncode == 2
-    assert "different essay_count, essays" in proc.stdout and "another --out" in proc.stdout
+    said = words(proc.stdout)
+    assert "different essay_count, essays" in said and "another --out" in said
+
+
+def test_the_same_texts_judged_another_way_are_not_resumed(tmp_path: Path) -> None:
+    """A CSV of the example texts has no manifest beside it, so its simulated judge decides by
+    text heuristic: not the run recorded in --out, whose judge used the manifest."""
+    out = tmp_path / "results"
+    # completed, or failed on a disconnected graph at this small budget: either way the
+    # run is recorded in --out, which is all this test needs
+    first = run("rank", str(EXAMPLES), "--out", str(out), "--budget", "40")
+    assert first.returncode in (0, 1), first.stdout + first.stderr
+    table = tmp_path / "essays.csv"
+    with table.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["essay_id", "text"])
+        for path in sorted(EXAMPLES.glob("*.txt")):
+            writer.writerow([path.stem, path.read_text(encoding="utf-8")])
+    rows_before = comparison_rows(out / "cj.sqlite")
+    proc = run("rank", str(table), "--out", str(out), "--budget", "40")
+    assert proc.returncode == 2, proc.stdout
+    said = words(proc.stdout)
+    assert (
+        "with different judge" in said
+        and "manifest" in said
+        and "resumes only the same run" in said
+    )
+    assert comparison_rows(out / "cj.sqlite") == rows_before
+
+
+def test_an_essay_id_that_looks_like_markup_is_shown_as_written(tmp_path: Path) -> None:
+    """Ids reach the terminal and the report as text: `[/bold]` must not crash rich after
+    every comparison is paid, nor `[link=…]` become a hyperlink; `=…` must not become a
+    spreadsheet formula."""
+    table = tmp_path / "essays.csv"
+    ids = ["[/bold]", "[link=http://example.invalid]click[/link]", "=1+1", "plain"]
+    with table.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["essay_id", "text"])
+        for i, essay_id in enumerate(ids):
+            writer.writerow([essay_id, f"Essay number {i} has {'many ' * i}words."])
+    out = tmp_path / "results"
+    proc = run("rank", str(table), "--out", str(out), "--budget", "6")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    said = words(proc.stdout)
+    assert "[/bold]" in said and "[link=http://example.invalid]click[/link]" in said
+    assert "\x1b]8;" not in proc.stdout  # no terminal hyperlink
+    with (out / "ranking.csv").open(encoding="utf-8", newline="") as handle:
+        shown = {r["essay_id"] for r in csv.DictReader(handle)}
+    assert shown == {"[/bold]", "[link=http://example.invalid]click[/link]", "'=1+1", "plain"}
 
 
 def _succeeded(database: Path) -> dict[str, str | None]:

@@ -2,7 +2,9 @@
 
 ``POST /api/v1/assessments`` starts a batch (``202`` once its first round is sent);
 ``GET /api/v1/assessments/{cj_batch_id}`` reports progress and, when finished, the
-``CJAssessmentCompletedV1`` result; ``GET /healthz``. The completion event is also published
+``CJAssessmentCompletedV1`` result; ``GET /api/v1/assessments/{cj_batch_id}/comparisons``
+lists every comparison as evidence (opponents, positions, winners, justifications, bundles,
+tokens); ``GET /healthz``. The completion event is also published
 on the completion topic, so callers may listen instead of asking.
 """
 
@@ -14,6 +16,7 @@ from typing import Literal
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from cjllm.cj.evidence import BatchJudgements, judgements
 from cjllm.cj.options import InvalidBatch
 from cjllm.cj.store import BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput
@@ -113,6 +116,16 @@ def create_app(workflow: CJWorkflow) -> FastAPI:
                 budget=progress.budget,
             ),
             result=await workflow.result(cj_batch_id),
+        )
+
+    @app.get("/api/v1/assessments/{cj_batch_id}/comparisons")
+    async def comparisons(cj_batch_id: str) -> BatchJudgements:
+        try:
+            await workflow.store.batch(cj_batch_id)
+        except BatchNotFound as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
+        return BatchJudgements(
+            cj_batch_id=cj_batch_id, comparisons=await judgements(workflow.store, cj_batch_id)
         )
 
     @app.get("/healthz")

@@ -3,7 +3,7 @@
 State changes that must happen once are conditional updates:
 a comparison changes only ``WHERE status = 'pending'``, a round closes only ``WHERE status =
 'open'``, a batch finishes only ``WHERE status = 'running'``, and a round number is a primary
-key, so two workers can never both start round N+1 (DESIGN.md §6).
+key, so two workers can never both start round N+1 (docs/architecture.md, "The hard parts").
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -182,7 +182,16 @@ class CJWorkflow:
         await self._drive(outcome.batch_id, outcome.round_number)
 
     async def progress(self, batch_id: str) -> BatchProgress:
-        return await self.store.progress(batch_id)
+        """The batch's counters. Reliability is given only once it counts for stopping (enough
+        successful comparisons per essay); before that it is noise, often far below zero."""
+        progress = await self.store.progress(batch_id)
+        if progress.reliability is None:
+            return progress
+        options = BatchOptions.from_json((await self.store.batch(batch_id)).options)
+        needed = stopping.min_successes_for_targets(options, len(await self._essays(batch_id)))
+        if progress.succeeded < needed:
+            return replace(progress, reliability=None)
+        return progress
 
     async def result(self, batch_id: str) -> CJAssessmentCompletedV1 | None:
         """The completion event of a finished batch (None while it runs)."""

@@ -3,8 +3,8 @@
     claim ──> call the provider once ──> validate every item ──> record callbacks ──> requeue
                                                                  (finish: terminal + outbox)
 
-- **claim**: the queue leases the next ready bundle (DESIGN.md §6; the rule is in
-  :mod:`cjllm.provider.bundling`). Several bundles are in flight at once
+- **claim**: the queue leases the next ready bundle (docs/architecture.md, "The hard
+  parts"; the rule is in :mod:`cjllm.provider.bundling`). Several bundles are in flight at once
   (``worker_concurrency``); their leases are renewed while the call runs.
 - **call**: one multi-comparison call through the adapter, paced by the key's rate limits
   (:mod:`cjllm.provider.limiter`: a bundle too big for one minute of them is split first; a
