@@ -9,6 +9,7 @@ with every ratio kept.
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from cjllm.contracts import QueueItemState
 from cjllm.provider.queue import queue_from_url
 from cjllm.provider.service import embedded_provider
 from cjllm.sim.state import SimConfig
-from tests.e2e.cli import CJLLM, REPO, env
+from tests.e2e.cli import CJLLM, EXAMPLES, REPO, env, run
 from tests.provider.support import COMPARISON_PATH, Callbacks, body, eventually, fast_settings
 from tests.sim.running import SimControl, running_sim
 
@@ -153,3 +154,50 @@ async def test_two_worker_processes_on_redis_share_one_limit(
     counters = sim.counters()
     assert counters["calls"] == n
     assert counters["responses"].get("429", 0) <= 2, counters
+
+
+def rank_env(sim: SimControl) -> dict[str, str]:
+    return {
+        "ANTHROPIC_API_KEY": "sk-ant-test",
+        "ANTHROPIC_BASE_URL": sim.anthropic_base_url,
+        "CJLLM_RATE_LIMIT_PERIOD_SECONDS": str(PERIOD),
+        "CJLLM_TARGET_RELIABILITY": "0.999",
+    }
+
+
+def test_ranking_json_counts_every_request_the_provider_received(
+    sim: SimControl, tmp_path: Path
+) -> None:
+    sim.configure(
+        judge={"manifests": [str(EXAMPLES / "manifest.json")]},
+        limits={"requests_per_minute": 10, "period_seconds": PERIOD},
+        faults={"rate_limited": 0.2},
+        fault_retry_after=0.1,
+    )
+    out = tmp_path / "out"
+    args = ["rank", str(EXAMPLES), "--out", str(out), "--provider", "anthropic"]
+    proc = run(*args, "--strategy", "per_request", "--budget", "20", extra_env=rank_env(sim))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "ranking.json").read_text(encoding="utf-8"))["summary"]
+    counters = sim.counters()
+    received = counters["requests"]["POST /v1/messages"]
+    assert summary["comparisons_failed"] == 0
+    assert summary["provider_calls"] == received
+    assert summary["provider_calls_by_outcome"]["rate_limited"] == counters["responses"]["429"]
+    assert summary["provider_calls_by_outcome"]["ok"] == counters["calls"]
+    assert summary["rate_limit_wait_seconds"] >= 0
+    assert "Rate limits:" in proc.stdout
+
+
+def test_rank_says_in_one_line_that_the_account_is_out_of_credit(
+    sim: SimControl, tmp_path: Path
+) -> None:
+    sim.configure(out_of_credit=True)
+    out = tmp_path / "out"
+    args = ["rank", str(EXAMPLES), "--out", str(out), "--provider", "anthropic"]
+    proc = run(*args, "--budget", "10", extra_env=rank_env(sim))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if "insufficient_quota" in line]
+    assert len(lines) == 1, proc.stdout
+    assert "out of credit" in lines[0] and "credit balance is too low" in lines[0]
+    assert sim.counters()["responses"]["400"] <= 3  # later bundles failed fast, unsent

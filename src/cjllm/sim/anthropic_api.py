@@ -57,8 +57,17 @@ def error_body(exc: SimError, request_id: str) -> dict[str, Any]:
     }
 
 
+CREDIT_TOO_LOW = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & "
+    "Billing to upgrade or purchase credits."
+)
+
+
 def error_response(state: SimState, exc: SimError, *, limits: bool = False) -> JSONResponse:
-    """An error answer; ``limits`` adds the rate-limit headers (model calls carry them)."""
+    """An error answer; ``limits`` adds the rate-limit headers (model calls carry them).
+    An account out of credit is Anthropic's 400 ``invalid_request_error``."""
+    if exc.code == "insufficient_quota":
+        exc = SimError(400, CREDIT_TOO_LOW)
     request_id = new_id("req_")
     headers = {"request-id": request_id}
     if limits:

@@ -14,7 +14,8 @@ Control endpoints (for tests and benchmarks):
 - ``GET /sim/calls?limit=N`` — the last N answered calls: endpoint, model, custom_ids,
   faults, stop reason, usage and the request body as received.
 - ``GET /sim/config`` / ``PATCH /sim/config`` — read or change the configuration
-  (:class:`~cjllm.sim.state.SimConfig`; nested objects merge, lists replace).
+  (:class:`~cjllm.sim.state.SimConfig`; nested objects merge, lists replace);
+  ``{"out_of_credit": true}`` makes every model call answer as an account without credit.
 - ``POST /sim/reset`` — zero the counters, call log, caches, rate-limit buckets and stores.
 
 Rate limits are the vendors' token buckets (:mod:`cjllm.sim.limits`).

@@ -25,6 +25,7 @@ from cjllm.sim.limits import LatencyModel, Level, Need, RateLimits, TokenBuckets
 from cjllm.sim.tokens import PromptCache
 
 CALL_LOG_SIZE = 200
+OUT_OF_CREDIT = "You exceeded your current quota, please check your plan and billing details."
 
 
 class JudgeConfig(BaseModel):
@@ -49,6 +50,7 @@ class SimConfig(BaseModel):
     fault_seed: int = 0
     fault_retry_after: float = Field(default=1.0, ge=0.0)
     forced_statuses: list[int] = Field(default_factory=list)
+    out_of_credit: bool = False
     api_key: str | None = None
     known_models: list[str] | None = None
     max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
@@ -203,6 +205,8 @@ class SimState:
             raise SimError(status, f"simulated HTTP {status}", retry_after=retry)
         if config.known_models is not None and model not in config.known_models:
             raise SimError(404, f"model: {model}", param="model", code="model_not_found")
+        if config.out_of_credit:  # each dialect words it as its vendor does
+            raise SimError(429, OUT_OF_CREDIT, code="insufficient_quota")
         retry_after = self.limiter.admit(config.limits, need)
         if retry_after is not None:
             self.counters.faults["rate_limit_exceeded"] += 1
