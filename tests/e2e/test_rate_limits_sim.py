@@ -82,14 +82,14 @@ async def test_a_limited_flaky_server_answers_every_comparison_and_costs_no_atte
     assert pacing.requests.get("rate_limited", 0) == counters["responses"].get("429", 0)
 
 
-def worker(queue_url: str, sim: SimControl, log: Path) -> subprocess.Popen[bytes]:
+def worker(queue_url: str, sim: SimControl, log: Path, period: float) -> subprocess.Popen[bytes]:
     extra = {
         "CJLLM_QUEUE_URL": queue_url,
         "CJLLM_BUS_URL": "memory://",
         "CJLLM_LINGER_SECONDS": "0.05",
         "CJLLM_POLL_INTERVAL_SECONDS": "0.02",
-        "CJLLM_WORKER_CONCURRENCY": "4",
-        "CJLLM_RATE_LIMIT_PERIOD_SECONDS": str(PERIOD),
+        "CJLLM_WORKER_CONCURRENCY": "8",
+        "CJLLM_RATE_LIMIT_PERIOD_SECONDS": str(period),
         "CJLLM_RATE_LIMIT_MAX_WAIT_SECONDS": "0.5",
         "ANTHROPIC_API_KEY": "sk-ant-test",
         "ANTHROPIC_BASE_URL": sim.anthropic_base_url,
@@ -107,22 +107,24 @@ def worker(queue_url: str, sim: SimControl, log: Path) -> subprocess.Popen[bytes
 async def test_two_worker_processes_on_redis_share_one_limit(
     sim: SimControl, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two worker processes, four calls in flight each, against a 20-a-minute request
-    limit: once the first answers have taught it, the shared buckets keep the pair under
-    the limit (each alone would allow the whole limit, and the sim would refuse half)."""
+    """Two worker processes, eight calls of a second in flight each (16 a second between
+    them) against 20 requests a minute: once the first answers have taught the limit, the
+    shared buckets keep the pair under it. Each with buckets of its own would allow the
+    whole limit, twice over (tried: 16 429s where this allows 2)."""
     point_at(sim, monkeypatch)
+    period = 6.0
     sim.configure(
-        limits={"requests_per_minute": 20, "period_seconds": PERIOD},
-        latency={"per_call": 0.05},
+        limits={"requests_per_minute": 20, "period_seconds": period},
+        latency={"per_call": 1.0},
     )
     queue_url = f"{redis_url}?prefix=t-{uuid.uuid4().hex[:12]}"
-    settings = fast_settings(queue_url, rate_limit_period_seconds=PERIOD)
+    settings = fast_settings(queue_url, rate_limit_period_seconds=period)
     n = 60  # per_request: 60 calls, 3 minutes' worth of the limit
     bodies = [
         body(i, topic="unused", size=None, provider="anthropic", strategy="per_request")
         for i in range(n)
     ]
-    procs = [worker(queue_url, sim, tmp_path / f"worker-{i}.log") for i in range(2)]
+    procs = [worker(queue_url, sim, tmp_path / f"worker-{i}.log", period) for i in range(2)]
     queue = queue_from_url(queue_url, max_items=1000, max_bytes=10_000_000)
     try:
         async with embedded_provider(settings, queue=queue, work=False) as svc:
