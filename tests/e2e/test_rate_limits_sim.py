@@ -203,3 +203,43 @@ def test_rank_says_in_one_line_that_the_account_is_out_of_credit(
     assert len(lines) == 1, proc.stdout
     assert "out of credit" in lines[0] and "credit balance is too low" in lines[0]
     assert sim.counters()["responses"]["400"] <= 3  # later bundles failed fast, unsent
+
+
+async def test_a_bundle_the_limits_can_never_hold_is_split_once_they_are_known(
+    sim: SimControl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing configured: the first bundle of 10 asks for more output than a minute of
+    the sim's budget holds; its 429 teaches the limit, and the bundle goes again in parts
+    that fit (not paused: waiting would not make it fit)."""
+    point_at(sim, monkeypatch)
+    per_item = 400
+    sim.configure(limits={"output_tokens_per_minute": 3 * per_item + 64, "period_seconds": PERIOD})
+    topic, callbacks = f"results-{uuid.uuid4().hex[:8]}", Callbacks()
+    bus = MemoryBus()
+    bus.subscribe(topic, "cj", callbacks)
+    await bus.start()
+    settings = fast_settings(
+        f"sqlite:///{tmp_path / 'queue.sqlite'}",
+        linger_seconds=0.05,
+        max_output_tokens_per_item=per_item,
+        rate_limit_period_seconds=PERIOD,
+    )
+    bodies = [body(i, topic=topic, size=10, provider="anthropic") for i in range(10)]
+    async with embedded_provider(settings, bus=bus) as svc:
+        transport = httpx.ASGITransport(app=svc.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
+            for request_body in bodies:
+                assert (await client.post(COMPARISON_PATH, json=request_body)).status_code == 202
+            await eventually(lambda: callbacks.count == 10, timeout=120)
+        too_large = svc.metrics.registry.get_sample_value(
+            "cjllm_provider_rate_limited_total", {"provider": "anthropic", "kind": "too_large"}
+        )
+        items = [
+            await svc.queue.get(str(callbacks.one(b["correlation_id"]).request_id)) for b in bodies
+        ]
+    await bus.stop()
+    assert all(callbacks.one(b["correlation_id"]).is_success for b in bodies)
+    assert too_large == 1
+    assert sim.counters()["responses"]["429"] == 1
+    assert max(int(n) for n in sim.counters()["items_per_call"]) == 3
+    assert all(item is not None and item.attempts == 0 for item in items)

@@ -257,7 +257,9 @@ class Limiter:
         self, key: LimitKey, limits: Limits, need: Need, exc: ProviderCallError, tally: Tally
     ) -> None:
         """Learn from an error answer; a 429 or an overload pauses the key (and is given
-        back its reservation: the provider did not take it), no quota fails the key fast."""
+        back its reservation: the provider did not take it), no quota fails the key fast.
+        A 429 for a call larger than a minute of the limits it just taught does not pause:
+        the bundle is split before it goes again."""
         reading = read_headers(exc.rate_headers, self._clock())
         if exc.code in ("rate_limited", "overloaded"):
             await self._adjust(key, limits, {b: need.of(b) for b in BUDGETS})
@@ -268,6 +270,11 @@ class Limiter:
             self.metrics.rate_limited.labels(key.provider, QUOTA_CODE).inc()
             return
         if exc.code not in ("rate_limited", "overloaded"):
+            return
+        if exc.code == "rate_limited" and not need.fits(self.limits(key, tally.model)):
+            # refused for its size, not the pace: the limits it just taught split it next
+            self.metrics.rate_limited.labels(key.provider, "too_large").inc()
+            exc.retry_after = 0.0
             return
         tally.refusals += 1
         backoff = min(

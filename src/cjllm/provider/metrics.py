@@ -108,7 +108,8 @@ class ProviderMetrics:
         self.rate_limited = Counter(
             "cjllm_provider_rate_limited_total",
             "Calls the provider refused for a limit, by kind: the budget a 429 exhausted "
-            "(requests, input_tokens, output_tokens, tokens, unknown), overloaded, or "
+            "(requests, input_tokens, output_tokens, tokens, unknown), too_large (a call "
+            "bigger than a minute of the limits, split and sent again), overloaded, or "
             "insufficient_quota.",
             ["provider", "kind"],
             registry=r,
