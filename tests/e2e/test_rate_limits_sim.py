@@ -65,14 +65,14 @@ async def test_a_limited_flaky_server_answers_every_comparison_and_costs_no_atte
     )
     bodies = [
         body(i, topic=topic, size=10, provider="anthropic", group=f"round-{i // 10}")
-        for i in range(40)
+        for i in range(20)
     ]
     async with embedded_provider(settings, bus=bus) as svc:
         transport = httpx.ASGITransport(app=svc.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
             for request_body in bodies:
                 assert (await client.post(COMPARISON_PATH, json=request_body)).status_code == 202
-            await eventually(lambda: callbacks.count == 40, timeout=120)
+            await eventually(lambda: callbacks.count == 20, timeout=120)
         pacing = svc.limiter.pacing()
     await bus.stop()
     assert all(callbacks.one(b["correlation_id"]).is_success for b in bodies)
@@ -225,11 +225,12 @@ async def test_a_bundle_the_limits_can_never_hold_is_split_once_they_are_known(
         rate_limit_period_seconds=PERIOD,
     )
     bodies = [body(i, topic=topic, size=10, provider="anthropic") for i in range(10)]
-    async with embedded_provider(settings, bus=bus) as svc:
+    async with embedded_provider(settings, bus=bus, work=False) as svc:
         transport = httpx.ASGITransport(app=svc.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as client:
             for request_body in bodies:
                 assert (await client.post(COMPARISON_PATH, json=request_body)).status_code == 202
+            svc.start_work()  # all ten queued: one bundle of ten first
             await eventually(lambda: callbacks.count == 10, timeout=120)
         too_large = svc.metrics.registry.get_sample_value(
             "cjllm_provider_rate_limited_total", {"provider": "anthropic", "kind": "too_large"}

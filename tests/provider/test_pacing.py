@@ -58,8 +58,9 @@ async def test_a_429_storm_costs_no_attempt_and_every_comparison_is_answered(
     mock.call_faults.extend(rate_limited(retry_after=0.02) for _ in range(storm))
     settings = fast_settings(backend_url, linger_seconds=0.05)
     bodies = [body(i, topic=results_topic, size=4) for i in range(4)]
-    async with provider(settings, bus=bus, mock=mock) as (svc, client, _):
+    async with provider(settings, bus=bus, mock=mock, work=False) as (svc, client, _):
         queue_ids = await post_all(client, bodies)
+        svc.start_work()  # all four queued: one bundle
         await eventually(lambda: callbacks.count == 4)
         stored = [await svc.queue.get(q) for q in queue_ids]
         refused = metric(svc, "cjllm_provider_rate_limited_total", provider="mock", kind="unknown")
@@ -153,8 +154,9 @@ async def test_a_bundle_bigger_than_a_minute_of_output_is_split_without_an_attem
         rate_limit_period_seconds=0.5,
     )
     bodies = [body(i, topic=results_topic, size=10) for i in range(10)]
-    async with provider(settings, bus=bus) as (svc, client, mock):
+    async with provider(settings, bus=bus, work=False) as (svc, client, mock):
         queue_ids = await post_all(client, bodies)
+        svc.start_work()  # all ten queued: one bundle of ten, then its parts
         await eventually(lambda: callbacks.count == 10)
         stored = [await svc.queue.get(q) for q in queue_ids]
     await bus.stop()
