@@ -25,11 +25,9 @@ def test_the_progress_line_says_it_waits_for_the_rate_limit_and_when_it_will_fin
     assert waiting_note(pacing(), now) == ""
     assert waiting_note(None, now) == ""
     waiting = pacing(waiting=True, resume_in=12.0, finish_in=1800.0)
-    assert (
-        waiting_note(waiting, now) == " · waiting for the provider's rate limit, done about 14:30"
-    )
+    assert waiting_note(waiting, now) == "waiting for the provider's rate limit, done about 14:30"
     unknown = pacing(waiting=True, resume_in=12.0)
-    assert waiting_note(unknown, now) == " · waiting for the provider's rate limit"
+    assert waiting_note(unknown, now) == "waiting for the provider's rate limit"
 
 
 def test_the_summary_counts_refusals_and_waiting_and_names_an_empty_account() -> None:
