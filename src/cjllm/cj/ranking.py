@@ -17,7 +17,11 @@ import numpy.typing as npt
 
 from cjllm.cj.grades import project_grades
 from cjllm.cj.records import EssayRecord, EssayResult, PairOutcome
-from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
+from cjllm.cj.reliability import (
+    scale_separation_reliability,
+    split_half_reliability,
+    splits_needed,
+)
 from cjllm.cj.scoring import connected_components, fit_bradley_terry
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.contracts import RankedEssay
@@ -87,14 +91,21 @@ def component_sizes(n_essays: int, fit: BatchFit) -> list[int]:
 def split_half(
     fit: BatchFit, n_essays: int, prior: float, splits: int, seed: list[int]
 ) -> float | None:
-    """Mean corrected split-half reliability, or None when it is undefined: too few
-    comparisons, a half with constant scores, or a split correlation of exactly −1 (which
-    happens with a handful of comparisons). It is a diagnostic; it never stops a batch."""
+    """Mean corrected split-half reliability over ``splits`` random halves (fewer for large
+    batches: :func:`splits_needed`), or None when it is undefined: too few comparisons, a
+    half with constant scores, or a split correlation of exactly −1 (which happens with a
+    handful of comparisons). It is a diagnostic; it never stops a batch."""
     if fit.successes < 4:
         return None
     try:
         value = split_half_reliability(
-            n_essays, fit.first, fit.second, fit.first_won, prior=prior, n_splits=splits, rng=seed
+            n_essays,
+            fit.first,
+            fit.second,
+            fit.first_won,
+            prior=prior,
+            n_splits=splits_needed(n_essays, splits),
+            rng=seed,
         )
     except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
         log.warning("split-half reliability undefined for %d comparisons: %r", fit.successes, exc)

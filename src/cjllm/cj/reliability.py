@@ -5,10 +5,14 @@ Plain functions over numpy arrays, like :mod:`cjllm.cj.scoring`, whose fits they
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import numpy.typing as npt
 
 from cjllm.cj.scoring import RngLike, _comparisons, fit_bradley_terry
+
+SPLIT_ITEMS = 20_000  # essays × splits beyond which split-half averages fewer splits
 
 
 def scale_separation_reliability(theta: npt.ArrayLike, se: npt.ArrayLike) -> float:
@@ -42,7 +46,8 @@ def split_half_reliability(
     """Mean Spearman-Brown corrected split-half reliability over random splits.
 
     Each split shuffles the comparisons and halves them (the second half takes the odd one),
-    fits both halves with ``fit_bradley_terry(..., prior=prior, order_effect=order_effect)``
+    fits the abilities of both halves (no standard errors) with
+    ``fit_bradley_terry(..., prior=prior, order_effect=order_effect)``
     (``prior`` must be > 0: a half may be disconnected; an item absent from a half sits at the
     prior mean 0) and takes the Pearson correlation r of the two θ vectors. The mean r over the
     ``n_splits`` splits is corrected to full length with Spearman-Brown, 2r / (1 + r).
@@ -62,7 +67,13 @@ def split_half_reliability(
         halves = (order[: f.size // 2], order[f.size // 2 :])
         a, b = (
             fit_bradley_terry(
-                n_items, f[h], s[h], y[h], prior=prior, order_effect=order_effect
+                n_items,
+                f[h],
+                s[h],
+                y[h],
+                prior=prior,
+                order_effect=order_effect,
+                standard_errors="none",
             ).theta
             for h in halves
         )
@@ -73,3 +84,11 @@ def split_half_reliability(
     if 1.0 + r <= 1e-9:  # r is -1 up to rounding
         return float("nan")
     return 2.0 * r / (1.0 + r)
+
+
+def splits_needed(n_items: int, requested: int) -> int:
+    """Random splits worth averaging for ``n_items`` essays: ``requested``, but no more than
+    ⌈``SPLIT_ITEMS`` / n_items⌉ (at least 1). A split's correlation varies from split to
+    split by about (1 − r²)/√n_items, so at 10,000 essays two splits pin the mean as well
+    as ten do at 2,000, and at 100,000 one split does (docs/decisions.md)."""
+    return max(1, min(requested, math.ceil(SPLIT_ITEMS / n_items)))

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.linalg import cho_factor, cho_solve, lapack
-from scipy.sparse import coo_matrix
+from scipy.linalg import cho_factor, cho_solve
+from scipy.sparse import coo_array, coo_matrix, csr_array
 from scipy.sparse.csgraph import connected_components as _csgraph_components
 from scipy.special import expit, xlogy
+
+from cjllm.cj.uncertainty import sum_to_zero_variances
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
@@ -61,9 +64,11 @@ class BTFit:
     """A fitted Bradley-Terry model (arrays are read-only).
 
     theta: sum-to-zero log-abilities, shape (n_items,).
-    se: standard errors of ``theta``, sqrt(diag(covariance)); all > 0.
+    se: standard errors of ``theta``, sqrt(diag(covariance)); all > 0 (NaN when not computed).
     covariance: P·Σ·Pᵀ, shape (n_items, n_items), with Σ the reference-coded (ML) or full
-        (prior > 0) inverse information matrix of the abilities and P = I − 11ᵀ/n.
+        (prior > 0) inverse information matrix of the abilities and P = I − 11ᵀ/n; ``None``
+        when the SEs were estimated (:mod:`cjllm.cj.uncertainty`) or not computed.
+    se_error: estimated root-mean-square relative error of ``se`` (0 when exact).
     order_effect, order_effect_se: δ and its SE; ``None`` when not fitted.
     log_likelihood: Bernoulli log-likelihood of all comparisons at the estimate.
     deviance: binomial deviance with comparisons grouped by ordered (first, second) pair.
@@ -73,7 +78,8 @@ class BTFit:
 
     theta: FloatArray
     se: FloatArray
-    covariance: FloatArray
+    covariance: FloatArray | None
+    se_error: float
     order_effect: float | None
     order_effect_se: float | None
     log_likelihood: float
@@ -212,19 +218,21 @@ class _Problem:
             if solved is not None:
                 return solved
         step = np.zeros(self.n + 1)
-        step[self.free] = cho_solve(cho_factor(self.information(w)), grad[self.free])
+        info = self.information(w)[self.free][:, self.free].toarray()
+        step[self.free] = cho_solve(cho_factor(info), grad[self.free])
         return step
 
-    def information(self, w: FloatArray) -> FloatArray:
-        """Dense information matrix −∇²objective restricted to the free coordinates."""
-        size, gf, gs, last = self.n + 1, self.gf, self.gs, np.full(w.size, self.n)
-        rows = np.concatenate([gf, gs, gf, gs, gf, gs, last, last, last])
-        cols = np.concatenate([gf, gs, gs, gf, last, last, gf, gs, last])
-        vals = np.concatenate([w, w, -w, -w, w, -w, w, -w, w])
-        info = _sum_by(rows * size + cols, vals, size * size).reshape(size, size)
-        info[np.diag_indices(size)] += self.prior
-        result: FloatArray = info[np.ix_(self.free, self.free)]
-        return result
+    def information(self, w: FloatArray) -> csr_array:
+        """Sparse information matrix −∇²objective over all n + 1 coordinates (fixed ones too)."""
+        n, size, gf, gs = self.n, self.n + 1, self.gf, self.gs
+        diagonal = _sum_by(gf, w, size) + _sum_by(gs, w, size) + self.prior
+        diagonal[n] = w.sum() + self.prior
+        order = _sum_by(gf, w, n) - _sum_by(gs, w, n)  # −∂²/∂θ_i∂δ
+        items, last = np.arange(n), np.full(n, n)
+        rows = np.concatenate([gf, gs, np.arange(size), items, last])
+        cols = np.concatenate([gs, gf, np.arange(size), last, items])
+        vals = np.concatenate([-w, -w, diagonal, order, order])
+        return csr_array(coo_array((vals, (rows, cols)), shape=(size, size)))
 
 
 def _pcg(
@@ -253,18 +261,6 @@ def _pcg(
     return None
 
 
-def _inverse_spd(matrix: FloatArray) -> FloatArray:
-    """Inverse of a symmetric positive definite matrix via LAPACK potrf/potri."""
-    factor, code = lapack.dpotrf(matrix.T, lower=False, overwrite_a=True)  # symmetric: .T is F
-    if code == 0:
-        factor, code = lapack.dpotri(factor, lower=False, overwrite_c=True)
-    if code != 0:
-        raise np.linalg.LinAlgError("information matrix is not positive definite")
-    inverse: FloatArray = factor + factor.T  # potri fills the upper triangle, lower is zero
-    inverse[np.diag_indices_from(inverse)] /= 2.0
-    return inverse
-
-
 def fit_bradley_terry(
     n_items: int,
     first: npt.ArrayLike,
@@ -275,6 +271,7 @@ def fit_bradley_terry(
     order_effect: bool = False,
     max_iter: int = 100,
     tol: float = 1e-9,
+    standard_errors: Literal["auto", "exact", "estimated", "none"] = "auto",
 ) -> BTFit:
     """Fit the Bradley-Terry model (module docstring) by Newton's method.
 
@@ -285,11 +282,15 @@ def fit_bradley_terry(
     priors on each θ and on δ (ridge penalty prior/2·(Σθ² + δ²), so a MAP estimate always
     exists); its θ sums to zero exactly.
     Newton steps use a dense Cholesky solve for small problems and Jacobi-preconditioned
-    conjugate gradients on the sparse information matrix for large ones, with step halving;
-    iteration stops when the largest parameter change is below ``tol``.
+    conjugate gradients on the sparse information matrix for large ones (to a relative
+    residual of min(1e-2, last step) — inexact Newton — but at least 1e-10), with step
+    halving; iteration stops when the largest parameter change is below ``tol``.
     Standard errors: Σ = inverse information of the free parameters (reference-coded for ML,
     with a zero row/column for item 0; full for MAP); ``covariance`` = P·Σ_θθ·Pᵀ with
     P = I − 11ᵀ/n; ``order_effect_se`` = sqrt(Σ_δδ) (the same under any coding).
+    ``standard_errors``: "exact" inverts the information matrix densely (O(n²) memory),
+    "estimated" estimates diag(covariance) without it (``se_error`` says how well), "auto"
+    is exact up to ``uncertainty.EXACT_LIMIT`` items, "none" skips them (``se`` NaN).
     Raises ``DisconnectedGraphError`` (ML on a disconnected comparison graph) and
     ``UnboundedEstimateError`` (ML when some split of the items has wins only one way, when
     Essay A always or never won with ``order_effect``, or when the fit still diverges).
@@ -308,16 +309,26 @@ def fit_bradley_terry(
     if prior == 0.0 and (not converged or np.max(np.abs(z)) > _ML_BOUND):
         far = np.flatnonzero(np.abs(z[:n_items] - z[:n_items].mean()) > _ML_BOUND / 2).tolist()
         raise UnboundedEstimateError("the Newton iterations diverge", far)
-    covariance, order_var = _sum_to_zero_covariance(problem, z)
     theta = z[:n_items] - z[:n_items].mean()
-    se = np.sqrt(np.diag(covariance))
-    for array in (theta, se, covariance):
+    se, covariance, se_error, order_var = np.full(n_items, np.nan), None, 0.0, np.nan
+    if standard_errors != "none":
+        keep = problem.free.copy()
+        keep[:n_items] = True  # J over all abilities (singular along 1 for ML) and δ if fitted
+        variances = sum_to_zero_variances(
+            problem.information(problem.weights(z))[keep][:, keep],
+            n_items,
+            exact={"auto": None, "exact": True, "estimated": False}[standard_errors],
+        )
+        se, covariance, se_error = np.sqrt(variances.theta), variances.covariance, variances.error
+        order_var = float(variances.other[0]) if order_effect else np.nan
+    for array in (theta, se) if covariance is None else (theta, se, covariance):
         array.setflags(write=False)
     log_lik = problem.objective(z) + 0.5 * prior * float(z @ z)
     return BTFit(
         theta=theta,
         se=se,
         covariance=covariance,
+        se_error=se_error,
         order_effect=float(z[n_items]) if order_effect else None,
         order_effect_se=float(np.sqrt(order_var)) if order_effect else None,
         log_likelihood=log_lik,
@@ -335,8 +346,9 @@ def _newton(problem: _Problem, max_iter: int, tol: float) -> tuple[FloatArray, i
     """Damped Newton ascent of the objective from z = 0: (estimate, iterations, converged)."""
     z = np.zeros(problem.n + 1)
     objective = problem.objective(z)
+    forcing = 1e-2  # CG tolerance: loose far from the optimum, tight near it (inexact Newton)
     for n_iter in range(1, max_iter + 1):
-        step = problem.newton_step(z, min(1e-10, tol))
+        step = problem.newton_step(z, forcing)
         converged = bool(np.max(np.abs(step)) < tol)
         for _ in range(60):  # step halving; the objective is concave, so this terminates
             value = problem.objective(z + step)
@@ -344,24 +356,10 @@ def _newton(problem: _Problem, max_iter: int, tol: float) -> tuple[FloatArray, i
                 break
             step /= 2.0
         z, objective = z + step, value
+        forcing = max(min(1e-10, tol), min(1e-2, float(np.max(np.abs(step)))))
         if converged:
             return z, n_iter, True
     return z, max_iter, False
-
-
-def _sum_to_zero_covariance(problem: _Problem, z: FloatArray) -> tuple[FloatArray, float]:
-    """(P·Σ_θθ·Pᵀ, Σ_δδ) with Σ the inverse information of the free parameters at z."""
-    n = problem.n
-    inverse = _inverse_spd(problem.information(problem.weights(z)))
-    if problem.prior > 0.0:
-        covariance = inverse[:n, :n].copy()
-    else:  # reference coding: zero row and column for item 0
-        covariance = np.zeros((n, n))
-        covariance[1:, 1:] = inverse[: n - 1, : n - 1]
-    row_mean = covariance.mean(axis=1)  # P·Σ·Pᵀ = Σ − r1ᵀ − 1rᵀ + mean(r), r = row means
-    covariance -= row_mean[:, None]
-    covariance -= row_mean[None, :] - row_mean.mean()
-    return covariance, float(inverse[-1, -1])
 
 
 def reference_coded(fit: BTFit, reference: int = 0) -> tuple[FloatArray, FloatArray]:
@@ -371,6 +369,8 @@ def reference_coded(fit: BTFit, reference: int = 0) -> tuple[FloatArray, FloatAr
     variance of the contrast θ_i − θ_r, which is the same under any identifying coding.
     """
     c = fit.covariance
+    if c is None:
+        raise ValueError("the fit kept no covariance: refit with standard_errors='exact'")
     if not 0 <= reference < c.shape[0]:
         raise ValueError(f"reference must lie in range({c.shape[0]}), got {reference}")
     var = np.diag(c) + c[reference, reference] - 2.0 * c[:, reference]
