@@ -163,6 +163,12 @@ def _check_ml_exists(n: int, f: IntArray, s: IntArray, y: BoolArray, order: bool
         raise UnboundedEstimateError(f"{side} won every comparison (order effect)", [])
 
 
+def _dot(a: FloatArray, b: FloatArray) -> float:
+    """a·b without BLAS: a threaded ddot stalls for milliseconds on a busy machine, and these
+    reductions run in every conjugate-gradient and line-search step."""
+    return float(np.einsum("i,i->", a, b))
+
+
 def _log_sigmoid(x: FloatArray) -> FloatArray:
     return -np.logaddexp(0.0, -x)
 
@@ -190,8 +196,8 @@ class _Problem:
 
     def objective(self, z: FloatArray) -> float:
         eta = self.eta(z)
-        ll = self.wins @ _log_sigmoid(eta) + (self.count - self.wins) @ _log_sigmoid(-eta)
-        return float(ll - 0.5 * self.prior * (z @ z))
+        ll = _dot(self.wins, _log_sigmoid(eta)) + _dot(self.count - self.wins, _log_sigmoid(-eta))
+        return ll - 0.5 * self.prior * _dot(z, z)
 
     def _scatter(self, per_group: FloatArray, v: FloatArray) -> FloatArray:
         """Σ_k per_group[k]·∂η_k/∂z + prior·v, with fixed coordinates zeroed."""
@@ -241,21 +247,21 @@ def _pcg(
     """Jacobi-preconditioned conjugate gradients for SPD systems; None if not converged."""
     x = np.zeros_like(b)
     r = b.copy()
-    target = tol * float(np.linalg.norm(b))
+    target = tol * np.sqrt(_dot(b, b))
     if target == 0.0:
         return x
     z = r / diag
     d = z.copy()
-    rz = float(r @ z)
+    rz = _dot(r, z)
     for _ in range(max(200, 2 * int(np.sqrt(b.size)) + 100)):
         q = matvec(d)
-        alpha = rz / float(d @ q)
+        alpha = rz / _dot(d, q)
         x += alpha * d
         r -= alpha * q
-        if np.linalg.norm(r) <= target:
+        if np.sqrt(_dot(r, r)) <= target:
             return x
         z = r / diag
-        rz_next = float(r @ z)
+        rz_next = _dot(r, z)
         d = z + (rz_next / rz) * d
         rz = rz_next
     return None

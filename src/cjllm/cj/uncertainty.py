@@ -29,12 +29,13 @@ from scipy.linalg import lapack
 
 FloatArray = npt.NDArray[np.float64]
 
-EXACT_LIMIT = 2000  # abilities up to which the covariance is computed exactly (dense inverse)
+EXACT_LIMIT = 1000  # abilities up to which the covariance is computed exactly (dense inverse)
 TARGET = 0.005  # estimated RMS relative error of the standard errors at which probing stops
 MAX_PROBES = 256  # probes at most, whatever the estimated error
 _BLOCK = 16  # probes solved together (bounds memory at ~6 arrays of m × _BLOCK floats)
 _SPARSE_DEGREE = 16.0  # mean degree up to which the control variate goes to fourth order
-_RTOL = 1e-6  # relative residual at which conjugate gradients stop
+_PROBE_RTOL = 1e-4  # CG residual for probes: its bias (~1e-4 relative) is far below TARGET
+_RTOL = 1e-6  # CG residual for the other parameters' variances
 _CHUNK_ROWS_WORK = 2**16  # least multiply-adds per chunk of S² rows (at most max(this, nnz(S)))
 
 
@@ -79,7 +80,7 @@ def sum_to_zero_variances(
 
     ``information``: J, symmetric (m × m), the n_items abilities first. ``exact``: ``None``
     inverts K densely up to ``EXACT_LIMIT`` abilities and estimates above
-    (:func:`estimated_variances` with ``target``, ``max_probes`` and ``rng``; the default
+    (:func:`_estimated_variances` with ``target``, ``max_probes`` and ``rng``; the default
     seed makes repeated calls agree); ``True``/``False`` forces a path. Raises
     ``ValueError`` when J breaks the shift invariant, ``np.linalg.LinAlgError`` or
     ``ConvergenceError`` when K is not positive definite (e.g. an ML fit on a disconnected
@@ -87,9 +88,9 @@ def sum_to_zero_variances(
     """
     j, lam, mu = _checked(information, n_items)
     if exact if exact is not None else n_items <= EXACT_LIMIT:
-        covariance, other = exact_covariance(j, n_items, lam, mu)
+        covariance, other = _exact_covariance(j, n_items, lam, mu)
         return Variances(np.diag(covariance).copy(), other, covariance, 0.0, 0)
-    theta, other, error, probes = estimated_variances(
+    theta, other, error, probes = _estimated_variances(
         j, n_items, lam, mu, target=target, max_probes=max_probes, rng=rng
     )
     return Variances(theta, other, None, error, probes)
@@ -120,7 +121,7 @@ def _checked(
     return j, lam, mu
 
 
-def exact_covariance(
+def _exact_covariance(
     j: sp.csr_array, n_items: int, lam: float, mu: float
 ) -> tuple[FloatArray, FloatArray]:
     """(C, other variances) from a dense Cholesky inverse of K: O(m²) memory, O(m³) time."""
@@ -147,7 +148,7 @@ def _inverse_spd(matrix: FloatArray) -> FloatArray:
     return inverse
 
 
-def estimated_variances(
+def _estimated_variances(
     j: sp.csr_array,
     n_items: int,
     lam: float,
@@ -173,7 +174,8 @@ def estimated_variances(
     Each probe costs one solve K·x = w (Jacobi-preconditioned conjugate gradients, ``_BLOCK``
     probes at a time, started from P·T·w). Probes are added until the estimated
     root-mean-square relative error of the standard errors (from the spread of the probes)
-    is at most ``target``, or ``max_probes`` are used. The other parameters' variances come
+    is at most ``target``, or ``max_probes`` are used. An estimate is never below the bound
+    (K⁻¹)_ii ≥ 1/K_ii (less 1/(μn), the mean along e). The other parameters' variances come
     from solving K·x = e_p to the solver tolerance.
     """
     if max_probes < 2 * _BLOCK or not target > 0.0:
@@ -217,7 +219,7 @@ def estimated_variances(
         start = np.zeros_like(w)
         start[:n] = apply_t(w[:n])
         start[:n] -= start[:n].mean(axis=0)
-        x = _block_pcg(apply_k, w, diag, start, _RTOL)
+        x = _block_pcg(apply_k, w, diag, start, _PROBE_RTOL)
         samples = w[:n] * (x[:n] - start[:n])
         total += samples.sum(axis=1)
         squares += (samples**2).sum(axis=1)
@@ -230,7 +232,8 @@ def estimated_variances(
         units = np.zeros((m, m - n))
         units[n:] = np.eye(m - n)
         other = np.diag(_block_pcg(apply_k, units, diag, units / diag[:, None], _RTOL)[n:])
-    return control + total / used, other.copy(), error, used
+    theta = np.maximum(control + total / used, 1.0 / diag[:n] - 1.0 / (mu * n))
+    return theta, other.copy(), error, used
 
 
 def _neumann_diagonal(s: sp.csr_array, order: int) -> FloatArray:
