@@ -172,14 +172,15 @@ def _estimated_variances(
     q = 4 when the comparison graph is sparse (degree-weighted mean degree at most
     ``_SPARSE_DEGREE``, where S² is cheap and the remainder of q = 2 large), else q = 2.
     Each probe costs one solve K·x = w (Jacobi-preconditioned conjugate gradients, ``_BLOCK``
-    probes at a time, started from P·T·w). Probes are added until the estimated
-    root-mean-square relative error of the standard errors (from the spread of the probes)
-    is at most ``target``, or ``max_probes`` are used. An estimate is never below the bound
+    probes at a time, started from P·T·w). Blocks of probes are added until the estimated
+    root-mean-square relative error of the standard errors (from the spread of the probes,
+    averaged over all essays, so one block already estimates it well) is at most
+    ``target``, or ``max_probes`` are used. An estimate is never below the bound
     (K⁻¹)_ii ≥ 1/K_ii (less 1/(μn), the mean along e). The other parameters' variances come
     from solving K·x = e_p to the solver tolerance.
     """
-    if max_probes < 2 * _BLOCK or not target > 0.0:
-        raise ValueError(f"need max_probes >= {2 * _BLOCK} and target > 0")
+    if max_probes < _BLOCK or not target > 0.0:
+        raise ValueError(f"need max_probes >= {_BLOCK} and target > 0")
     n, m = n_items, j.shape[0]
     shift = (mu - lam) / n
     diag = j.diagonal().copy()
@@ -212,7 +213,7 @@ def _estimated_variances(
     control = _neumann_diagonal(s, order) * root**2 - 2.0 * t_one / n + t_one.mean() / n
     gen = np.random.default_rng(rng)
     total, squares, used, error = np.zeros(n), np.zeros(n), 0, np.inf
-    while used < max_probes and (used < 2 * _BLOCK or error > target):
+    while used < max_probes and error > target:
         w = np.zeros((m, _BLOCK))
         w[:n] = gen.choice((-1.0, 1.0), size=(n, _BLOCK))
         w[:n] -= w[:n].mean(axis=0)
