@@ -10,6 +10,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -53,20 +54,64 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise ServiceUnavailable("redis-server not found: apt-get install redis-server")
-    port = free_port()
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with own_redis() as server:
+        yield server.url
+
+
+class RedisServer:
+    """A redis-server of one's own on a fixed loopback port, which a test may pause (SIGSTOP),
+    kill and start again. ``durable``: its data survives a restart (append-only file, fsync
+    always); otherwise nothing is written to disk."""
+
+    def __init__(self, port: int, datadir: str, *, durable: bool) -> None:
+        self.port = port
+        self.datadir = datadir
+        self.durable = durable
+        self.url = f"redis://127.0.0.1:{port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise ServiceUnavailable("redis-server not found: apt-get install redis-server")
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir"]
+        args += [self.datadir, "--appendonly", "yes" if self.durable else "no"]
+        args += ["--appendfsync", "always"]
+        self.proc = subprocess.Popen(
+            [exe, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port, self.proc, "redis-server")
+
+    def pause(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: what is not in the append-only file yet is lost, as in a real crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.resume()
+            _stop(self.proc)
+
+
+@contextlib.contextmanager
+def own_redis(*, durable: bool = False) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tempfile.mkdtemp(prefix="cjllm-redis-"), durable=durable)
+    server.start()
     try:
-        wait_for_port(port, proc, "redis-server")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield server
     finally:
-        _stop(proc)
+        server.stop()
+        shutil.rmtree(server.datadir, ignore_errors=True)
 
 
 def _pg_bin() -> Path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -9,9 +11,11 @@ import pytest
 
 from cjllm.bus import BusError
 from cjllm.contracts import EventEnvelope
-from cjllm.embedded import DirectBus, EmbeddedPaths
+from cjllm.embedded import QUEUE_FILE, DirectBus, EmbeddedPaths
 from cjllm.out_dir import OutDirBusy, locked_out_dir
+from cjllm.provider.queue import queue_from_url
 from cjllm.settings import CJSettings, ProviderSettings
+from tests.provider.support import body, fast_settings, post_all, provider
 
 
 def envelope() -> EventEnvelope:
@@ -77,3 +81,33 @@ def test_embedded_settings_pin_files_in_the_out_folder(tmp_path: Path) -> None:
     assert provider.bus_url == "memory://"
     cj = paths.cj_settings(CJSettings(database_url="postgresql+asyncpg://db/x"))
     assert cj.database_url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'cj.sqlite'}"
+
+
+async def test_stopping_right_after_the_last_callback_leaves_nothing_in_the_outbox(
+    tmp_path: Path,
+) -> None:
+    """As in ``cjllm rank``: the handler of the last callback wakes the caller, which stops
+    the services while that handler (scoring, the report) is still running."""
+    bus = DirectBus()
+    seen: set[str] = set()
+    last = asyncio.Event()
+
+    async def handle(envelope: EventEnvelope) -> None:
+        seen.add(str(envelope.correlation_id))
+        if len(seen) == 6:
+            last.set()
+            await asyncio.sleep(0.3)  # the completion work after the waiter was woken
+
+    bus.subscribe("r", "cj", handle)
+    await bus.start()
+    settings = fast_settings(f"sqlite:///{tmp_path / QUEUE_FILE}", linger_seconds=0.0)
+    async with provider(settings, bus=bus) as (_, client, _):
+        await post_all(client, [body(i, topic="r", size=6) for i in range(6)])
+        await last.wait()
+    await bus.stop()
+    queue = queue_from_url(settings.queue_url, max_items=10, max_bytes=10**6)
+    try:
+        depth = await queue.depth(time.time())
+    finally:
+        await queue.close()
+    assert (depth.queued, depth.processing, depth.outbox) == (0, 0, 0)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
 
 from cjllm.cj.api import create_app
+from cjllm.cj.workflow import EssayInput
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
+from tests.http_checks import answer_to_a_stalled_body, unresolved_refs
 
 
 async def test_start_watch_and_read_an_assessment(make_harness: MakeHarness) -> None:
@@ -47,3 +51,60 @@ async def test_start_watch_and_read_an_assessment(make_harness: MakeHarness) -> 
         typo = await client.post("/api/v1/assessments", json={**body, "rubrik": "x"})
         assert typo.status_code == 422
         assert (await client.get("/healthz")).json() == {"status": "ok"}
+
+
+CJ_TOKEN = "cj-s3cret"
+
+
+def assessment(essays: list[EssayInput], **extra: object) -> dict[str, object]:
+    return {
+        "essays": [{"essay_id": e.essay_id, "text": e.text} for e in essays],
+        "instructions": "Describe a journey.",
+        **extra,
+    }
+
+
+async def test_the_cj_api_wants_its_token_and_refuses_what_it_cannot_serve(
+    make_harness: MakeHarness,
+) -> None:
+    essays, qualities = essays_with_quality(4)
+    h = await make_harness(
+        stub=judging_stub(qualities),
+        comparisons_per_essay=2,
+        cj_api_token=CJ_TOKEN,
+        cj_max_request_bytes=200_000,
+    )
+    transport = httpx.ASGITransport(app=create_app(h.cj))
+    auth = {"Authorization": f"Bearer {CJ_TOKEN}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://cj") as client:
+        body = assessment(essays, cj_batch_id=str(uuid.uuid4()))
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            refused = await client.post("/api/v1/assessments", json=body, headers=headers)
+            assert refused.status_code == 401
+            assert refused.headers["www-authenticate"] == "Bearer"
+            status = await client.get(f"/api/v1/assessments/{body['cj_batch_id']}", headers=headers)
+            assert status.status_code == 401
+        assert (await client.get("/healthz")).status_code == 200  # probes need no token
+        assert await h.cj.store.running_batch_ids() == []
+
+        huge = assessment([*essays, EssayInput("big", "word " * 60_000)])
+        too_big = await client.post("/api/v1/assessments", json=huge, headers=auth)
+        assert too_big.status_code == 413
+        assert "CJLLM_CJ_MAX_REQUEST_BYTES" in too_big.json()["detail"][0]["msg"]
+
+        started = await client.post("/api/v1/assessments", json=body, headers=auth)
+        assert started.status_code == 202, started.text
+        again = await client.post("/api/v1/assessments", json=body, headers=auth)
+        assert again.status_code == 409, again.text
+        assert body["cj_batch_id"] in again.json()["detail"]
+        await h.cj.wait_for_completion(str(body["cj_batch_id"]), timeout=60)
+
+
+async def test_a_stalled_body_is_408_and_the_openapi_document_resolves(
+    make_harness: MakeHarness,
+) -> None:
+    h = await make_harness(request_read_timeout_seconds=0.5)
+    app = create_app(h.cj)
+    assert unresolved_refs(app.openapi()) == []
+    status_line = await answer_to_a_stalled_body(app, "/api/v1/assessments")
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line

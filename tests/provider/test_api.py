@@ -14,6 +14,8 @@ import uvicorn
 
 from cjllm.bus import MemoryBus
 from cjllm.contracts import SPINE_KEYS
+from tests import services
+from tests.http_checks import answer_to_a_stalled_body, unresolved_refs
 from tests.provider.support import (
     COMPARISON_PATH,
     Callbacks,
@@ -56,6 +58,13 @@ def blocks(n: int, chars: int) -> Mutation:
         ]
 
     return mutate
+
+
+def nested(levels: int) -> dict[str, Any]:
+    inner: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels):
+        inner = {"x": inner}
+    return inner
 
 
 def only_shared_blocks(b: dict[str, Any]) -> None:
@@ -116,6 +125,26 @@ BAD_INPUT: list[tuple[str, Mutation, int, list[Any]]] = [
         metadata(request_correlation_id=str(uuid.uuid4())),
         400,
         ["body", "metadata", "request_correlation_id"],
+    ),
+    ("metadata nested too deep", metadata(deep=nested(199)), 422, ["body", "metadata"]),
+    (
+        "too many metadata keys",
+        metadata(**{f"k{i}": i for i in range(200)}),
+        422,
+        ["body", "metadata"],
+    ),
+    ("metadata too large", metadata(note="x" * 20_000), 422, ["body", "metadata"]),
+    (
+        "model name too long",
+        overrides(model_override="m" * 300),
+        422,
+        ["body", "llm_config_overrides", "model_override"],
+    ),
+    (
+        "callback topic no broker accepts",
+        lambda b: b.update(callback_topic="results for/everyone"),
+        422,
+        ["body", "callback_topic"],
     ),
     (
         "spine field of the wrong type",
@@ -315,3 +344,81 @@ async def test_an_unreachable_queue_is_503_not_a_false_202() -> None:
         assert response.json()["detail"][0]["type"] == "queue_unavailable"
         assert "retry-after" in response.headers
         assert (await client.get("/healthz")).status_code == 503
+
+
+async def test_model_names_from_requests_cannot_grow_the_metrics_without_bound(
+    backend_url: str,
+) -> None:
+    callbacks = Callbacks()
+    bus = MemoryBus()
+    bus.subscribe("r", "cj", callbacks)
+    await bus.start()
+    bodies = [body(i, topic="r", size=1, model=f"made-up-model-{i}") for i in range(30)]
+    bodies.append(body(30, topic="r", size=1, model="mock-judge-1"))
+    async with provider(fast_settings(backend_url, linger_seconds=0.0), bus=bus) as (
+        svc,
+        client,
+        _,
+    ):
+        await post_all(client, bodies)
+        await eventually(lambda: callbacks.count == 31)
+        text = (await client.get("/metrics")).text
+    await bus.stop()
+    models = {
+        sample.labels["model"]
+        for family in svc.metrics.registry.collect()
+        for sample in family.samples
+        if "model" in sample.labels
+    }
+    assert models == {"mock-judge-1", "other"}
+    assert "made-up-model" not in text
+    # the callbacks still name the model each comparison asked for
+    assert callbacks.one(bodies[0]["correlation_id"]).model == "made-up-model-0"
+
+
+async def test_a_queue_that_stops_answering_is_503_saying_the_comparison_may_be_queued() -> None:
+    """Redis frozen (SIGSTOP) while a POST waits: the enqueue may still run when it thaws, so
+    the refusal must say so and hand back the correlation id that makes a retry safe."""
+    callbacks = Callbacks()
+    bus = MemoryBus()
+    bus.subscribe("r", "cj", callbacks)
+    await bus.start()
+    with services.own_redis() as redis:
+        settings = fast_settings(f"{redis.url}?socket_timeout=1", linger_seconds=0.0)
+        async with provider(settings, bus=bus) as (_, client, _):
+            request_body = body(1, topic="r", size=1)
+            del request_body["correlation_id"]  # the service picks one
+            redis.pause()
+            try:
+                refused = await client.post(COMPARISON_PATH, json=request_body)
+            finally:
+                redis.resume()
+            assert refused.status_code == 503
+            (detail,) = refused.json()["detail"]
+            assert detail["type"] == "queue_unavailable"
+            assert "may have been queued" in detail["msg"]
+            correlation_id = detail["ctx"]["correlation_id"]
+            retried = await client.post(
+                COMPARISON_PATH, json={**request_body, "correlation_id": correlation_id}
+            )
+            assert retried.status_code == 202
+            await eventually(lambda: callbacks.count >= 1)
+            await asyncio.sleep(0.5)  # room for a second callback, were there two comparisons
+    await bus.stop()
+    assert list(callbacks.by_id) == [correlation_id] and callbacks.count == 1
+
+
+async def test_a_body_that_never_arrives_is_408_not_a_held_connection(backend_url: str) -> None:
+    settings = fast_settings(backend_url, request_read_timeout_seconds=0.5)
+    async with provider(settings, work=False) as (svc, _, _):
+        status_line = await answer_to_a_stalled_body(svc.app, COMPARISON_PATH)
+        assert status_line.startswith(b"HTTP/1.1 408"), status_line
+        assert (await svc.queue.depth(0)).queued == 0
+
+
+async def test_the_openapi_document_resolves(api: Any) -> None:
+    _, client, _ = api
+    document = (await client.get("/openapi.json")).json()
+    assert unresolved_refs(document) == []
+    request = document["paths"][COMPARISON_PATH]["post"]["requestBody"]
+    assert request["content"]["application/json"]["schema"]["$ref"].endswith("ComparisonRequest")

@@ -18,6 +18,7 @@ import pytest
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider.queue import Finished, NewItem, Queue, QueueFull, Retry, Spent, queue_from_url
+from cjllm.provider.sqlite_queue import SQLiteQueue
 
 T0 = 1_000_000.0
 REPO = Path(__file__).resolve().parents[2]
@@ -252,3 +253,37 @@ async def test_two_processes_claiming_at_once_never_get_the_same_item(backend_ur
     assert first.isdisjoint(second)
     assert first | second == set(ids)
     assert first and second  # both really took part
+
+
+def _enqueue_work(q: SQLiteQueue, new: NewItem) -> int:
+    """SQLite virtual-machine steps one enqueue takes (a measure of work, not of time)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    q._conn.set_progress_handler(count, 1)
+    try:
+        q._write(lambda c: q._enqueue(c, new))
+    finally:
+        q._conn.set_progress_handler(None, 1)
+    return steps
+
+
+async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: Path) -> None:
+    q = queue_from_url(f"sqlite:///{tmp_path / 'q.sqlite'}", max_items=10**6, max_bytes=10**10)
+    assert isinstance(q, SQLiteQueue)
+    try:
+        await put(q, *(item(f"key-{i % 7}", at=T0 + i) for i in range(10)))
+        early = _enqueue_work(q, item(at=T0 + 10))
+        q._write(
+            lambda c: [q._enqueue(c, item(f"key-{i % 7}", at=T0 + 11 + i)) for i in range(5000)]
+        )
+        late = _enqueue_work(q, item(at=T0 + 6000))
+        assert late < 1.5 * early, (early, late)
+        depth = await q.depth(T0 + 6000)
+        assert depth.queued == 5012 and depth.active_bytes == 5012 * len(b'{"p": 1}')
+    finally:
+        await q.close()

@@ -431,3 +431,38 @@ async def test_several_bundles_are_in_flight_but_never_more_than_the_concurrency
     assert len(mock.calls) == 7
     assert mock.most == 3
     assert Counter(len(c.items) for c in mock.calls) == {2: 7}
+
+
+class BrokenAdapter(MockAdapter):
+    """An adapter with a bug: reading an odd answer raises something it never meant to."""
+
+    async def call_bundle(self, call: BundleCall) -> CallOutcome:
+        self.calls.append(call)
+        raise AttributeError("'NoneType' object has no attribute 'content'")
+
+
+async def test_an_adapter_that_raises_something_unexpected_fails_its_items_at_once_saying_why(
+    backend_url: str, results: tuple[str, Callbacks]
+) -> None:
+    results_topic, callbacks = results
+    bus = await memory_bus(callbacks, results_topic)
+    mock = BrokenAdapter()
+    settings = fast_settings(backend_url, lease_seconds=60.0)
+    async with provider(settings, bus=bus, mock=mock) as (svc, client, _):
+        await post_all(client, [body(i, topic=results_topic, size=2) for i in range(2)])
+        await eventually(lambda: callbacks.count == 2)
+        calls = metric(
+            svc,
+            "cjllm_provider_calls_total",
+            provider="mock",
+            model="mock-judge-1",
+            outcome="adapter_error",
+        )
+    await bus.stop()
+    assert len(mock.calls) == 1  # not paid for again: the bug would answer the same way
+    for rs in callbacks.by_id.values():
+        (result,) = rs
+        error = result.error_detail
+        assert error is not None and error.error_code == "adapter_error"
+        assert "AttributeError" in error.message and "'content'" in error.message
+    assert calls == 1

@@ -8,9 +8,12 @@ import anthropic.types
 import openai.types
 import openai.types.chat
 import pytest
+from fastapi.testclient import TestClient
 
 from cjllm.provider.calls import BundleItem
 from cjllm.provider.prompts import render_items
+from cjllm.sim.server import create_app
+from cjllm.sim.state import SimConfig
 from tests.sim.running import SimControl
 
 ANTHROPIC_HEADERS = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
@@ -254,3 +257,18 @@ def test_a_configuration_change_merges_into_the_current_one(sim: SimControl) -> 
     config = sim.configure(latency={"per_call": 0.002})
     assert config["latency"] == {"per_call": 0.002, "per_item": 0.001, "per_output_token": 0.0}
     assert config["faults"]["refusal"] == 0.1
+
+
+def test_the_sim_never_serves_its_api_key() -> None:
+    app = create_app(SimConfig(api_key="sk-sim-secret"))
+    with TestClient(app) as client:
+        shown = client.get("/sim/config").json()
+        patched = client.patch("/sim/config", json={"fault_seed": 3}).json()
+        still = client.post(
+            "/v1/messages",
+            json=message_body(),
+            headers={**ANTHROPIC_HEADERS, "x-api-key": "sk-sim-secret"},
+        )
+    assert "sk-sim-secret" not in str(shown) and "sk-sim-secret" not in str(patched)
+    assert shown["api_key"] == patched["api_key"] == "***"
+    assert still.status_code == 200  # the key is kept, only never shown
