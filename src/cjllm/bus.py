@@ -19,7 +19,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import InvalidTopicError, KafkaError, MessageSizeTooLargeError
 
 from cjllm.contracts import EventEnvelope
 
@@ -30,6 +30,11 @@ Handler = Callable[[EventEnvelope], Awaitable[None]]
 
 class BusError(RuntimeError):
     """Publishing failed; the caller keeps the event (e.g. in its outbox) and tries again."""
+
+
+class EventRejected(BusError):
+    """The bus will never take this event as it is (too large, a topic it refuses): trying
+    again cannot help, so the caller sets it aside instead."""
 
 
 class EventBus(Protocol):
@@ -232,6 +237,8 @@ class KafkaBus:
             raise BusError("KafkaBus.publish before start()")
         try:
             await self._producer.send_and_wait(topic, envelope.to_bytes(), key=key.encode())
+        except (MessageSizeTooLargeError, InvalidTopicError) as exc:
+            raise EventRejected(f"{topic} refuses this event: {exc}") from exc
         except KafkaError as exc:
             raise BusError(f"publish to {topic} failed: {exc}") from exc
 

@@ -8,6 +8,7 @@ that travels with every comparison. Field names and rules here are fixed contrac
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -18,6 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cjllm.strategies import BatchingStrategy as BatchingStrategy
 
 JUSTIFICATION_MAX_CHARS = 500
+# request metadata is echoed in the callback, a few levels deeper: these bounds keep every
+# callback readable by any JSON parser and small on the bus (docs/architecture.md)
+METADATA_MAX_BYTES = 16 * 1024
+METADATA_MAX_DEPTH = 8
+METADATA_MAX_KEYS = 64
+# a name every Kafka broker accepts as a topic (the in-memory buses accept any)
+TOPIC_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
 RESULT_EVENT_TYPE = "LLMComparisonResultV1"
 COMPLETION_EVENT_TYPE = "CJAssessmentCompletedV1"
 
@@ -49,8 +57,8 @@ class PromptBlock(_Strict):
 
 
 class LLMConfigOverrides(_Strict):
-    provider_override: str = Field(min_length=1)
-    model_override: str | None = None
+    provider_override: str = Field(min_length=1, max_length=100)
+    model_override: str | None = Field(default=None, min_length=1, max_length=200)
     temperature_override: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens_override: int | None = Field(default=None, gt=0)
     system_prompt_override: str | None = None
@@ -61,10 +69,25 @@ class ComparisonRequest(_Strict):
 
     user_prompt: str | None = None
     prompt_blocks: list[PromptBlock] | None = None
-    callback_topic: str = Field(min_length=1)
+    callback_topic: str = Field(pattern=TOPIC_PATTERN)
     correlation_id: uuid.UUID | None = None
     llm_config_overrides: LLMConfigOverrides
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        keys, depth = _shape(value)
+        if depth > METADATA_MAX_DEPTH:
+            raise ValueError(
+                f"metadata is nested {depth} levels deep; at most {METADATA_MAX_DEPTH}"
+            )
+        if keys > METADATA_MAX_KEYS:
+            raise ValueError(f"metadata has {keys} keys in all; at most {METADATA_MAX_KEYS}")
+        size = len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+        if size > METADATA_MAX_BYTES:
+            raise ValueError(f"metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES}")
+        return value
 
     @model_validator(mode="after")
     def _prompt_present(self) -> Self:
@@ -94,6 +117,17 @@ class ComparisonRequest(_Strict):
         """
         joined = b"\x00".join(p.encode("utf-8") for p in self.per_comparison_parts())
         return hashlib.sha256(joined).hexdigest()
+
+
+def _shape(value: Any, depth: int = 1) -> tuple[int, int]:
+    """(keys at every level, nesting depth) of a JSON value; a flat object is depth 1."""
+    if isinstance(value, dict):
+        children = [_shape(v, depth + 1) for v in value.values()]
+        return len(value) + sum(k for k, _ in children), max([depth, *(d for _, d in children)])
+    if isinstance(value, list):
+        children = [_shape(v, depth + 1) for v in value]
+        return sum(k for k, _ in children), max([depth, *(d for _, d in children)])
+    return 0, depth - 1
 
 
 class ComparisonQueuedResponse(BaseModel):

@@ -33,10 +33,11 @@ class ProviderSettings(BackendSettings):
 
     api_token: str | None = None
     callback_source: str = "llm_provider_service"
-    # request limits (HTTP 413)
+    # request limits (HTTP 413; a body not in within the read timeout is 408)
     max_prompt_chars: int = 200_000
     max_blocks: int = 32
     max_request_bytes: int = 2 * 1024 * 1024
+    request_read_timeout_seconds: float = Field(default=30.0, gt=0.0)
     # queue capacity (HTTP 503 + Retry-After)
     queue_max_items: int = 50_000
     queue_max_bytes: int = 512 * 1024 * 1024
@@ -119,6 +120,10 @@ class CJSettings(BackendSettings):
         ),
     )
     serial_override_bundle_size: int | None = Field(default=None, gt=0)
+    # this service's own API (`cjllm serve cj`): bearer token, body limit and read timeout
+    cj_api_token: str | None = None
+    cj_max_request_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
+    request_read_timeout_seconds: float = Field(default=30.0, gt=0.0)
     provider_url: str = "http://provider"
     provider_api_token: str | None = None
     callback_topic: str = "cj.llm.comparison.results"

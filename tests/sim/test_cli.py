@@ -31,7 +31,7 @@ def test_cjllm_sim_serves_with_its_options() -> None:
         assert config["faults"]["overloaded"] == 0.1 and config["faults"]["missing_item"] == 0.2
         assert config["limits"]["requests_per_minute"] == 100
         assert config["latency"]["per_item"] == 0.01
-        assert (config["api_key"], config["batch_seconds"]) == ("secret", 2.0)
+        assert (config["api_key"], config["batch_seconds"]) == ("***", 2.0)
         assert httpx.get(f"{base}/sim/counters").json()["calls"] == 0
         wrong = httpx.post(f"{base}/v1/chat/completions", json={}, headers={"x-api-key": "no"})
         assert wrong.status_code == 401

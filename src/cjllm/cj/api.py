@@ -1,11 +1,18 @@
 """HTTP API of the CJ Assessment Service (``cjllm serve cj``).
 
-``POST /api/v1/assessments`` starts a batch (``202`` once its first round is sent);
-``GET /api/v1/assessments/{cj_batch_id}`` reports progress and, when finished, the
-``CJAssessmentCompletedV1`` result; ``GET /api/v1/assessments/{cj_batch_id}/comparisons``
-lists every comparison as evidence (opponents, positions, winners, justifications, bundles,
-tokens); ``GET /healthz``. The completion event is also published
-on the completion topic, so callers may listen instead of asking.
+``POST /api/v1/assessments`` starts a batch (``202`` once its first round is sent; ``409``
+if its ``cj_batch_id`` is taken); ``GET /api/v1/assessments/{cj_batch_id}`` reports progress
+and, when finished, the ``CJAssessmentCompletedV1`` result;
+``GET /api/v1/assessments/{cj_batch_id}/comparisons`` lists every comparison as evidence
+(opponents, positions, winners, justifications, bundles, tokens); ``GET /healthz``. The
+completion event is also published on the completion topic, so callers may listen instead
+of asking.
+
+Starting an assessment spends the LLM budget, so the assessment routes want
+``Authorization: Bearer <CJLLM_CJ_API_TOKEN>`` when that is set; bodies are limited to
+``CJLLM_CJ_MAX_REQUEST_BYTES`` (413) and must arrive within
+``CJLLM_REQUEST_READ_TIMEOUT_SECONDS`` (408) — the same :mod:`cjllm.api_guard` as the
+provider API.
 """
 
 from __future__ import annotations
@@ -13,12 +20,13 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from cjllm.api_guard import BodyLimit, bearer_token
 from cjllm.cj.evidence import BatchJudgements, judgements
 from cjllm.cj.options import InvalidBatch
-from cjllm.cj.store import BatchNotFound
+from cjllm.cj.store import BatchExists, BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput
 from cjllm.contracts import CJAssessmentCompletedV1
 
@@ -75,8 +83,16 @@ class AssessmentStatus(BaseModel):
 
 def create_app(workflow: CJWorkflow) -> FastAPI:
     app = FastAPI(title="cjllm CJ Assessment Service")
+    settings = workflow.settings
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.cj_max_request_bytes,
+        read_timeout=settings.request_read_timeout_seconds,
+        setting="CJLLM_CJ_MAX_REQUEST_BYTES",
+    )
+    token = [Depends(bearer_token(settings.cj_api_token, "CJLLM_CJ_API_TOKEN"))]
 
-    @app.post("/api/v1/assessments", status_code=202)
+    @app.post("/api/v1/assessments", status_code=202, dependencies=token)
     async def start(body: AssessmentRequest) -> AssessmentAccepted:
         try:
             batch_id = await workflow.start_batch(
@@ -90,9 +106,11 @@ def create_app(workflow: CJWorkflow) -> FastAPI:
             )
         except InvalidBatch as exc:
             raise HTTPException(status_code=400, detail=str(exc)) from exc
+        except BatchExists as exc:
+            raise HTTPException(status_code=409, detail=str(exc)) from exc
         return AssessmentAccepted(cj_batch_id=batch_id)
 
-    @app.get("/api/v1/assessments/{cj_batch_id}")
+    @app.get("/api/v1/assessments/{cj_batch_id}", dependencies=token)
     async def status(cj_batch_id: str) -> AssessmentStatus:
         try:
             progress = await workflow.progress(cj_batch_id)
@@ -118,7 +136,7 @@ def create_app(workflow: CJWorkflow) -> FastAPI:
             result=await workflow.result(cj_batch_id),
         )
 
-    @app.get("/api/v1/assessments/{cj_batch_id}/comparisons")
+    @app.get("/api/v1/assessments/{cj_batch_id}/comparisons", dependencies=token)
     async def comparisons(cj_batch_id: str) -> BatchJudgements:
         try:
             await workflow.store.batch(cj_batch_id)

@@ -20,8 +20,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
-import uvicorn
 
+from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.cj.api import create_app
 from cjllm.cj.llm_client import ProviderClient
@@ -76,5 +76,4 @@ def run_cj(settings: CJSettings, host: str = "127.0.0.1", port: int = 8081) -> N
 
 async def _serve(settings: CJSettings, host: str, port: int) -> None:
     async with cj_service(settings) as workflow:
-        config = uvicorn.Config(create_app(workflow), host=host, port=port, lifespan="off")
-        await uvicorn.Server(config).serve()
+        await serve(create_app(workflow), host, port).serve()

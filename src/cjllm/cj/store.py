@@ -48,6 +48,12 @@ class BatchNotFound(LookupError):
         self.batch_id = batch_id
 
 
+class BatchExists(ValueError):
+    def __init__(self, batch_id: str) -> None:
+        super().__init__(f"a CJ batch with id {batch_id!r} already exists")
+        self.batch_id = batch_id
+
+
 class RoundExists(RuntimeError):
     """Another worker already started this round number (the loser simply stops)."""
 
@@ -96,9 +102,15 @@ class Store:
     # ---------------------------------------------------------------- batches
 
     async def create_batch(self, batch: Batch, essays: Sequence[NewEssay]) -> None:
+        """Store a new batch and its essays; :class:`BatchExists` if its id is taken."""
         async with self.write() as s:
+            if await s.get(Batch, batch.id) is not None:
+                raise BatchExists(batch.id)
             s.add(batch)
-            await s.flush()
+            try:
+                await s.flush()
+            except IntegrityError as exc:  # taken between the look and the insert
+                raise BatchExists(batch.id) from exc
             s.add_all(
                 Essay(
                     batch_id=batch.id,

@@ -100,7 +100,8 @@ class CJWorkflow:
 
         ``anchors`` carry a ``grade``; ``grade_scale`` lists the grades lowest first (needed
         with anchors unless every grade is a number). Raises :class:`InvalidBatch` or
-        :class:`~cjllm.cj.options.UnsupportedStrategy` before anything is stored.
+        :class:`~cjllm.cj.options.UnsupportedStrategy` before anything is stored, and
+        :class:`~cjllm.cj.store.BatchExists` if ``batch_id`` is taken.
         """
         options = options or BatchOptions.from_settings(self.settings)
         options.validate()

@@ -5,11 +5,19 @@
 ``LLMComparisonResultV1`` event on the request's ``callback_topic``. Refusals queue nothing:
 
 - 401 — ``CJLLM_API_TOKEN`` is set and ``Authorization: Bearer <token>`` is missing or wrong;
+- 408 — the body did not arrive within ``CJLLM_REQUEST_READ_TIMEOUT_SECONDS``;
 - 413 — the body, one prompt field, the whole prompt or the block count is over its limit;
-- 422 — the body does not match the contract (the error's ``loc`` names the field);
+- 422 — the body does not match the contract (the error's ``loc`` names the field; metadata
+  is bounded in depth, keys and size);
 - 400 — a well-formed request the service cannot serve: an unknown or unconfigured
   provider, an unsupported ``batching_strategy``, conflicting correlation ids;
-- 503 + ``Retry-After`` — the queue is over its item or byte capacity, or unreachable.
+- 503 + ``Retry-After`` — the queue is over its item or byte capacity (nothing was queued),
+  or did not answer (``queue_unavailable``: the comparison may still have been queued, so
+  the error's ``ctx.correlation_id`` is the one to retry with — a retry with it is queued
+  at most once).
+
+The body limit, its read timeout and the token check are :mod:`cjllm.api_guard`, shared
+with the CJ service's API.
 
 Error bodies always have FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``.
 ``GET /api/v1/comparison/{queue_id}`` reports a comparison's state; ``/healthz`` and
@@ -18,19 +26,19 @@ Error bodies always have FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from cjllm import __version__
+from cjllm.api_guard import BodyLimit, bearer_token
 from cjllm.contracts import (
     SPINE_KEYS,
     BatchingStrategy,
@@ -102,40 +110,30 @@ def create_app(
             ahead_seen[:] = [depth.queued + depth.processing, now]
         return limiter.wait_minutes(adapter, plan.model, int(ahead_seen[0]), tokens, hint)
 
-    def authorize(request: Request) -> None:
-        if settings.api_token is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(
-            token.strip().encode(), settings.api_token.encode()
-        ):
-            raise HTTPException(
-                401,
-                detail=[
-                    {
-                        "loc": ["header", "authorization"],
-                        "msg": "a valid bearer token is required",
-                        "type": "unauthorized",
-                    }
-                ],
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    app.add_middleware(
+        BodyLimit,
+        max_bytes=settings.max_request_bytes,
+        read_timeout=settings.request_read_timeout_seconds,
+        setting="CJLLM_MAX_REQUEST_BYTES",
+    )
+    token = [Depends(bearer_token(settings.api_token, "CJLLM_API_TOKEN"))]
+    request_schema = _document_request_body(app, ComparisonRequest)
 
     @app.post(
         COMPARISON_PATH,
         status_code=202,
         response_model=ComparisonQueuedResponse,
+        dependencies=token,
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": ComparisonRequest.model_json_schema()}},
+                "content": {"application/json": {"schema": request_schema}},
             }
         },
     )
     async def post_comparison(request: Request) -> JSONResponse:
-        authorize(request)
         try:
-            body = await _read_body(request, settings.max_request_bytes)
+            body = await request.body()  # read in full, within its limits, by BodyLimit
             try:
                 comparison = ComparisonRequest.model_validate_json(body)
             except ValidationError as exc:
@@ -163,7 +161,7 @@ def create_app(
             kind = "queue_full" if isinstance(exc, QueueFull) else "queue_unavailable"
             metrics.requests.labels(kind).inc()
             return JSONResponse(
-                {"detail": [{"loc": [], "msg": str(exc), "type": kind}]},
+                {"detail": [_refusal(exc, kind, item.correlation_id)]},
                 status_code=503,
                 headers={"Retry-After": str(settings.queue_full_retry_after_seconds)},
             )
@@ -182,9 +180,10 @@ def create_app(
         )
         return JSONResponse(answer.model_dump(mode="json"), status_code=202)
 
-    @app.get(COMPARISON_PATH + "/{queue_id}", response_model=ComparisonStatusResponse)
-    async def comparison_status(queue_id: uuid.UUID, request: Request) -> ComparisonStatusResponse:
-        authorize(request)
+    @app.get(
+        COMPARISON_PATH + "/{queue_id}", response_model=ComparisonStatusResponse, dependencies=token
+    )
+    async def comparison_status(queue_id: uuid.UUID) -> ComparisonStatusResponse:
         item = await queue.get(str(queue_id))
         if item is None:
             raise HTTPException(
@@ -230,19 +229,36 @@ def create_app(
     return app
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length", "")
-    too_big = f"the request body is over {limit} bytes (CJLLM_MAX_REQUEST_BYTES)"
-    if declared.isdigit() and int(declared) > limit:
-        _refuse(413, [], too_big, "request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            _refuse(413, [], too_big, "request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def _refusal(exc: QueueFull | QueueUnavailable, kind: str, correlation_id: str) -> dict[str, Any]:
+    """The 503's error: whether the comparison may be queued, and the id to retry with."""
+    if isinstance(exc, QueueUnavailable) and exc.may_have_applied:
+        msg = (
+            f"{exc}. The comparison may have been queued: retry with correlation_id "
+            f"{correlation_id} (a retry with it is queued at most once)"
+        )
+    else:
+        msg = f"{exc}. Nothing was queued; retry later"
+    ctx = {"correlation_id": correlation_id, "may_have_been_queued": kind != "queue_full"}
+    if isinstance(exc, QueueUnavailable):
+        ctx["may_have_been_queued"] = exc.may_have_applied
+    return {"loc": [], "msg": msg, "type": kind, "ctx": ctx}
+
+
+def _document_request_body(app: FastAPI, model: type[BaseModel]) -> dict[str, Any]:
+    """The request body's schema as a ``$ref``, its definitions added to the document's
+    components (the handler reads the body itself, so FastAPI does not list the model)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions = {model.__name__: schema, **schema.pop("$defs", {})}
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            document.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
 def _check_sizes(comparison: ComparisonRequest, settings: ProviderSettings) -> None:

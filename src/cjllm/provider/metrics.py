@@ -2,10 +2,14 @@
 
 One :class:`ProviderMetrics` per service instance, each with its own registry, so several
 services in one process (tests, the embedded shape) do not collide. Queue depth counts
-comparisons, never bundles, and is read from the queue at scrape time.
+comparisons, never bundles, and is read from the queue at scrape time. Label values come
+from bounded sets only: a model name from a request is a label only if the service knows
+it (:meth:`ProviderMetrics.model_label`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -16,8 +20,11 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
 
 
 class ProviderMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, known_models: Iterable[str] = ()
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.known_models = frozenset(known_models)
         r = self.registry
         self.queue_depth = Gauge(
             "cjllm_provider_queue_depth",
@@ -80,6 +87,16 @@ class ProviderMetrics:
             "Outbox publish attempts the bus refused (retried later).",
             registry=r,
         )
+        self.dead_letters = Counter(
+            "cjllm_provider_callbacks_dead_lettered_total",
+            "Outbox entries set aside because they can never be published (see the log).",
+            registry=r,
+        )
+        self.dead_letter_depth = Gauge(
+            "cjllm_provider_outbox_dead_letters",
+            "Outbox entries set aside and kept for an operator.",
+            registry=r,
+        )
         self.retries = Counter(
             "cjllm_provider_retries_total",
             "Comparisons returned to the queue, by reason.",
@@ -128,12 +145,22 @@ class ProviderMetrics:
             registry=r,
         )
 
+    def model_label(self, model: str) -> str:
+        """``model`` as a label value: a known model (a configured default, a price-table
+        entry, or a dated variant of one), else ``other`` — names chosen in requests must not
+        grow the number of series without bound."""
+        if model in self.known_models:
+            return model
+        extended = [m for m in self.known_models if model.startswith(m + "-")]
+        return max(extended, key=len) if extended else "other"
+
     def observe_depth(self, depth: Depth) -> None:
         self.queue_depth.labels("queued").set(depth.queued)
         self.queue_depth.labels("delayed").set(depth.delayed)
         self.queue_depth.labels("processing").set(depth.processing)
         self.queue_bytes.set(depth.active_bytes)
         self.outbox_depth.set(depth.outbox)
+        self.dead_letter_depth.set(depth.dead_letters)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

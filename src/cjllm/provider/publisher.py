@@ -7,6 +7,11 @@ callback topic keyed by ``correlation_id``, and deletes only what the bus acknow
 bus outage delays callbacks (the publisher keeps retrying, with backoff) but loses none; a
 publisher that dies after publishing but before deleting makes the entry go out again —
 delivery is at-least-once and consumers de-duplicate on ``correlation_id``.
+
+An entry that can never be published — its bytes are not a readable envelope, or the bus
+refuses it for what it is (:class:`~cjllm.bus.EventRejected`, or any error other than a
+:class:`~cjllm.bus.BusError` outage) — is moved to the outbox's dead letters with the
+reason, counted and logged once. It never holds up the entries published beside it.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import asyncio
 import logging
 import time
 
-from cjllm.bus import BusError, EventBus
+from cjllm.bus import BusError, EventBus, EventRejected
 from cjllm.contracts import EventEnvelope
 from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
@@ -58,8 +63,11 @@ class Publisher:
         entries = await self.queue.claim_outbox(now, lease_end, self.settings.publish_batch_size)
         pending, delay = entries, 0.1
         while pending:
-            failed = await self._publish(pending)
-            refused = {e.entry_id for e in failed}
+            failed, dead = await self._publish(pending)
+            if dead:
+                await self.queue.dead_letter_outbox(dead, time.time())
+                self.metrics.dead_letters.inc(len(dead))
+            refused = {e.entry_id for e in failed} | set(dead)
             await self.queue.delete_outbox(
                 [e.entry_id for e in pending if e.entry_id not in refused]
             )
@@ -71,20 +79,37 @@ class Publisher:
                 delay = min(delay * 2, MAX_BACKOFF_SECONDS)
         return len(entries)
 
-    async def _publish(self, entries: list[OutboxEntry]) -> list[OutboxEntry]:
-        """Publish concurrently; return the entries the bus refused."""
+    async def _publish(
+        self, entries: list[OutboxEntry]
+    ) -> tuple[list[OutboxEntry], dict[str, str]]:
+        """Publish concurrently; return the entries to try again and those to set aside
+        (entry id → reason)."""
+        dead: dict[str, str] = {}
 
         async def one(entry: OutboxEntry) -> bool:
             try:
-                await self.bus.publish(
-                    entry.topic, entry.message_key, EventEnvelope.from_bytes(entry.envelope)
-                )
+                envelope = EventEnvelope.from_bytes(entry.envelope)
+            except ValueError as exc:
+                dead[entry.entry_id] = f"not a readable callback envelope: {exc}"[:2000]
+                log.error("callback %s set aside: %s", entry.message_key, dead[entry.entry_id])
+                return True
+            try:
+                await self.bus.publish(entry.topic, entry.message_key, envelope)
+            except EventRejected as exc:
+                dead[entry.entry_id] = str(exc)[:2000]
+                log.error("callback %s set aside: %s", entry.message_key, exc)
+                return True
             except BusError as exc:
                 log.warning("callback %s not published yet: %s", entry.message_key, exc)
                 self.metrics.publish_failures.inc()
                 return False
+            except Exception as exc:  # the bus failed on this event itself, not for a while
+                dead[entry.entry_id] = f"{type(exc).__name__}: {exc}"[:2000]
+                log.exception("callback %s set aside: the bus raised", entry.message_key)
+                return True
             self.metrics.callbacks_published.inc()
             return True
 
         outcomes = await asyncio.gather(*(one(e) for e in entries))
-        return [e for e, ok in zip(entries, outcomes, strict=True) if not ok]
+        failed = [e for e, ok in zip(entries, outcomes, strict=True) if not ok]
+        return failed, dead

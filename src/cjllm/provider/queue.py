@@ -26,14 +26,17 @@ Life of an item::
   with an error callback through the same ``finish`` (a sweeper that dies mid-way loses
   nothing: the lease lapses and the next sweep takes them again).
 - The **outbox** is drained by a publisher: entries are leased (so two publishers do not
-  both send an entry) and deleted only after the bus acknowledged them.
+  both send an entry) and deleted only after the bus acknowledged them. An entry that can
+  never be published (unreadable, refused by the bus for what it is) is moved to the
+  outbox's **dead letters** with the reason, so it never holds up the others; it stays there
+  for an operator (:meth:`Queue.dead_letters`).
 
 Times are UNIX seconds passed in by the caller, so one clock decides for a whole step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlparse
@@ -56,7 +59,17 @@ class QueueFull(Exception):
 
 class QueueUnavailable(Exception):
     """The queue backend could not be reached or refused the operation (the database file is
-    locked for too long, Redis is down). Nothing changed; the caller may try again."""
+    locked for too long, Redis is down or does not answer in time).
+
+    ``may_have_applied``: false when nothing changed for sure (SQLite rolls the step back);
+    true when the step may still take effect (Redis runs a script that reached it even if its
+    answer never came back). Either way the caller may try again: every step is idempotent
+    for the same ids.
+    """
+
+    def __init__(self, message: str, *, may_have_applied: bool) -> None:
+        super().__init__(message)
+        self.may_have_applied = may_have_applied
 
 
 @dataclass(frozen=True)
@@ -162,6 +175,18 @@ class OutboxEntry:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """An outbox entry set aside because it can never be published, and why."""
+
+    entry_id: str
+    topic: str
+    message_key: str
+    envelope: bytes
+    reason: str
+    dead_at: float
+
+
+@dataclass(frozen=True)
 class Depth:
     """Comparisons (not bundles) by state, plus what the capacity limits count."""
 
@@ -170,6 +195,7 @@ class Depth:
     processing: int
     active_bytes: int
     outbox: int
+    dead_letters: int = 0
 
 
 class Queue(Protocol):
@@ -218,6 +244,14 @@ class Queue(Protocol):
         ...
 
     async def delete_outbox(self, entry_ids: Sequence[str]) -> None: ...
+
+    async def dead_letter_outbox(self, reasons: Mapping[str, str], now: float) -> None:
+        """Move outbox entries (id → reason) to the dead letters; they are never sent again."""
+        ...
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The outbox's dead letters, oldest first."""
+        ...
 
     async def get(self, queue_id: str) -> QueuedItem | None: ...
 

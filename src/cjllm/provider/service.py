@@ -20,15 +20,16 @@ from collections.abc import AsyncIterator, Mapping
 from urllib.parse import urlparse
 
 import prometheus_client
-import uvicorn
 from fastapi import FastAPI
 
+from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
 from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.limiter import Limiter
 from cjllm.provider.loops import supervise
 from cjllm.provider.metrics import ProviderMetrics
+from cjllm.provider.pricing import load_price_table
 from cjllm.provider.providers import Providers
 from cjllm.provider.publisher import Publisher
 from cjllm.provider.queue import Queue, queue_from_url
@@ -38,6 +39,14 @@ from cjllm.provider.worker import Worker
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def known_models(settings: ProviderSettings) -> set[str]:
+    """Models the service may name in metric labels: its defaults and the price table's."""
+    defaults = {settings.anthropic_model, settings.openai_model, settings.mock_model}
+    return defaults | set(load_price_table(settings.price_table_path).models)
 
 
 class ProviderService:
@@ -56,7 +65,7 @@ class ProviderService:
         self.queue = queue
         self.bus = bus
         self.providers = providers
-        self.metrics = metrics or ProviderMetrics()
+        self.metrics = metrics or ProviderMetrics(known_models=known_models(settings))
         self.publisher = Publisher(queue, bus, settings, self.metrics)
         buckets = buckets_for(queue, settings.rate_limit_period_seconds)
         self.limiter = Limiter(settings, self.metrics, buckets)
@@ -90,17 +99,32 @@ class ProviderService:
             for name, loop in (
                 ("worker", self.worker.run),
                 ("sweeper", self.sweeper.run),
-                ("publisher", self.publisher.run),
+                ("publisher", self.publisher.run),  # last: stop_work lets it finish
             )
         ]
 
     async def stop_work(self) -> None:
-        """Stop them; bundles in flight hand their items back to the queue untouched."""
+        """Stop them. Bundles in flight hand their items back to the queue untouched; the
+        publisher first sends the callbacks already recorded (for at most
+        ``SHUTDOWN_GRACE_SECONDS``), so a clean stop leaves none behind in the outbox."""
         self._stop.set()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        *loops, publishing = self._tasks
         self._tasks = []
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        try:
+            async with asyncio.timeout(SHUTDOWN_GRACE_SECONDS):
+                await publishing  # it finishes the batch it is sending, then sees the stop
+                while await self.publisher.drain_once():
+                    pass
+        except TimeoutError:
+            log.warning("stopped with callbacks still in the outbox; they go out on restart")
+        finally:
+            publishing.cancel()
+            await asyncio.gather(publishing, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -185,8 +209,7 @@ async def _serve(
             urlparse(settings.bus_url).scheme,
         )
         if api:
-            config = uvicorn.Config(service.app, host=host, port=port, lifespan="off")
-            await uvicorn.Server(config).serve()
+            await serve(service.app, host, port).serve()
         else:
             await stop.wait()
     log.info("provider service stopped")

@@ -5,7 +5,7 @@ a busy timeout). Every state change is one ``BEGIN IMMEDIATE`` transaction, whic
 database's write lock up front: a claim reads the ready key's oldest items and leases them
 with one ``UPDATE … WHERE seq IN (…) RETURNING`` before any other writer can look, so two
 processes never get the same item. Finishing an item and recording its callback in the
-``outbox`` table happen in one transaction.
+``outbox`` table happen in one transaction. The tables are in :mod:`cjllm.provider.sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from cjllm.contracts import QueueItemState
 from cjllm.provider.bundling import Candidate, pick_bundle
 from cjllm.provider.queue import (
+    DeadLetter,
     Depth,
     Finished,
     NewItem,
@@ -27,78 +27,14 @@ from cjllm.provider.queue import (
     QueueFull,
     QueueUnavailable,
     Retry,
-    Spent,
 )
+from cjllm.provider.sqlite_schema import ACTIVE, SCHEMA, count_totals_once, item_from_row
 
 T = TypeVar("T")
 
 # keys looked at per claim (oldest heads first) and items read per key
 MAX_KEYS_PER_CLAIM = 100
 MAX_SCAN_PER_KEY = 1000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue_id TEXT NOT NULL UNIQUE,
-    correlation_id TEXT NOT NULL UNIQUE,
-    key TEXT NOT NULL,
-    hint INTEGER NOT NULL,
-    tokens INTEGER NOT NULL,
-    budget INTEGER NOT NULL,
-    payload TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    enqueued_at REAL NOT NULL,
-    available_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    lease_owner TEXT,
-    lease_until REAL,
-    bundle_id TEXT,
-    last_error TEXT,
-    prompt_tokens INTEGER NOT NULL DEFAULT 0,
-    completion_tokens INTEGER NOT NULL DEFAULT 0,
-    cost REAL NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS items_by_key ON items (state, key, enqueued_at, seq);
-CREATE INDEX IF NOT EXISTS items_by_lease ON items (state, lease_until);
-CREATE INDEX IF NOT EXISTS items_by_expiry ON items (state, expires_at);
-CREATE INDEX IF NOT EXISTS items_by_update ON items (state, updated_at);
-CREATE TABLE IF NOT EXISTS outbox (
-    entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    message_key TEXT NOT NULL,
-    envelope BLOB NOT NULL,
-    visible_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_by_visibility ON outbox (visible_at);
-"""
-
-_ACTIVE = ("queued", "processing")
-
-
-def _item(row: sqlite3.Row) -> QueuedItem:
-    return QueuedItem(
-        queue_id=row["queue_id"],
-        correlation_id=row["correlation_id"],
-        key=row["key"],
-        hint=row["hint"],
-        tokens=row["tokens"],
-        budget=row["budget"],
-        payload=row["payload"],
-        state=QueueItemState(row["state"]),
-        attempts=row["attempts"],
-        enqueued_at=row["enqueued_at"],
-        available_at=row["available_at"],
-        expires_at=row["expires_at"],
-        updated_at=row["updated_at"],
-        lease_owner=row["lease_owner"],
-        lease_until=row["lease_until"],
-        bundle_id=row["bundle_id"],
-        last_error=row["last_error"],
-        spent=Spent(row["prompt_tokens"], row["completion_tokens"], row["cost"]),
-    )
 
 
 class SQLiteQueue:
@@ -118,7 +54,8 @@ class SQLiteQueue:
             self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
         with self._lock:
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(SCHEMA)
+        self._write(count_totals_once)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -143,7 +80,10 @@ class SQLiteQueue:
         try:
             return await asyncio.to_thread(fn)
         except sqlite3.OperationalError as exc:
-            raise QueueUnavailable(f"SQLite queue {self.path}: {exc}") from exc
+            # the transaction was rolled back: nothing changed
+            raise QueueUnavailable(
+                f"SQLite queue {self.path}: {exc}", may_have_applied=False
+            ) from exc
 
     # ------------------------------------------------------------------ enqueue
 
@@ -156,10 +96,7 @@ class SQLiteQueue:
         ).fetchone()
         if known is not None:
             return str(known[0]), False
-        count, size = conn.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM items WHERE state IN (?, ?)",
-            _ACTIVE,
-        ).fetchone()
+        count, size = conn.execute("SELECT items, bytes FROM totals WHERE id = 1").fetchone()
         if count + 1 > self.max_items:
             raise QueueFull("items", count, self.max_items)
         if size + item.size_bytes > self.max_bytes:
@@ -227,7 +164,7 @@ class SQLiteQueue:
             (owner, lease_until, bundle_id, now, *queue_ids),
         ).fetchall()
         order = {qid: i for i, qid in enumerate(queue_ids)}
-        return sorted((_item(r) for r in rows), key=lambda it: order[it.queue_id])
+        return sorted((item_from_row(r) for r in rows), key=lambda it: order[it.queue_id])
 
     async def extend(self, owner: str, queue_ids: Sequence[str], lease_until: float) -> int:
         marks = ",".join("?" * len(queue_ids))
@@ -251,7 +188,7 @@ class SQLiteQueue:
                 cur = c.execute(
                     "UPDATE items SET state = ?, updated_at = ?, lease_until = NULL,"
                     " payload = '' WHERE queue_id = ? AND state IN (?, ?)",
-                    (f.state.value, now, f.queue_id, *_ACTIVE),
+                    (f.state.value, now, f.queue_id, *ACTIVE),
                 )
                 if cur.rowcount:
                     c.execute(
@@ -347,12 +284,39 @@ class SQLiteQueue:
 
         await self._run(lambda: self._write(delete))
 
+    async def dead_letter_outbox(self, reasons: Mapping[str, str], now: float) -> None:
+        if not reasons:
+            return
+
+        def bury(c: sqlite3.Connection) -> None:
+            for entry_id, reason in reasons.items():
+                c.execute(
+                    "INSERT OR IGNORE INTO outbox_dead (entry_id, topic, message_key, envelope,"
+                    " reason, dead_at) SELECT entry_id, topic, message_key, envelope, ?, ?"
+                    " FROM outbox WHERE entry_id = ?",
+                    (reason, now, int(entry_id)),
+                )
+                c.execute("DELETE FROM outbox WHERE entry_id = ?", (int(entry_id),))
+
+        await self._run(lambda: self._write(bury))
+
+    async def dead_letters(self, limit: int) -> list[DeadLetter]:
+        def read(c: sqlite3.Connection) -> list[DeadLetter]:
+            rows = c.execute(
+                "SELECT entry_id, topic, message_key, envelope, reason, dead_at FROM outbox_dead"
+                " ORDER BY dead_at, entry_id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [DeadLetter(str(r[0]), r[1], r[2], bytes(r[3]), r[4], r[5]) for r in rows]
+
+        return await self._run(lambda: self._read(read))
+
     # ------------------------------------------------------------------ reads and upkeep
 
     async def get(self, queue_id: str) -> QueuedItem | None:
         def get(c: sqlite3.Connection) -> QueuedItem | None:
             row = c.execute("SELECT * FROM items WHERE queue_id = ?", (queue_id,)).fetchone()
-            return None if row is None else _item(row)
+            return None if row is None else item_from_row(row)
 
         return await self._run(lambda: self._read(get))
 
@@ -367,15 +331,21 @@ class SQLiteQueue:
             for state, delayed, n, size in c.execute(
                 "SELECT state, available_at > ?, COUNT(*), SUM(size_bytes) FROM items"
                 " WHERE state IN (?, ?) GROUP BY 1, 2",
-                (now, *_ACTIVE),
+                (now, *ACTIVE),
             ):
                 counts[state] += n
                 counts["bytes"] += size or 0
                 if state == "queued" and delayed:
                     counts["delayed"] += n
             outbox = c.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            dead = c.execute("SELECT COUNT(*) FROM outbox_dead").fetchone()[0]
             return Depth(
-                counts["queued"], counts["delayed"], counts["processing"], counts["bytes"], outbox
+                counts["queued"],
+                counts["delayed"],
+                counts["processing"],
+                counts["bytes"],
+                outbox,
+                dead,
             )
 
         return await self._run(lambda: self._read(depth))

@@ -11,7 +11,9 @@
   429 or an overload pauses the key and costs no attempt). A call-level failure
   (:class:`ProviderCallError`, an unreadable answer, a timeout) retries the whole bundle with
   exponential backoff that honours ``retry-after``; a bundle too large for the context is
-  split in half without costing an attempt.
+  split in half without costing an attempt. Any other exception from the adapter is a bug
+  or an answer it never foresaw: its items fail at once (``adapter_error``, with the
+  exception as the message) rather than being paid for again.
 - **validate**: each item is answered-and-valid (→ success callback) or missing/invalid
   (→ requeued *alone*, hint 1; its neighbours keep their answers). Unknown ids are counted.
 - **record**: callbacks go to the outbox in the same atomic step that finishes the item; the
@@ -182,7 +184,7 @@ class Worker:
             raise ProviderCallError("provider_unavailable", str(exc), retryable=False) from exc
 
     async def _call(self, adapter: LLMAdapter, call: BundleCall) -> CallOutcome:
-        labels = (adapter.name, call.model)
+        labels = (adapter.name, self.metrics.model_label(call.model))
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.call_timeout_seconds):
@@ -200,6 +202,17 @@ class Worker:
         except ProviderCallError as exc:
             self.metrics.provider_calls.labels(*labels, exc.code).inc()
             raise
+        except Exception as exc:  # an adapter bug or an answer it never foresaw: fail now
+            self.metrics.provider_calls.labels(*labels, "adapter_error").inc()
+            log.error(
+                "bundle %s: the %s adapter raised", call.bundle_id, adapter.name, exc_info=exc
+            )
+            raise ProviderCallError(
+                "adapter_error",
+                f"{type(exc).__name__}: {exc}",
+                retryable=False,
+                details={"exception": type(exc).__name__},
+            ) from exc
         finally:
             self.metrics.call_latency.labels(adapter.name).observe(time.monotonic() - started)
             self.metrics.items_per_call.labels(adapter.name).observe(len(call.items))

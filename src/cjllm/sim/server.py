@@ -16,6 +16,7 @@ Control endpoints (for tests and benchmarks):
 - ``GET /sim/config`` / ``PATCH /sim/config`` — read or change the configuration
   (:class:`~cjllm.sim.state.SimConfig`; nested objects merge, lists replace);
   ``{"out_of_credit": true}`` makes every model call answer as an account without credit.
+  The API key is never shown: it reads ``"***"`` when one is set.
 - ``POST /sim/reset`` — zero the counters, call log, caches, rate-limit buckets and stores.
 
 Rate limits are the vendors' token buckets (:mod:`cjllm.sim.limits`).
@@ -55,7 +56,7 @@ def create_app(
 
     @app.get("/sim/config")
     async def get_config(request: Request) -> dict[str, Any]:
-        return request.app.state.sim.config.model_dump()  # type: ignore[no-any-return]
+        return _shown(request.app.state.sim.config)
 
     @app.patch("/sim/config", response_model=None)
     async def patch_config(request: Request) -> JSONResponse | dict[str, Any]:
@@ -68,7 +69,7 @@ def create_app(
         except ValidationError as exc:
             return JSONResponse({"detail": exc.errors(include_url=False)}, status_code=422)
         state.apply(new)
-        return new.model_dump()
+        return _shown(new)
 
     @app.post("/sim/reset")
     async def reset(request: Request) -> dict[str, Any]:
@@ -76,6 +77,11 @@ def create_app(
         return {"reset": True}
 
     return app
+
+
+def _shown(config: SimConfig) -> dict[str, Any]:
+    """The configuration as the control API shows it: everything but the API key."""
+    return {**config.model_dump(), "api_key": None if config.api_key is None else "***"}
 
 
 def build_config(
