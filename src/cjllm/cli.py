@@ -334,6 +334,15 @@ def submit(
             "--cj-url", envvar="CJLLM_CJ_URL", help="Base URL of a running `cjllm serve cj`."
         ),
     ] = "http://127.0.0.1:8081",
+    cj_token: Annotated[
+        str | None,
+        typer.Option(
+            "--cj-token",
+            envvar="CJLLM_CJ_API_TOKEN",
+            help="Bearer token of the CJ service's API, when it has one.",
+            show_default=False,
+        ),
+    ] = None,
     instructions: InstructionsOption = None,
     rubric: RubricOption = None,
     anchors: AnchorsOption = None,
@@ -391,7 +400,8 @@ def submit(
     from cjllm.terminal import LiveProgress, print_result
 
     try:
-        with httpx.Client(timeout=120.0) as client:
+        auth = {"Authorization": f"Bearer {cj_token}"} if cj_token else {}
+        with httpx.Client(timeout=120.0, headers=auth) as client:
             batch_id = send(request, client, body)
             say(console, f"Submitted batch {batch_id} to {cj_url}")
             if not wait:
