@@ -121,34 +121,64 @@ def _pg_bin() -> Path:
     return Path(found[-1]).parent
 
 
-@contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
-    """PostgreSQL in a temporary data directory, run as the ``postgres`` user when root."""
-    bindir = _pg_bin()
-    port = free_port()
-    datadir = tempfile.mkdtemp(prefix="cjllm-pg-")
-    as_root = os.geteuid() == 0
-    if as_root:
-        shutil.chown(datadir, "postgres", "postgres")
+class PostgresServer:
+    """PostgreSQL in a temporary data directory on a fixed loopback port, run as the
+    ``postgres`` user when root; a test may stop it (as a crash would) and start it again."""
 
-    def run(*args: str) -> None:
+    def __init__(self) -> None:
+        self.bindir = _pg_bin()
+        self.port = free_port()
+        self.datadir = tempfile.mkdtemp(prefix="cjllm-pg-")
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/cjllm"
+        if os.geteuid() == 0:
+            shutil.chown(self.datadir, "postgres", "postgres")
+
+    def _run(self, *args: str) -> None:
         cmd = list(args)
-        if as_root:
+        if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise ServiceUnavailable(f"{' '.join(args)} failed: {res.stderr.strip()}")
 
-    run(str(bindir / "initdb"), "-D", datadir, "-U", "postgres", "-A", "trust", "--no-sync")
-    opts = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(bindir / "pg_ctl"), "-D", datadir, "-o", opts, "-l", f"{datadir}/log", "-w", "start")
-    try:
-        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "cjllm")
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/cjllm"
-    finally:
+    def create(self) -> None:
+        initdb = str(self.bindir / "initdb")
+        self._run(initdb, "-D", self.datadir, "-U", "postgres", "-A", "trust", "--no-sync")
+        self.start()
+        where = ("-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres")
+        self._run(str(self.bindir / "createdb"), *where, "cjllm")
+
+    def start(self) -> None:
+        opts = f"-p {self.port} -k {self.datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = f"{self.datadir}/log"
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", self.datadir, "-o", opts, "-l", log, "-w", "start"
+        )
+
+    def crash(self) -> None:
+        """Stop at once, as a crash would (``-m immediate``: recovery runs at the next start)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", self.datadir, "-m", "immediate", "stop")
+
+    def remove(self) -> None:
         with contextlib.suppress(ServiceUnavailable):
-            run(str(bindir / "pg_ctl"), "-D", datadir, "-m", "immediate", "stop")
-        shutil.rmtree(datadir, ignore_errors=True)
+            self.crash()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    with own_postgres() as server:
+        yield server.url
+
+
+@contextlib.contextmanager
+def own_postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.create()
+        yield server
+    finally:
+        server.remove()
 
 
 def tansu_binary() -> str:
@@ -162,30 +192,50 @@ def tansu_binary() -> str:
     return str(exe)
 
 
+class KafkaBroker:
+    """A tansu broker (memory storage) on a fixed loopback port, which a test may stop and
+    start again. Memory storage forgets every topic, message and group offset when stopped."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.NamedTemporaryFile(prefix="cjllm-tansu-", suffix=".log", delete=False)
+
+    def start(self) -> None:
+        url = f"tcp://{self.bootstrap}"
+        self.proc = subprocess.Popen(
+            [
+                *(tansu_binary(), "broker", "--listener-url", url),
+                *("--advertised-listener-url", url, "--storage-engine", "memory://tansu/"),
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, self.proc, "tansu broker")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+
+    def remove(self) -> None:
+        self.stop()
+        self.log.close()
+        os.unlink(self.log.name)
+
+
 @contextlib.contextmanager
 def kafka_broker() -> Iterator[str]:
     """A tansu broker with memory storage. Yields ``host:port`` bootstrap servers."""
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="cjllm-tansu-", suffix=".log", delete=False)
-    proc = subprocess.Popen(
-        [
-            tansu_binary(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    with own_kafka() as broker:
+        yield broker.bootstrap
+
+
+@contextlib.contextmanager
+def own_kafka() -> Iterator[KafkaBroker]:
+    broker = KafkaBroker()
     try:
-        wait_for_port(port, proc, "tansu broker")
-        yield f"127.0.0.1:{port}"
+        broker.start()
+        yield broker
     finally:
-        _stop(proc)
-        log.close()
-        os.unlink(log.name)
+        broker.remove()

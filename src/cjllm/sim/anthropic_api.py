@@ -230,7 +230,7 @@ async def create_message(request: Request) -> Response:
         stop=message["stop_reason"],
         body=body,
     )
-    await asyncio.sleep(state.config.latency.seconds(len(answer.custom_ids), usage.output))
+    await asyncio.sleep(state.answer_delay(len(answer.custom_ids), usage.output, faults))
     state.counters.responses["200"] += 1
     headers = {"request-id": new_id("req_"), **anthropic_headers(state.rate_levels())}
     return JSONResponse(message, headers=headers)

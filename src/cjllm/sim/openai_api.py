@@ -247,7 +247,7 @@ async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
         stop=finish,
         body=body,
     )
-    await asyncio.sleep(state.config.latency.seconds(len(items), usage.output))
+    await asyncio.sleep(state.answer_delay(len(items), usage.output, faults))
     state.counters.responses["200"] += 1
     headers = {"x-request-id": new_id("req_"), **openai_headers(state.rate_levels())}
     return JSONResponse(completion, headers=headers)

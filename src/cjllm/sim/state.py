@@ -49,6 +49,7 @@ class SimConfig(BaseModel):
     faults: FaultRates = Field(default_factory=FaultRates)
     fault_seed: int = 0
     fault_retry_after: float = Field(default=1.0, ge=0.0)
+    fault_stall_seconds: float = Field(default=30.0, ge=0.0)
     forced_statuses: list[int] = Field(default_factory=list)
     out_of_credit: bool = False
     api_key: str | None = None
@@ -192,6 +193,11 @@ class SimState:
         if not key:
             return False
         return self.config.api_key is None or key == self.config.api_key
+
+    def answer_delay(self, items: int, output_tokens: int, faults: set[str]) -> float:
+        """Seconds before an answer goes out: the latency model, plus a stall if drawn."""
+        stall = self.config.fault_stall_seconds if "stall" in faults else 0.0
+        return self.config.latency.seconds(items, output_tokens) + stall
 
     def gate(self, model: str, need: Need) -> set[str]:
         """Checks before a model call; raises :class:`SimError`, else returns answer faults.
