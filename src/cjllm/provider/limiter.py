@@ -251,7 +251,8 @@ class Limiter:
         tally.cache_reads = tally.cache_reads or usage.cache_read_input_tokens > 0
         tally.refusals = 0
         for budget, amount in used.items():
-            self.metrics.rate_limit_used.labels(key.provider, key.model_class, budget).inc(amount)
+            label = self.metrics.model_label(key.model_class)
+            self.metrics.rate_limit_used.labels(key.provider, label, budget).inc(amount)
 
     async def _refused(
         self, key: LimitKey, limits: Limits, need: Need, exc: ProviderCallError, tally: Tally
@@ -309,7 +310,8 @@ class Limiter:
         for budget in BUDGETS:
             limit = limits.of(budget)
             if limit is not None:
-                self.metrics.rate_limit.labels(key.provider, key.model_class, budget).set(limit)
+                label = self.metrics.model_label(key.model_class)
+                self.metrics.rate_limit.labels(key.provider, label, budget).set(limit)
         try:
             await self.buckets.sync(key.id, limits, reading.remaining)
         except LimiterUnavailable as exc:

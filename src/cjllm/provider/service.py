@@ -33,6 +33,7 @@ from cjllm.provider.pricing import load_price_table
 from cjllm.provider.providers import Providers
 from cjllm.provider.publisher import Publisher
 from cjllm.provider.queue import Queue, queue_from_url
+from cjllm.provider.rate_limits import model_class
 from cjllm.provider.redis_limits import buckets_for
 from cjllm.provider.sweeper import Sweeper
 from cjllm.provider.worker import Worker
@@ -44,9 +45,11 @@ SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 def known_models(settings: ProviderSettings) -> set[str]:
-    """Models the service may name in metric labels: its defaults and the price table's."""
-    defaults = {settings.anthropic_model, settings.openai_model, settings.mock_model}
-    return defaults | set(load_price_table(settings.price_table_path).models)
+    """Models (and their rate-limit classes) the service may name in metric labels: its
+    defaults and the price table's."""
+    models = {settings.anthropic_model, settings.openai_model, settings.mock_model}
+    models |= set(load_price_table(settings.price_table_path).models)
+    return models | {model_class(m) for m in models}
 
 
 class ProviderService:
