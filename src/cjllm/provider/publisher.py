@@ -9,9 +9,10 @@ publisher that dies after publishing but before deleting makes the entry go out 
 delivery is at-least-once and consumers de-duplicate on ``correlation_id``.
 
 An entry that can never be published — its bytes are not a readable envelope, or the bus
-refuses it for what it is (:class:`~cjllm.bus.EventRejected`, or any error other than a
-:class:`~cjllm.bus.BusError` outage) — is moved to the outbox's dead letters with the
-reason, counted and logged once. It never holds up the entries published beside it.
+refuses it for what it is (:class:`~cjllm.bus.EventRejected`) — is moved to the outbox's
+dead letters with the reason, counted and logged once. Any other failure is treated as an
+outage (the entry is kept and tried again). Either way, one entry never holds up the
+entries published beside it.
 """
 
 from __future__ import annotations
@@ -103,10 +104,10 @@ class Publisher:
                 log.warning("callback %s not published yet: %s", entry.message_key, exc)
                 self.metrics.publish_failures.inc()
                 return False
-            except Exception as exc:  # the bus failed on this event itself, not for a while
-                dead[entry.entry_id] = f"{type(exc).__name__}: {exc}"[:2000]
-                log.exception("callback %s set aside: the bus raised", entry.message_key)
-                return True
+            except Exception:  # not the bus's contract: say so loudly, keep it, try again
+                log.exception("callback %s not published: the bus raised", entry.message_key)
+                self.metrics.publish_failures.inc()
+                return False
             self.metrics.callbacks_published.inc()
             return True
 
