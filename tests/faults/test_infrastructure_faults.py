@@ -330,9 +330,9 @@ async def test_a_broker_stop_and_start_mid_round_loses_nothing(fleet: Fleet) -> 
     tansu's memory storage forgets every topic, message and offset when stopped, which a
     durable broker does not, so two things are arranged: the broker is stopped only when
     every callback it took has been handled (the provider is paused while that is checked,
-    so it cannot publish in between), and the CJ service is restarted once the broker is
-    back — a consumer that kept its position would otherwise wait at an offset the new, empty
-    log has not reached."""
+    so it cannot publish in between), and the CJ service is down while the broker starts
+    again, so its consumer starts afresh on the new log — one that kept its position from
+    the old log would read the new one from the wrong offset."""
     before = await provider_counts(fleet)
     batch_id = await submit(fleet)
     provider = fleet.procs["provider"]
@@ -349,8 +349,8 @@ async def test_a_broker_stop_and_start_mid_round_loses_nothing(fleet: Fleet) -> 
 
     await until(stopped_in_flight, "a round in flight")
     await asyncio.sleep(3.0)
-    fleet.kafka.start()
     fleet.kill("cj")
+    fleet.kafka.start()
     fleet.start("cj")
     await healthy(fleet, "cj", fleet.cj_url)
     await check_everything_accounted_for(fleet, batch_id, before)
