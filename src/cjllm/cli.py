@@ -126,6 +126,12 @@ def sim(
     batch_seconds: float = typer.Option(
         0.0, "--batch-seconds", help="Seconds a batch job stays in progress."
     ),
+    openai_server: str = typer.Option(
+        "openai",
+        "--openai-server",
+        help="Whose response_format dialect to imitate: openai, vllm, ollama, llama_cpp, "
+        "llama_cpp_python, lm_studio, json_object_only or text_only.",
+    ),
 ) -> None:
     """A simulated Anthropic/OpenAI-compatible provider for tests and benchmarks."""
     from cjllm.sim.server import build_config, run
@@ -150,6 +156,7 @@ def sim(
             api_key=api_key,
             cache_min_tokens=cache_min_tokens,
             batch_seconds=batch_seconds,
+            openai_server=openai_server,
         )
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
@@ -292,7 +299,7 @@ def rank(
             "again to resume.",
         )
         raise typer.Exit(130) from None
-    print_result(console, outcome.result, run_context(prepared, out), outcome.files)
+    print_result(console, outcome.result, run_context(prepared, out, outcome.facts), outcome.files)
     for line in provider_notes(outcome.pacing):
         say(console, line)
     if outcome.result.status != "completed":

@@ -50,6 +50,14 @@ from cjllm.settings import CJSettings, ProviderSettings
 __all__ = ["Hooks", "PreparedRun", "RankError", "RankInputs", "RankOutcome", "RankRequest"]
 
 
+@dataclass(frozen=True)
+class JudgeFacts:
+    """What the provider learned about the judge during the run."""
+
+    output_mode: str | None = None
+    bundle_size: int | None = None
+
+
 @dataclass
 class RankOutcome:
     result: CJAssessmentCompletedV1
@@ -57,6 +65,7 @@ class RankOutcome:
     resumed: bool
     judge: Judging
     pacing: Pacing | None = None
+    facts: JudgeFacts = JudgeFacts()
 
 
 @dataclass
@@ -182,12 +191,17 @@ async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
 
 async def _run_locked(run: PreparedRun, out_dir: Path, hooks: Hooks) -> RankOutcome:
     batch_id = _batch_for(run, out_dir)
-    result, resumed, pacing, evidence = await _drive(run, out_dir, batch_id, hooks)
+    result, resumed, pacing, evidence, facts = await _drive(run, out_dir, batch_id, hooks)
     files = None
     if result.ranking:
-        files = write_report(out_dir, result, run_context(run, out_dir), evidence)
+        files = write_report(out_dir, result, run_context(run, out_dir, facts), evidence)
     return RankOutcome(
-        result=result, files=files, resumed=resumed, judge=run.judging, pacing=pacing
+        result=result,
+        files=files,
+        resumed=resumed,
+        judge=run.judging,
+        pacing=pacing,
+        facts=facts,
     )
 
 
@@ -216,9 +230,13 @@ def _add_usage(out_dir: Path, pacing: Pacing) -> None:
     write_run_file(out_dir, {**run_file, "provider_usage": usage})
 
 
-def run_context(run: PreparedRun, out_dir: Path | None = None) -> RunContext:
+def run_context(
+    run: PreparedRun, out_dir: Path | None = None, facts: JudgeFacts | None = None
+) -> RunContext:
     """What the report needs to know about the run besides its result (with ``out_dir``:
-    the provider requests and rate-limit waiting of every run recorded there)."""
+    the provider requests and rate-limit waiting of every run recorded there; with
+    ``facts``: the output mode and bundle size the provider settled at)."""
+    facts = facts or JudgeFacts()
     return RunContext(
         judge=run.judging.label,
         source=str(run.request.path),
@@ -228,6 +246,8 @@ def run_context(run: PreparedRun, out_dir: Path | None = None) -> RunContext:
         instructions=run.inputs.instructions,
         rubric=run.inputs.rubric,
         provider_usage=_usage(out_dir) if out_dir is not None else None,
+        output_mode=facts.output_mode,
+        bundle_size=facts.bundle_size,
     )
 
 
@@ -263,10 +283,10 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
 
 async def _drive(
     run: PreparedRun, out_dir: Path, batch_id: str, hooks: Hooks
-) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence]:
+) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence, JudgeFacts]:
     """Run both services until the batch has a result; start the batch if it is new.
     The provider's requests and rate-limit waiting are added to ``run.json`` even when
-    the run is interrupted."""
+    the run is interrupted. Also returns what the provider learned about the judge."""
     judging = run.judging
     async with embedded_services(
         out_dir,
@@ -277,9 +297,16 @@ async def _drive(
     ) as services:
         limiter = services.provider.limiter
         try:
-            return await _until_done(run, out_dir, batch_id, hooks, services.cj, limiter)
+            result, resumed, pacing, evidence = await _until_done(
+                run, out_dir, batch_id, hooks, services.cj, limiter
+            )
         finally:
             _add_usage(out_dir, limiter.pacing())
+        facts = JudgeFacts(
+            output_mode=judging.adapter.output_mode(judging.model),
+            bundle_size=services.provider.worker.sizes.known(judging.provider, judging.model),
+        )
+        return result, resumed, pacing, evidence, facts
 
 
 async def _until_done(

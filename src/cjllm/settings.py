@@ -91,6 +91,10 @@ class ProviderSettings(BackendSettings):
         default_factory=lambda: ["o1", "o3", "o4", "gpt-5"]
     )
     openai_completions_prompt_list: bool = False
+    # structured output on OpenAI-compatible servers: negotiated (auto) or forced
+    openai_output_mode: Literal[
+        "auto", "json_schema", "json_object_schema", "json_object", "text"
+    ] = "auto"
     # the deterministic mock adapter (cjllm.provider.adapters.mock)
     mock_model: str = "mock-judge-1"
     mock_seed: int = 0

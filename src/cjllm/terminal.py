@@ -211,6 +211,14 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"Comparisons: {made} made, {summary['comparisons_failed']} failed · provider calls "
         f"{calls}{per_call}",
         f"Tokens: {tokens:,} · estimated cost ${summary['cost_estimate']:.4f}",
+        *(
+            [
+                f"Structured output: {summary.get('output_mode') or 'n/a'} · bundle size "
+                f"settled at {summary.get('bundle_size') or 'n/a'}"
+            ]
+            if summary.get("output_mode") or summary.get("bundle_size")
+            else []
+        ),
         "Reliability (scale separation): "
         + ("n/a" if rel is None else f"{rel:.2f}")
         + f" — {explain.reliability_grade(rel)}",

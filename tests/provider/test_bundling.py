@@ -73,8 +73,14 @@ def test_size_hint_is_the_request_own_cap(hints: dict[str, Any], expected: int) 
     assert size_hint(BundleHints.model_validate(hints), max_items_per_call=25) == expected
 
 
-def cands(*hints: int, tokens: int = 10, budget: int = 10_000) -> list[Candidate]:
-    return [Candidate(f"q{i}", h, tokens, budget, float(i)) for i, h in enumerate(hints)]
+def cands(
+    *hints: int, tokens: int = 10, budget: int = 10_000, requeued: tuple[int, ...] = ()
+) -> list[Candidate]:
+    """Candidates enqueued at t=i; those in ``requeued`` came back after a try (due at 50)."""
+    return [
+        Candidate(f"q{i}", h, tokens, budget, float(i), 50.0 if i in requeued else float(i))
+        for i, h in enumerate(hints)
+    ]
 
 
 def test_full_bundle_is_ready_without_waiting() -> None:
@@ -95,8 +101,16 @@ def test_item_that_asked_for_less_is_never_put_in_a_bigger_bundle() -> None:
     assert pick_bundle(cands(2, 4, 4), now=100.0, linger=1) == ["q0", "q1"]
 
 
-def test_a_retried_item_goes_alone() -> None:
+def test_an_item_with_hint_one_goes_alone() -> None:
     assert pick_bundle(cands(1, 10, 10), now=0.0, linger=60) == ["q0"]
+
+
+def test_a_due_retry_goes_at_once_taking_pending_work_along() -> None:
+    # the retried head keeps its hint: the fresh items ride with it, without the linger
+    picked = pick_bundle(cands(10, 10, 10, requeued=(0,)), now=50.0, linger=60)
+    assert picked == ["q0", "q1", "q2"]
+    # fresh items alone still wait for the linger
+    assert pick_bundle(cands(10, 10, 10), now=50.0, linger=60) == []
 
 
 def test_token_budget_caps_the_bundle_and_makes_it_ready() -> None:

@@ -151,6 +151,15 @@ async def test_a_retry_waits_for_its_time_and_goes_alone(queue: Queue) -> None:
     assert stored.last_error == "missing_item: not answered"
 
 
+async def test_a_retry_with_its_hint_rides_with_pending_work_when_due(queue: Queue) -> None:
+    ids = await put(queue, *(item(hint=5, at=T0 + i) for i in range(3)))
+    assert await claim(queue, T0 + 10) == ids  # the linger passed
+    await queue.retry("w1", [Retry(ids[0], T0 + 20, 5, "missing_item: x")], T0 + 11)
+    fresh = await put(queue, item(hint=5, at=T0 + 12), item(hint=5, at=T0 + 13))
+    assert await claim(queue, T0 + 19, linger=60) == []  # not due; fresh items linger
+    assert await claim(queue, T0 + 20, linger=60) == [ids[0], *fresh]  # due: one bundle
+
+
 async def test_a_split_does_not_cost_an_attempt(queue: Queue) -> None:
     ids = await put(queue, *(item(hint=4, at=T0 + i) for i in range(4)))
     await claim(queue, T0 + 4)

@@ -140,7 +140,7 @@ async def test_a_lone_straggler_goes_out_after_the_linger(
 
 
 @pytest.mark.parametrize("fault", ["malformed", "bad_confidence", "missing", "duplicate"])
-async def test_a_faulty_item_is_retried_alone_and_its_neighbours_keep_their_answers(
+async def test_a_faulty_item_is_retried_on_its_own_account_and_its_neighbours_keep_their_answers(
     backend_url: str, results: tuple[str, Callbacks], fault: Any
 ) -> None:
     results_topic, callbacks = results

@@ -12,8 +12,9 @@ The rules (docs/bundling.md has the reasoning):
   head) and that item's hint as its size, then the next-oldest items *whose own hint is at
   least that size*, while the estimated input tokens fit the budget. An item that asked
   for less is never put in a bigger bundle than it asked for; it heads its own bundle
-  later. A bundle is *ready* when it is full (size reached, or the token budget stops it)
-  or its head has waited the linger.
+  later. A bundle is *ready* when it is full (size reached, or the token budget stops it),
+  its head has waited the linger, or it holds a retry that is due (an item back in the
+  queue after a try: it goes now, taking along whatever else of its key is pending).
 """
 
 from __future__ import annotations
@@ -159,6 +160,12 @@ class Candidate:
     tokens: int
     budget: int
     enqueued_at: float
+    available_at: float
+
+    @property
+    def requeued(self) -> bool:
+        """Back in the queue after a try (retried, split or handed back)."""
+        return self.available_at > self.enqueued_at
 
 
 def pick_bundle(candidates: Sequence[Candidate], now: float, linger: float) -> list[str]:
@@ -173,7 +180,7 @@ def pick_bundle(candidates: Sequence[Candidate], now: float, linger: float) -> l
     head = candidates[0]
     size, used = head.hint, head.tokens
     picked = [head.queue_id]
-    full = len(picked) >= size
+    full, due = len(picked) >= size, head.requeued
     for cand in candidates[1:]:
         if full:
             break
@@ -184,8 +191,8 @@ def pick_bundle(candidates: Sequence[Candidate], now: float, linger: float) -> l
             break
         picked.append(cand.queue_id)
         used += cand.tokens
-        full = len(picked) >= size
-    if full or now - head.enqueued_at >= linger:
+        full, due = len(picked) >= size, due or cand.requeued
+    if full or due or now - head.enqueued_at >= linger:
         return picked
     return []
 

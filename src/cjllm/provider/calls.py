@@ -122,4 +122,9 @@ class LLMAdapter(Protocol):
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome: ...
 
+    def output_mode(self, model: str) -> str | None:
+        """How ``model``'s answers are constrained (e.g. ``json_schema``, ``tool_use``), as
+        last used; ``None`` when not known yet."""
+        ...
+
     async def aclose(self) -> None: ...

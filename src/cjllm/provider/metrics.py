@@ -58,6 +58,12 @@ class ProviderMetrics:
             buckets=ITEMS_PER_CALL_BUCKETS,
             registry=r,
         )
+        self.bundle_size_limit = Gauge(
+            "cjllm_provider_bundle_size_limit",
+            "Comparisons one call to a model may carry now (adaptive; see bundle_sizes.py).",
+            ["provider", "model"],
+            registry=r,
+        )
         self.call_latency = Histogram(
             "cjllm_provider_call_latency_seconds",
             "Wall time of one provider call.",

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from cjllm.provider.adapters import PROVIDERS, make_adapter
 from cjllm.provider.calls import LLMAdapter
+from cjllm.provider.queue import Queue
 from cjllm.settings import ProviderSettings
 
 
@@ -24,13 +25,18 @@ class ProviderUnavailable(Exception):
 
 
 class Providers:
-    """Adapters by provider name. Pre-built ones (e.g. a tuned mock) may be passed in."""
+    """Adapters by provider name. Pre-built ones (e.g. a tuned mock) may be passed in;
+    ``store`` (the queue) is where adapters built here share what they learn."""
 
     def __init__(
-        self, settings: ProviderSettings, adapters: Mapping[str, LLMAdapter] | None = None
+        self,
+        settings: ProviderSettings,
+        adapters: Mapping[str, LLMAdapter] | None = None,
+        store: Queue | None = None,
     ) -> None:
         self._settings = settings
         self._adapters: dict[str, LLMAdapter] = dict(adapters or {})
+        self._store = store
 
     def get(self, provider: str) -> LLMAdapter:
         adapter = self._adapters.get(provider)
@@ -39,7 +45,7 @@ class Providers:
         if provider not in PROVIDERS:
             raise ProviderUnavailable(provider, f"unknown provider; known: {', '.join(PROVIDERS)}")
         try:
-            adapter = make_adapter(provider, self._settings)
+            adapter = make_adapter(provider, self._settings, self._store)
         except ImportError as exc:
             raise ProviderUnavailable(provider, f"its adapter is not installed ({exc})") from exc
         except Exception as exc:  # an SDK refusing its configuration (e.g. no API key)

@@ -25,6 +25,9 @@ Life of an item::
 - **claim_expired** leases queued items past their TTL to the sweeper, which finishes them
   with an error callback through the same ``finish`` (a sweeper that dies mid-way loses
   nothing: the lease lapses and the next sweep takes them again).
+- **remember** / **recall** keep small facts the workers learn about servers (the output
+  mode a server accepts, :mod:`cjllm.provider.output_modes`), shared by every worker on
+  the queue.
 - The **outbox** is drained by a publisher: entries are leased (so two publishers do not
   both send an entry) and deleted only after the bus acknowledged them. An entry that can
   never be published (unreadable, refused by the bus for what it is) is moved to the
@@ -254,6 +257,14 @@ class Queue(Protocol):
         ...
 
     async def get(self, queue_id: str) -> QueuedItem | None: ...
+
+    async def remember(self, key: str, value: str) -> None:
+        """Record what a worker learned (the last write wins)."""
+        ...
+
+    async def recall(self, key: str) -> str | None:
+        """What was recorded under ``key``, or ``None``."""
+        ...
 
     async def depth(self, now: float) -> Depth: ...
 

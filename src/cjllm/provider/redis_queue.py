@@ -14,6 +14,7 @@ queue lives in one slot):
 - ``P:outbox`` entry ids (score: visible at) with ``P:ob:<id>`` hashes (topic, key, envelope);
   ``P:outbox:dead`` entries set aside as unpublishable (score: when; the hash gains
   ``reason``);
+- ``P:learned`` hash: what workers learned about servers (``remember`` / ``recall``);
 - ``P:stats`` hash: ``queued``, ``processing``, ``items`` and ``bytes`` of active items.
 
 The claim script runs the bundle rule of :func:`cjllm.provider.bundling.pick_bundle`.
@@ -276,6 +277,19 @@ class RedisQueue:
         if not fields:
             return None
         return _item([cast(bytes, x) for pair in fields.items() for x in pair])
+
+    async def remember(self, key: str, value: str) -> None:
+        try:
+            await self._r.hset(f"{self.prefix}:learned", key, value)
+        except RedisError as exc:
+            raise _unavailable("remember", exc) from exc
+
+    async def recall(self, key: str) -> str | None:
+        try:
+            value = await self._r.hget(f"{self.prefix}:learned", key)
+        except RedisError as exc:
+            raise _unavailable("recall", exc) from exc
+        return _text(cast(bytes | None, value))
 
     async def depth(self, now: float) -> Depth:
         p = self.prefix

@@ -56,28 +56,30 @@ end
 table.sort(heads, function(a, b) return a[2] < b[2] end)
 for i = 1, math.min(#heads, max_keys) do
   local key = heads[i][1]
-  local picked, size, budget, used, head_enq, full = {}, nil, 0, 0, 0, false
+  local picked, size, budget, used, head_enq, full, due = {}, nil, 0, 0, 0, false, false
   for _, qid in ipairs(redis.call('ZRANGE', P..':ready:'..key, 0, max_scan - 1)) do
-    local f = redis.call('HMGET', P..':item:'..qid, 'hint', 'tokens', 'budget', 'enq', 'exp')
+    local f = redis.call('HMGET', P..':item:'..qid, 'hint', 'tokens', 'budget', 'enq', 'exp',
+      'avail')
     local hint, tokens = tonumber(f[1]), tonumber(f[2])
+    local requeued = tonumber(f[6]) > tonumber(f[4])
     if tonumber(f[5]) > now then
       if size == nil then
         size, budget, used, head_enq = hint, tonumber(f[3]), tokens, tonumber(f[4])
         picked[1] = qid
-        full = #picked >= size
+        full, due = #picked >= size, requeued
       elseif hint >= size then
         if used + tokens > budget then
           full = true
         else
           picked[#picked + 1] = qid
           used = used + tokens
-          full = #picked >= size
+          full, due = #picked >= size, due or requeued
         end
       end
       if full then break end
     end
   end
-  if size ~= nil and (full or now - head_enq >= linger) then
+  if size ~= nil and (full or due or now - head_enq >= linger) then
     local out = {}
     for j, qid in ipairs(picked) do
       redis.call('ZREM', P..':ready:'..key, qid)

@@ -159,7 +159,7 @@ async def embedded_provider(
     own_bus = bus is None
     if bus is None:
         bus = bus_from_url(settings.bus_url, idempotent_producer=settings.kafka_idempotent_producer)
-    providers = Providers(settings, adapters)
+    providers = Providers(settings, adapters, store=queue)
     service = ProviderService(settings, queue=queue, bus=bus, providers=providers)
     try:
         if own_bus and work:  # only the publisher uses the bus

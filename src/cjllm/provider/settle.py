@@ -31,19 +31,35 @@ log = logging.getLogger(__name__)
 Entry = tuple[QueuedItem, PlannedComparison]
 
 
+def _jitter() -> float:
+    return random.uniform(0.75, 1.0)
+
+
 @dataclass
 class Settlement:
     """What becomes of each item of a bundle: finished (with its metric label) or requeued
-    (with its reason). Recorded with one ``finish`` and one ``retry`` queue step."""
+    (with its reason). Recorded with one ``finish`` and one ``retry`` queue step.
+
+    One ``jitter`` for the whole settlement: items of one bundle that failed alike come due
+    together, so their retries ride in one bundle again."""
 
     done: list[tuple[Finished, str]] = field(default_factory=list)
     retries: list[tuple[Retry, str]] = field(default_factory=list)
+    jitter: float = field(default_factory=_jitter)
 
 
-def backoff(attempt: int, base: float, cap: float, retry_after: float | None = None) -> float:
+def backoff(
+    attempt: int,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    jitter: float | None = None,
+) -> float:
     """Seconds before try ``attempt + 1``: ``base * 2**(attempt-1)`` capped at ``cap``, with
-    up to 25% jitter taken off, and never less than the provider's ``retry-after``."""
-    delay = min(cap, base * 2.0 ** (attempt - 1)) * random.uniform(0.75, 1.0)
+    up to 25% jitter taken off (``jitter``, 0.75..1, or drawn), and never less than the
+    provider's ``retry-after``."""
+    factor = _jitter() if jitter is None else jitter
+    delay = min(cap, base * 2.0 ** (attempt - 1)) * factor
     return max(delay, retry_after or 0.0)
 
 
@@ -98,7 +114,9 @@ class Settler:
         attempt = item.attempts + 1
         s = self.settings
         if retryable and attempt < s.max_attempts:
-            delay = backoff(attempt, s.retry_base_seconds, s.retry_max_seconds, retry_after)
+            delay = backoff(
+                attempt, s.retry_base_seconds, s.retry_max_seconds, retry_after, settled.jitter
+            )
             retry = Retry(item.queue_id, now + delay, hint, f"{code}: {message}", True, share)
             settled.retries.append((retry, code))
             return
@@ -146,13 +164,16 @@ class Settler:
             settled.done.append((finished, code))
         await self.record(settled, now)
 
-    async def release(self, entries: Sequence[Entry]) -> None:
-        """Hand leased items back untouched (the worker is stopping mid-call)."""
+    async def release(
+        self, entries: Sequence[Entry], why: str = "worker stopped", label: str = "released"
+    ) -> None:
+        """Hand leased items back untouched (the worker is stopping mid-call, or claimed
+        more than the model's bundle size): no attempt counted, available at once."""
         now = time.time()
         settled = Settlement()
         for item, _ in entries:
-            retry = Retry(item.queue_id, now, item.hint, "worker stopped", count_attempt=False)
-            settled.retries.append((retry, "released"))
+            retry = Retry(item.queue_id, now, item.hint, why, count_attempt=False)
+            settled.retries.append((retry, label))
         await self.record(settled, now)
 
     async def record(self, settled: Settlement, now: float) -> None:

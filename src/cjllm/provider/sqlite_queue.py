@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -136,7 +137,7 @@ class SQLiteQueue:
             ).fetchall()
             for head in heads:
                 rows = c.execute(
-                    "SELECT queue_id, hint, tokens, budget, enqueued_at FROM items"
+                    "SELECT queue_id, hint, tokens, budget, enqueued_at, available_at FROM items"
                     " WHERE state = 'queued' AND key = ? AND available_at <= ? AND expires_at > ?"
                     " ORDER BY enqueued_at, seq LIMIT ?",
                     (head["key"], now, now, MAX_SCAN_PER_KEY),
@@ -319,6 +320,23 @@ class SQLiteQueue:
             return None if row is None else item_from_row(row)
 
         return await self._run(lambda: self._read(get))
+
+    async def remember(self, key: str, value: str) -> None:
+        def remember(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO learned (key, value, updated_at) VALUES (?, ?, ?) ON CONFLICT (key)"
+                " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (key, value, time.time()),
+            )
+
+        await self._run(lambda: self._write(remember))
+
+    async def recall(self, key: str) -> str | None:
+        def recall(c: sqlite3.Connection) -> str | None:
+            row = c.execute("SELECT value FROM learned WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(lambda: self._read(recall))
 
     async def depth(self, now: float) -> Depth:
         def depth(c: sqlite3.Connection) -> Depth:

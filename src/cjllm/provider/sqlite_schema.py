@@ -74,6 +74,11 @@ BEGIN
                              THEN new.size_bytes ELSE -old.size_bytes END
     WHERE id = 1;
 END;
+CREATE TABLE IF NOT EXISTS learned (
+    key TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     entry_id INTEGER PRIMARY KEY AUTOINCREMENT,
     topic TEXT NOT NULL,

@@ -5,7 +5,9 @@
 
 - **claim**: the queue leases the next ready bundle (docs/architecture.md, "The hard
   parts"; the rule is in :mod:`cjllm.provider.bundling`). Several bundles are in flight at once
-  (``worker_concurrency``); their leases are renewed while the call runs.
+  (``worker_concurrency``); their leases are renewed while the call runs. Items beyond the
+  model's current bundle size (:mod:`cjllm.provider.bundle_sizes`) are handed back at once,
+  untouched, for the next claim.
 - **call**: one multi-comparison call through the adapter, paced by the key's rate limits
   (:mod:`cjllm.provider.limiter`: a bundle too big for one minute of them is split first; a
   429 or an overload pauses the key and costs no attempt). A call-level failure
@@ -15,7 +17,10 @@
   or an answer it never foresaw: its items fail at once (``adapter_error``, with the
   exception as the message) rather than being paid for again.
 - **validate**: each item is answered-and-valid (→ success callback) or missing/invalid
-  (→ requeued *alone*, hint 1; its neighbours keep their answers). Unknown ids are counted.
+  (→ requeued; its neighbours keep their answers). A retried item keeps its size hint and
+  rides in a bundle with other pending work; from its second failed try on it goes alone
+  (hint 1), to isolate an item the model cannot answer. Unknown ids are counted. The
+  answer also teaches the model's bundle size (poor answers halve it, clean ones grow it).
 - **record**: callbacks go to the outbox in the same atomic step that finishes the item; the
   :class:`cjllm.provider.publisher.Publisher` sends them. After ``max_attempts`` failed
   tries an item gets an error callback instead of another retry.
@@ -39,6 +44,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from cjllm.provider import results
 from cjllm.provider.answers import MalformedOutput, Reconciled
+from cjllm.provider.bundle_sizes import BundleSizes
 from cjllm.provider.bundling import PlannedComparison, apportion, build_call
 from cjllm.provider.calls import BundleCall, CallOutcome, LLMAdapter, ProviderCallError
 from cjllm.provider.limiter import Limiter, costs_attempt
@@ -59,6 +65,8 @@ log = logging.getLogger(__name__)
 
 CONTEXT_TOO_LARGE = "context_window_exceeded"
 """The :class:`ProviderCallError` code adapters raise for a call too large for the model."""
+BROKEN_CALLS = ("malformed_output", "timeout")
+"""Call failures that say the bundle was too much for the model (they lower its size)."""
 
 
 class Worker:
@@ -82,6 +90,7 @@ class Worker:
         self.limiter = limiter or Limiter(settings, metrics)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.settler = Settler(queue, settings, metrics, self.owner, on_recorded)
+        self.sizes = BundleSizes(settings.max_items_per_call, metrics)
         self._wakeup = asyncio.Event()
 
     def notify(self) -> None:
@@ -148,6 +157,14 @@ class Worker:
             entries = [e for e in entries if e not in worn]
         if not entries:
             return
+        first = entries[0][1]
+        limit = self.sizes.limit(first.provider, first.model)
+        if len(entries) > limit:  # the model takes smaller bundles: the rest go back now
+            await self.settler.release(
+                entries[limit:], "over the model's bundle size", "over_bundle_size"
+            )
+            entries = entries[:limit]
+            self.notify()
         call = build_call(claimed[0].bundle_id or uuid.uuid4().hex, [p for _, p in entries])
         try:
             async with self._leases_kept([item.queue_id for item, _ in entries]):
@@ -155,6 +172,8 @@ class Worker:
                 entries, call = await self._within_rate_limits(adapter, entries, call)
                 outcome = await self.limiter.send(adapter, call, self._call)
         except ProviderCallError as exc:
+            if exc.code in BROKEN_CALLS:
+                self.sizes.observe(call.provider, call.model, len(entries), 0, broken=True)
             await self._call_failed(entries, call, exc)
             return
         except asyncio.CancelledError:
@@ -222,10 +241,12 @@ class Worker:
     async def _settle(
         self, entries: list[Entry], call: BundleCall, adapter: LLMAdapter, outcome: CallOutcome
     ) -> None:
-        """Fan the answer out: good items finish, missing and invalid ones go again alone."""
+        """Fan the answer out: good items finish, missing and invalid ones go again."""
         now = time.time()
         found = outcome.reconciled
         self._count_items(found)
+        broken = found.salvaged or outcome.stop_reason in ("length", "max_tokens")
+        self.sizes.observe(call.provider, call.model, len(entries), len(found.answers), broken)
         if found.unknown:
             log.warning("bundle %s: ignored unknown ids %s", call.bundle_id, found.unknown)
         shares = apportion(call, outcome)
@@ -245,7 +266,10 @@ class Worker:
             invalid = found.invalid.get(plan.correlation_id)
             code = "missing_item" if invalid is None else "invalid_item"
             message = invalid or "the answer did not include this item"
-            self.settler.next_try(settled, item, plan, ref, code, message, share, now, hint=1)
+            if len(entries) == 1 and found.excerpt:  # the model's own words say why
+                message += f"; the model answered: {found.excerpt!r}"
+            hint = item.hint if item.attempts == 0 else 1  # alone from its second failure on
+            self.settler.next_try(settled, item, plan, ref, code, message, share, now, hint=hint)
         await self.settler.record(settled, now)
 
     async def _call_failed(

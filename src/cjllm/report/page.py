@@ -312,6 +312,8 @@ SUMMARY_FIGURES: list[tuple[str, str, Callable[[Any], str]]] = [
     ),
     ("rate_limit_wait_seconds", "Waited for the provider's rate limit", lambda v: f"{v:,.0f} s"),
     ("comparisons_per_provider_call", "Comparisons per provider call", _ratio),
+    ("output_mode", "Structured output", _text),
+    ("bundle_size", "Bundle size settled at", _count),
     ("tokens", "Tokens", _tokens),
     ("cost_estimate", "Estimated cost (USD)", lambda v: f"${v:.4f}"),
     ("scale_separation_reliability", "Scale separation reliability", _reliability),

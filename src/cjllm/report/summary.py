@@ -45,6 +45,10 @@ class RunContext:
     provider_usage: Mapping[str, Any] | None = None
     """Requests sent to the provider by outcome and seconds its rate limit held work back
     (``run.json``'s ``provider_usage``), when the provider ran in this process."""
+    output_mode: str | None = None
+    """How the judge's answers were constrained (the negotiated output mode)."""
+    bundle_size: int | None = None
+    """The bundle size the provider settled at for the judge's model."""
 
     @property
     def simulated(self) -> bool:
@@ -88,6 +92,8 @@ def run_summary(result: CJAssessmentCompletedV1, context: RunContext) -> dict[st
         "comparisons_per_provider_call": (
             round(made / result.provider_calls, 2) if result.provider_calls else None
         ),
+        "output_mode": context.output_mode,
+        "bundle_size": context.bundle_size,
         "tokens": result.token_usage.model_dump(),
         "cost_estimate": round(result.cost_estimate, 6),
         "scale_separation_reliability": result.scale_separation_reliability,

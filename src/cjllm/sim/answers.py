@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,8 +74,18 @@ def _cut_inside_an_item(entries: list[dict[str, Any]]) -> tuple[str, list[dict[s
     return head + partial[: max(1, len(partial) // 2)], entries[:keep]
 
 
-def compose(judge: Judge, prompt: str, *, max_tokens: int, faults: set[str]) -> Answer:
+def compose(
+    judge: Judge,
+    prompt: str,
+    *,
+    max_tokens: int,
+    faults: set[str],
+    drop: Callable[[], bool] | None = None,
+) -> Answer:
+    """The answer to ``prompt``. ``drop()`` is asked once per item: true leaves it out."""
     parsed, entries = decide_items(judge, prompt)
+    if drop is not None:
+        entries = [e for e in entries if not drop()]
     if "refusal" in faults:
         return Answer(parsed, [], REFUSAL_TEXT, "refusal", count_tokens(REFUSAL_TEXT))
     if "malformed_json" in faults:
@@ -88,4 +99,6 @@ def compose(judge: Judge, prompt: str, *, max_tokens: int, faults: set[str]) -> 
         text = text[: max_tokens * CHARS_PER_TOKEN]
         spoiled = [e for e in spoiled if json.dumps(e) in text]
         stop = "max_tokens"
+    if "fenced_json" in faults:
+        text = "```json\n" + text + ("\n```" if stop == "end" else "")
     return Answer(parsed, spoiled, text, stop, count_tokens(text))

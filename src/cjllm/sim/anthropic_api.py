@@ -149,7 +149,9 @@ def build_message(
     model = body["model"]
     blocks = prompt_blocks(body)
     prompt = "\n\n".join(text for text, _ in blocks)
-    answer = compose(state.judge, prompt, max_tokens=body["max_tokens"], faults=faults)
+    answer = compose(
+        state.judge, prompt, max_tokens=body["max_tokens"], faults=faults, drop=state.drop_item
+    )
     cache = state.cache.anthropic(model, blocks)
     usage = Usage(
         input=max(0, count_tokens(prompt) - cache.read - cache.written),

@@ -7,9 +7,10 @@ Call-level faults answer the whole call with an HTTP error in the vendor's shape
 Answer faults change the model's answer: ``malformed_json`` (no usable JSON at all),
 ``refusal`` (Anthropic ``stop_reason: refusal``, OpenAI ``message.refusal``),
 ``max_tokens`` (the answer is cut inside an item: ``stop_reason: max_tokens`` /
-``finish_reason: length``), ``missing_item``, ``duplicate_id``, ``unknown_id`` and
-``invalid_item`` (one entry with a winner outside the schema), and ``stall`` (a good answer
-sent ``fault_stall_seconds`` late, past a client's timeout). The last six may combine.
+``finish_reason: length``), ``missing_item``, ``duplicate_id``, ``unknown_id``,
+``invalid_item`` (one entry with a winner outside the schema), ``fenced_json`` (the JSON
+inside a Markdown code fence, as small models write it) and ``stall`` (a good answer sent
+``fault_stall_seconds`` late, past a client's timeout). The last seven may combine.
 
 Each fault fires with its own rate, drawn from a generator seeded with ``fault_seed``, so a
 run is reproducible. ``forced_statuses`` (a queue of HTTP statuses answered before
@@ -33,6 +34,7 @@ ANSWER_FAULTS = (
     "unknown_id",
     "invalid_item",
     "stall",
+    "fenced_json",
 )
 FAULTS = CALL_FAULTS + ANSWER_FAULTS
 MALFORMED_TEXT = "Happy to help! Overall the first essays read better than the second ones."
@@ -55,6 +57,7 @@ class FaultRates(BaseModel):
     unknown_id: float = Field(default=0.0, ge=0.0, le=1.0)
     invalid_item: float = Field(default=0.0, ge=0.0, le=1.0)
     stall: float = Field(default=0.0, ge=0.0, le=1.0)
+    fenced_json: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 def parse_fault(option: str) -> tuple[str, float]:

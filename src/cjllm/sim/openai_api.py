@@ -3,10 +3,11 @@
 ``/v1/chat/completions`` answers a bundle in one choice. ``/v1/completions`` takes a prompt
 or a list of prompts (the prompt-list mode of OpenAI-compatible servers such as vLLM) and
 answers each in its own choice, ``index`` = the prompt's position. Unknown parameters are
-rejected as the real API does. Errors use OpenAI's body (``{"error": {"message", "type",
-"param", "code"}}``) and headers (``x-request-id``, ``retry-after``, ``retry-after-ms``);
-an overloaded server answers 503. Every model-call answer, 429s included, carries the
-``x-ratelimit-*`` headers.
+rejected as the real API does; a ``response_format`` the imitated server does not take is
+refused as that server refuses it (:mod:`cjllm.sim.servers`). Errors use OpenAI's body
+(``{"error": {"message", "type", "param", "code"}}``) and headers (``x-request-id``,
+``retry-after``, ``retry-after-ms``); an overloaded server answers 503. Every model-call
+answer, 429s included, carries the ``x-ratelimit-*`` headers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from fastapi.responses import JSONResponse
 from cjllm.sim.answers import Answer, Parsed, compose
 from cjllm.sim.faults import UNKNOWN_ID
 from cjllm.sim.limits import Need, openai_headers
+from cjllm.sim.servers import check_response_format
 from cjllm.sim.state import SimError, SimState, Usage, new_id, read_json, sim_of
 from cjllm.sim.tokens import count_tokens
 
@@ -127,7 +129,9 @@ def build_chat(
     state: SimState, body: dict[str, Any], faults: set[str]
 ) -> tuple[dict[str, Any], Parsed, Usage]:
     prompt = chat_prompt(body)
-    answer = compose(state.judge, prompt, max_tokens=_max_tokens(body), faults=faults)
+    answer = compose(
+        state.judge, prompt, max_tokens=_max_tokens(body), faults=faults, drop=state.drop_item
+    )
     cached = state.cache.openai(body["model"], prompt)
     usage = Usage(
         input=count_tokens(prompt) - cached, output=answer.output_tokens, cache_read=cached
@@ -222,6 +226,7 @@ async def _answer(request: Request, endpoint: str, chat: bool) -> Response:
         body = await read_json(request, state)
         if chat:
             check_keys(body, CHAT_PARAMS, ("model", "messages"))
+            check_response_format(state.config.openai_server, body)
             prompt_tokens = count_tokens(chat_prompt(body))
             reserved = _max_tokens(body)
         else:

@@ -104,6 +104,7 @@ def build_config(
     api_key: str | None = None,
     cache_min_tokens: int = 1024,
     batch_seconds: float = 0.0,
+    openai_server: str = "openai",
 ) -> SimConfig:
     """A configuration from command-line values (``faults`` as ``NAME=RATE`` strings)."""
     return SimConfig.model_validate(
@@ -132,6 +133,7 @@ def build_config(
             "api_key": api_key,
             "cache_min_tokens": cache_min_tokens,
             "batch_seconds": batch_seconds,
+            "openai_server": openai_server,
         }
     )
 

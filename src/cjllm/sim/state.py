@@ -27,6 +27,19 @@ from cjllm.sim.tokens import PromptCache
 CALL_LOG_SIZE = 200
 OUT_OF_CREDIT = "You exceeded your current quota, please check your plan and billing details."
 
+OpenAIServer = Literal[
+    "openai",
+    "vllm",
+    "ollama",
+    "llama_cpp",
+    "llama_cpp_python",
+    "lm_studio",
+    "json_object_only",
+    "text_only",
+]
+"""The OpenAI-compatible servers whose ``response_format`` dialect the sim imitates
+(:mod:`cjllm.sim.servers`)."""
+
 
 class JudgeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -57,6 +70,9 @@ class SimConfig(BaseModel):
     max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     cache_min_tokens: int = Field(default=1024, ge=0)
     batch_seconds: float = Field(default=0.0, ge=0.0)
+    openai_server: OpenAIServer = "openai"
+    item_drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Each item of an answer is left out with this probability (a model losing track)."""
 
 
 def merged(config: SimConfig, patch: dict[str, Any]) -> SimConfig:
@@ -198,6 +214,14 @@ class SimState:
         """Seconds before an answer goes out: the latency model, plus a stall if drawn."""
         stall = self.config.fault_stall_seconds if "stall" in faults else 0.0
         return self.config.latency.seconds(items, output_tokens) + stall
+
+    def drop_item(self) -> bool:
+        """Whether the next item of an answer is left out (``item_drop_rate``)."""
+        rate = self.config.item_drop_rate
+        dropped = rate > 0 and self.rng.random() < rate
+        if dropped:
+            self.counters.faults["dropped_item"] += 1
+        return dropped
 
     def gate(self, model: str, need: Need) -> set[str]:
         """Checks before a model call; raises :class:`SimError`, else returns answer faults.

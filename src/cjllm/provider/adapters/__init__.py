@@ -8,14 +8,19 @@ share are in :mod:`cjllm.provider.calls`.
 from __future__ import annotations
 
 from cjllm.provider.calls import LLMAdapter
+from cjllm.provider.queue import Queue
 from cjllm.settings import ProviderSettings
 
 PROVIDERS = ("mock", "anthropic", "openai")
 
 
-def make_adapter(provider: str, settings: ProviderSettings) -> LLMAdapter:
+def make_adapter(
+    provider: str, settings: ProviderSettings, store: Queue | None = None
+) -> LLMAdapter:
     """The adapter for a provider name. Real SDK adapters read their SDK's environment
-    (``ANTHROPIC_API_KEY``/``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY``/``OPENAI_BASE_URL``)."""
+    (``ANTHROPIC_API_KEY``/``ANTHROPIC_BASE_URL``, ``OPENAI_API_KEY``/``OPENAI_BASE_URL``).
+    ``store`` (the queue) shares what the openai adapter learns about a server's output
+    modes with every worker on the queue."""
     if provider == "mock":
         from cjllm.provider.adapters.mock import MockAdapter
 
@@ -27,5 +32,5 @@ def make_adapter(provider: str, settings: ProviderSettings) -> LLMAdapter:
     if provider == "openai":
         from cjllm.provider.adapters.openai import OpenAIAdapter
 
-        return OpenAIAdapter.from_settings(settings)
+        return OpenAIAdapter.from_settings(settings, store)
     raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")

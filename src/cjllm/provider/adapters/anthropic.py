@@ -154,6 +154,9 @@ class AnthropicAdapter:
             timeout=settings.call_timeout_seconds,
         )
 
+    def output_mode(self, model: str) -> str | None:
+        return "tool_use" if self.uses_tool(model or self.default_model) else "json_schema"
+
     def uses_tool(self, model: str) -> bool:
         """True for models configured to answer through a forced tool instead of a schema."""
         return any(model == p or model.startswith(p) for p in self.tool_use_models)

@@ -89,6 +89,9 @@ class MockAdapter:
         """Make the next ``times`` answers for ``custom_id`` carry ``fault``."""
         self.item_faults.setdefault(custom_id, []).extend([fault] * times)
 
+    def output_mode(self, model: str) -> str | None:
+        return "mock"
+
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         started = time.monotonic()
         self.calls.append(call)

@@ -4,7 +4,9 @@ One bundle is one ``chat.completions.create`` call: a system message holding the
 blocks, then one user message holding the shared blocks, the bundle instructions and the
 fenced items, in that order, so the shared prefix is byte-identical across calls and
 OpenAI's automatic prompt cache can serve it (``prompt_cache_key`` keeps such calls on one
-cache). The answer is constrained by ``response_format`` ``json_schema`` with ``strict``.
+cache). The answer is constrained by ``response_format`` ``json_schema`` with ``strict``;
+OpenAI-compatible servers that refuse that dialect are met on the rung of
+:mod:`cjllm.provider.output_modes` they accept (negotiated per base URL and model).
 
 Prompt-list mode (``CJLLM_OPENAI_COMPLETIONS_PROMPT_LIST=true``), for servers whose
 ``/v1/completions`` accepts a list of prompts (vLLM, for instance): one call carries N
@@ -35,9 +37,9 @@ from cjllm.provider.adapters.vendor_errors import (
 )
 from cjllm.provider.answers import (
     OUTPUT_SCHEMA,
-    OUTPUT_SCHEMA_NAME,
     MalformedOutput,
     Reconciled,
+    answer_schema,
     reconcile_answer,
 )
 from cjllm.provider.calls import (
@@ -48,13 +50,22 @@ from cjllm.provider.calls import (
     CallUsage,
     ProviderCallError,
 )
+from cjllm.provider.output_modes import (
+    OutputMode,
+    OutputModes,
+    refuses_response_format,
+    response_format,
+    schema_in_prompt,
+)
 from cjllm.provider.pricing import PriceTable, load_price_table
 from cjllm.provider.prompts import render_items
+from cjllm.provider.queue import Queue
 from cjllm.provider.rate_headers import rate_headers
 from cjllm.provider.rate_limits import account_of
 from cjllm.settings import ProviderSettings
 
 PROVIDER = "openai"
+OPENAI_HOST = "api.openai.com"
 
 
 def _usage(usage: CompletionUsage | None) -> CallUsage:
@@ -95,6 +106,8 @@ class OpenAIAdapter:
         max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens",
         no_temperature_models: Sequence[str] = (),
         prompt_list: bool = False,
+        output_mode: OutputMode | None = None,
+        store: Queue | None = None,
         api_key: str | None = None,
         base_url: str | None = None,
         client: openai.AsyncOpenAI | None = None,
@@ -120,9 +133,14 @@ class OpenAIAdapter:
             )
         self.client = client
         self.account = account_of(str(client.base_url), client.api_key)
+        self.modes = OutputModes(str(client.base_url), forced=output_mode, store=store)
+        # an OpenAI-compatible server (not OpenAI's API): it enforces the schema by
+        # constrained decoding, so the schema is narrowed to each call, and it may read only
+        # one of the two max-token fields (llama-cpp-python reads max_tokens), so both go
+        self.compatible_server = client.base_url.host != OPENAI_HOST
 
     @classmethod
-    def from_settings(cls, settings: ProviderSettings) -> OpenAIAdapter:
+    def from_settings(cls, settings: ProviderSettings, store: Queue | None = None) -> OpenAIAdapter:
         return cls(
             model=settings.openai_model,
             prices=load_price_table(settings.price_table_path),
@@ -131,7 +149,20 @@ class OpenAIAdapter:
             max_tokens_field=settings.openai_max_tokens_field,
             no_temperature_models=settings.openai_no_temperature_models,
             prompt_list=settings.openai_completions_prompt_list,
+            output_mode=(
+                None
+                if settings.openai_output_mode == "auto"
+                else OutputMode(settings.openai_output_mode)
+            ),
+            store=store,
         )
+
+    def output_mode(self, model: str) -> str | None:
+        """The structured-output rung ``model`` is on (``None`` before its first call)."""
+        if self.prompt_list:
+            return "prompt_list"
+        mode = self.modes.known(model or self.default_model)
+        return None if mode is None else mode.value
 
     def takes_temperature(self, model: str) -> bool:
         """False for models that reject sampling parameters (reasoning models)."""
@@ -142,33 +173,44 @@ class OpenAIAdapter:
             return {"temperature": call.temperature}
         return {}
 
-    def chat_body(self, call: BundleCall) -> dict[str, Any]:
-        """The ``chat.completions.create`` body for a bundle (also a Batch API line body)."""
+    def chat_body(
+        self, call: BundleCall, mode: OutputMode = OutputMode.JSON_SCHEMA
+    ) -> dict[str, Any]:
+        """The ``chat.completions.create`` body for a bundle on an output-mode rung (the
+        default, strict ``json_schema``, is also a Batch API line body)."""
         model = call.model or self.default_model
         instructions, items_text = render_items(call.items)
+        schema = (
+            answer_schema([item.custom_id for item in call.items])
+            if self.compatible_server
+            else OUTPUT_SCHEMA
+        )
+        told = schema_in_prompt(mode, schema)
         messages: list[dict[str, Any]] = []
         if call.system:
             messages.append(
                 {"role": "system", "content": "\n\n".join(b.content for b in call.system)}
             )
         user = [b.content for b in call.shared]
-        messages.append({"role": "user", "content": "\n\n".join([*user, instructions, items_text])})
+        tail = [instructions, *([told] if told else []), items_text]
+        messages.append({"role": "user", "content": "\n\n".join([*user, *tail])})
         prefix = "\x00".join(b.content for b in (*call.system, *call.shared))
-        return {
+        limit = call.max_output_tokens(self.max_output_tokens_per_item)
+        body: dict[str, Any] = {
             "model": model,
             "messages": messages,
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {
-                    "name": OUTPUT_SCHEMA_NAME,
-                    "schema": OUTPUT_SCHEMA,
-                    "strict": True,
-                },
-            },
-            self.max_tokens_field: call.max_output_tokens(self.max_output_tokens_per_item),
+            **(
+                {"max_tokens": limit, "max_completion_tokens": limit}
+                if self.compatible_server
+                else {self.max_tokens_field: limit}
+            ),
             "prompt_cache_key": "cjllm-" + hashlib.sha256(prefix.encode()).hexdigest()[:32],
             **self._sampling(call, model),
         }
+        form = response_format(mode, schema)
+        if form is not None:
+            body["response_format"] = form
+        return body
 
     def completion_prompt(self, call: BundleCall, item: BundleItem) -> str:
         """One item as a whole plain-text prompt (prompt-list mode)."""
@@ -207,7 +249,7 @@ class OpenAIAdapter:
         except openai.APIStatusError as exc:
             error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
             message = error.get("message") if isinstance(error, dict) else None
-            raise status_error(
+            failure = status_error(
                 PROVIDER,
                 exc.status_code,
                 message=str(message or exc.message),
@@ -215,7 +257,9 @@ class OpenAIAdapter:
                 error_type=exc.type,
                 error_code=exc.code,
                 request_id=exc.request_id,
-            ) from exc
+            )
+            failure.details["param"] = exc.param
+            raise failure from exc
         except openai.APITimeoutError as exc:
             raise transport_error(PROVIDER, exc, timed_out=True) from exc
         except openai.APIConnectionError as exc:
@@ -231,14 +275,26 @@ class OpenAIAdapter:
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         chat = not self.prompt_list
-        body = self.chat_body(call) if chat else self.completions_body(call)
+        model = call.model or self.default_model
+        mode = await self.modes.current(model) if chat else None
+        body = self.chat_body(call, mode) if mode is not None else self.completions_body(call)
         started = time.monotonic()
-        response, headers = await self._send(body, chat)
+        while True:
+            try:
+                response, headers = await self._send(body, chat)
+                break
+            except ProviderCallError as exc:
+                if mode is None or not refuses_response_format(exc):
+                    raise
+                mode = await self.modes.refused(model, mode, exc.message)
+                if mode is None:
+                    raise
+                body = self.chat_body(call, mode)  # the next rung, at once: no attempt spent
         latency_ms = int((time.monotonic() - started) * 1000)
         details: dict[str, Any] = {
             "provider": PROVIDER,
             "response_id": response.id,
-            "output_mode": "json_schema" if chat else "prompt_list",
+            "output_mode": mode.value if mode is not None else "prompt_list",
         }
         if call.temperature is not None and "temperature" not in body:
             details["ignored"] = ["temperature"]
