@@ -259,9 +259,12 @@ def local_model_file() -> Path:
 
 
 @contextlib.contextmanager
-def llama_cpp_server(*, context_tokens: int = 8192) -> Iterator[str]:
+def llama_cpp_server(*, context_tokens: int = 4096) -> Iterator[str]:
     """llama-cpp-python's OpenAI-compatible server with the test model, on a free loopback
-    port. Yields the base URL (``http://127.0.0.1:PORT/v1``)."""
+    port. Yields the base URL (``http://127.0.0.1:PORT/v1``).
+
+    One thread: on a machine whose cores are shared with other work, two OpenMP threads
+    that keep waiting for each other made generation eight times slower than one."""
     try:
         import llama_cpp.server  # type: ignore[import-untyped,import-not-found]  # noqa: F401
     except ImportError as exc:
@@ -289,7 +292,9 @@ def llama_cpp_server(*, context_tokens: int = 8192) -> Iterator[str]:
             "--n_ctx",
             str(context_tokens),
             "--n_threads",
-            "2",
+            "1",
+            "--n_threads_batch",
+            "1",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
