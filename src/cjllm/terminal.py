@@ -144,7 +144,8 @@ def waiting_note(pacing: Pacing | None, now: datetime | None = None) -> str:
         return ""
     note = "waiting for the provider's rate limit"
     if pacing.finish_in is not None:
-        finish = (now or datetime.now()) + timedelta(seconds=pacing.finish_in)
+        # to the nearest minute
+        finish = (now or datetime.now()) + timedelta(seconds=pacing.finish_in + 30)
         note += f", done about {finish:%H:%M}"
     return note
 
