@@ -171,10 +171,6 @@ async def test_both_stores_admit_wait_correct_sync_and_pause_alike(buckets: Buck
     await buckets.sync("k", limits, {"requests": 0})
     granted, wait = await buckets.reserve("k", limits, Need(1, 0), max_wait=5)
     assert granted and wait == pytest.approx(2.0, abs=0.1)  # one request per 2 s
-    # a caller that does not know a budget leaves it as it is
-    await buckets.adjust("k", Limits(requests=30), {"input_tokens": 10**6})
-    granted, wait = await buckets.reserve("k", limits, Need(30_000, 0), max_wait=100)
-    assert granted and wait > 50
     assert await buckets.pause("other", limits, 3.0) == pytest.approx(3.0, abs=0.1)
     assert not (await buckets.reserve("other", limits, Need(1, 0), max_wait=1))[0]
 
@@ -188,5 +184,19 @@ async def test_redis_buckets_are_one_set_for_every_process(redis_url: str) -> No
         *(stores[i % 2].reserve("k", limits, Need(0, 0), max_wait=0) for i in range(20))
     )
     assert sum(granted for granted, _ in results) == 10
+    for client in clients:
+        await client.aclose()
+
+
+async def test_a_process_that_has_not_learned_the_limits_paces_by_the_ones_others_learned(
+    redis_url: str,
+) -> None:
+    prefix = f"t-{uuid.uuid4().hex[:8]}"
+    clients = [Redis.from_url(redis_url) for _ in range(2)]
+    learned, fresh = (RedisBuckets(c, prefix=prefix, period=60.0) for c in clients)
+    limits = Limits(requests=10)
+    await learned.sync("k", limits, {"requests": 0})  # an answer said: nothing left
+    granted, wait = await fresh.reserve("k", Limits(), Need(0, 0), max_wait=0)
+    assert not granted and wait == pytest.approx(6.0, abs=0.1)  # one request per 6 s
     for client in clients:
         await client.aclose()

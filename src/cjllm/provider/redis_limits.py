@@ -3,8 +3,10 @@
 The same arithmetic as :class:`cjllm.provider.rate_limits.BucketState`, run as one Lua
 script per operation so that reserving, correcting, syncing and pausing are atomic across
 processes, on Redis's own clock (``TIME``) so that hosts need not agree on the time. One
-hash per key (``{prefix}:ratelimit:{key}``: ``at``, ``paused`` and a level per budget),
-expiring an hour after its last use. A budget a caller does not know is left untouched.
+hash per key (``{prefix}:ratelimit:{key}``: ``at``, ``paused``, a level and a known limit
+per budget), expiring an hour after its last use. The limits a process has learned are
+recorded with each sync, so a process that has not yet had an answer of its own paces by
+them too; a budget nobody knows is left untouched.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local names = {'requests', 'input_tokens', 'output_tokens', 'tokens'}
 local state = redis.call('HMGET', KEYS[1], 'at', 'paused', unpack(names))
+local known = redis.call('HMGET', KEYS[1], 'limit:requests', 'limit:input_tokens',
+  'limit:output_tokens', 'limit:tokens')
 local at = tonumber(state[1]) or now
 local elapsed = math.max(0, now - at)
 local paused = tonumber(state[2]) or 0
 local levels, limits, amounts = {}, {}, {}
 for i = 1, 4 do
-  limits[i] = tonumber(ARGV[2 + 2 * i])
+  limits[i] = tonumber(ARGV[2 + 2 * i]) or tonumber(known[i])
   amounts[i] = tonumber(ARGV[3 + 2 * i])
   levels[i] = tonumber(state[2 + i])
   if limits[i] then
@@ -63,6 +67,7 @@ elseif op == 'adjust' then
 elseif op == 'sync' then
   for i = 1, 4 do
     if limits[i] and amounts[i] then levels[i] = math.min(levels[i], amounts[i]) end
+    if limits[i] then redis.call('HSET', KEYS[1], 'limit:' .. names[i], limits[i]) end
   end
 elseif op == 'pause' then
   paused = math.max(paused, now + arg)
