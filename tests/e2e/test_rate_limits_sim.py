@@ -178,8 +178,11 @@ def test_ranking_json_counts_every_request_the_provider_received(
     )
     out = tmp_path / "out"
     args = ["rank", str(EXAMPLES), "--out", str(out), "--provider", "anthropic"]
-    proc = run(*args, "--strategy", "per_request", "--budget", "20", extra_env=rank_env(sim))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run(
+        *args, "--strategy", "per_request", "--comparisons-per-essay", "4", extra_env=rank_env(sim)
+    )
+    # 1 would be the CJ verdict on so few comparisons (e.g. a disconnected graph), not a crash
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
     summary = json.loads((out / "ranking.json").read_text(encoding="utf-8"))["summary"]
     counters = sim.counters()
     received = counters["requests"]["POST /v1/messages"]
