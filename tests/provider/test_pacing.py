@@ -126,8 +126,9 @@ async def test_an_account_out_of_quota_fails_at_once_and_its_next_bundles_are_no
     settings = fast_settings(backend_url, linger_seconds=0.0)
     first = [body(i, topic=results_topic, size=2) for i in range(2)]
     second = [body(i, topic=results_topic, size=2, group="batch-1:round-2") for i in range(2, 4)]
-    async with provider(settings, bus=bus, mock=mock) as (_, client, _):
+    async with provider(settings, bus=bus, mock=mock, work=False) as (svc, client, _):
         await post_all(client, first)
+        svc.start_work()  # both queued: one bundle, refused for want of quota
         await eventually(lambda: callbacks.count == 2)
         await post_all(client, second)
         await eventually(lambda: callbacks.count == 4)
