@@ -72,5 +72,7 @@ class BundleSizes:
         else:
             learned.poor = learned.clean = 0
         if self.metrics is not None:
-            self.metrics.bundle_size_limit.labels(provider, model).set(learned.limit)
+            self.metrics.bundle_size_limit.labels(provider, self.metrics.model_label(model)).set(
+                learned.limit
+            )
         return learned.limit
