@@ -36,6 +36,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class BundleLayout(StrEnum):
+    """How a bundle's per-comparison texts are laid out in the prompt (docs/bundling.md).
+
+    ``items``: every item carries its own Essay A and Essay B. ``pool``: every distinct text
+    of the call appears once, and each item names its Essay A and Essay B by reference.
+    """
+
+    ITEMS = "items"
+    POOL = "pool"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -295,6 +306,8 @@ class BundleHints(BaseModel):
     batching_strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
     preferred_bundle_size: int | None = Field(default=None, gt=0)
     bundle_group: str | None = None
+    bundle_layout: BundleLayout | None = None
+    """Asks for a prompt layout; absent, the provider's ``CJLLM_BUNDLE_LAYOUT`` applies."""
 
 
 # --------------------------------------------------------------------------- CJ completion

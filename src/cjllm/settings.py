@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cjllm.contracts import BatchingStrategy
+from cjllm.contracts import BatchingStrategy, BundleLayout
 from cjllm.provider.rate_limits import RateLimitSetting
 
 
@@ -53,6 +53,8 @@ class ProviderSettings(BackendSettings):
     linger_seconds: float = 0.25
     max_items_per_call: int = 25
     max_input_tokens_per_call: int = 150_000
+    # how a call lays out its essays, for requests that do not ask (metadata.bundle_layout)
+    bundle_layout: BundleLayout = BundleLayout.ITEMS
     # worker
     worker_concurrency: int = 4
     poll_interval_seconds: float = 0.05

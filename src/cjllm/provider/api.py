@@ -43,6 +43,7 @@ from cjllm.contracts import (
     SPINE_KEYS,
     BatchingStrategy,
     BundleHints,
+    BundleLayout,
     ComparisonQueuedResponse,
     ComparisonRequest,
     ComparisonStatusResponse,
@@ -139,7 +140,7 @@ def create_app(
             except ValidationError as exc:
                 _invalid(exc)
             _check_sizes(comparison, settings)
-            plan, hints = _plan(comparison, providers)
+            plan, hints = _plan(comparison, providers, settings.bundle_layout)
         except HTTPException:
             metrics.requests.labels("rejected").inc()
             raise
@@ -296,9 +297,10 @@ def _check_sizes(comparison: ComparisonRequest, settings: ProviderSettings) -> N
 
 
 def _plan(
-    comparison: ComparisonRequest, providers: Providers
+    comparison: ComparisonRequest, providers: Providers, default_layout: BundleLayout
 ) -> tuple[PlannedComparison, BundleHints]:
-    """Resolve provider and model, fix the correlation id, and complete the metadata spine."""
+    """Resolve provider, model and prompt layout, fix the correlation id, and complete the
+    metadata spine."""
     try:
         hints = BundleHints.model_validate(comparison.metadata)
     except ValidationError as exc:
@@ -336,7 +338,8 @@ def _plan(
         _invalid(exc, ["metadata"])
     request = comparison.model_copy(update={"correlation_id": correlation_id, "metadata": metadata})
     model = comparison.llm_config_overrides.model_override or adapter.default_model
-    return PlannedComparison(request, provider, model), hints
+    layout = hints.bundle_layout or default_layout
+    return PlannedComparison(request, provider, model, layout), hints
 
 
 def _correlation_id(comparison: ComparisonRequest) -> uuid.UUID:

@@ -3,8 +3,9 @@
 The rules (docs/bundling.md has the reasoning):
 
 - **Compatibility key**: provider, model, the overrides (temperature, max tokens), the
-  system prompt, the sha256 of the cacheable shared blocks and ``metadata.bundle_group``.
-  Only items with equal keys share a call.
+  system prompt, the sha256 of the cacheable shared blocks, ``metadata.bundle_group`` and
+  the prompt layout (``items`` or ``pool``, resolved at enqueue). Only items with equal
+  keys share a call.
 - **Size hint** (each item's own cap): ``per_request`` → 1; otherwise the request's
   ``preferred_bundle_size`` (the round size, or the ``serial_override`` integer), or the
   provider maximum when absent; always capped by ``max_items_per_call``.
@@ -22,13 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cjllm.contracts import BatchingStrategy, BundleHints, ComparisonRequest, TokenUsage
+from cjllm.contracts import (
+    BatchingStrategy,
+    BundleHints,
+    BundleLayout,
+    ComparisonRequest,
+    TokenUsage,
+)
 from cjllm.provider.calls import BundleCall, BundleItem, CallOutcome, SharedBlock
-from cjllm.provider.prompts import BUNDLE_INSTRUCTIONS
+from cjllm.provider.prompts import INSTRUCTIONS_CHARS, NONCE_CHARS, render
 from cjllm.provider.queue import Spent
 
 CHARS_PER_TOKEN = 4
@@ -43,7 +51,7 @@ def estimate_tokens(chars: int) -> int:
 
 @dataclass(frozen=True)
 class PlannedComparison:
-    """A validated request with the provider and model it will be sent to.
+    """A validated request with the provider, model and prompt layout it will be sent with.
 
     This is what the queue stores (as JSON): ``request.metadata`` already holds the full
     spine, with ``prompt_sha256`` computed at enqueue.
@@ -52,6 +60,7 @@ class PlannedComparison:
     request: ComparisonRequest
     provider: str
     model: str
+    layout: BundleLayout = BundleLayout.ITEMS
 
     @property
     def correlation_id(self) -> str:
@@ -63,6 +72,7 @@ class PlannedComparison:
                 "request": self.request.model_dump(mode="json"),
                 "provider": self.provider,
                 "model": self.model,
+                "layout": self.layout.value,
             }
         )
 
@@ -73,6 +83,7 @@ class PlannedComparison:
             request=ComparisonRequest.model_validate(data["request"]),
             provider=data["provider"],
             model=data["model"],
+            layout=BundleLayout(data.get("layout", BundleLayout.ITEMS)),
         )
 
     def system_blocks(self) -> tuple[SharedBlock, ...]:
@@ -98,22 +109,29 @@ class PlannedComparison:
         return BundleItem(self.correlation_id, tuple(self.request.per_comparison_parts()))
 
     def item_tokens(self) -> int:
+        """Estimated input tokens this item adds to a call: its texts, id and fences.
+
+        In the ``pool`` layout an item adds its texts only when no other item of the call
+        holds them, so this is an upper bound there: a bundle's sum over-counts the shared
+        texts, and a token budget fed by it stops a pooled bundle early, never late.
+        """
         chars = sum(len(p) for p in self.request.per_comparison_parts())
         return estimate_tokens(chars + len(self.correlation_id) + _ITEM_OVERHEAD_CHARS)
 
     def prefix_tokens(self) -> int:
         chars = sum(len(b.content) for b in (*self.system_blocks(), *self.shared_blocks()))
-        return estimate_tokens(chars + len(BUNDLE_INSTRUCTIONS))
+        return estimate_tokens(chars + INSTRUCTIONS_CHARS)
 
 
 def call_input_tokens(call: BundleCall, *, cached: bool = False) -> int:
-    """Estimated input tokens of a whole call: the bundle instructions and items, plus its
-    cacheable prefix unless ``cached`` (read from the prompt cache), plus the rest of it."""
-    chars = len(BUNDLE_INSTRUCTIONS)
+    """Estimated input tokens of a whole call: the bundle instructions and items as
+    :func:`~cjllm.provider.prompts.render` lays them out (in the ``pool`` layout each
+    distinct essay once), plus its cacheable prefix unless ``cached`` (read from the prompt
+    cache), plus the rest of it."""
+    instructions, items = render(call.items, call.layout, nonce="0" * NONCE_CHARS)
+    chars = len(instructions) + len(items)
     for block in (*call.system, *call.shared):
         chars += 0 if cached and block.cacheable else len(block.content)
-    for item in call.items:
-        chars += sum(len(p) for p in item.parts) + len(item.custom_id) + _ITEM_OVERHEAD_CHARS
     return estimate_tokens(chars)
 
 
@@ -131,6 +149,7 @@ def compatibility_key(planned: PlannedComparison) -> str:
         [(b.content, b.cacheable, b.ttl) for b in planned.system_blocks()],
         shared.hexdigest(),
         BundleHints.model_validate(planned.request.metadata).bundle_group,
+        *([planned.layout.value] if planned.layout is not BundleLayout.ITEMS else []),
     ]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 
@@ -213,6 +232,7 @@ def build_call(bundle_id: str, planned: Sequence[PlannedComparison]) -> BundleCa
         items=tuple(p.bundle_item() for p in planned),
         temperature=overrides.temperature_override,
         max_tokens=overrides.max_tokens_override,
+        layout=first.layout,
     )
 
 
@@ -232,12 +252,19 @@ def _split(total: int, weights: Sequence[float]) -> list[int]:
 def apportion(call: BundleCall, outcome: CallOutcome) -> dict[str, Spent]:
     """Charge a call's usage and cost to its items.
 
-    Prompt tokens (shared prefix included) go by each item's share of the per-item text;
+    Prompt tokens (shared prefix included) go by each item's share of the per-item text —
+    in the ``pool`` layout a text named by several items is shared evenly among them;
     completion tokens are split evenly (every answer has the same shape); cost goes by each
     item's share of the tokens charged to it. Shares add up exactly to the call's totals.
     """
     ids = [item.custom_id for item in call.items]
-    weights = [float(sum(len(p) for p in item.parts) + len(item.custom_id)) for item in call.items]
+    uses: Counter[str] = Counter()
+    if call.layout is BundleLayout.POOL:
+        uses.update(p for item in call.items for p in set(item.parts))
+    weights = [
+        sum(len(p) / max(1, uses[p]) for p in item.parts) + len(item.custom_id)
+        for item in call.items
+    ]
     prompt = _split(outcome.usage.prompt_tokens, weights)
     completion = _split(outcome.usage.output_tokens, [1.0] * len(ids))
     tokens = [p + c for p, c in zip(prompt, completion, strict=True)]

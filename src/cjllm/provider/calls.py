@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cjllm.contracts import BundleLayout
 from cjllm.provider.answers import Reconciled
 
 ANSWER_OVERHEAD_TOKENS = 64
@@ -50,6 +51,8 @@ class BundleCall:
     items: tuple[BundleItem, ...]
     temperature: float | None = None
     max_tokens: int | None = None
+    layout: BundleLayout = BundleLayout.ITEMS
+    """How the items are laid out in the prompt (:func:`cjllm.provider.prompts.render`)."""
 
     def max_output_tokens(self, per_item_default: int) -> int:
         """The call's ``max_tokens``: each item's (the override, else the default) plus the

@@ -1,7 +1,7 @@
 """What the simulated model answers to a bundle prompt.
 
-The prompt is read back with :func:`cjllm.provider.prompts.find_items_text` and
-:func:`~cjllm.provider.prompts.parse_items`, every item is decided by the
+The prompt is read back, in either bundle layout, with
+:func:`cjllm.provider.prompts.read_items`, every item is decided by the
 :class:`~cjllm.sim.judge.Judge` under its own ``custom_id``, and the answer faults drawn for
 the call are applied. An answer longer than the request's output-token cap is cut there,
 as a real model's would be.
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cjllm.provider.prompts import find_items_text, parse_items
+from cjllm.provider.prompts import read_items
 from cjllm.sim.faults import MALFORMED_TEXT, spoil_entries
 from cjllm.sim.judge import Judge
 from cjllm.sim.tokens import CHARS_PER_TOKEN, count_tokens
@@ -45,8 +45,7 @@ class Answer:
 
 def decide_items(judge: Judge, prompt: str) -> tuple[Parsed, list[dict[str, Any]]]:
     """The items found in ``prompt`` and the judge's entry for each."""
-    items_text = find_items_text(prompt)
-    items = parse_items(items_text) if items_text is not None else []
+    items = read_items(prompt)
     parsed = [
         (item.custom_id, [hashlib.sha256(p.encode()).hexdigest() for p in item.parts])
         for item in items

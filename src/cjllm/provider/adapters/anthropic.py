@@ -3,7 +3,8 @@
 One bundle is one ``messages.create`` call:
 
 - ``system``: the system blocks; the user turn: the cacheable shared blocks, then the bundle
-  instructions, then the fenced items (:func:`cjllm.provider.prompts.render_items`).
+  instructions, then the fenced items in the call's layout
+  (:func:`cjllm.provider.prompts.render`; ``pool`` sends each distinct essay once).
 - Prompt caching: ``cache_control`` breakpoints on the shared prefix (see
   :func:`cache_breakpoints`); usage reports cache writes and reads.
 - Structured output: ``output_config.format`` with the bundle JSON schema, or, for models
@@ -40,7 +41,7 @@ from cjllm.provider.answers import (
 )
 from cjllm.provider.calls import BundleCall, CallOutcome, CallUsage, ProviderCallError, SharedBlock
 from cjllm.provider.pricing import PriceTable, load_price_table
-from cjllm.provider.prompts import render_items
+from cjllm.provider.prompts import render
 from cjllm.provider.rate_headers import rate_headers
 from cjllm.provider.rate_limits import account_of
 from cjllm.settings import ProviderSettings
@@ -166,7 +167,7 @@ class AnthropicAdapter:
         model = call.model or self.default_model
         prefix = (*call.system, *call.shared)
         marks = cache_breakpoints(prefix, len(call.system))
-        instructions, items_text = render_items(call.items)
+        instructions, items_text = render(call.items, call.layout)
         system = [_text_block(b.content, marks.get(i)) for i, b in enumerate(call.system)]
         shared = [
             _text_block(b.content, marks.get(len(call.system) + i))

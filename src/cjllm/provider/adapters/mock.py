@@ -1,10 +1,11 @@
 """A deterministic mock LLM: the simulated judge behind the real bundle wire format.
 
-It renders each call with :func:`cjllm.provider.prompts.render_items`, reads the items back
-as a provider would, answers every item with :class:`cjllm.sim.judge.Judge` (seeded by the
-item's ``custom_id``, so retries get the same answer), writes the answer as JSON text and
-runs it through :func:`cjllm.provider.answers.reconcile` — so injected faults exercise the
-same validation a real answer goes through.
+It renders each call in its layout with :func:`cjllm.provider.prompts.render`, reads the
+items back as a provider would (:func:`cjllm.provider.prompts.read_items`), answers every
+item with :class:`cjllm.sim.judge.Judge` (seeded by the item's ``custom_id``, so retries get
+the same answer), writes the answer as JSON text and runs it through
+:func:`cjllm.provider.answers.reconcile` — so injected faults exercise the same validation a
+real answer goes through.
 
 Fault injection for tests and demos:
 
@@ -29,7 +30,7 @@ from typing import Any, Literal
 from cjllm.provider.answers import reconcile
 from cjllm.provider.bundling import estimate_tokens
 from cjllm.provider.calls import BundleCall, CallOutcome, CallUsage, ProviderCallError
-from cjllm.provider.prompts import parse_items, render_items
+from cjllm.provider.prompts import read_items, render
 from cjllm.settings import ProviderSettings
 from cjllm.sim.judge import Judge
 
@@ -101,8 +102,9 @@ class MockAdapter:
         fault = self.call_faults.popleft() if self.call_faults else None
         if isinstance(fault, ProviderCallError):
             raise fault
-        instructions, items_text = render_items(call.items)
-        text = "Sorry, I cannot do that." if fault == "garbage" else self._answer(items_text)
+        instructions, items_text = render(call.items, call.layout)
+        prompt = f"{instructions}\n\n{items_text}"
+        text = "Sorry, I cannot do that." if fault == "garbage" else self._answer(prompt)
         reconciled = reconcile([item.custom_id for item in call.items], text)
         prompt_chars = len(instructions) + len(items_text)
         prompt_chars += sum(len(b.content) for b in (*call.system, *call.shared))
@@ -122,9 +124,9 @@ class MockAdapter:
         self.outcomes.append(outcome)
         return outcome
 
-    def _answer(self, items_text: str) -> str:
+    def _answer(self, prompt: str) -> str:
         entries: list[dict[str, Any]] = []
-        for item in parse_items(items_text):
+        for item in read_items(prompt):
             decision = self.judge.decide(item.custom_id, item.parts)
             entry: dict[str, Any] = {
                 "custom_id": item.custom_id,

@@ -8,9 +8,15 @@ cache). The answer is constrained by ``response_format`` ``json_schema`` with ``
 OpenAI-compatible servers that refuse that dialect are met on the rung of
 :mod:`cjllm.provider.output_modes` they accept (negotiated per base URL and model).
 
+The items are laid out as the call says (:func:`cjllm.provider.prompts.render`; ``pool``
+sends each distinct essay once).
+
 Prompt-list mode (``CJLLM_OPENAI_COMPLETIONS_PROMPT_LIST=true``), for servers whose
 ``/v1/completions`` accepts a list of prompts (vLLM, for instance): one call carries N
 independent single-item prompts and ``choices[i].index`` maps each answer back to item i.
+Each prompt holds one comparison, so there is nothing to pool: the ``pool`` layout does not
+apply there (every prompt is rendered in the ``items`` layout, and the outcome's
+``details["ignored"]`` says ``bundle_layout``).
 
 The SDK reads ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``; its own retries are off
 (``max_retries=0``) because the queue owns retries and backoff.
@@ -29,6 +35,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion
 from openai.types.completion_usage import CompletionUsage
 
+from cjllm.contracts import BundleLayout
 from cjllm.provider.adapters.vendor_errors import (
     PLACEHOLDER_KEY,
     MissingCredentials,
@@ -58,7 +65,7 @@ from cjllm.provider.output_modes import (
     schema_in_prompt,
 )
 from cjllm.provider.pricing import PriceTable, load_price_table
-from cjllm.provider.prompts import render_items
+from cjllm.provider.prompts import render, render_items
 from cjllm.provider.queue import Queue
 from cjllm.provider.rate_headers import rate_headers
 from cjllm.provider.rate_limits import account_of
@@ -179,7 +186,7 @@ class OpenAIAdapter:
         """The ``chat.completions.create`` body for a bundle on an output-mode rung (the
         default, strict ``json_schema``, is also a Batch API line body)."""
         model = call.model or self.default_model
-        instructions, items_text = render_items(call.items)
+        instructions, items_text = render(call.items, call.layout)
         schema = (
             answer_schema([item.custom_id for item in call.items])
             if self.compatible_server
@@ -296,8 +303,13 @@ class OpenAIAdapter:
             "response_id": response.id,
             "output_mode": mode.value if mode is not None else "prompt_list",
         }
+        ignored = []
         if call.temperature is not None and "temperature" not in body:
-            details["ignored"] = ["temperature"]
+            ignored.append("temperature")
+        if not chat and call.layout is not BundleLayout.ITEMS:
+            ignored.append("bundle_layout")
+        if ignored:
+            details["ignored"] = ignored
         if isinstance(response, ChatCompletion):
             reconciled, stop = self._read_chat(call, response, details)
         else:
