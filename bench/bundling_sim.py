@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +109,15 @@ async def measure(args: argparse.Namespace, sim: str) -> tuple[Run, Run]:
     return base, bundled
 
 
-def main(args: argparse.Namespace) -> None:
+@contextlib.contextmanager
+def simulator(manifest: Path, *options: str) -> Iterator[str]:
+    """``cjllm sim`` in a child process on a free port, the anthropic SDK's environment
+    pointed at it; yields its URL."""
     port = free_port()
     sim = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-c", "from cjllm.cli import app; app(prog_name='cjllm')", "sim",
-        "--port", str(port), "--manifest", str(EXAMPLES / "essays" / "manifest.json"),
-        "--latency-call", str(args.latency_call),
-        "--latency-token", str(args.latency_token),
+        "--port", str(port), "--manifest", str(manifest), *options,
     ]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.environ["ANTHROPIC_BASE_URL"] = sim
@@ -126,10 +129,16 @@ def main(args: argparse.Namespace) -> None:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        base, bundled = asyncio.run(measure(args, sim))
+        yield sim
     finally:
         proc.terminate()
         proc.wait()
+
+
+def main(args: argparse.Namespace) -> None:
+    latency = ("--latency-call", str(args.latency_call), "--latency-token", str(args.latency_token))
+    with simulator(EXAMPLES / "essays" / "manifest.json", *latency) as sim:
+        base, bundled = asyncio.run(measure(args, sim))
     print(
         f"{args.comparisons} comparisons via the anthropic SDK and cjllm sim: "
         f"{args.latency_call:g}s per call + {args.latency_token:g}s per output token, "

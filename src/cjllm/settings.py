@@ -152,6 +152,11 @@ class CJSettings(BackendSettings):
     max_failed_rounds: int = Field(default=3, gt=0)
     split_half_splits: int = Field(default=10, gt=0)
     pairing_random_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
+    # the pool bundle layout: each provider call sends every distinct essay once, and rounds
+    # are planned as groups of essays near each other, one bundle per group (cj/groups.py)
+    bundle_layout: BundleLayout = BundleLayout.ITEMS
+    pool_group_size: int = Field(default=10, ge=2)
+    pool_pairs_per_essay: int = Field(default=4, ge=1)
     # submissions to the provider API (retried on 5xx/429/connection errors)
     submit_backoff_seconds: float = Field(default=0.5, ge=0.0)
     submit_max_backoff_seconds: float = Field(default=30.0, ge=0.0)

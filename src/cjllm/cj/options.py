@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Self
 
-from cjllm.contracts import BatchingStrategy
+from cjllm.contracts import BatchingStrategy, BundleLayout
 from cjllm.settings import CJSettings
 
 SUPPORTED_STRATEGIES = (
@@ -55,6 +55,9 @@ class BatchOptions:
     bt_prior: float = 0.1
     split_half_splits: int = 10
     pairing_random_fraction: float = 0.25
+    bundle_layout: BundleLayout = BundleLayout.ITEMS
+    pool_group_size: int = 10
+    pool_pairs_per_essay: int = 4
 
     @classmethod
     def from_settings(cls, settings: CJSettings) -> Self:
@@ -62,6 +65,14 @@ class BatchOptions:
         values = {k: v for k, v in settings.model_dump().items() if k in names}
         values["batching_strategy"] = settings.llm_batching_strategy
         return cls(**values)
+
+    @property
+    def plans_groups(self) -> bool:
+        """Rounds are planned as groups, one bundle each (the pool layout, when bundling)."""
+        return self.bundle_layout is BundleLayout.POOL and self.batching_strategy in (
+            BatchingStrategy.SERIAL_ROUND,
+            BatchingStrategy.SERIAL_OVERRIDE,
+        )
 
     def with_changes(self, **changes: Any) -> BatchOptions:
         return replace(self, **changes)
@@ -86,6 +97,8 @@ class BatchOptions:
             "min_success_fraction": 0.0 <= self.min_success_fraction <= 1.0,
             "max_pair_retries": self.max_pair_retries >= 0,
             "bt_prior": self.bt_prior > 0,
+            "pool_group_size": self.pool_group_size >= 2,
+            "pool_pairs_per_essay": self.pool_pairs_per_essay >= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -110,6 +123,7 @@ class BatchOptions:
     def to_json(self, n_essays: int) -> dict[str, Any]:
         data = asdict(self)
         data["batching_strategy"] = self.batching_strategy.value
+        data["bundle_layout"] = self.bundle_layout.value
         data["budget"] = self.budget(n_essays)
         return data
 
@@ -118,4 +132,5 @@ class BatchOptions:
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["batching_strategy"] = BatchingStrategy(values["batching_strategy"])
+        values["bundle_layout"] = BundleLayout(values.get("bundle_layout", BundleLayout.ITEMS))
         return cls(**values)

@@ -13,7 +13,13 @@ import uuid
 
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.records import BatchRecord, PendingComparison
-from cjllm.contracts import BundleHints, ComparisonRequest, LLMConfigOverrides, PromptBlock
+from cjllm.contracts import (
+    BundleHints,
+    BundleLayout,
+    ComparisonRequest,
+    LLMConfigOverrides,
+    PromptBlock,
+)
 
 JUDGE_INSTRUCTIONS = """\
 You are an experienced examiner taking part in a comparative judgement exercise. In each
@@ -67,8 +73,9 @@ def comparison_blocks(
     ]
 
 
-def bundle_group(batch_id: str, round_number: int) -> str:
-    return f"{batch_id}:{round_number}"
+def bundle_group(batch_id: str, round_number: int, group: str | None = None) -> str:
+    """The ``bundle_group`` hint: batch and round, and the group within a grouped round."""
+    return f"{batch_id}:{round_number}" if group is None else f"{batch_id}:{round_number}:{group}"
 
 
 def comparison_request(
@@ -79,19 +86,25 @@ def comparison_request(
     texts: dict[str, str],
     preferred_bundle_size: int,
     callback_topic: str,
+    group: str | None = None,
 ) -> ComparisonRequest:
-    """One ``POST /api/v1/comparison`` body: prompt blocks, metadata spine and bundle hints."""
+    """One ``POST /api/v1/comparison`` body: prompt blocks, metadata spine and bundle hints.
+
+    ``group``: the comparison's group in a grouped round (its own bundle). The ``pool``
+    layout is asked for only when the batch uses it; otherwise the provider's default holds.
+    """
     hints = BundleHints(
         batching_strategy=options.batching_strategy,
         preferred_bundle_size=preferred_bundle_size,
-        bundle_group=bundle_group(batch.id, comparison.round_number),
+        bundle_group=bundle_group(batch.id, comparison.round_number, group),
+        bundle_layout=options.bundle_layout if options.bundle_layout is BundleLayout.POOL else None,
     )
     metadata: dict[str, object] = {
         "request_correlation_id": str(comparison.request_correlation_id),
         "essay_a_id": comparison.essay_a_id,
         "essay_b_id": comparison.essay_b_id,
         "cj_batch_id": batch.id,
-        **hints.model_dump(mode="json"),
+        **hints.model_dump(mode="json", exclude_none=True),
     }
     if batch.bos_batch_id is not None:
         metadata["bos_batch_id"] = batch.bos_batch_id

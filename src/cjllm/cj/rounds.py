@@ -9,11 +9,13 @@ callback that can never come.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from cjllm.cj.groups import group_labels, plan_groups
 from cjllm.cj.llm_client import Accepted, ProviderClient
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.pairing import plan_round
@@ -107,17 +109,36 @@ def plan_next_round(
     first = np.array([index[a] for a, _ in history], dtype=np.intp)
     second = np.array([index[b] for _, b in history], dtype=np.intp)
     known = fit.successes > 0
-    planned = plan_round(
-        len(essays),
-        first,
-        second,
-        fit.theta if known else None,
-        fit.se if known else None,
-        size - len(retries),
-        np.random.default_rng(seed_for(batch_id, round_number)),
-        random_fraction=options.pairing_random_fraction,
-        max_per_item=options.max_comparisons_per_essay,
-    )
+    theta, se = (fit.theta, fit.se) if known else (None, None)
+    rng = np.random.default_rng(seed_for(batch_id, round_number))
+    if options.plans_groups:  # retried pairs travel on their own: their essays sit out
+        groups = plan_groups(
+            len(essays),
+            first,
+            second,
+            theta,
+            se,
+            size - len(retries),
+            rng,
+            group_size=options.pool_group_size,
+            pairs_per_item=options.pool_pairs_per_essay,
+            random_fraction=options.pairing_random_fraction,
+            max_per_item=options.max_comparisons_per_essay,
+            exclude={index[e] for p in retries for e in (p.essay_a_id, p.essay_b_id)},
+        )
+        planned = [pair for group in groups for pair in group]
+    else:
+        planned = plan_round(
+            len(essays),
+            first,
+            second,
+            theta,
+            se,
+            size - len(retries),
+            rng,
+            random_fraction=options.pairing_random_fraction,
+            max_per_item=options.max_comparisons_per_essay,
+        )
     return [*retries, *(NewComparison(ids[a], ids[b]) for a, b in planned)]
 
 
@@ -135,18 +156,28 @@ class Submission:
 async def submit(
     store: Store, client: ProviderClient, job: Submission, rows: Sequence[PendingComparison]
 ) -> int:
-    """Send one request per row (bounded by the client); returns how many were refused."""
-    shared = shared_blocks(job.batch.instructions, job.batch.rubric)
+    """Send one request per row (bounded by the client); returns how many were refused.
 
-    async def one(row: PendingComparison) -> bool:
+    In a grouped round each group (a connected component of the rows' pairs, see
+    :func:`cjllm.cj.groups.group_labels`) gets its own ``bundle_group``, sized to the group.
+    """
+    shared = shared_blocks(job.batch.instructions, job.batch.rubric)
+    labels: list[str | None] = [None] * len(rows)
+    if job.options.plans_groups:
+        labels = list(group_labels([(r.essay_a_id, r.essay_b_id) for r in rows]))
+    sizes = Counter(labels)
+
+    async def one(row: PendingComparison, group: str | None) -> bool:
+        size = job.preferred_bundle_size
         request = comparison_request(
             job.batch,
             job.options,
             row,
             shared,
             job.texts,
-            job.preferred_bundle_size,
+            size if group is None else min(size, sizes[group]),
             job.callback_topic,
+            group,
         )
         outcome = await client.submit(request)
         if isinstance(outcome, Accepted):
@@ -155,7 +186,7 @@ async def submit(
         await store.fail_pending(row.request_correlation_id, outcome.error_code, outcome.message)
         return False
 
-    accepted = await asyncio.gather(*(one(r) for r in rows))
+    accepted = await asyncio.gather(*(one(r, g) for r, g in zip(rows, labels, strict=True)))
     return sum(not ok for ok in accepted)
 
 
