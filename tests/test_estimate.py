@@ -75,3 +75,22 @@ def test_time_under_the_providers_rate_limits(
     assert "at least 8.0 minutes" in " ".join(limited.lines())
     bundled = figures(tmp_path, provider="anthropic")
     assert bundled.rate_limit_minutes == 0.0  # 4 calls fit in the first minute's 10
+
+
+def test_the_pool_layout_is_estimated_as_the_run_makes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One call per group, each essay once in it: as many calls as the mock run made, and
+    input tokens within a tenth of what it sent (the mock counts characters ÷ 4)."""
+    from cjllm.rank import prepare, run_until_done
+
+    items = figures(tmp_path, provider="mock")
+    monkeypatch.setenv("CJLLM_BUNDLE_LAYOUT", "pool")
+    pooled = figures(tmp_path, provider="mock")
+    assert pooled.input_tokens < items.input_tokens / 2
+    outcome = run_until_done(prepare(RankRequest(EXAMPLES, tmp_path / "run", provider="mock")))
+    result = outcome.result
+    assert result.comparisons_requested == pooled.comparisons == 90
+    assert result.provider_calls == pooled.provider_calls
+    sent = result.token_usage.prompt_tokens
+    assert abs(pooled.input_tokens - sent) < sent / 10

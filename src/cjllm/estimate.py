@@ -10,7 +10,9 @@ How the figures are made:
 - Rounds: ``min(MAX_CONCURRENT_COMPARISONS, budget left)`` comparisons each, as the CJ
   service plans them. Calls per round: one per ``bundle`` of the strategy (the round for
   ``serial_round``, ``--bundle-size`` for ``serial_override``, one for ``per_request``), split
-  by the provider's caps (``CJLLM_MAX_ITEMS_PER_CALL``, ``CJLLM_MAX_INPUT_TOKENS_PER_CALL``).
+  by the provider's caps (``CJLLM_MAX_ITEMS_PER_CALL``, ``CJLLM_MAX_INPUT_TOKENS_PER_CALL``);
+  with ``CJLLM_BUNDLE_LAYOUT=pool``, one per group of the round (:mod:`cjllm.cj.groups`),
+  which sends each of its essays once and one short line per comparison.
 - Input tokens: the real prompt text — judge instructions, assignment, rubric, bundle
   instructions once per call, and per comparison the item fences and two essays of average
   length — counted as characters ÷ 4 (as the simulated provider counts; real tokenizers
@@ -35,7 +37,7 @@ from cjllm.cj.prompts import shared_blocks
 from cjllm.preflight import Checked, RankInputs
 from cjllm.provider.calls import BundleItem
 from cjllm.provider.pricing import load_price_table
-from cjllm.provider.prompts import render_items
+from cjllm.provider.prompts import render_items, render_pool
 from cjllm.provider.rate_limits import configured_limits, estimate_minutes
 from cjllm.settings import CJSettings, ProviderSettings
 from cjllm.strategies import BatchingStrategy
@@ -122,17 +124,29 @@ def estimate(
         bundle = options.serial_override_bundle_size or 1
     else:
         bundle = options.max_concurrent_comparisons
-    rounds, calls, left = 0, 0, budget
+    rounds, calls, left, pooled = 0, 0, budget, 0
     while left > 0:
         size = min(options.max_concurrent_comparisons, left)
-        groups = math.ceil(size / min(bundle, size))
-        calls += sum(math.ceil(g / cap) for g in _split(size, groups))
+        if options.plans_groups:  # cj/groups.py: one call per group, each essay once in it
+            members = min(n, max(2, math.ceil(2 * size / options.pool_pairs_per_essay)))
+            calls += math.ceil(members / options.pool_group_size)
+            pooled += members
+        else:
+            groups = math.ceil(size / min(bundle, size))
+            calls += sum(math.ceil(g / cap) for g in _split(size, groups))
         rounds += 1
         left -= size
     output = budget * min(
         OUTPUT_TOKENS_PER_COMPARISON, provider_settings.max_output_tokens_per_item
     )
     input_tokens = calls * per_call + budget * per_item
+    if options.plans_groups:
+        item = BundleItem(_ID, (typical, typical))  # one text, named by every item
+        pool_instructions, one_line = render_pool([item], "0" * 16)
+        per_line = tokens(render_pool([item, item], "0" * 16)[1]) - tokens(one_line) + 1
+        per_text = tokens(one_line) - per_line + 1
+        per_call = prefix + tokens(pool_instructions)
+        input_tokens = calls * per_call + pooled * per_text + budget * per_line
     table = load_price_table(provider_settings.price_table_path)
     price = table.price_for(model)
     list_cost = None

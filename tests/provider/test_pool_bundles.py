@@ -91,14 +91,12 @@ async def test_a_request_asks_for_its_layout_and_never_shares_a_call_with_the_ot
 ) -> None:
     results_topic, callbacks = results
     bus = await memory_bus(callbacks, results_topic)
-    pooled = group_bodies(4, results_topic, bundle_layout="pool")
+    pooled = group_bodies(4, results_topic, bundle_layout="pool")  # 6 comparisons, size 6
     plain = [
-        body(50 + i, topic=results_topic, size=12, group="batch-1:round-1:g0") for i in range(6)
+        body(50 + i, topic=results_topic, size=6, group="batch-1:round-1:g0") for i in range(6)
     ]
-    for b in pooled:
-        b["metadata"]["preferred_bundle_size"] = 12
     mock = MockAdapter()
-    settings = fast_settings(backend_url, linger_seconds=0.2)  # default layout: items
+    settings = fast_settings(backend_url)  # default layout: items; a full bundle goes at once
     async with provider(settings, bus=bus, mock=mock) as (_, client, _):
         await post_all(client, [x for pair in zip(pooled, plain, strict=True) for x in pair])
         await eventually(lambda: callbacks.count == 12)

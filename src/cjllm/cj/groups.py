@@ -10,12 +10,11 @@ goes to the provider as one bundle (its own ``bundle_group``). Indexes only, as 
    (``max_per_item``) and are not in ``exclude`` (the essays of retried pairs, which travel
    on their own), as many as the round needs at ``pairs_per_item`` comparisons each.
 2. Groups: members are ordered by their current θ (ties at random, so the first round's
-   groups are random), so essays near each other on the scale meet; a ``random_fraction``
-   of the members then swap places at random (non-adaptive structure, and bridges between
-   distant parts of the scale). The order is cut into groups of near-equal size (in random
-   order), none over ``group_size`` (a bridge, rule 3, may add one); no essay is in two.
-   (Ordering by a draw θ + se·z instead, so that uncertain essays wander, lowered the
-   simulated Spearman ρ by about 0.01.)
+   groups are random) and cut into groups of near-equal size (in random order), none over
+   ``group_size`` (a bridge, rule 3, may add one), so essays near each other on the scale
+   meet; no essay is in two groups. (Two variants lowered the simulated Spearman ρ and were
+   dropped: ordering by a draw θ + se·z, so that uncertain essays wander, by about 0.01;
+   letting a random share of the members swap places, by about 0.004.)
 3. Bridges: from the second round on, a group that neither the history nor another group
    joins to the largest component of the comparisons so far gets an essay of it
    (:func:`_bridge`), so a batch whose first rounds met only part of the essays does not
@@ -24,7 +23,8 @@ goes to the provider as one bundle (its own ``bundle_group``). Indexes only, as 
    share of the group's comparisons; the least-seen pair (no repeat while an unseen pair
    remains in the group; never twice in a round); the lowest in-round counts; then, for all
    but a ``random_fraction`` of the slots, the largest expected reduction of the posterior
-   variance of θ_i − θ_j (the information rule of :mod:`cjllm.cj.pairing`), else at random.
+   variance of θ_i − θ_j (the information rule of :mod:`cjllm.cj.pairing`), else — the
+   round's random share — at random.
    A group that ends unevenly hands comparisons from its busiest essay to its idlest.
 5. Positions: of the two essays, the one that has been Essay A more often becomes Essay B;
    then chains of the group's comparisons are turned round while that brings an essay's
@@ -33,8 +33,8 @@ goes to the provider as one bundle (its own ``bundle_group``). Indexes only, as 
    groups of a round are the connected components of its pairs**: :func:`group_labels`
    recovers them from the pairs alone, and a resumed round needs no stored group.
 
-Across rounds the bridges, the random share, the changing membership (rule 1) and the moving
-estimates shift the group boundaries, so a batch's comparison graph becomes connected.
+Across rounds the bridges, the changing membership (rule 1) and the moving estimates shift
+the group boundaries, so a batch's comparison graph becomes connected.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def plan_groups(
     eligible = state.room > 0
     eligible[list(exclude)] = False
     members = _members(state, eligible, n_pairs, group_size, pairs_per_item, gen)
-    groups = _cut(members, values[0], group_size, random_fraction, gen)
+    groups = _cut(members, values[0], group_size, gen)
     history = list(zip(first.tolist(), second.tolist(), strict=True))
     _bridge(groups, history, state, eligible, values[0])
     capacities = [_capacity(state, g) for g in groups]
@@ -164,20 +164,13 @@ def _sizes(total: int, parts: int) -> list[int]:
 
 
 def _cut(
-    members: list[int],
-    theta: npt.NDArray[np.float64],
-    group_size: int,
-    random_fraction: float,
-    rng: np.random.Generator,
+    members: list[int], theta: npt.NDArray[np.float64], group_size: int, rng: np.random.Generator
 ) -> list[list[int]]:
-    """Rule 2: order by ``theta``, let a random share swap places, cut into groups."""
+    """Rule 2: order by ``theta`` (ties at random), cut into groups of near-equal size."""
     if not members:
         return []
     ties = rng.random(len(members))
     ordered = [members[k] for k in np.lexsort((ties, theta[members]))]
-    swapped = rng.permutation(len(ordered))[: round(float(__import__("os").environ.get("SWAP", random_fraction)) * len(ordered))]
-    for slot, item in zip(swapped, rng.permutation([ordered[s] for s in swapped]), strict=True):
-        ordered[slot] = int(item)
     sizes = rng.permutation(_sizes(len(ordered), math.ceil(len(ordered) / group_size)))
     bounds = np.cumsum([0, *sizes])
     return [ordered[bounds[g] : bounds[g + 1]] for g in range(len(sizes))]
