@@ -217,7 +217,18 @@ class KafkaBroker:
 
     def stop(self) -> None:
         if self.proc is not None:
+            self.thaw()
             _stop(self.proc)
+
+    def freeze(self) -> None:
+        """Stop the broker answering (SIGSTOP) while keeping its state and connections:
+        a broker outage that leaves its memory storage intact."""
+        assert self.proc is not None and self.proc.poll() is None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
 
     def remove(self) -> None:
         self.stop()

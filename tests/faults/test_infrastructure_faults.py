@@ -10,10 +10,12 @@ requests queued = callbacks recorded = callbacks the bus took = CJ rows (read fr
 provider's own counters, as a difference over the test), with nothing left in the outbox.
 
 A provider worker killed mid-bundle is proven by ``tests/e2e/test_distributed.py`` and
-``tests/provider/test_worker_processes.py``. A broker stop and start is not here: the test
-broker (tansu, memory storage) forgets every topic, message and offset when stopped, and
-its clients did not reliably find their way back onto the empty new one; the outage itself
-(the publisher keeps callbacks and retries) is proven in-process by
+``tests/provider/test_worker_processes.py``. The broker outage is a frozen broker (SIGSTOP,
+then SIGCONT) for longer than a round: publishes, reads and commits hang until it answers
+again, as with a broker cut off by the network. A stop and a fresh start is not here: the
+test broker (tansu, memory storage) forgets every topic, message and offset when stopped,
+which a real broker does not; the publisher's side of that (callbacks kept and retried)
+is also proven in-process by
 ``tests/provider/test_worker.py::test_a_bus_outage_delays_callbacks_but_loses_none``.
 """
 
@@ -45,6 +47,7 @@ pytestmark = pytest.mark.slow
 
 SIM_KEY = "sim-faults-key"
 N_ESSAYS = 10
+BROKER_OUTAGE_SECONDS = 15.0  # longer than a round (calls take a second each)
 
 
 @dataclass
@@ -324,4 +327,16 @@ async def test_a_postgresql_restart_mid_round_loses_nothing(fleet: Fleet) -> Non
     fleet.postgres.crash()  # callbacks that arrive now cannot be stored: the bus redelivers
     await asyncio.sleep(2.0)
     fleet.postgres.start()
+    await check_everything_accounted_for(fleet, batch_id, before)
+
+
+async def test_a_broker_outage_mid_round_loses_nothing(fleet: Fleet) -> None:
+    before = await provider_counts(fleet)
+    batch_id = await submit(fleet)
+    await until(lambda: a_round_is_in_flight(fleet, batch_id), "a round in flight")
+    fleet.kafka.freeze()  # publishes and the CJ service's reads and commits hang meanwhile
+    try:
+        await asyncio.sleep(BROKER_OUTAGE_SECONDS)
+    finally:
+        fleet.kafka.thaw()
     await check_everything_accounted_for(fleet, batch_id, before)
