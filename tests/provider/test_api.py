@@ -225,6 +225,25 @@ async def test_a_full_queue_is_503_with_retry_after_and_nothing_is_queued(backen
         assert metric(svc, "cjllm_provider_requests_total", outcome="queue_full") == 1
 
 
+async def test_concurrent_posts_share_queue_steps_and_each_gets_its_own_answer(
+    backend_url: str,
+) -> None:
+    settings = fast_settings(backend_url, queue_max_items=40)
+    async with provider(settings, work=False) as (svc, client, _):
+        bodies = [body(i, topic="r") for i in range(41)]
+        bodies.append(bodies[0])  # the same comparison posted twice at once
+        responses = await asyncio.gather(*(client.post(COMPARISON_PATH, json=b) for b in bodies))
+        codes = [r.status_code for r in responses]
+        assert codes.count(202) == 41 and codes.count(503) == 1
+        (full,) = [r for r in responses if r.status_code == 503]
+        assert full.json()["detail"][0]["type"] == "queue_full"
+        ids = [r.json()["queue_id"] for r in responses if r.status_code == 202]
+        assert len(set(ids)) == 40  # the repeated comparison got its first queue id
+        assert responses[0].json()["queue_id"] == responses[-1].json()["queue_id"]
+        assert (await svc.queue.depth(0)).queued == 40
+        assert svc.app.state.enqueuer.steps < len(bodies) / 4  # grouped, not one by one
+
+
 async def test_accepted_request_is_202_and_its_status_can_be_read(api: Any) -> None:
     _, client, _ = api
     request_body = body(1, topic="r")

@@ -210,6 +210,29 @@ async def test_a_known_correlation_id_is_not_queued_twice(queue: Queue) -> None:
     assert (await queue.depth(T0)).queued == 1
 
 
+async def test_a_group_is_queued_in_one_step_with_an_answer_for_each_item(
+    backend_url: str,
+) -> None:
+    q = queue_from_url(backend_url, max_items=4, max_bytes=10_000)
+    try:
+        (old,) = await put(q, item())
+        stored = await q.get(old)
+        assert stored is not None
+        repeat_old = NewItem(**{**item().__dict__, "correlation_id": stored.correlation_id})
+        a, b = item(at=T0 + 1), item(at=T0 + 2)
+        repeat_a = NewItem(**{**a.__dict__, "queue_id": str(uuid.uuid4())})
+        too_big, c, d = item(payload="x" * 20_000), item(at=T0 + 3), item(at=T0 + 4)
+        answers = await q.enqueue_many([a, repeat_old, repeat_a, too_big, b, c, d])
+        assert answers[:3] == [(a.queue_id, True), (old, False), (a.queue_id, False)]
+        assert isinstance(answers[3], QueueFull) and answers[3].limit == "bytes"
+        assert answers[4:6] == [(b.queue_id, True), (c.queue_id, True)]
+        assert isinstance(answers[6], QueueFull) and answers[6].limit == "items"
+        assert (await q.depth(T0)).queued == 4
+        assert await claim(q, T0 + 100, linger=1) == [old, a.queue_id, b.queue_id]
+    finally:
+        await q.close()
+
+
 async def test_outbox_entries_are_leased_until_deleted(queue: Queue) -> None:
     ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
     await claim(queue, T0 + 3)
@@ -275,7 +298,7 @@ def _enqueue_work(q: SQLiteQueue, new: NewItem) -> int:
 
     q._conn.set_progress_handler(count, 1)
     try:
-        q._write(lambda c: q._enqueue(c, new))
+        q._write(lambda c: q._enqueue(c, [new]))
     finally:
         q._conn.set_progress_handler(None, 1)
     return steps
@@ -288,7 +311,7 @@ async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: P
         await put(q, *(item(f"key-{i % 7}", at=T0 + i) for i in range(10)))
         early = _enqueue_work(q, item(at=T0 + 10))
         q._write(
-            lambda c: [q._enqueue(c, item(f"key-{i % 7}", at=T0 + 11 + i)) for i in range(5000)]
+            lambda c: [q._enqueue(c, [item(f"key-{i % 7}", at=T0 + 11 + i)]) for i in range(5000)]
         )
         late = _enqueue_work(q, item(at=T0 + 6000))
         assert late < 1.5 * early, (early, late)

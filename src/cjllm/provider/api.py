@@ -56,6 +56,7 @@ from cjllm.provider.bundling import (
     size_hint,
     token_budget,
 )
+from cjllm.provider.group_commit import GroupCommit
 from cjllm.provider.limiter import Limiter
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
@@ -89,6 +90,8 @@ def create_app(
     """The API over ``queue``. ``on_enqueue`` wakes an in-process worker (optional);
     ``limiter`` gives ``estimated_wait_minutes`` from the key's rate limits (else null)."""
     app = FastAPI(title="cjllm LLM Provider Service", version=__version__)
+    enqueuer = GroupCommit(queue)  # concurrent requests share one queue step
+    app.state.enqueuer = enqueuer
 
     ahead_seen = [0.0, 0.0]  # comparisons queued or in flight, and when that was read
 
@@ -157,7 +160,7 @@ def create_app(
             expires_at=now + settings.item_ttl_seconds,
         )
         try:
-            queue_id, created = await queue.enqueue(item)
+            queue_id, created = await enqueuer.enqueue(item)
         except (QueueFull, QueueUnavailable) as exc:
             kind = "queue_full" if isinstance(exc, QueueFull) else "queue_unavailable"
             metrics.requests.labels(kind).inc()

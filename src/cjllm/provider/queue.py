@@ -11,6 +11,11 @@ Life of an item::
                   └──retry / lease────┘                    in the same atomic step)
                      recovery
 
+- **enqueue_many** queues a group of items in one atomic step (one transaction, one Redis
+  script): the API's group commit (:mod:`cjllm.provider.group_commit`) sends every request
+  that arrived while the previous step ran in the next one, so a busy API pays one commit
+  for many requests. Each item gets its own answer (queued, known, or refused as over
+  capacity), exactly as if it had been enqueued alone, in order.
 - **claim** leases a *bundle*: up to the bundle size of a ready key's oldest items, in one
   atomic step, to one owner until ``lease_until``. Which items form a bundle is the rule in
   :func:`cjllm.provider.bundling.pick_bundle` (the Redis backend runs the same rule in Lua).
@@ -210,6 +215,14 @@ class Queue(Protocol):
         A correlation id already known returns the existing queue id with ``created``
         false (a client re-posting after a timeout gets one comparison, not two).
         Raises :class:`QueueFull` when over the item or byte capacity.
+        """
+        ...
+
+    async def enqueue_many(self, items: Sequence[NewItem]) -> list[tuple[str, bool] | QueueFull]:
+        """Queue ``items`` in one atomic step, each as :meth:`enqueue` would in turn: one
+        answer per item, in order, a :class:`QueueFull` for an item over capacity (the
+        others are still queued). An item repeating an earlier one's correlation id, in the
+        queue or in this group, gets that item's queue id with ``created`` false.
         """
         ...
 

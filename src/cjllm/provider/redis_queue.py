@@ -146,26 +146,37 @@ class RedisQueue:
             raise _unavailable(name, exc) from exc
 
     async def enqueue(self, item: NewItem) -> tuple[str, bool]:
-        reply = await self._call(
-            "enqueue",
-            item.queue_id,
-            item.correlation_id,
-            item.key,
-            item.hint,
-            item.tokens,
-            item.budget,
-            item.payload,
-            _num(item.enqueued_at),
-            _num(item.expires_at),
-            self.max_items,
-            self.max_bytes,
-        )
-        outcome = reply[0].decode()
-        if outcome == "full":
-            limit = reply[1].decode()
-            maximum = self.max_items if limit == "items" else self.max_bytes
-            raise QueueFull(limit, int(reply[2]), maximum)
-        return reply[1].decode(), outcome == "created"
+        (answer,) = await self.enqueue_many([item])
+        if isinstance(answer, QueueFull):
+            raise answer
+        return answer
+
+    async def enqueue_many(self, items: Sequence[NewItem]) -> list[tuple[str, bool] | QueueFull]:
+        if not items:
+            return []
+        args: list[Any] = [self.max_items, self.max_bytes]
+        for it in items:
+            args += [
+                it.queue_id,
+                it.correlation_id,
+                it.key,
+                it.hint,
+                it.tokens,
+                it.budget,
+                it.payload,
+                _num(it.enqueued_at),
+                _num(it.expires_at),
+            ]
+        answers: list[tuple[str, bool] | QueueFull] = []
+        for reply in await self._call("enqueue", *args):
+            outcome = reply[0].decode()
+            if outcome == "full":
+                limit = reply[1].decode()
+                maximum = self.max_items if limit == "items" else self.max_bytes
+                answers.append(QueueFull(limit, int(reply[2]), maximum))
+            else:
+                answers.append((reply[1].decode(), outcome == "created"))
+        return answers
 
     async def claim(
         self, owner: str, bundle_id: str, now: float, lease_until: float, linger: float

@@ -18,24 +18,30 @@ end
 """
 
 _ENQUEUE = """
-local P, qid, cid, key = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local payload, enq, exp = ARGV[8], ARGV[9], ARGV[10]
-local max_items, max_bytes = tonumber(ARGV[11]), tonumber(ARGV[12])
-local known = redis.call('GET', P..':cid:'..cid)
-if known then return {'known', known} end
+local P, max_items, max_bytes, out = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), {}
 local st = redis.call('HMGET', P..':stats', 'items', 'bytes')
-local items, bytes, size = tonumber(st[1] or '0'), tonumber(st[2] or '0'), #payload
-if items + 1 > max_items then return {'full', 'items', tostring(items)} end
-if bytes + size > max_bytes then return {'full', 'bytes', tostring(bytes)} end
-redis.call('HSET', P..':item:'..qid, 'qid', qid, 'cid', cid, 'key', key, 'hint', ARGV[5],
-  'tokens', ARGV[6], 'budget', ARGV[7], 'payload', payload, 'bytes', size, 'state', 'queued',
-  'attempts', 0, 'enq', enq, 'avail', enq, 'exp', exp, 'updated', enq,
-  'pt', 0, 'ct', 0, 'cost', 0)
-redis.call('SET', P..':cid:'..cid, qid)
-to_ready(P, qid, key, enq)
-redis.call('ZADD', P..':ttl', exp, qid)
-stat(P, 'items', 1); stat(P, 'bytes', size); stat(P, 'queued', 1)
-return {'created', qid}
+local items, bytes = tonumber(st[1] or '0'), tonumber(st[2] or '0')
+for i = 4, #ARGV, 9 do
+  local qid, cid, key, payload = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 6]
+  local enq, exp, size = ARGV[i + 7], ARGV[i + 8], #payload
+  local known = redis.call('GET', P..':cid:'..cid)
+  if known then out[#out + 1] = {'known', known}
+  elseif items + 1 > max_items then out[#out + 1] = {'full', 'items', tostring(items)}
+  elseif bytes + size > max_bytes then out[#out + 1] = {'full', 'bytes', tostring(bytes)}
+  else
+    redis.call('HSET', P..':item:'..qid, 'qid', qid, 'cid', cid, 'key', key,
+      'hint', ARGV[i + 3], 'tokens', ARGV[i + 4], 'budget', ARGV[i + 5], 'payload', payload,
+      'bytes', size, 'state', 'queued', 'attempts', 0, 'enq', enq, 'avail', enq, 'exp', exp,
+      'updated', enq, 'pt', 0, 'ct', 0, 'cost', 0)
+    redis.call('SET', P..':cid:'..cid, qid)
+    to_ready(P, qid, key, enq)
+    redis.call('ZADD', P..':ttl', exp, qid)
+    items, bytes = items + 1, bytes + size
+    stat(P, 'items', 1); stat(P, 'bytes', size); stat(P, 'queued', 1)
+    out[#out + 1] = {'created', qid}
+  end
+end
+return out
 """
 
 _CLAIM = """

@@ -89,39 +89,67 @@ class SQLiteQueue:
     # ------------------------------------------------------------------ enqueue
 
     async def enqueue(self, item: NewItem) -> tuple[str, bool]:
-        return await self._run(lambda: self._write(lambda c: self._enqueue(c, item)))
+        (answer,) = await self.enqueue_many([item])
+        if isinstance(answer, QueueFull):
+            raise answer
+        return answer
 
-    def _enqueue(self, conn: sqlite3.Connection, item: NewItem) -> tuple[str, bool]:
-        known = conn.execute(
-            "SELECT queue_id FROM items WHERE correlation_id = ?", (item.correlation_id,)
-        ).fetchone()
-        if known is not None:
-            return str(known[0]), False
+    async def enqueue_many(self, items: Sequence[NewItem]) -> list[tuple[str, bool] | QueueFull]:
+        if not items:
+            return []
+        return await self._run(lambda: self._write(lambda c: self._enqueue(c, items)))
+
+    def _enqueue(
+        self, conn: sqlite3.Connection, items: Sequence[NewItem]
+    ) -> list[tuple[str, bool] | QueueFull]:
+        """Queue ``items`` in order inside the caller's transaction: duplicates and
+        capacity are checked per item (the totals row is read once and kept in step)."""
+        marks = ",".join("?" * len(items))
+        known: dict[str, str] = {
+            cid: qid
+            for cid, qid in conn.execute(
+                f"SELECT correlation_id, queue_id FROM items WHERE correlation_id IN ({marks})",
+                [it.correlation_id for it in items],
+            )
+        }
         count, size = conn.execute("SELECT items, bytes FROM totals WHERE id = 1").fetchone()
-        if count + 1 > self.max_items:
-            raise QueueFull("items", count, self.max_items)
-        if size + item.size_bytes > self.max_bytes:
-            raise QueueFull("bytes", size, self.max_bytes)
-        conn.execute(
+        answers: list[tuple[str, bool] | QueueFull] = []
+        rows = []
+        for item in items:
+            if item.correlation_id in known:
+                answers.append((known[item.correlation_id], False))
+            elif count + 1 > self.max_items:
+                answers.append(QueueFull("items", count, self.max_items))
+            elif size + item.size_bytes > self.max_bytes:
+                answers.append(QueueFull("bytes", size, self.max_bytes))
+            else:
+                known[item.correlation_id] = item.queue_id
+                count, size = count + 1, size + item.size_bytes
+                answers.append((item.queue_id, True))
+                at = item.enqueued_at
+                rows.append(
+                    (
+                        item.queue_id,
+                        item.correlation_id,
+                        item.key,
+                        item.hint,
+                        item.tokens,
+                        item.budget,
+                        item.payload,
+                        item.size_bytes,
+                        at,
+                        at,
+                        item.expires_at,
+                        at,
+                    )
+                )
+        conn.executemany(
             "INSERT INTO items (queue_id, correlation_id, key, hint, tokens, budget, payload,"
             " size_bytes, state, enqueued_at, available_at, expires_at, updated_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-            (
-                item.queue_id,
-                item.correlation_id,
-                item.key,
-                item.hint,
-                item.tokens,
-                item.budget,
-                item.payload,
-                item.size_bytes,
-                item.enqueued_at,
-                item.enqueued_at,
-                item.expires_at,
-                item.enqueued_at,
-            ),
+            rows,
         )
-        return item.queue_id, True
+        return answers
 
     # ------------------------------------------------------------------ claim
 
