@@ -19,16 +19,18 @@ def figures(tmp_path: Path, **changes: object):  # type: ignore[no-untyped-def]
 
 
 def test_calls_follow_the_strategy(tmp_path: Path) -> None:
-    # 18 essays x 10 per essay / 2 = 90 comparisons: rounds of 50 and 40
+    # 18 essays x 10 per essay / 2 = 90 comparisons: ten rounds of 9 (every essay once)
     rnd = figures(tmp_path, provider="anthropic")
-    assert (rnd.comparisons, rnd.rounds) == (90, 2)
-    assert rnd.provider_calls == 4  # each round split only by the 25-items-per-call cap
+    assert (rnd.comparisons, rnd.rounds) == (90, 10)
+    assert rnd.provider_calls == 10  # each round one call
+    capped = figures(tmp_path, provider="anthropic", bundle_size=50)
+    assert (capped.rounds, capped.provider_calls) == (10, 10)  # a cap above ⌊n/2⌋ changes nothing
     per = figures(tmp_path, provider="anthropic", strategy=BatchingStrategy.PER_REQUEST)
     assert per.provider_calls == 90
     over = figures(
         tmp_path, provider="anthropic", strategy=BatchingStrategy.SERIAL_OVERRIDE, bundle_size=4
     )
-    assert over.provider_calls == math.ceil(50 / 4) + math.ceil(40 / 4)
+    assert over.provider_calls == 10 * math.ceil(9 / 4)
     # the shared prefix is sent once per call: fewer calls, fewer input tokens
     assert rnd.input_tokens < over.input_tokens < per.input_tokens
     assert rnd.output_tokens == per.output_tokens == 90 * 110
@@ -59,7 +61,7 @@ def test_estimate_needs_no_credentials_and_leaves_no_out_folder(tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = " ".join(proc.stdout.split())
-    assert "provider calls 4" in said and "no LLM was called" in said
+    assert "provider calls 10" in said and "no LLM was called" in said
     assert not out.exists()
 
 

@@ -5,6 +5,11 @@ Two implementations behind one small interface, chosen by ``CJLLM_BUS_URL``:
 Delivery is at-least-once on both: a handler that raises leaves the message uncommitted,
 so it is delivered again (Kafka: to whichever group member owns the partition next);
 consumers de-duplicate on ``correlation_id``.
+
+Both work in groups where it pays: :meth:`EventBus.publish_many` sends many messages and waits
+for their acknowledgements together, and a handler subscribed with
+:meth:`EventBus.subscribe_many` gets the messages waiting for it (in order) in one call, so a
+consumer can record them in one transaction. If it raises, all of them are delivered again.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -26,6 +31,22 @@ from cjllm.contracts import EventEnvelope
 log = logging.getLogger(__name__)
 
 Handler = Callable[[EventEnvelope], Awaitable[None]]
+BatchHandler = Callable[[Sequence[EventEnvelope]], Awaitable[None]]
+Message = tuple[str, EventEnvelope]
+"""A message to publish: its key and its envelope."""
+
+MAX_BATCH = 500
+"""Messages handed to a batch handler at once, at most."""
+
+
+def one_at_a_time(handler: Handler) -> BatchHandler:
+    """A batch handler that calls ``handler`` for each message in turn."""
+
+    async def each(envelopes: Sequence[EventEnvelope]) -> None:
+        for envelope in envelopes:
+            await handler(envelope)
+
+    return each
 
 
 class BusError(RuntimeError):
@@ -46,8 +67,18 @@ class EventBus(Protocol):
         """Return only once the bus has durably accepted the event; raise BusError otherwise."""
         ...
 
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[BusError | None]:
+        """Publish ``messages`` together; one outcome each, in order: None once the bus
+        durably accepted it, else why not (:class:`EventRejected` for one it never will)."""
+        ...
+
     def subscribe(self, topic: str, group: str, handler: Handler) -> None:
         """Register ``handler`` for ``topic`` in consumer ``group`` (call before ``start``)."""
+        ...
+
+    def subscribe_many(self, topic: str, group: str, handler: BatchHandler) -> None:
+        """As :meth:`subscribe`, with ``handler`` given every waiting message at once (at
+        most :data:`MAX_BATCH`, in order); if it raises, they are all delivered again."""
         ...
 
 
@@ -66,7 +97,8 @@ def bus_from_url(url: str, *, idempotent_producer: bool = False) -> EventBus:
 
 @dataclass
 class _Group:
-    handler: Handler
+    handler: BatchHandler
+    max_batch: int
     pending: deque[tuple[str, bytes]] = field(default_factory=deque)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,18 +138,29 @@ class MemoryBus:
                 g.task = None
 
     async def publish(self, topic: str, key: str, envelope: EventEnvelope) -> None:
-        raw = envelope.to_bytes()
+        await self.publish_many(topic, [(key, envelope)])
+
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[BusError | None]:
+        raws = [(key, envelope.to_bytes()) for key, envelope in messages]
         for group in self._groups[topic].values():
-            group.pending.append((key, raw))
+            group.pending.extend(raws)
             group.idle.clear()
             group.wakeup.set()
+        return [None] * len(raws)
 
     def subscribe(self, topic: str, group: str, handler: Handler) -> None:
+        self._subscribe(topic, group, one_at_a_time(handler), 1)
+
+    def subscribe_many(self, topic: str, group: str, handler: BatchHandler) -> None:
+        self._subscribe(topic, group, handler, MAX_BATCH)
+
+    def _subscribe(self, topic: str, group: str, handler: BatchHandler, max_batch: int) -> None:
         existing = self._groups[topic].get(group)
         if existing is not None:
-            existing.handler = handler  # a new group member takes over undelivered messages
+            # a new group member takes over undelivered messages
+            existing.handler, existing.max_batch = handler, max_batch
             return
-        entry = _Group(handler)
+        entry = _Group(handler, max_batch)
         entry.idle.set()
         self._groups[topic][group] = entry
         if self._running:
@@ -140,16 +183,17 @@ class MemoryBus:
                 group.wakeup.clear()
                 await group.wakeup.wait()
                 continue
-            key, raw = group.pending[0]
+            batch = [group.pending[i] for i in range(min(group.max_batch, len(group.pending)))]
             try:
-                await group.handler(EventEnvelope.from_bytes(raw))
+                await group.handler([EventEnvelope.from_bytes(raw) for _, raw in batch])
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("bus handler failed; redelivering (key=%s)", key)
+                log.exception("bus handler failed; redelivering (key=%s)", batch[0][0])
                 await asyncio.sleep(self._redelivery_delay)
                 continue
-            group.pending.popleft()
+            for _ in batch:
+                group.pending.popleft()
 
 
 # --------------------------------------------------------------------------- Kafka
@@ -174,13 +218,13 @@ class KafkaBus:
         self._idempotent = idempotent_producer
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
-        self._subs: list[tuple[str, str, Handler]] = []
+        self._subs: list[tuple[str, str, BatchHandler, int]] = []
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         self._producer = await self._start_producer()
-        for topic, group, handler in self._subs:
+        for topic, group, handler, max_batch in self._subs:
             consumer = AIOKafkaConsumer(
                 topic,
                 bootstrap_servers=self._servers,
@@ -191,7 +235,7 @@ class KafkaBus:
             )
             await consumer.start()
             self._consumers.append(consumer)
-            self._tasks.append(asyncio.create_task(self._consume(consumer, handler)))
+            self._tasks.append(asyncio.create_task(self._consume(consumer, handler, max_batch)))
 
     async def _start_producer(self) -> AIOKafkaProducer:
         if self._idempotent:
@@ -233,37 +277,73 @@ class KafkaBus:
             self._producer = None
 
     async def publish(self, topic: str, key: str, envelope: EventEnvelope) -> None:
+        (error,) = await self.publish_many(topic, [(key, envelope)])
+        if error is not None:
+            raise error
+
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[BusError | None]:
+        """Hand every message to the producer, then wait for all the acknowledgements."""
         if self._producer is None:
             raise BusError("KafkaBus.publish before start()")
-        try:
-            await self._producer.send_and_wait(topic, envelope.to_bytes(), key=key.encode())
-        except (MessageSizeTooLargeError, InvalidTopicError) as exc:
-            raise EventRejected(f"{topic} refuses this event: {exc}") from exc
-        except KafkaError as exc:
-            raise BusError(f"publish to {topic} failed: {exc}") from exc
+        sent: list[asyncio.Future[Any] | BusError] = []
+        for key, envelope in messages:
+            try:
+                sent.append(await self._producer.send(topic, envelope.to_bytes(), key=key.encode()))
+            except KafkaError as exc:
+                sent.append(_bus_error(topic, exc))
+        waiting = [s for s in sent if not isinstance(s, BusError)]
+        acks = iter(await asyncio.gather(*waiting, return_exceptions=True))
+        outcomes: list[BusError | None] = []
+        for s in sent:
+            if isinstance(s, BusError):
+                outcomes.append(s)
+                continue
+            ack = next(acks)
+            if isinstance(ack, KafkaError):
+                outcomes.append(_bus_error(topic, ack))
+            elif isinstance(ack, BaseException):
+                raise ack
+            else:
+                outcomes.append(None)
+        return outcomes
 
     def subscribe(self, topic: str, group: str, handler: Handler) -> None:
-        self._subs.append((topic, group, handler))
+        self._subs.append((topic, group, one_at_a_time(handler), 1))
 
-    async def _consume(self, consumer: AIOKafkaConsumer, handler: Handler) -> None:
+    def subscribe_many(self, topic: str, group: str, handler: BatchHandler) -> None:
+        self._subs.append((topic, group, handler, MAX_BATCH))
+
+    async def _consume(
+        self, consumer: AIOKafkaConsumer, handler: BatchHandler, max_batch: int
+    ) -> None:
         from aiokafka import TopicPartition
 
         while True:
-            batches = await consumer.getmany(timeout_ms=200, max_records=100)
+            batches = await consumer.getmany(timeout_ms=200, max_records=max_batch)
             for tp, messages in batches.items():
+                envelopes = []
                 for msg in messages:
                     try:
-                        envelope = EventEnvelope.from_bytes(msg.value)
+                        envelopes.append(EventEnvelope.from_bytes(msg.value))
                     except ValueError:
                         log.error("dropping undecodable message at %s:%s", tp, msg.offset)
-                    else:
-                        try:
-                            await handler(envelope)
-                        except asyncio.CancelledError:
-                            raise
-                        except Exception:
-                            log.exception("bus handler failed at %s:%s; re-reading", tp, msg.offset)
-                            consumer.seek(tp, msg.offset)
-                            await asyncio.sleep(0.1)
-                            break
-                    await consumer.commit({TopicPartition(tp.topic, tp.partition): msg.offset + 1})
+                if envelopes:
+                    try:
+                        await handler(envelopes)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:
+                        log.exception(
+                            "bus handler failed at %s:%s; re-reading", tp, messages[0].offset
+                        )
+                        consumer.seek(tp, messages[0].offset)
+                        await asyncio.sleep(0.1)
+                        continue
+                last = messages[-1].offset + 1
+                await consumer.commit({TopicPartition(tp.topic, tp.partition): last})
+
+
+def _bus_error(topic: str, exc: KafkaError) -> BusError:
+    if isinstance(exc, MessageSizeTooLargeError | InvalidTopicError):
+        return EventRejected(f"{topic} refuses this event: {exc}")
+    return BusError(f"publish to {topic} failed: {exc}")

@@ -18,14 +18,14 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from cjllm.bus import BusError, Handler
+from cjllm.bus import BatchHandler, BusError, Handler, Message, one_at_a_time
 from cjllm.cj.service import cj_service
 from cjllm.cj.workflow import CJWorkflow, ProgressHook
 from cjllm.contracts import EventEnvelope
@@ -46,13 +46,16 @@ class DirectBus:
     subscribed group's handler has returned, and raises :class:`BusError` if one raised
     (the publisher keeps the event and tries again; consumers de-duplicate).
 
-    Handlers of one group run one at a time, in publish order per caller. A topic nobody
-    subscribed to accepts and drops events, as a topic nobody reads would keep them unread.
-    Publishing before :meth:`start` or after :meth:`stop` is refused.
+    :meth:`publish_many` hands a batch handler (:meth:`subscribe_many`) all its messages in
+    one call, so the CJ service records a publisher's whole batch of callbacks in one
+    transaction; if the handler raises, every message of the batch is refused (and sent
+    again). Handlers of one group run one at a time, in publish order per caller. A topic
+    nobody subscribed to accepts and drops events, as a topic nobody reads would keep them
+    unread. Publishing before :meth:`start` or after :meth:`stop` is refused.
     """
 
     def __init__(self) -> None:
-        self._groups: dict[str, dict[str, Handler]] = defaultdict(dict)
+        self._groups: dict[str, dict[str, BatchHandler]] = defaultdict(dict)
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._running = False
 
@@ -63,22 +66,36 @@ class DirectBus:
         self._running = False
 
     def subscribe(self, topic: str, group: str, handler: Handler) -> None:
+        self.subscribe_many(topic, group, one_at_a_time(handler))
+
+    def subscribe_many(self, topic: str, group: str, handler: BatchHandler) -> None:
         self._groups[topic][group] = handler
         self._locks.setdefault((topic, group), asyncio.Lock())
 
     async def publish(self, topic: str, key: str, envelope: EventEnvelope) -> None:
+        (error,) = await self.publish_many(topic, [(key, envelope)])
+        if error is not None:
+            raise error
+
+    async def publish_many(self, topic: str, messages: Sequence[Message]) -> list[BusError | None]:
         if not self._running:
-            raise BusError(f"direct bus not running; {topic} event {key} not delivered")
-        raw = envelope.to_bytes()
+            error = BusError(
+                f"direct bus not running; {len(messages)} {topic} events not delivered"
+            )
+            return [error] * len(messages)
+        raws = [envelope.to_bytes() for _, envelope in messages]
         for group, handler in list(self._groups[topic].items()):
             async with self._locks[(topic, group)]:
                 try:
-                    await handler(EventEnvelope.from_bytes(raw))
+                    await handler([EventEnvelope.from_bytes(raw) for raw in raws])
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the handler's failure is the publisher's retry
-                    log.warning("%s handler of %s failed on %s: %s", group, topic, key, exc)
-                    raise BusError(f"{group} could not handle {topic} event {key}: {exc}") from exc
+                    keys = ", ".join(key for key, _ in messages[:3])
+                    log.warning("%s handler of %s failed on %s: %s", group, topic, keys, exc)
+                    error = BusError(f"{group} could not handle {topic} events ({keys}): {exc}")
+                    return [error] * len(messages)
+        return [None] * len(messages)
 
 
 @dataclass(frozen=True)

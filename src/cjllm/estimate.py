@@ -7,9 +7,10 @@ input and output tokens, the cost at list and at batch prices, and how long the 
 rate limits alone make the run take.
 
 How the figures are made:
-- Rounds: ``min(MAX_CONCURRENT_COMPARISONS, budget left)`` comparisons each, as the CJ
-  service plans them. Calls per round: one per ``bundle`` of the strategy (the round for
-  ``serial_round``, ``--bundle-size`` for ``serial_override``, one for ``per_request``), split
+- Rounds: :func:`cjllm.cj.rounds.round_size` comparisons each (every essay once, within the
+  budget left and ``MAX_CONCURRENT_COMPARISONS``), as the CJ service plans them. Calls per
+  round: one per ``bundle`` of the strategy (``serial_round``'s preferred bundle size,
+  ``--bundle-size`` for ``serial_override``, one for ``per_request``), split
   by the provider's caps (``CJLLM_MAX_ITEMS_PER_CALL``, ``CJLLM_MAX_INPUT_TOKENS_PER_CALL``);
   with ``CJLLM_BUNDLE_LAYOUT=pool``, one per group of the round (:mod:`cjllm.cj.groups`),
   which sends each of its essays once and one short line per comparison.
@@ -34,13 +35,13 @@ from dataclasses import dataclass
 
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.prompts import shared_blocks
+from cjllm.cj.rounds import round_size
 from cjllm.preflight import Checked, RankInputs
 from cjllm.provider.calls import BundleItem
 from cjllm.provider.pricing import load_price_table
 from cjllm.provider.prompts import render_items, render_pool
 from cjllm.provider.rate_limits import configured_limits, estimate_minutes
 from cjllm.settings import CJSettings, ProviderSettings
-from cjllm.strategies import BatchingStrategy
 
 CHARS_PER_TOKEN = 4
 OUTPUT_TOKENS_PER_COMPARISON = 110
@@ -118,20 +119,17 @@ def estimate(
     per_call = prefix + tokens(instructions)
     by_tokens = max(1, (provider_settings.max_input_tokens_per_call - per_call) // per_item)
     cap = min(provider_settings.max_items_per_call, by_tokens)
-    if options.batching_strategy is BatchingStrategy.PER_REQUEST:
-        bundle = 1
-    elif options.batching_strategy is BatchingStrategy.SERIAL_OVERRIDE:
-        bundle = options.serial_override_bundle_size or 1
-    else:
-        bundle = options.max_concurrent_comparisons
     rounds, calls, left, pooled = 0, 0, budget, 0
     while left > 0:
-        size = min(options.max_concurrent_comparisons, left)
+        size = round_size(options, n, left)
+        if size <= 0:
+            break
         if options.plans_groups:  # cj/groups.py: one call per group, each essay once in it
             members = min(n, max(2, math.ceil(2 * size / options.pool_pairs_per_essay)))
             calls += math.ceil(members / options.pool_group_size)
             pooled += members
         else:
+            bundle = options.preferred_bundle_size(size)
             groups = math.ceil(size / min(bundle, size))
             calls += sum(math.ceil(g / cap) for g in _split(size, groups))
         rounds += 1

@@ -118,8 +118,10 @@ class CJSettings(BackendSettings):
         default=BatchingStrategy.SERIAL_ROUND,
         validation_alias=AliasChoices("LLM_BATCHING_STRATEGY", "CJLLM_LLM_BATCHING_STRATEGY"),
     )
-    max_concurrent_comparisons: int = Field(
-        default=50,
+    # a cap on a round's size (comparisons in flight at once); unset: as large as the pairing
+    # design allows (every essay once) and the budget left
+    max_concurrent_comparisons: int | None = Field(
+        default=None,
         gt=0,
         validation_alias=AliasChoices(
             "MAX_CONCURRENT_COMPARISONS", "CJLLM_MAX_CONCURRENT_COMPARISONS"
@@ -146,6 +148,7 @@ class CJSettings(BackendSettings):
     max_pair_retries: int = 2
     bt_prior: float = 0.1
     submit_retries: int = 3
+    submit_concurrency: int = Field(default=100, gt=0)  # POSTs in flight at once
     # stopping: reliability/SE targets count only once this many successful comparisons per
     # essay (on average) exist; a run of rounds in which every comparison failed stops a batch
     min_comparisons_per_essay_before_stop: float = Field(default=4.0, ge=0.0)

@@ -42,7 +42,7 @@ async def test_crash_after_closing_a_round_before_the_next(make_harness: MakeHar
     h = await make_harness(stub=judging_stub(qualities, answer=None), max_concurrent_comparisons=3)
     batch_id = await h.cj.start_batch(essays, instructions="Describe a journey.")
     for item in h.stub.received:  # the callbacks land, but nobody advances the batch
-        await h.cj.store.mark_submitted(item.request.correlation_id, str(item.queue_id))  # type: ignore[arg-type]
+        await h.cj.store.mark_submitted([(item.request.correlation_id, str(item.queue_id))])  # type: ignore[list-item]
     for item in h.stub.received:
         result = h.stub.result_for(item)
         await record_result(h.cj.store, result, EventEnvelope.for_result(result, "stub"))
@@ -77,7 +77,8 @@ async def test_a_failed_advance_is_retried_by_the_redelivered_callback(
     rows = await h.cj.store.comparisons(batch_id)
     assert len(rows) == 30 and all(r.status == ComparisonStatus.SUCCEEDED for r in rows)
     assert max(r.round_number for r in rows) == 10
-    assert (await h.cj.progress(batch_id)).ignored_callbacks == 1  # the redelivery
+    # the redelivered group: the callback that closed round 1 and any delivered with it
+    assert 1 <= (await h.cj.progress(batch_id)).ignored_callbacks <= 3
 
 
 async def test_an_error_that_would_repeat_fails_the_batch_instead_of_looping(

@@ -120,6 +120,6 @@ async def test_unsubmitted_rows_are_found_until_accepted(store: Store) -> None:
         batch_id, 1, 2, [NewComparison("e0", "e1"), NewComparison("e2", "e3")]
     )
     assert len(await store.unsubmitted(batch_id)) == 2
-    await store.mark_submitted(rows[0].request_correlation_id, str(uuid.uuid4()))
+    await store.mark_submitted([(rows[0].request_correlation_id, str(uuid.uuid4()))])
     (left,) = await store.unsubmitted(batch_id)
     assert left.request_correlation_id == rows[1].request_correlation_id

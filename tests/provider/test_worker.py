@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -348,10 +349,12 @@ class SwitchableBus(MemoryBus):
         super().__init__()
         self.down = False
 
-    async def publish(self, topic: str, key: str, envelope: EventEnvelope) -> None:
+    async def publish_many(
+        self, topic: str, messages: Sequence[tuple[str, EventEnvelope]]
+    ) -> list[BusError | None]:
         if self.down:
             raise BusError("broker unavailable")
-        await super().publish(topic, key, envelope)
+        return await super().publish_many(topic, messages)
 
 
 async def test_a_bus_outage_delays_callbacks_but_loses_none(

@@ -1,6 +1,8 @@
 """Turning ``LLMComparisonResultV1`` callbacks into comparison rows, exactly once.
 
-Matched by ``correlation_id`` (= the row's ``request_correlation_id``). The first callback
+Callbacks come in groups (a bus batch) and are recorded in one transaction per group, each as
+if it came alone. Matched by ``correlation_id`` (= the row's ``request_correlation_id``). The
+first callback
 for a pending row is applied (``UPDATE … WHERE status = 'pending'``); a duplicate or late one
 (row already final) changes nothing and is counted on the batch. An id that matches no row,
 an envelope of another type, or data that does not parse goes to the dead-letter table with
@@ -12,11 +14,14 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, Table, bindparam, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cjllm.cj.records import CallbackOutcome
 from cjllm.cj.store import Store
@@ -37,20 +42,43 @@ class CallbackCounts:
     malformed: int = 0
 
 
-async def apply_callback(
-    store: Store, envelope: EventEnvelope, counts: CallbackCounts
-) -> tuple[CallbackOutcome, LLMComparisonResultV1 | None]:
+Applied = tuple[CallbackOutcome, LLMComparisonResultV1 | None]
+
+
+async def apply_callback(store: Store, envelope: EventEnvelope, counts: CallbackCounts) -> Applied:
     """Record one callback envelope. Returns what happened and the parsed result, if any."""
-    if envelope.event_type != RESULT_EVENT_TYPE:
-        counts.malformed += 1
-        await dead_letter(store, envelope, f"unexpected event_type {envelope.event_type!r}")
-        return CallbackOutcome("unknown"), None
-    try:
-        result = envelope.result()
-    except ValidationError as exc:
-        counts.malformed += 1
-        return await _unreadable(store, envelope, exc), None
-    outcome = await record_result(store, result, envelope)
+    (applied,) = await apply_callbacks(store, [envelope], counts)
+    return applied
+
+
+async def apply_callbacks(
+    store: Store, envelopes: Sequence[EventEnvelope], counts: CallbackCounts
+) -> list[Applied]:
+    """Record callback envelopes, the readable ones in one transaction, each as if it came
+    alone and in order (a repeat within the group is ignored like a late one). Returns what
+    happened to each, in order, with its parsed result."""
+    out: list[Applied | None] = [None] * len(envelopes)
+    readable: list[tuple[int, LLMComparisonResultV1, EventEnvelope]] = []
+    for k, envelope in enumerate(envelopes):
+        if envelope.event_type != RESULT_EVENT_TYPE:
+            counts.malformed += 1
+            await dead_letter(store, envelope, f"unexpected event_type {envelope.event_type!r}")
+            out[k] = (CallbackOutcome("unknown"), None)
+            continue
+        try:
+            readable.append((k, envelope.result(), envelope))
+        except ValidationError as exc:
+            counts.malformed += 1
+            out[k] = (await _unreadable(store, envelope, exc), None)
+    if readable:
+        recorded = await record_results(store, [(r, e) for _, r, e in readable])
+        for (k, result, _), outcome in zip(readable, recorded, strict=True):
+            _count(counts, outcome, result)
+            out[k] = (outcome, result)
+    return [o for o in out if o is not None]
+
+
+def _count(counts: CallbackCounts, outcome: CallbackOutcome, result: LLMComparisonResultV1) -> None:
     if outcome.kind == "applied":
         counts.applied += 1
     elif outcome.kind == "ignored":
@@ -65,63 +93,122 @@ async def apply_callback(
         counts.mismatched += 1
     else:
         counts.unknown += 1
-    return outcome, result
 
 
 async def record_result(
     store: Store, result: LLMComparisonResultV1, envelope: EventEnvelope
 ) -> CallbackOutcome:
     """Apply one callback to its comparison row, exactly once (see :class:`CallbackOutcome`)."""
-    cid = result.correlation_id
-    md = result.request_metadata
+    (outcome,) = await record_results(store, [(result, envelope)])
+    return outcome
+
+
+async def record_results(
+    store: Store, results: Sequence[tuple[LLMComparisonResultV1, EventEnvelope]]
+) -> list[CallbackOutcome]:
+    """Apply callbacks to their comparison rows in one transaction, each exactly once.
+
+    The rows are read under the write lock (SQLite's ``BEGIN IMMEDIATE``, PostgreSQL's
+    ``FOR UPDATE``), so whether a row is still pending cannot change before the commit; the
+    first callback for a pending row is applied, every later one (in the group or after it)
+    is ignored and counted on its batch. The updates stay conditional on ``status =
+    'pending'`` and the transaction is rolled back (and the group delivered again) should
+    they change fewer rows than read.
+    """
+    cids = [result.correlation_id for result, _ in results]
+    outcomes: list[CallbackOutcome] = []
     async with store.write() as s:
-        row = (
-            await s.execute(
+        rows = {
+            row.request_correlation_id: row
+            for row in await s.execute(
                 select(
+                    Comparison.id,
+                    Comparison.request_correlation_id,
                     Comparison.batch_id,
                     Comparison.round_number,
                     Comparison.status,
                     Comparison.essay_a_id,
                     Comparison.essay_b_id,
-                ).where(Comparison.request_correlation_id == cid)
+                )
+                .where(Comparison.request_correlation_id.in_(set(cids)))
+                .with_for_update()
             )
-        ).first()
-        if row is None:
-            s.add(_dead_letter(envelope, "no comparison has this correlation_id"))
-            return CallbackOutcome("unknown")
-        batch_id, round_number, status, essay_a, essay_b = row
-        stored = {"cj_batch_id": batch_id, "essay_a_id": essay_a, "essay_b_id": essay_b}
-        clash = {k: md[k] for k in stored if md.get(k) is not None and str(md[k]) != stored[k]}
-        values = _row_values(result)
-        kind: Literal["applied", "mismatch"] = "applied"
-        if clash:
-            kind = "mismatch"
-            reason = f"request_metadata contradicts the comparison row: {clash} vs {stored}"
-            s.add(_dead_letter(envelope, reason))
-            values.update(
-                status=ComparisonStatus.FAILED,
-                winner=None,
-                confidence=None,
-                justification=None,
-                error_code="callback_metadata_mismatch",
-                error_message=reason,
-            )
-        changed = await s.execute(
-            update(Comparison)
-            .where(
-                Comparison.request_correlation_id == cid,
-                Comparison.status == ComparisonStatus.PENDING,
-            )
-            .values(**values)
-        )
-        if changed.rowcount != 1:  # type: ignore[attr-defined]
+        }
+        status = {cid: ComparisonStatus(row.status) for cid, row in rows.items()}
+        updates: list[dict[str, Any]] = []
+        ignored: Counter[str] = Counter()
+        for result, envelope in results:
+            row = rows.get(result.correlation_id)
+            if row is None:
+                s.add(_dead_letter(envelope, "no comparison has this correlation_id"))
+                outcomes.append(CallbackOutcome("unknown"))
+                continue
+            where = (row.batch_id, row.round_number)
+            if status[result.correlation_id] is not ComparisonStatus.PENDING:
+                ignored[row.batch_id] += 1
+                outcomes.append(CallbackOutcome("ignored", *where, status[result.correlation_id]))
+                continue
+            values, clash = _checked_values(result, row)
+            if clash is not None:
+                s.add(_dead_letter(envelope, clash))
+            status[result.correlation_id] = values["status"]
+            updates.append({"_id": row.id, **values})
+            kind: Literal["applied", "mismatch"] = "applied" if clash is None else "mismatch"
+            outcomes.append(CallbackOutcome(kind, *where, values["status"]))
+        if updates:
+            await _update_pending(s, store.engine.dialect.supports_sane_multi_rowcount, updates)
+        for batch_id, n in ignored.items():
             await s.execute(
                 update(Batch)
                 .where(Batch.id == batch_id)
-                .values(ignored_callbacks=Batch.ignored_callbacks + 1)
+                .values(ignored_callbacks=Batch.ignored_callbacks + n)
             )
-            return CallbackOutcome("ignored", batch_id, round_number, ComparisonStatus(status))
-        return CallbackOutcome(kind, batch_id, round_number, ComparisonStatus(values["status"]))
+    return outcomes
+
+
+class CallbackRace(RuntimeError):
+    """Rows read as pending under the write lock were not all pending at the update (never
+    expected; the transaction is rolled back and the bus delivers the group again)."""
+
+
+async def _update_pending(s: AsyncSession, counted: bool, updates: list[dict[str, Any]]) -> None:
+    """One conditional ``UPDATE … WHERE id = ? AND status = 'pending'`` for many rows (the
+    columns set are the keys of the first row's values; ``_id`` names the row)."""
+    table = cast(Table, Comparison.__table__)
+    changed = await s.execute(
+        update(table).where(
+            table.c.id == bindparam("_id"), table.c.status == ComparisonStatus.PENDING
+        ),
+        updates,
+    )
+    rowcount = cast(CursorResult[Any], changed).rowcount
+    if counted and rowcount != len(updates):
+        raise CallbackRace(f"{len(updates)} pending comparisons read, {rowcount} updated")
+
+
+def _checked_values(result: LLMComparisonResultV1, row: Any) -> tuple[dict[str, Any], str | None]:
+    """The row's new values, and the reason when the callback contradicts the row (which
+    then fails instead)."""
+    md = result.request_metadata
+    stored = {
+        "cj_batch_id": row.batch_id,
+        "essay_a_id": row.essay_a_id,
+        "essay_b_id": row.essay_b_id,
+    }
+    clash = {k: md[k] for k in stored if md.get(k) is not None and str(md[k]) != stored[k]}
+    values = _row_values(result)
+    if not clash:
+        return values, None
+    reason = f"request_metadata contradicts the comparison row: {clash} vs {stored}"
+    values.update(
+        status=ComparisonStatus.FAILED,
+        winner=None,
+        confidence=None,
+        justification=None,
+        error_code="callback_metadata_mismatch",
+        error_message=reason,
+    )
+    return values, reason
 
 
 def _int(value: Any) -> int | None:
@@ -156,10 +243,15 @@ def _row_values(result: LLMComparisonResultV1) -> dict[str, Any]:
             winner=result.winner,
             confidence=result.confidence,
             justification=result.justification,
+            error_code=None,
+            error_message=None,
         )
     else:
         values.update(
             status=ComparisonStatus.FAILED,
+            winner=None,
+            confidence=None,
+            justification=None,
             error_code=result.error_detail.error_code,
             error_message=result.error_detail.message,
         )

@@ -103,7 +103,7 @@ class ProviderClient:
         )
         return cls(
             http,
-            max_concurrency=settings.max_concurrent_comparisons,
+            max_concurrency=settings.submit_concurrency,
             retries=settings.submit_retries,
             backoff_seconds=settings.submit_backoff_seconds,
             max_backoff_seconds=settings.submit_max_backoff_seconds,

@@ -13,6 +13,11 @@ from typing import Any, Self
 from cjllm.contracts import BatchingStrategy, BundleLayout
 from cjllm.settings import CJSettings
 
+ROUND_BUNDLE_SIZE = 25
+"""The bundle size ``serial_round`` asks for when a round is larger: the provider's default
+cap on items per call (``CJLLM_MAX_ITEMS_PER_CALL``), which it lowers further if its own is
+lower."""
+
 SUPPORTED_STRATEGIES = (
     BatchingStrategy.SERIAL_ROUND,
     BatchingStrategy.SERIAL_OVERRIDE,
@@ -41,7 +46,7 @@ class BatchOptions:
     """How one batch runs (see docs/cj.md for each rule)."""
 
     batching_strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
-    max_concurrent_comparisons: int = 50
+    max_concurrent_comparisons: int | None = None
     serial_override_bundle_size: int | None = None
     comparisons_per_essay: float = 10.0
     max_comparisons_total: int | None = None
@@ -90,7 +95,7 @@ class BatchOptions:
                 "CJLLM_SERIAL_OVERRIDE_BUNDLE_SIZE"
             )
         checks = {
-            "max_concurrent_comparisons": self.max_concurrent_comparisons >= 1,
+            "max_concurrent_comparisons": (self.max_concurrent_comparisons or 1) >= 1,
             "comparisons_per_essay": self.comparisons_per_essay > 0,
             "max_comparisons_total": (self.max_comparisons_total or 1) >= 1,
             "max_comparisons_per_essay": (self.max_comparisons_per_essay or 1) >= 1,
@@ -118,7 +123,7 @@ class BatchOptions:
         if self.batching_strategy is BatchingStrategy.SERIAL_OVERRIDE:
             assert self.serial_override_bundle_size is not None  # validate() guarantees it
             return self.serial_override_bundle_size
-        return max(1, min(round_size, self.max_concurrent_comparisons))
+        return max(1, min(round_size, self.max_concurrent_comparisons or ROUND_BUNDLE_SIZE))
 
     def to_json(self, n_essays: int) -> dict[str, Any]:
         data = asdict(self)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cjllm.cj.groups import group_labels, plan_groups
-from cjllm.cj.llm_client import Accepted, ProviderClient
+from cjllm.cj.llm_client import Accepted, ProviderClient, Refused
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.pairing import plan_round
 from cjllm.cj.prompts import comparison_request, shared_blocks
@@ -75,6 +75,18 @@ def _within_cap(
     return kept
 
 
+def round_size(options: BatchOptions, n_essays: int, left: int) -> int:
+    """Comparisons in the next round: as many as the pairing design allows (every essay at
+    most once: ⌊n/2⌋ pairs), no more than the budget ``left``, nor than
+    ``MAX_CONCURRENT_COMPARISONS`` when it is set. A round is all in flight at once: the
+    provider's queue holds it and its rate limiter paces it, so a round sized by the design
+    keeps the provider as busy as its limits allow with the fewest rounds (and fits)."""
+    size = min(n_essays // 2, left)
+    if options.max_concurrent_comparisons is not None:
+        size = min(size, options.max_concurrent_comparisons)
+    return max(size, 0)
+
+
 def plan_next_round(
     batch_id: str,
     round_number: int,
@@ -85,10 +97,10 @@ def plan_next_round(
 ) -> list[NewComparison]:
     """The pairs of the next round: due retries first, then new pairs from the planner.
 
-    Size: ``min(MAX_CONCURRENT_COMPARISONS, budget left)``. Every request counts against the
+    Size: :func:`round_size`. Every request counts against the
     total and the per-essay budget, failed ones included (they were paid for).
     """
-    size = min(options.max_concurrent_comparisons, options.budget(len(essays)) - len(outcomes))
+    size = round_size(options, len(essays), options.budget(len(essays)) - len(outcomes))
     if size <= 0:
         return []
     counts = {e.essay_id: 0 for e in essays}
@@ -156,18 +168,21 @@ class Submission:
 async def submit(
     store: Store, client: ProviderClient, job: Submission, rows: Sequence[PendingComparison]
 ) -> int:
-    """Send one request per row (bounded by the client); returns how many were refused.
+    """Send one request per row, concurrently (bounded by the client), then record every
+    queue id in one transaction; returns how many were refused (their rows fail at once).
 
     In a grouped round each group (a connected component of the rows' pairs, see
     :func:`cjllm.cj.groups.group_labels`) gets its own ``bundle_group``, sized to the group.
-    """
+    A crash before the queue ids are recorded loses nothing: the rows are still unsubmitted,
+    so :meth:`~cjllm.cj.workflow.CJWorkflow.resume` posts them again under the same
+    correlation ids, and the provider answers with the comparisons it already holds."""
     shared = shared_blocks(job.batch.instructions, job.batch.rubric)
     labels: list[str | None] = [None] * len(rows)
     if job.options.plans_groups:
         labels = list(group_labels([(r.essay_a_id, r.essay_b_id) for r in rows]))
     sizes = Counter(labels)
 
-    async def one(row: PendingComparison, group: str | None) -> bool:
+    async def one(row: PendingComparison, group: str | None) -> Accepted | Refused:
         size = job.preferred_bundle_size
         request = comparison_request(
             job.batch,
@@ -179,15 +194,20 @@ async def submit(
             job.callback_topic,
             group,
         )
-        outcome = await client.submit(request)
-        if isinstance(outcome, Accepted):
-            await store.mark_submitted(row.request_correlation_id, outcome.queue_id)
-            return True
-        await store.fail_pending(row.request_correlation_id, outcome.error_code, outcome.message)
-        return False
+        return await client.submit(request)
 
-    accepted = await asyncio.gather(*(one(r, g) for r, g in zip(rows, labels, strict=True)))
-    return sum(not ok for ok in accepted)
+    outcomes = await asyncio.gather(*(one(r, g) for r, g in zip(rows, labels, strict=True)))
+    await store.mark_submitted(
+        [
+            (row.request_correlation_id, outcome.queue_id)
+            for row, outcome in zip(rows, outcomes, strict=True)
+            if isinstance(outcome, Accepted)
+        ]
+    )
+    refused = [(r, o) for r, o in zip(rows, outcomes, strict=True) if isinstance(o, Refused)]
+    for row, outcome in refused:
+        await store.fail_pending(row.request_correlation_id, outcome.error_code, outcome.message)
+    return len(refused)
 
 
 async def perform_comparisons(

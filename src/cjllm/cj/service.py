@@ -11,6 +11,11 @@ Pass ``transport`` (an ``httpx.ASGITransport`` over the provider app) to reach t
 in-process, and ``bus`` to share one bus with an in-process provider. A bus passed in is
 subscribed to but not started or stopped: its owner does that (a Kafka bus must be started
 after this subscribes). A bus built here from ``CJLLM_BUS_URL`` is started and stopped here.
+
+While the service runs, BLAS (numpy's, scipy's) runs on one thread: the fits run beside the
+event loop and each other, and a threaded BLAS on a busy machine spends most of a small
+factorisation waiting for its own threads (measured: a 200 × 200 Cholesky took 41 ms with
+threads on the shared 2-core machine, 0.5 ms without; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+from threadpoolctl import threadpool_limits
 
 from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
@@ -48,9 +54,12 @@ async def cj_service(
         if bus is None
         else bus
     )
+    blas = threadpool_limits(limits=1, user_api="blas")
     client = ProviderClient.from_settings(settings, transport=transport)
     workflow = CJWorkflow(store, client, the_bus, settings, on_progress)
-    the_bus.subscribe(settings.callback_topic, settings.consumer_group, workflow.handle_callback)
+    the_bus.subscribe_many(
+        settings.callback_topic, settings.consumer_group, workflow.handle_callbacks
+    )
     try:
         if own_bus:
             await the_bus.start()
@@ -64,6 +73,7 @@ async def cj_service(
     finally:
         await client.aclose()
         await store.close()
+        blas.restore_original_limits()
 
 
 def run_cj(settings: CJSettings, host: str = "127.0.0.1", port: int = 8081) -> None:

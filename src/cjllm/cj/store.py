@@ -12,9 +12,9 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -339,12 +339,16 @@ class Store:
             )
             return [PendingComparison(*r) for r in rows]
 
-    async def mark_submitted(self, correlation_id: uuid.UUID, queue_id: str) -> None:
+    async def mark_submitted(self, accepted: Sequence[tuple[uuid.UUID, str]]) -> None:
+        """Record the queue ids the provider gave (correlation id, queue id), in one
+        transaction however many."""
+        if not accepted:
+            return
+        table, now = cast(Table, Comparison.__table__), utcnow()
         async with self.write() as s:
             await s.execute(
-                update(Comparison)
-                .where(Comparison.request_correlation_id == correlation_id)
-                .values(submitted_at=utcnow(), queue_id=queue_id)
+                update(table).where(table.c.request_correlation_id == bindparam("cid")),
+                [{"cid": cid, "submitted_at": now, "queue_id": qid} for cid, qid in accepted],
             )
 
     async def fail_pending(

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cjllm.bus import BusError, EventBus
 from cjllm.cj import rounds, stopping
-from cjllm.cj.callbacks import CallbackCounts, apply_callback
+from cjllm.cj.callbacks import CallbackCounts, apply_callbacks
 from cjllm.cj.completion import build_completion, completion_envelope
 from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
@@ -161,26 +161,35 @@ class CJWorkflow:
         return ids
 
     async def handle_callback(self, envelope: EventEnvelope) -> None:
-        """Bus handler for the callback topic."""
-        outcome, result = await apply_callback(self.store, envelope, self.callbacks)
-        if outcome.batch_id is None or outcome.round_number is None:
-            return
-        if outcome.kind in ("applied", "mismatch"):
-            md = result.request_metadata if result is not None else {}
-            self._emit(
-                ProgressEvent(
-                    outcome.batch_id,
-                    "comparison_finished",
-                    outcome.round_number,
-                    succeeded=outcome.kind == "applied" and bool(result and result.is_success),
-                    bundle_id=str(md["bundle_id"]) if md.get("bundle_id") else None,
-                    tokens=result.token_usage.total_tokens if result else 0,
-                    cost=result.cost_estimate if result else 0.0,
+        """Bus handler for one callback."""
+        await self.handle_callbacks([envelope])
+
+    async def handle_callbacks(self, envelopes: Sequence[EventEnvelope]) -> None:
+        """Bus handler for the callback topic: record the group in one transaction, then
+        move on each round it touched (once per round, not once per callback)."""
+        applied = await apply_callbacks(self.store, envelopes, self.callbacks)
+        touched: dict[tuple[str, int], None] = {}
+        for outcome, result in applied:
+            if outcome.batch_id is None or outcome.round_number is None:
+                continue
+            if outcome.kind in ("applied", "mismatch"):
+                md = result.request_metadata if result is not None else {}
+                self._emit(
+                    ProgressEvent(
+                        outcome.batch_id,
+                        "comparison_finished",
+                        outcome.round_number,
+                        succeeded=outcome.kind == "applied" and bool(result and result.is_success),
+                        bundle_id=str(md["bundle_id"]) if md.get("bundle_id") else None,
+                        tokens=result.token_usage.total_tokens if result else 0,
+                        cost=result.cost_estimate if result else 0.0,
+                    )
                 )
-            )
-        # also after an ignored (e.g. redelivered) callback: if an earlier attempt to move
-        # the batch on failed, this retries it; the conditional close keeps it single
-        await self._drive(outcome.batch_id, outcome.round_number)
+            # also after an ignored (e.g. redelivered) callback: if an earlier attempt to move
+            # the batch on failed, this retries it; the conditional close keeps it single
+            touched[(outcome.batch_id, outcome.round_number)] = None
+        for batch_id, round_number in touched:
+            await self._drive(batch_id, round_number)
 
     async def progress(self, batch_id: str) -> BatchProgress:
         """The batch's counters. Reliability is given only once it counts for stopping (enough

@@ -3,7 +3,8 @@
 Callbacks are written to the queue's outbox in the same atomic step that finishes their
 item, so nothing is lost between "answered" and "published". The publisher leases a batch
 of entries (two publishers never send the same entry at once), publishes each to its
-callback topic keyed by ``correlation_id``, and deletes only what the bus acknowledged. A
+callback topic keyed by ``correlation_id`` (one :meth:`~cjllm.bus.EventBus.publish_many` per
+topic), and deletes only what the bus acknowledged. A
 bus outage delays callbacks (the publisher keeps retrying, with backoff) but loses none; a
 publisher that dies after publishing but before deleting makes the entry go out again —
 delivery is at-least-once and consumers de-duplicate on ``correlation_id``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
 
 from cjllm.bus import BusError, EventBus, EventRejected
 from cjllm.contracts import EventEnvelope
@@ -83,34 +85,35 @@ class Publisher:
     async def _publish(
         self, entries: list[OutboxEntry]
     ) -> tuple[list[OutboxEntry], dict[str, str]]:
-        """Publish concurrently; return the entries to try again and those to set aside
-        (entry id → reason)."""
+        """Publish in one group per topic; return the entries to try again and those to set
+        aside (entry id → reason)."""
         dead: dict[str, str] = {}
-
-        async def one(entry: OutboxEntry) -> bool:
+        by_topic: dict[str, list[tuple[OutboxEntry, EventEnvelope]]] = defaultdict(list)
+        for entry in entries:
             try:
-                envelope = EventEnvelope.from_bytes(entry.envelope)
+                by_topic[entry.topic].append((entry, EventEnvelope.from_bytes(entry.envelope)))
             except ValueError as exc:
                 dead[entry.entry_id] = f"not a readable callback envelope: {exc}"[:2000]
                 log.error("callback %s set aside: %s", entry.message_key, dead[entry.entry_id])
-                return True
+        failed: list[OutboxEntry] = []
+        for topic, group in by_topic.items():
             try:
-                await self.bus.publish(entry.topic, entry.message_key, envelope)
-            except EventRejected as exc:
-                dead[entry.entry_id] = str(exc)[:2000]
-                log.error("callback %s set aside: %s", entry.message_key, exc)
-                return True
+                outcomes = await self.bus.publish_many(
+                    topic, [(e.message_key, envelope) for e, envelope in group]
+                )
             except BusError as exc:
-                log.warning("callback %s not published yet: %s", entry.message_key, exc)
-                self.metrics.publish_failures.inc()
-                return False
-            except Exception:  # not the bus's contract: say so loudly, keep it, try again
-                log.exception("callback %s not published: the bus raised", entry.message_key)
-                self.metrics.publish_failures.inc()
-                return False
-            self.metrics.callbacks_published.inc()
-            return True
-
-        outcomes = await asyncio.gather(*(one(e) for e in entries))
-        failed = [e for e, ok in zip(entries, outcomes, strict=True) if not ok]
+                outcomes = [exc] * len(group)
+            except Exception as exc:  # not the bus's contract: say so loudly, keep them
+                log.exception("%d callbacks to %s not published: the bus raised", len(group), topic)
+                outcomes = [BusError(f"the bus raised {type(exc).__name__}: {exc}")] * len(group)
+            for (entry, _), error in zip(group, outcomes, strict=True):
+                if error is None:
+                    self.metrics.callbacks_published.inc()
+                elif isinstance(error, EventRejected):
+                    dead[entry.entry_id] = str(error)[:2000]
+                    log.error("callback %s set aside: %s", entry.message_key, error)
+                else:
+                    log.warning("callback %s not published yet: %s", entry.message_key, error)
+                    self.metrics.publish_failures.inc()
+                    failed.append(entry)
         return failed, dead
