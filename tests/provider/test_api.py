@@ -441,3 +441,6 @@ async def test_the_openapi_document_resolves(api: Any) -> None:
     assert unresolved_refs(document) == []
     request = document["paths"][COMPARISON_PATH]["post"]["requestBody"]
     assert request["content"]["application/json"]["schema"]["$ref"].endswith("ComparisonRequest")
+    # the hot route checks its token itself and still declares the scheme
+    assert document["paths"][COMPARISON_PATH]["post"]["security"] == [{"HTTPBearer": []}]
+    assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 COMPARISON_PATH = "/api/v1/comparison"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_JSON = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class ProviderClient:
         max_backoff_seconds: float = 30.0,
     ) -> None:
         self._http = http
+        self._url = http.base_url.join(COMPARISON_PATH)  # absolute: nothing to merge per request
         self._gate = asyncio.Semaphore(max_concurrency)
         self._retries = retries
         self._backoff = backoff_seconds
@@ -120,14 +122,14 @@ class ProviderClient:
 
     async def submit(self, request: ComparisonRequest) -> Accepted | Refused:
         """Send one comparison; retry transient failures; never raise for HTTP problems."""
-        body = request.model_dump(mode="json", exclude_none=True)
+        body = request.model_dump_json(exclude_none=True).encode()
         async with self._gate:
             last = "no attempt made"
             for attempt in range(self._retries + 1):
                 retry_after: float | None = None
                 try:
                     self.requests_sent += 1
-                    response = await self._http.post(COMPARISON_PATH, json=body)
+                    response = await self._http.post(self._url, content=body, headers=_JSON)
                 except httpx.TransportError as exc:
                     last = f"{type(exc).__name__}: {exc}"
                 else:

@@ -38,7 +38,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ValidationError
 
 from cjllm import __version__
-from cjllm.api_guard import BodyLimit, bearer_token
+from cjllm.api_guard import BEARER_SECURITY, BodyLimit, bearer_check, bearer_token
 from cjllm.contracts import (
     SPINE_KEYS,
     BatchingStrategy,
@@ -121,21 +121,23 @@ def create_app(
         setting="CJLLM_MAX_REQUEST_BYTES",
     )
     token = [Depends(bearer_token(settings.api_token, "CJLLM_API_TOKEN"))]
+    authorize = bearer_check(settings.api_token, "CJLLM_API_TOKEN")  # in the hot route itself
     request_schema = _document_request_body(app, ComparisonRequest)
 
     @app.post(
         COMPARISON_PATH,
         status_code=202,
         response_model=ComparisonQueuedResponse,
-        dependencies=token,
         openapi_extra={
+            **BEARER_SECURITY,
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": request_schema}},
-            }
+            },
         },
     )
     async def post_comparison(request: Request) -> JSONResponse:
+        authorize(request.headers.get("authorization"))
         try:
             body = await request.body()  # read in full, within its limits, by BodyLimit
             try:
