@@ -10,7 +10,7 @@ import pytest
 
 from cjllm.contracts import BatchingStrategy
 from cjllm.out_dir import differences
-from cjllm.preflight import check_credentials, choose_provider
+from cjllm.preflight import check_credentials, choose_provider, preflight
 from cjllm.rank import RankError, RankRequest, fingerprint, prepare
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "essays"
@@ -73,6 +73,33 @@ def test_bad_options_are_refused_before_running(
     with pytest.raises(RankError, match=message):
         prepare(request)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"budget": 16}, {"comparisons_per_essay": 1.5}, {"comparisons_per_essay": 4, "budget": 10}],
+    ids=["budget", "per essay", "both"],
+)
+def test_a_budget_that_cannot_connect_the_essays_is_refused_before_any_call(
+    tmp_path: Path, changes: dict[str, object]
+) -> None:
+    # 18 essays need 17 comparisons at least to sit on one scale
+    request = RankRequest(path=EXAMPLES, out_dir=tmp_path, **changes)  # type: ignore[arg-type]
+    with pytest.raises(RankError, match=r"fewer than the 17 \(essays − 1\)") as refused:
+        preflight(request, credentials=False)
+    assert "--budget 17" in str(refused.value) and "45 gives every essay 5" in str(refused.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_budget_below_the_stated_minimum_per_essay_is_warned_of_and_run(
+    tmp_path: Path,
+) -> None:
+    low = preflight(RankRequest(EXAMPLES, tmp_path, budget=17), credentials=False)
+    assert low.budget_warning is not None
+    assert "1.9 per essay" in low.budget_warning and "45 comparisons" in low.budget_warning
+    for enough in ({"budget": 45}, {"comparisons_per_essay": 5}, {}):
+        checked = preflight(RankRequest(EXAMPLES, tmp_path, **enough), credentials=False)  # type: ignore[arg-type]
+        assert checked.budget_warning is None, enough
 
 
 def test_bundle_size_sets_the_override_or_the_round_size(tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def test_help_and_version_load_nothing_heavy() -> None:
         (["no-such-folder"], "no such file or folder"),
         (["{one}"], "at least 2"),
         (["{examples}", "--budget", "0"], "--budget must be at least 1"),
+        (["{examples}", "--budget", "16"], "fewer than the 17 (essays − 1)"),
         (["{examples}", "--strategy", "per_request", "--bundle-size", "3"], "--bundle-size"),
         (["{examples}", "--strategy", "async_batch"], "not supported"),
         (["{examples}", "--provider", "llama"], "choose mock, anthropic or openai"),

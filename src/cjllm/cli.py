@@ -242,7 +242,7 @@ def rank(
 
     from cjllm.essays import EssayInputError
     from cjllm.preflight import RankError, RankRequest, preflight
-    from cjllm.terminal import error, say
+    from cjllm.terminal import error, say, warn
 
     console = Console()
     request = RankRequest(
@@ -265,6 +265,8 @@ def rank(
     except (EssayInputError, RankError) as exc:
         error(console, str(exc))
         raise typer.Exit(2) from None
+    if checked.budget_warning is not None:
+        warn(console, checked.budget_warning)
     if estimate:
         from cjllm.estimate import estimate_run
 

@@ -9,6 +9,7 @@ or SQLAlchemy (``tests/test_startup.py`` holds it).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,12 @@ CREDENTIAL_ENV = {
     ),
     "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
 }
+MIN_COMPARISONS_PER_ESSAY = 5
+"""Below this many comparisons per essay on average, ``cjllm rank`` warns before it starts:
+the scale is then too rough for most uses (docs/decisions.md, "Planning the budget")."""
+PLANNED_PER_ESSAY = 10.0
+"""Comparisons per essay the CJ service plans when neither --comparisons-per-essay nor
+--budget is given (its ``comparisons_per_essay`` default)."""
 SUPPORTED_STRATEGIES = (
     BatchingStrategy.SERIAL_ROUND,
     BatchingStrategy.SERIAL_OVERRIDE,
@@ -92,6 +99,7 @@ class Checked:
     request: RankRequest
     inputs: RankInputs
     provider: str
+    budget_warning: str | None = None
 
 
 def preflight(
@@ -101,10 +109,56 @@ def preflight(
     credentials; raise :class:`RankError` or :class:`EssayInputError` naming what to fix."""
     check_options(request, environ)
     inputs = load_inputs(request)
+    warning = check_budget(request, len(inputs.essays) + len(inputs.anchors))
     provider = choose_provider(request.provider, environ)
     if credentials:
         check_credentials(provider, environ)
-    return Checked(request, inputs, provider)
+    return Checked(request, inputs, provider, warning)
+
+
+def planned_comparisons(request: RankRequest, n_essays: int) -> int:
+    """The most comparisons the run may ask for: the smaller of ⌈K·n/2⌉ (K =
+    --comparisons-per-essay) and --budget, of those given; ⌈10·n/2⌉ when neither is."""
+    limits = []
+    if request.comparisons_per_essay is not None:
+        limits.append(math.ceil(request.comparisons_per_essay * n_essays / 2))
+    if request.budget is not None:
+        limits.append(request.budget)
+    return min(limits) if limits else math.ceil(PLANNED_PER_ESSAY * n_essays / 2)
+
+
+def check_budget(request: RankRequest, n_essays: int) -> str | None:
+    """Plan the budget before any call: refuse one that cannot connect the comparison graph
+    (fewer than n − 1 comparisons: some essays could never be placed on one scale with the
+    rest, and the run would spend it all and fail); return a warning when it gives fewer
+    than :data:`MIN_COMPARISONS_PER_ESSAY` per essay on average, else None. ``n_essays``
+    counts anchors too (they are judged like any essay)."""
+    planned = planned_comparisons(request, n_essays)
+    needed = n_essays - 1
+    for_minimum = math.ceil(MIN_COMPARISONS_PER_ESSAY * n_essays / 2)
+    if planned < needed:
+        given = []
+        if request.budget is not None:
+            given.append(f"--budget {request.budget}")
+        if request.comparisons_per_essay is not None:
+            given.append(f"--comparisons-per-essay {request.comparisons_per_essay:g}")
+        raise RankError(
+            f"{' with '.join(given)} allows {planned:,} comparisons for {n_essays:,} essays: "
+            f"fewer than the {needed:,} (essays − 1) it takes to connect every essay to the "
+            "rest, so no single scale could be fitted and nothing was sent. Allow at least "
+            f"{needed:,} (--budget {needed}, --comparisons-per-essay "
+            f"{2 * needed / n_essays:.2f}); {for_minimum:,} gives every essay "
+            f"{MIN_COMPARISONS_PER_ESSAY} comparisons on average."
+        )
+    if planned < for_minimum:
+        return (
+            f"Budget: {planned:,} comparisons for {n_essays:,} essays, "
+            f"{2 * planned / n_essays:.1f} per essay on average: below "
+            f"{MIN_COMPARISONS_PER_ESSAY} per essay the intervals are wide and the reliability "
+            f"low; {for_minimum:,} comparisons would give "
+            f"{MIN_COMPARISONS_PER_ESSAY} per essay."
+        )
+    return None
 
 
 def check_options(request: RankRequest, environ: Mapping[str, str] | None = None) -> None:

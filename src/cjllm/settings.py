@@ -56,7 +56,9 @@ class ProviderSettings(BackendSettings):
     # how a call lays out its essays, for requests that do not ask (metadata.bundle_layout)
     bundle_layout: BundleLayout = BundleLayout.ITEMS
     # worker
-    worker_concurrency: int = 4
+    # bundles in flight per worker process; unset: as many as the rate limiter admits (at
+    # least 4; more only while it holds no call back), at most 1,000
+    worker_concurrency: int | None = Field(default=None, gt=0)
     poll_interval_seconds: float = 0.05
     sweep_interval_seconds: float = 1.0
     outbox_lease_seconds: float = 30.0

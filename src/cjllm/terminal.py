@@ -43,6 +43,12 @@ def error(console: Console, message: str) -> None:
     console.print(Text.assemble(("Error: ", "bold red"), message), soft_wrap=True, highlight=False)
 
 
+def warn(console: Console, message: str) -> None:
+    console.print(
+        Text.assemble(("Warning: ", "bold yellow"), message), soft_wrap=True, highlight=False
+    )
+
+
 class _Display(Progress):
     """A rich progress bar with a second line of detail under it."""
 

@@ -200,7 +200,7 @@ def test_rank_says_in_one_line_that_the_account_is_out_of_credit(
     sim.configure(out_of_credit=True)
     out = tmp_path / "out"
     args = ["rank", str(EXAMPLES), "--out", str(out), "--provider", "anthropic"]
-    proc = run(*args, "--budget", "10", extra_env=rank_env(sim))
+    proc = run(*args, "--budget", "18", extra_env=rank_env(sim))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     lines = [line for line in proc.stdout.splitlines() if "insufficient_quota" in line]
     assert len(lines) == 1, proc.stdout

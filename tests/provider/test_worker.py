@@ -436,6 +436,26 @@ async def test_several_bundles_are_in_flight_but_never_more_than_the_concurrency
     assert Counter(len(c.items) for c in mock.calls) == {2: 7}
 
 
+async def test_without_a_set_concurrency_every_ready_bundle_goes_out_at_once(
+    backend_url: str, results: tuple[str, Callbacks]
+) -> None:
+    # no rate limit holds anything back: a round's 12 bundles are all in flight together
+    results_topic, callbacks = results
+    bus = await memory_bus(callbacks, results_topic)
+    mock = CountingMock(latency_seconds=1.0)
+    async with provider(fast_settings(backend_url), bus=bus, mock=mock, work=False) as (
+        svc,
+        client,
+        _,
+    ):
+        await post_all(client, [body(i, topic=results_topic, size=2) for i in range(24)])
+        svc.start_work()
+        await eventually(lambda: callbacks.count == 24)
+    await bus.stop()
+    assert len(mock.calls) == 12
+    assert mock.most == 12
+
+
 class BrokenAdapter(MockAdapter):
     """An adapter with a bug: reading an odd answer raises something it never meant to."""
 

@@ -323,6 +323,10 @@ class Limiter:
         except LimiterUnavailable as exc:
             log.warning("could not correct %s's buckets: %s", key.id, exc)
 
+    def holding(self) -> float:
+        """Seconds until the calls this limiter holds back may go (0: it holds none)."""
+        return max(0.0, self._held_until - self._clock())
+
     def _hold(self, seconds: float) -> None:
         """Count wall time during which the limiter held work back (overlaps once)."""
         now = self._clock()

@@ -207,7 +207,9 @@ async def _serve(
         log.info(
             "provider service up: api=%s workers=%s queue=%s bus=%s",
             f"http://{host}:{port}" if api else "off",
-            f"{settings.worker_concurrency} bundles in flight" if work else "off",
+            f"{settings.worker_concurrency or 'as many as the rate limits admit'} bundles in flight"
+            if work
+            else "off",
             urlparse(settings.queue_url).scheme,
             urlparse(settings.bus_url).scheme,
         )

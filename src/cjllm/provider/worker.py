@@ -4,8 +4,10 @@
                                                                  (finish: terminal + outbox)
 
 - **claim**: the queue leases the next ready bundle (docs/architecture.md, "The hard
-  parts"; the rule is in :mod:`cjllm.provider.bundling`). Several bundles are in flight at once
-  (``worker_concurrency``); their leases are renewed while the call runs. Items beyond the
+  parts"; the rule is in :mod:`cjllm.provider.bundling`). Several bundles are in flight at once,
+  as many as the rate limiter admits: past :data:`BASE_IN_FLIGHT`, the worker claims another
+  only while the limiter holds no call back (``worker_concurrency`` sets a fixed number
+  instead); their leases are renewed while the call runs. Items beyond the
   model's current bundle size (:mod:`cjllm.provider.bundle_sizes`) are handed back at once,
   untouched, for the next claim.
 - **call**: one multi-comparison call through the adapter, paced by the key's rate limits
@@ -67,6 +69,11 @@ CONTEXT_TOO_LARGE = "context_window_exceeded"
 """The :class:`ProviderCallError` code adapters raise for a call too large for the model."""
 BROKEN_CALLS = ("malformed_output", "timeout")
 """Call failures that say the bundle was too much for the model (they lower its size)."""
+BASE_IN_FLIGHT = 4
+"""Bundles a worker keeps in flight whatever the limiter says (a call may be waiting its turn
+for one key while another key's bundle could go now)."""
+MAX_IN_FLIGHT = 1_000
+"""Bundles in flight at most when ``worker_concurrency`` is unset (sockets and memory)."""
 
 
 class Worker:
@@ -100,8 +107,10 @@ class Worker:
     # ------------------------------------------------------------------ the claim loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Claim and process bundles until ``stop``, ``worker_concurrency`` at a time."""
-        slots = asyncio.Semaphore(self.settings.worker_concurrency)
+        """Claim and process bundles until ``stop``: ``worker_concurrency`` at a time, or
+        (unset) as many as the rate limiter admits (see the module docstring)."""
+        fixed = self.settings.worker_concurrency
+        slots = asyncio.Semaphore(fixed or MAX_IN_FLIGHT)
         in_flight: set[asyncio.Task[None]] = set()
 
         def done(task: asyncio.Task[None]) -> None:
@@ -113,6 +122,11 @@ class Worker:
         try:
             while not stop.is_set():
                 await slots.acquire()
+                held = 0.0 if fixed or len(in_flight) < BASE_IN_FLIGHT else self.limiter.holding()
+                if held > 0:  # a call is waiting its turn: another could go no sooner
+                    slots.release()
+                    await nap(stop, min(held, self.settings.poll_interval_seconds * 10))
+                    continue
                 try:
                     claimed = await self.claim()
                 except QueueUnavailable as exc:  # bundles in flight carry on meanwhile
