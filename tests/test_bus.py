@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -105,6 +105,37 @@ async def test_handler_failure_redelivers_to_a_new_consumer(
         if second is not producer_bus:
             await producer_bus.stop()
     assert 10 in got, "the message being handled when the consumer died was re-delivered"
+
+
+async def test_a_batch_handler_takes_waiting_messages_together_and_a_failed_batch_comes_again(
+    make_bus: Callable[[], EventBus],
+) -> None:
+    topic, group = f"t-{uuid.uuid4().hex[:8]}", "g-batch"
+    batches: list[list[int]] = []
+    failed_once: list[int] = []
+
+    async def handle(envelopes: Sequence[EventEnvelope]) -> None:
+        numbers = [env.data["i"] for env in envelopes]
+        if not failed_once and 150 in numbers:
+            failed_once.extend(numbers)
+            raise RuntimeError("the consumer's transaction failed")
+        batches.append(numbers)
+
+    bus = make_bus()
+    bus.subscribe_many(topic, group, handle)
+    await bus.start()
+    try:
+        sent = [envelope(i) for i in range(300)]
+        outcomes = await bus.publish_many(topic, [(str(e.correlation_id), e) for e in sent])
+        assert outcomes == [None] * 300
+        await wait_until(lambda: {i for b in batches for i in b} == set(range(300)))
+    finally:
+        await bus.stop()
+    assert failed_once, "the failing batch was handed over"
+    assert max(len(b) for b in batches) > 1  # waiting messages came together
+    # every message of the failed batch came again, and nothing else came twice
+    seen = Counter(i for b in batches for i in b)
+    assert set(failed_once) <= set(seen) and max(seen.values()) == 1
 
 
 async def test_envelope_round_trips_through_the_bus(make_bus: Callable[[], EventBus]) -> None:

@@ -8,11 +8,12 @@ import uuid
 import httpx
 import pytest
 
-from cjllm.cj.callbacks import dead_letters
+from cjllm.cj.callbacks import apply_callbacks, dead_letters
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.contracts import EventEnvelope
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
 from tests.cj.stub_provider import StubProvider
+from tests.cj.test_store import fresh_pg_database
 
 
 async def _started(make_harness: MakeHarness, n: int = 6, **overrides: object):  # type: ignore[no-untyped-def]
@@ -234,3 +235,41 @@ async def test_crash_between_writing_rows_and_submitting_resumes(
     rows = await restarted.cj.store.comparisons(batch_id)
     assert all(r.status == ComparisonStatus.SUCCEEDED for r in rows)
     assert await restarted.cj.store.unsubmitted(batch_id) == []
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_a_group_of_callbacks_is_recorded_in_one_go_each_as_if_it_came_alone(
+    make_harness: MakeHarness, request: pytest.FixtureRequest, database: str
+) -> None:
+    url = None
+    if database == "postgresql":
+        url = await fresh_pg_database(request.getfixturevalue("postgres_url"))
+    h, batch_id = await _started(make_harness, database_url=url)
+    first, second, third = h.stub.received
+    ok = EventEnvelope.for_result(h.stub.result_for(first), "stub")
+    failed = EventEnvelope.for_result(h.stub.result_for(second, error="provider_timeout"), "stub")
+    forged = first.request.model_copy(update={"correlation_id": uuid.uuid4()})
+    unknown = EventEnvelope.for_result(h.stub.result_for(type(first)(forged, uuid.uuid4())), "stub")
+    contradicting = h.stub.result_for(third)
+    md = contradicting.request_metadata
+    md["essay_a_id"], md["essay_b_id"] = md["essay_b_id"], md["essay_a_id"]
+    group = [ok, ok, failed, unknown, EventEnvelope.for_result(contradicting, "stub")]
+    applied = await apply_callbacks(h.cj.store, group, h.cj.callbacks)
+    assert [outcome.kind for outcome, _ in applied] == [
+        "applied",
+        "ignored",  # the repeat within the group, like a late one
+        "applied",
+        "unknown",
+        "mismatch",
+    ]
+    rows = await _rows(h, batch_id)
+    assert rows[first.request.correlation_id].status == ComparisonStatus.SUCCEEDED
+    assert rows[second.request.correlation_id].error_code == "provider_timeout"
+    assert rows[third.request.correlation_id].error_code == "callback_metadata_mismatch"
+    assert (await h.cj.progress(batch_id)).ignored_callbacks == 1
+    assert len(await dead_letters(h.cj.store)) == 2
+    # handed to the workflow, the same group changes nothing more and closes round 1 once
+    await h.cj.handle_callbacks(group)
+    progress = await h.cj.progress(batch_id)
+    assert progress.rounds == 2 and progress.ignored_callbacks == 1 + 4
+    assert len(h.stub.received) == 6
