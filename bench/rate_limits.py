@@ -76,6 +76,8 @@ class Result:
     bound_seconds: float
     naive_seconds: float
     budget: str
+    answered_calls: int = 0
+    output_tokens: int = 0
 
 
 def free_port() -> int:
@@ -191,6 +193,8 @@ def run_job(job: Job, work: Path) -> Result:
         bound_seconds=bounds[budget],
         naive_seconds=naive * minute,
         budget=budget,
+        answered_calls=answered,
+        output_tokens=tokens["output"],
     )
 
 

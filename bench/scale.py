@@ -1,6 +1,7 @@
 """Scale: 100,000 essays in one assessment (run: python bench/scale.py).
 
-Sections (``--section``; all by default):
+Sections (``--section``, repeatable; all by default): ``fit`` below, and the throughput
+sections ``rank``, ``serve`` and ``tier4`` (described in ``bench/throughput.py``).
 
 fit
     The Bradley-Terry fit the CJ service runs after every round (prior 0.1, the default
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +41,7 @@ from cjllm.cj.scoring import fit_bradley_terry
 from cjllm.cj.uncertainty import sum_to_zero_variances
 
 SIZES = [(2_000, 20_000), (10_000, 100_000), (100_000, 1_000_000)]
+SECTIONS = ["fit", "rank", "serve", "tier4"]
 PRIOR, SPLITS = 0.1, 10  # the CJ service's defaults (bt_prior, split_half_splits)
 
 
@@ -190,7 +193,12 @@ def methods_section(n: int = 2_000, probes: int = 64) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--section", choices=["fit"], action="append")
+    parser.add_argument("--section", choices=SECTIONS, action="append")
+    parser.add_argument("--rank-sizes", default="200,10000", help="essays, comma-separated")
+    parser.add_argument("--serve-posts", type=int, default=20_000)
+    parser.add_argument("--serve-concurrency", type=int, default=64)
+    parser.add_argument("--tier4-essays", type=int, default=1_000)
+    parser.add_argument("--tier4-scale", type=float, default=1.0)
     parser.add_argument("--sizes", help="essays:comparisons,... (default: the three above)")
     parser.add_argument("--exact-up-to", type=int, default=10_000, help="essays")
     parser.add_argument("--child", choices=["estimated", "exact"], help=argparse.SUPPRESS)
@@ -205,9 +213,24 @@ def main() -> None:
     if args.sizes:
         sizes = [(int(a), int(b)) for a, b in (s.split(":") for s in args.sizes.split(","))]
     print("shared 2-core machine: compare figures within one run (ratios), not across runs\n")
-    if "fit" in (args.section or ["fit"]):
+    sections = args.section or SECTIONS
+    if "fit" in sections:
         fit_section(sizes, args.exact_up_to)
         methods_section()
+    throughput = [s for s in sections if s != "fit"]
+    if throughput:
+        import throughput as bench  # bench/throughput.py: imports services the fit needs not
+
+        work = Path(tempfile.mkdtemp(prefix="cjllm-bench-scale-"))
+        try:
+            if "rank" in throughput:
+                bench.rank_section([int(n) for n in args.rank_sizes.split(",")], work)
+            if "serve" in throughput:
+                bench.serve_section(args.serve_posts, args.serve_concurrency, work)
+            if "tier4" in throughput:
+                bench.tier4_section(args.tier4_essays, args.tier4_scale, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,19 @@ def figures(tmp_path: Path, **changes: object):  # type: ignore[no-untyped-def]
 
 
 def test_calls_follow_the_strategy(tmp_path: Path) -> None:
-    # 18 essays x 10 per essay / 2 = 90 comparisons: ten rounds of 9 (every essay once)
+    # 18 essays x 10 per essay / 2 = 90 comparisons: rounds of 25, 25, 25, 15 (every essay
+    # once would be 9; a round is never smaller than one full call, 25)
     rnd = figures(tmp_path, provider="anthropic")
-    assert (rnd.comparisons, rnd.rounds) == (90, 10)
-    assert rnd.provider_calls == 10  # each round one call
-    capped = figures(tmp_path, provider="anthropic", bundle_size=50)
-    assert (capped.rounds, capped.provider_calls) == (10, 10)  # a cap above ⌊n/2⌋ changes nothing
+    assert (rnd.comparisons, rnd.rounds) == (90, 4)
+    assert rnd.provider_calls == 4  # each round one call
+    capped = figures(tmp_path, provider="anthropic", bundle_size=10)
+    assert (capped.rounds, capped.provider_calls) == (9, 9)  # the cap sets the round size
     per = figures(tmp_path, provider="anthropic", strategy=BatchingStrategy.PER_REQUEST)
     assert per.provider_calls == 90
     over = figures(
         tmp_path, provider="anthropic", strategy=BatchingStrategy.SERIAL_OVERRIDE, bundle_size=4
     )
-    assert over.provider_calls == 10 * math.ceil(9 / 4)
+    assert over.provider_calls == 3 * math.ceil(25 / 4) + math.ceil(15 / 4)
     # the shared prefix is sent once per call: fewer calls, fewer input tokens
     assert rnd.input_tokens < over.input_tokens < per.input_tokens
     assert rnd.output_tokens == per.output_tokens == 90 * 110
@@ -61,7 +62,7 @@ def test_estimate_needs_no_credentials_and_leaves_no_out_folder(tmp_path: Path) 
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     said = " ".join(proc.stdout.split())
-    assert "provider calls 10" in said and "no LLM was called" in said
+    assert "provider calls 4" in said and "no LLM was called" in said
     assert not out.exists()
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from cjllm.cj.groups import group_labels, plan_groups
 from cjllm.cj.llm_client import Accepted, ProviderClient, Refused
-from cjllm.cj.options import BatchOptions
+from cjllm.cj.options import ROUND_BUNDLE_SIZE, BatchOptions
 from cjllm.cj.pairing import plan_round
 from cjllm.cj.prompts import comparison_request, shared_blocks
 from cjllm.cj.ranking import BatchFit, seed_for
@@ -77,11 +77,13 @@ def _within_cap(
 
 def round_size(options: BatchOptions, n_essays: int, left: int) -> int:
     """Comparisons in the next round: as many as the pairing design allows (every essay at
-    most once: ⌊n/2⌋ pairs), no more than the budget ``left``, nor than
-    ``MAX_CONCURRENT_COMPARISONS`` when it is set. A round is all in flight at once: the
-    provider's queue holds it and its rate limiter paces it, so a round sized by the design
-    keeps the provider as busy as its limits allow with the fewest rounds (and fits)."""
-    size = min(n_essays // 2, left)
+    most once: ⌊n/2⌋ pairs) but at least one full provider call (:data:`ROUND_BUNDLE_SIZE`:
+    a few essays do not pay a round — a call's latency and a refit — for a handful of
+    comparisons), no more than the budget ``left``, nor than ``MAX_CONCURRENT_COMPARISONS``
+    when it is set. A round is all in flight at once: the provider's queue holds it and its
+    rate limiter paces it, so a round sized by the design keeps the provider as busy as its
+    limits allow with the fewest rounds (and fits)."""
+    size = min(max(n_essays // 2, ROUND_BUNDLE_SIZE), left)
     if options.max_concurrent_comparisons is not None:
         size = min(size, options.max_concurrent_comparisons)
     return max(size, 0)
