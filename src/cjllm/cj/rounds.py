@@ -77,13 +77,15 @@ def _within_cap(
 
 def round_size(options: BatchOptions, n_essays: int, left: int) -> int:
     """Comparisons in the next round: as many as the pairing design allows (every essay at
-    most once: ⌊n/2⌋ pairs) but at least one full provider call (:data:`ROUND_BUNDLE_SIZE`:
+    most once: ⌊n/2⌋ pairs; in grouped rounds, ``pool_pairs_per_essay`` times, in one group)
+    but at least one full provider call (:data:`ROUND_BUNDLE_SIZE`:
     a few essays do not pay a round — a call's latency and a refit — for a handful of
     comparisons), no more than the budget ``left``, nor than ``MAX_CONCURRENT_COMPARISONS``
     when it is set. A round is all in flight at once: the provider's queue holds it and its
     rate limiter paces it, so a round sized by the design keeps the provider as busy as its
     limits allow with the fewest rounds (and fits)."""
-    size = min(max(n_essays // 2, ROUND_BUNDLE_SIZE), left)
+    per_essay = options.pool_pairs_per_essay if options.plans_groups else 1  # pool: groups
+    size = min(max(n_essays * per_essay // 2, ROUND_BUNDLE_SIZE), left)
     if options.max_concurrent_comparisons is not None:
         size = min(size, options.max_concurrent_comparisons)
     return max(size, 0)
