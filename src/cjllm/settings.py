@@ -74,6 +74,19 @@ class ProviderSettings(BackendSettings):
     call_timeout_seconds: float = 300.0
     max_output_tokens_per_item: int = 400
     price_table_path: str | None = None
+    # provider batch jobs (async_batch, nightly_batch): docs/batch-jobs.md
+    batch_items_per_line: int = Field(default=10, gt=0)
+    batch_max_lines: int | None = Field(default=None, gt=0)
+    batch_max_bytes: int | None = Field(default=None, gt=0)
+    batch_linger_seconds: float = Field(default=5.0, ge=0.0)
+    batch_max_wait_seconds: float = Field(default=60.0, ge=0.0)
+    batch_poll_min_seconds: float = Field(default=10.0, gt=0.0)
+    batch_poll_max_seconds: float = Field(default=300.0, gt=0.0)
+    batch_item_ttl_seconds: float = Field(default=4 * 24 * 3600, gt=0.0)
+    batch_hold_seconds: float = Field(default=7 * 24 * 3600, gt=0.0)
+    nightly_max_items: int = Field(default=20_000, gt=0)
+    nightly_max_age_seconds: float = Field(default=24 * 3600, gt=0.0)
+    nightly_submit_at: str | None = Field(default="01:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     # vendor adapters (keys and base URLs come from the SDKs' own environment:
     # ANTHROPIC_API_KEY / ANTHROPIC_BASE_URL, OPENAI_API_KEY / OPENAI_BASE_URL)
     anthropic_model: str = "claude-sonnet-4-6"

@@ -56,7 +56,13 @@ async def test_a_message_batch_answers_every_bundle(
         assert result.type == "succeeded"
         text = result.message.content[0].text  # type: ignore[union-attr]
         assert set(reconcile(sorted(expected), text).answers) == expected
-    assert sim.counters()["batches"] == {"created": 1, "requests": 3, "items": 9}
+    assert sim.counters()["batches"] == {
+        "created": 1,
+        "requests": 3,
+        "items": 9,
+        "expired": 0,
+        "canceled": 0,
+    }
     assert sim.counters()["calls"] == 0
 
 
@@ -129,7 +135,13 @@ async def test_an_openai_batch_answers_every_line(gpt: openai.AsyncOpenAI, sim: 
         assert line["response"]["status_code"] == 200
         text = line["response"]["body"]["choices"][0]["message"]["content"]
         assert set(reconcile(sorted(sent[n]), text).answers) == sent[n]
-    assert sim.counters()["batches"] == {"created": 1, "requests": 3, "items": 9}
+    assert sim.counters()["batches"] == {
+        "created": 1,
+        "requests": 3,
+        "items": 9,
+        "expired": 0,
+        "canceled": 0,
+    }
 
 
 async def test_failed_batch_lines_go_to_the_error_file(
@@ -167,7 +179,7 @@ async def test_an_openai_batch_in_progress_can_be_cancelled(
     batch = await gpt.batches.create(
         input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
     )
-    assert batch.status == "in_progress" and batch.output_file_id is None
+    assert batch.status == "validating" and batch.output_file_id is None
     cancelled = await gpt.batches.cancel(batch.id)
     assert cancelled.status == "cancelled"
     with pytest.raises(openai.NotFoundError):

@@ -225,7 +225,13 @@ def test_counters_report_calls_items_tokens_and_faults(sim: SimControl) -> None:
     assert (counters["calls"], counters["items"], counters["items_per_call"]) == (1, 2, {"2": 1})
     assert set(counters["tokens"]) == {"input", "output", "cache_creation", "cache_read"}
     assert counters["faults"] == {"overloaded": 1}
-    assert counters["batches"] == {"created": 0, "requests": 0, "items": 0}
+    assert counters["batches"] == {
+        "created": 0,
+        "requests": 0,
+        "items": 0,
+        "expired": 0,
+        "canceled": 0,
+    }
     calls = sim.calls()
     assert len(calls) == 1 and calls[0]["custom_ids"] == ["c0", "c1"]
 

@@ -10,7 +10,8 @@
 - 422 — the body does not match the contract (the error's ``loc`` names the field; metadata
   is bounded in depth, keys and size);
 - 400 — a well-formed request the service cannot serve: an unknown or unconfigured
-  provider, an unsupported ``batching_strategy``, conflicting correlation ids;
+  provider, a batch strategy (``async_batch``, ``nightly_batch``) for a provider without a
+  batch API, conflicting correlation ids;
 - 503 + ``Retry-After`` — the queue is over its item or byte capacity (nothing was queued),
   or did not answer (``queue_unavailable``: the comparison may still have been queued, so
   the error's ``ctx.correlation_id`` is the one to retry with — a retry with it is queued
@@ -20,7 +21,8 @@ The body limit, its read timeout and the token check are :mod:`cjllm.api_guard`,
 with the CJ service's API.
 
 Error bodies always have FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..., "type": ...}]}``.
-``GET /api/v1/comparison/{queue_id}`` reports a comparison's state; ``/healthz`` and
+``GET /api/v1/comparison/{queue_id}`` reports a comparison's state; the batch-job endpoints
+(list jobs, cancel a CJ batch) are :mod:`cjllm.provider.jobs_api`; ``/healthz`` and
 ``/metrics`` (Prometheus) need no token.
 """
 
@@ -41,7 +43,6 @@ from cjllm import __version__
 from cjllm.api_guard import BEARER_SECURITY, BodyLimit, bearer_check, bearer_token
 from cjllm.contracts import (
     SPINE_KEYS,
-    BatchingStrategy,
     BundleHints,
     BundleLayout,
     ComparisonQueuedResponse,
@@ -50,6 +51,9 @@ from cjllm.contracts import (
     MetadataSpine,
     QueueItemState,
 )
+from cjllm.provider.adapters import batch_api_for
+from cjllm.provider.batch_calls import NoBatchAPI
+from cjllm.provider.batch_jobs import BatchJobs
 from cjllm.provider.bundling import (
     PlannedComparison,
     compatibility_key,
@@ -57,6 +61,8 @@ from cjllm.provider.bundling import (
     token_budget,
 )
 from cjllm.provider.group_commit import GroupCommit
+from cjllm.provider.job_plan import BATCH_STRATEGIES, lane_key
+from cjllm.provider.jobs_api import jobs_router
 from cjllm.provider.limiter import Limiter
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
@@ -64,7 +70,6 @@ from cjllm.provider.queue import NewItem, Queue, QueueFull, QueueUnavailable
 from cjllm.settings import ProviderSettings
 
 COMPARISON_PATH = "/api/v1/comparison"
-UNSUPPORTED_STRATEGIES = (BatchingStrategy.ASYNC_BATCH, BatchingStrategy.NIGHTLY_BATCH)
 
 
 def _refuse(status: int, loc: Sequence[str | int], msg: str, kind: str) -> NoReturn:
@@ -84,11 +89,14 @@ def create_app(
     settings: ProviderSettings,
     metrics: ProviderMetrics,
     *,
+    jobs: BatchJobs | None = None,
     on_enqueue: Callable[[], None] | None = None,
     limiter: Limiter | None = None,
 ) -> FastAPI:
-    """The API over ``queue``. ``on_enqueue`` wakes an in-process worker (optional);
-    ``limiter`` gives ``estimated_wait_minutes`` from the key's rate limits (else null)."""
+    """The API over ``queue``. ``jobs`` serves the batch-job endpoints (absent without it);
+    ``on_enqueue`` wakes an in-process worker (optional); ``limiter`` gives
+    ``estimated_wait_minutes`` from the key's rate limits (else null; always null for a
+    batch-mode comparison: a job's turnaround is the vendor's to decide)."""
     app = FastAPI(title="cjllm LLM Provider Service", version=__version__)
     enqueuer = GroupCommit(queue)  # concurrent requests share one queue step
     app.state.enqueuer = enqueuer
@@ -97,7 +105,7 @@ def create_app(
 
     async def wait_minutes(plan: PlannedComparison, tokens: int, hint: int) -> int | None:
         """Minutes the queue ahead takes at the key's rate limits (null when unknown)."""
-        if limiter is None:
+        if limiter is None or plan.request.metadata.get("batching_strategy") in BATCH_STRATEGIES:
             return None
         try:
             adapter = providers.get(plan.provider)
@@ -150,16 +158,21 @@ def create_app(
             metrics.requests.labels("rejected").inc()
             raise
         now = time.time()
+        key, cap = compatibility_key(plan), settings.max_items_per_call
+        ttl = settings.item_ttl_seconds
+        if hints.batching_strategy in BATCH_STRATEGIES:  # to a provider batch job
+            key = lane_key(plan, hints.batching_strategy, key)
+            cap, ttl = settings.batch_items_per_line, settings.batch_item_ttl_seconds
         item = NewItem(
             queue_id=str(uuid.uuid4()),
             correlation_id=plan.correlation_id,
-            key=compatibility_key(plan),
-            hint=size_hint(hints, settings.max_items_per_call),
+            key=key,
+            hint=size_hint(hints, cap),
             tokens=plan.item_tokens(),
             budget=token_budget(plan, settings.max_input_tokens_per_call),
             payload=plan.to_json(),
             enqueued_at=now,
-            expires_at=now + settings.item_ttl_seconds,
+            expires_at=now + ttl,
         )
         try:
             queue_id, created = await enqueuer.enqueue(item)
@@ -232,6 +245,8 @@ def create_app(
         metrics.observe_depth(await queue.depth(time.time()))
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    if jobs is not None:
+        app.include_router(jobs_router(jobs, token))
     return app
 
 
@@ -310,19 +325,16 @@ def _plan(
         hints = BundleHints.model_validate(comparison.metadata)
     except ValidationError as exc:
         _invalid(exc, ["metadata"])
-    if hints.batching_strategy in UNSUPPORTED_STRATEGIES:
-        _refuse(
-            400,
-            ["metadata", "batching_strategy"],
-            f"{hints.batching_strategy.value!r} is not supported yet (provider batch jobs are "
-            "not implemented); use serial_round, serial_override or per_request",
-            "unsupported_strategy",
-        )
     provider = comparison.llm_config_overrides.provider_override
     try:
         adapter = providers.get(provider)
     except ProviderUnavailable as exc:
         _refuse(400, ["llm_config_overrides", "provider_override"], str(exc), "unknown_provider")
+    if hints.batching_strategy in BATCH_STRATEGIES:
+        try:
+            batch_api_for(adapter)
+        except NoBatchAPI as exc:
+            _refuse(400, ["metadata", "batching_strategy"], str(exc), "no_batch_api")
     correlation_id = _correlation_id(comparison)
     metadata = dict(comparison.metadata)
     for key in SPINE_KEYS:

@@ -17,6 +17,8 @@ from cjllm.provider.queue import Depth
 
 ITEMS_PER_CALL_BUCKETS = (1, 2, 3, 5, 8, 10, 15, 20, 25, 35, 50, 75, 100)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300)
+ITEMS_PER_JOB_BUCKETS = (1, 10, 50, 100, 500, 1_000, 5_000, 10_000, 50_000, 100_000, 500_000)
+TURNAROUND_BUCKETS = (1, 10, 60, 300, 900, 1_800, 3_600, 7_200, 14_400, 43_200, 86_400, 172_800)
 
 
 class ProviderMetrics:
@@ -148,6 +150,33 @@ class ProviderMetrics:
             "Requests and tokens charged to a key's budgets, as the provider reported them "
             "(compare rate()[1m] with cjllm_provider_rate_limit).",
             ["provider", "model_class", "budget"],
+            registry=r,
+        )
+        self.batch_jobs = Gauge(
+            "cjllm_provider_batch_jobs",
+            "Provider batch jobs by state (recorded, submitted, settled until purged).",
+            ["state"],
+            registry=r,
+        )
+        self.batch_job_events = Counter(
+            "cjllm_provider_batch_job_events_total",
+            "What happened to batch jobs, by provider: recorded, submitted, adopted, "
+            "submit_retry, refused, cancel_sent, foreign, ended_<vendor status>.",
+            ["provider", "event"],
+            registry=r,
+        )
+        self.batch_items_per_job = Histogram(
+            "cjllm_provider_batch_items_per_job",
+            "Comparisons in one provider batch job.",
+            ["provider"],
+            buckets=ITEMS_PER_JOB_BUCKETS,
+            registry=r,
+        )
+        self.batch_turnaround = Histogram(
+            "cjllm_provider_batch_turnaround_seconds",
+            "Time from submitting a batch job to settling its results.",
+            ["provider"],
+            buckets=TURNAROUND_BUCKETS,
             registry=r,
         )
 

@@ -9,8 +9,11 @@ longest table name it extends with ``-`` (``claude-sonnet-4-5-20250929`` is pric
 unpriced (local OpenAI-compatible servers, for instance), never guessed.
 
 A call's cost is ``input × input price + output × output price + cache writes × cache
-write price (by TTL) + cache reads × cache read price``. How a call's usage and cost are
-charged to its comparisons is :func:`cjllm.provider.bundling.apportion`.
+write price (by TTL) + cache reads × cache read price``. A line of a provider batch job
+(Anthropic Message Batches, OpenAI Batch API) costs that times the table's
+``batch_multiplier`` (0.5: both vendors bill batch tokens, cache writes and reads included,
+at half price). How a call's usage and cost are charged to its comparisons is
+:func:`cjllm.provider.bundling.apportion`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 from cjllm.provider.calls import CallUsage
 
 PER_TOKENS = 1_000_000
+BATCH_MULTIPLIER = 0.5
 _FIELDS = ("input", "output", "cache_read", "cache_write_5m", "cache_write_1h")
 
 
@@ -64,6 +68,7 @@ class PriceTable:
     as_of: str
     models: Mapping[str, ModelPrice]
     sources: tuple[str, ...] = ()
+    batch_multiplier: float = BATCH_MULTIPLIER
 
     def price_for(self, model: str) -> ModelPrice | None:
         """The model's prices: exact name, else the longest table name it extends with ``-``."""
@@ -72,20 +77,29 @@ class PriceTable:
         matches = [name for name in self.models if model.startswith(name + "-")]
         return self.models[max(matches, key=len)] if matches else None
 
-    def cost(self, model: str, usage: CallUsage, *, cache_write_1h_tokens: int = 0) -> CallCost:
+    def cost(
+        self,
+        model: str,
+        usage: CallUsage,
+        *,
+        cache_write_1h_tokens: int = 0,
+        batch: bool = False,
+    ) -> CallCost:
         """Price one call. ``cache_write_1h_tokens`` is the part of the cache writes made with
-        a one-hour TTL (Anthropic reports it); the rest are priced as five-minute writes."""
+        a one-hour TTL (Anthropic reports it); the rest are priced as five-minute writes.
+        ``batch``: the call was a line of a provider batch job (``batch_multiplier`` applies)."""
         price = self.price_for(model)
         if price is None:
             return CallCost(priced=False)
         long_writes = min(cache_write_1h_tokens, usage.cache_creation_input_tokens)
         short_writes = usage.cache_creation_input_tokens - long_writes
+        scale = (self.batch_multiplier if batch else 1.0) / PER_TOKENS
         return CallCost(
-            input=usage.input_tokens * price.input / PER_TOKENS,
-            output=usage.output_tokens * price.output / PER_TOKENS,
+            input=usage.input_tokens * price.input * scale,
+            output=usage.output_tokens * price.output * scale,
             cache_write=(short_writes * price.cache_write_5m + long_writes * price.cache_write_1h)
-            / PER_TOKENS,
-            cache_read=usage.cache_read_input_tokens * price.cache_read / PER_TOKENS,
+            * scale,
+            cache_read=usage.cache_read_input_tokens * price.cache_read * scale,
         )
 
 
@@ -125,15 +139,33 @@ def _model_price(source: str, model: str, entry: Any) -> ModelPrice:
     )
 
 
+def _batch_multiplier(source: str, data: dict[str, Any]) -> float | None:
+    value = data.get("batch_multiplier")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise PriceTableError(
+            f"{source}: batch_multiplier must be a number in (0, 1], got {value!r}"
+        )
+    return float(value)
+
+
 def parse_price_table(source: str, data: Any) -> PriceTable:
-    """A table from its JSON form: ``{"as_of": "YYYY-MM-DD", "models": {name: {...}}}``."""
+    """A table from its JSON form: ``{"as_of": "YYYY-MM-DD", "models": {name: {...}}}``
+    and, optionally, ``"batch_multiplier"`` (default 0.5)."""
     if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
         raise PriceTableError(f'{source}: expected an object with a "models" object')
     as_of = data.get("as_of")
     if not isinstance(as_of, str) or not as_of:
         raise PriceTableError(f'{source}: "as_of" (the date the prices were taken) is required')
     models = {name: _model_price(source, name, entry) for name, entry in data["models"].items()}
-    return PriceTable(as_of=as_of, models=models, sources=(source,))
+    multiplier = _batch_multiplier(source, data)
+    return PriceTable(
+        as_of=as_of,
+        models=models,
+        sources=(source,),
+        batch_multiplier=BATCH_MULTIPLIER if multiplier is None else multiplier,
+    )
 
 
 def _read(path: Path) -> Any:
@@ -152,14 +184,18 @@ def packaged_price_table() -> PriceTable:
 
 def load_price_table(override_path: str | Path | None = None) -> PriceTable:
     """The packaged table, with the models of ``override_path`` (if given) replacing or adding
-    to it; ``as_of`` is the override's date when there is one."""
+    to it; ``as_of`` is the override's date when there is one, and so is its
+    ``batch_multiplier`` when it sets one."""
     table = packaged_price_table()
     if override_path is None:
         return table
     path = Path(override_path)
-    override = parse_price_table(str(path), _read(path))
+    data = _read(path)
+    override = parse_price_table(str(path), data)
+    multiplier = _batch_multiplier(str(path), data)
     return PriceTable(
         as_of=override.as_of,
         models={**table.models, **override.models},
         sources=(*table.sources, *override.sources),
+        batch_multiplier=table.batch_multiplier if multiplier is None else multiplier,
     )

@@ -57,7 +57,9 @@ local heads = {}
 for _, key in ipairs(redis.call('SMEMBERS', P..':keys')) do
   local h = redis.call('ZRANGE', P..':ready:'..key, 0, 0, 'WITHSCORES')
   if #h == 0 then redis.call('SREM', P..':keys', key)
-  else heads[#heads + 1] = {key, tonumber(h[2])} end
+  elseif string.sub(key, 1, 6) ~= 'batch:' then  -- the batch lane goes to jobs
+    heads[#heads + 1] = {key, tonumber(h[2])}
+  end
 end
 table.sort(heads, function(a, b) return a[2] < b[2] end)
 for i = 1, math.min(#heads, max_keys) do

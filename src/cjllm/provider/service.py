@@ -25,7 +25,9 @@ from fastapi import FastAPI
 from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
+from cjllm.provider.batch_jobs import BatchJobs
 from cjllm.provider.calls import LLMAdapter
+from cjllm.provider.jobs import job_table_for
 from cjllm.provider.limiter import Limiter
 from cjllm.provider.loops import supervise
 from cjllm.provider.metrics import ProviderMetrics
@@ -53,7 +55,8 @@ def known_models(settings: ProviderSettings) -> set[str]:
 
 
 class ProviderService:
-    """One provider service instance: its queue, adapters, metrics, worker and API app."""
+    """One provider service instance: its queue, adapters, metrics, worker, batch jobs and
+    API app."""
 
     def __init__(
         self,
@@ -81,11 +84,21 @@ class ProviderService:
             on_recorded=self.publisher.notify,
         )
         self.sweeper = Sweeper(queue, self.worker.settler, settings)
+        self.jobs = BatchJobs(
+            queue,
+            job_table_for(queue),
+            providers,
+            settings,
+            self.metrics,
+            owner=self.worker.owner,
+            on_recorded=self.publisher.notify,
+        )
         self.app: FastAPI = create_app(
             queue,
             providers,
             settings,
             self.metrics,
+            jobs=self.jobs,
             on_enqueue=self.worker.notify,
             limiter=self.limiter,
         )
@@ -93,7 +106,8 @@ class ProviderService:
         self._stop = asyncio.Event()
 
     def start_work(self) -> None:
-        """Start the worker, the sweeper and the outbox publisher in this event loop."""
+        """Start the worker, the sweeper, the batch jobs and the outbox publisher in this
+        event loop."""
         if self._tasks:
             return
         self._stop = asyncio.Event()
@@ -102,6 +116,7 @@ class ProviderService:
             for name, loop in (
                 ("worker", self.worker.run),
                 ("sweeper", self.sweeper.run),
+                ("batch jobs", self.jobs.run),
                 ("publisher", self.publisher.run),  # last: stop_work lets it finish
             )
         ]

@@ -20,7 +20,9 @@ from typing import Any
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider import results
-from cjllm.provider.bundling import PlannedComparison
+from cjllm.provider.answers import Reconciled
+from cjllm.provider.bundling import PlannedComparison, apportion
+from cjllm.provider.calls import BundleCall, CallOutcome
 from cjllm.provider.limiter import costs_attempt
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.queue import Finished, Queue, QueuedItem, Retry, Spent
@@ -134,6 +136,45 @@ class Settler:
             details={**(details or {}), "last_error_code": code},
         )
         settled.done.append((results.finished(item, plan, result, self.source), final))
+
+    def answered(
+        self,
+        settled: Settlement,
+        entries: Sequence[Entry],
+        call: BundleCall,
+        provider: str,
+        outcome: CallOutcome,
+        now: float,
+    ) -> None:
+        """Fan an answered call out: good items finish, missing and invalid ones go again
+        alone (hint 1) with their share of the call's usage; unknown ids are only counted."""
+        found = outcome.reconciled
+        self.count_items(found)
+        if found.unknown:
+            log.warning("bundle %s: ignored unknown ids %s", call.bundle_id, found.unknown)
+        shares = apportion(call, outcome)
+        for index, (item, plan) in enumerate(entries):
+            ref = results.CallRef(
+                call.bundle_id, index, len(entries), provider, outcome.model, outcome.latency_ms
+            )
+            share = shares[plan.correlation_id]
+            answer = found.answers.get(plan.correlation_id)
+            if answer is not None:
+                result = results.success(item, plan, answer, ref, item.spent + share, now)
+                settled.done.append((results.finished(item, plan, result, self.source), "success"))
+                continue
+            invalid = found.invalid.get(plan.correlation_id)
+            code = "missing_item" if invalid is None else "invalid_item"
+            message = invalid or "the answer did not include this item"
+            self.next_try(settled, item, plan, ref, code, message, share, now, hint=1)
+
+    def count_items(self, found: Reconciled) -> None:
+        m = self.metrics.item_outcomes
+        m.labels("answered").inc(len(found.answers))
+        m.labels("missing").inc(len(found.missing))
+        m.labels("invalid").inc(len(found.invalid) - len(found.duplicates))
+        m.labels("duplicate").inc(len(found.duplicates))
+        m.labels("unknown").inc(len(found.unknown))
 
     async def give_up(
         self,

@@ -160,6 +160,7 @@ class SQLiteQueue:
             heads = c.execute(
                 "SELECT key, MIN(enqueued_at) AS oldest FROM items"
                 " WHERE state = 'queued' AND available_at <= ? AND expires_at > ?"
+                " AND key NOT LIKE 'batch:%'"  # the batch lane goes to jobs (job_plan.py)
                 " GROUP BY key ORDER BY oldest LIMIT ?",
                 (now, now, MAX_KEYS_PER_CLAIM),
             ).fetchall()

@@ -3,7 +3,12 @@
 ``/v1/files`` stores uploads (multipart) and serves their content; ``/v1/batches`` answers
 every line of the input file when the batch is created, by the same code as the direct
 endpoints (answer faults apply; a call-level fault fails that line with a 500), and shows
-the batch ``completed`` with its output (and error) file once ``batch_seconds`` have passed.
+the batch ``in_progress`` until ``batch_seconds`` have passed. Then it is ``completed`` with
+its output (and error) file, lines in a random order — or ``expired`` when some lines
+expired (they are in the error file as ``batch_expired``). A cancelled batch is
+``cancelling`` for a while, then ``cancelled`` with the lines it had reached; the others are
+in neither file (:mod:`cjllm.sim.batch_lines`). ``GET /v1/batches`` lists batches, newest
+first.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from cjllm.sim.batch_lines import JobClock, LinePlan, over_limits
 from cjllm.sim.faults import CALL_FAULTS, draw
 from cjllm.sim.openai_api import (
     CHAT_PARAMS,
@@ -155,51 +161,94 @@ def _jsonl(rows: list[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
 
+EXPIRED_ERROR = {
+    "code": "batch_expired",
+    "message": "This request could not be executed before the completion window expired.",
+}
+
+
 def _run_batch(state: SimState, batch: dict[str, Any], content: bytes) -> None:
     """Answer every line of the input file now; the results show once the batch ends."""
-    done: list[dict[str, Any]] = []
-    failed: list[dict[str, Any]] = []
+    lines: list[tuple[str, str, Any]] = []
     for number, raw in enumerate(content.decode("utf-8").splitlines(), start=1):
         if not raw.strip():
             continue
         try:
             line = json.loads(raw)
-            custom_id, url, body = line["custom_id"], line["url"], line["body"]
+            lines.append((line["custom_id"], line["url"], line["body"]))
         except (json.JSONDecodeError, KeyError, TypeError):
             error = {"code": "invalid_json_line", "message": "This line is not a valid request."}
-            batch.update(status="failed", failed_at=int(time.time()))
-            batch["errors"] = {"object": "list", "data": [{**error, "param": None, "line": number}]}
+            _fail(batch, [{**error, "param": None, "line": number}])
             return
-        if url != batch["endpoint"]:
-            status, response = 400, _error_json(SimError(400, f"url must be {batch['endpoint']}"))
+    too_big = over_limits(state, len(lines), len(content))
+    if too_big is not None:
+        _fail(batch, [{"code": "batch_too_large", "message": too_big, "param": None}])
+        return
+    plan = LinePlan.draw(state, len(lines))
+    records: list[dict[str, Any]] = []
+    for index, (custom_id, url, body) in enumerate(lines):
+        record: dict[str, Any] = {"id": new_id("batch_req_"), "custom_id": custom_id}
+        if index in plan.expired:
+            record.update(response=None, error=EXPIRED_ERROR)
         else:
-            status, response = _run_line(state, body, url)
-        record = {
-            "id": new_id("batch_req_"),
-            "custom_id": custom_id,
-            "response": {"status_code": status, "request_id": new_id("req_"), "body": response},
-            "error": None,
-        }
-        (done if status == 200 else failed).append(record)
-    counts = {"total": len(done) + len(failed), "completed": len(done), "failed": len(failed)}
-    batch["request_counts"] = counts
+            if url != batch["endpoint"]:
+                error = _error_json(SimError(400, f"url must be {batch['endpoint']}"))
+                status, response = 400, error
+            else:
+                status, response = _run_line(state, body, url)
+            rid = new_id("req_")
+            record.update(
+                response={"status_code": status, "request_id": rid, "body": response}, error=None
+            )
+        records.append(record)
+    batch["request_counts"] = {"total": len(lines), "completed": 0, "failed": 0}
+    batch["_records"], batch["_plan"] = records, plan
+
+
+def _fail(batch: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+    batch.update(status="failed", failed_at=int(time.time()))
+    batch["errors"] = {"object": "list", "data": errors}
+
+
+def _finish(state: SimState, batch: dict[str, Any], clock: JobClock) -> None:
+    """Write the output and error files of a batch that has just ended (once)."""
+    plan: LinePlan = batch["_plan"]
+    done: list[dict[str, Any]] = []
+    failed: list[dict[str, Any]] = []
+    for position, index in enumerate(plan.order):
+        if clock.reached is not None and position >= clock.reached:
+            continue  # the cancellation reached the batch first
+        record = batch["_records"][index]
+        ok = record["response"] is not None and record["response"]["status_code"] == 200
+        (done if ok else failed).append(record)
+    ended = int(clock.ended_at)
+    if clock.cancel_at is not None:
+        batch.update(status="cancelled", cancelled_at=ended)
+    elif plan.expired:
+        batch.update(status="expired", expired_at=ended)
+    else:
+        batch.update(status="completed", completed_at=ended, finalizing_at=ended)
+    batch["request_counts"] = {
+        "total": len(batch["_records"]),
+        "completed": len(done),
+        "failed": len(failed),
+    }
     batch["output_file_id"] = _store_file(state, "output.jsonl", "batch_output", _jsonl(done))["id"]
     if failed:
         errors = _store_file(state, "errors.jsonl", "batch_output", _jsonl(failed))
         batch["error_file_id"] = errors["id"]
 
 
-def _batch_view(batch: dict[str, Any]) -> dict[str, Any]:
-    """The Batch object as of now: in progress until ``batch_seconds`` have passed."""
-    view = {k: v for k, v in batch.items() if not k.startswith("_")}
-    ends = int(batch["_ends_at"])
-    if view["status"] == "in_progress" and time.time() >= batch["_ends_at"]:
-        view.update(status="completed", completed_at=ends, finalizing_at=ends)
-    elif view["status"] != "failed":
-        total = view["request_counts"]["total"]
-        view.update(output_file_id=None, error_file_id=None)
-        view["request_counts"] = {"total": total, "completed": 0, "failed": 0}
-    return view
+def _batch_view(state: SimState, batch: dict[str, Any]) -> dict[str, Any]:
+    """The Batch object as of now (its files are written the first time it is seen ended)."""
+    if batch["status"] in ("in_progress", "cancelling"):
+        clock: JobClock = batch["_clock"]
+        status = clock.status()
+        if status == "ended":
+            _finish(state, batch, clock)
+        elif status == "canceling":
+            batch["status"] = "cancelling"
+    return {k: v for k, v in batch.items() if not k.startswith("_")}
 
 
 BATCH_PARAMS = frozenset(
@@ -256,12 +305,37 @@ async def create_batch(request: Request) -> Response:
         "cancelled_at": None,
         "request_counts": {"total": 0, "completed": 0, "failed": 0},
         "metadata": body.get("metadata"),
-        "_ends_at": now + state.config.batch_seconds,
+        "_clock": JobClock.start(state),
     }
     _run_batch(state, batch, source["content"])
     state.stores["batches"][batch["id"]] = batch
     state.counters.batches["created"] += 1
-    return JSONResponse(_batch_view(batch))
+    view = _batch_view(state, batch)
+    if view["status"] == "in_progress":
+        view["status"] = "validating"  # as the real API answers a create
+    return JSONResponse(view)
+
+
+@router.get("/v1/batches")
+async def list_batches(request: Request, limit: int = 20, after: str | None = None) -> Response:
+    """Newest first, ``limit`` (1 to 100) a page; ``after`` continues after that batch."""
+    state = sim_of(request)
+    state.counters.requests["GET /v1/batches"] += 1
+    if not state.authorized(request.headers):
+        return error_response(state, SimError(401, "Incorrect API key provided."))
+    ids = list(reversed(state.stores["batches"]))
+    start = ids.index(after) + 1 if after in ids else 0
+    page = ids[start : start + max(1, min(limit, 100))]
+    data = [_batch_view(state, state.stores["batches"][i]) for i in page]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": start + len(page) < len(ids),
+        }
+    )
 
 
 @router.get("/v1/batches/{batch_id}")
@@ -269,7 +343,7 @@ async def retrieve_batch(request: Request, batch_id: str) -> Response:
     state = sim_of(request)
     state.counters.requests["GET /v1/batches/{id}"] += 1
     try:
-        return JSONResponse(_batch_view(_owned(request, state, "batches", batch_id)))
+        return JSONResponse(_batch_view(state, _owned(request, state, "batches", batch_id)))
     except SimError as exc:
         return error_response(state, exc)
 
@@ -282,7 +356,8 @@ async def cancel_batch(request: Request, batch_id: str) -> Response:
         batch = _owned(request, state, "batches", batch_id)
     except SimError as exc:
         return error_response(state, exc)
-    if _batch_view(batch)["status"] == "in_progress":
-        now = int(time.time())
-        batch.update(status="cancelled", cancelling_at=now, cancelled_at=now)
-    return JSONResponse(_batch_view(batch))
+    clock: JobClock = batch["_clock"]
+    if batch["status"] == "in_progress" and clock.cancel(state, len(batch["_records"])):
+        state.counters.batches["canceled"] += 1
+        batch.update(status="cancelling", cancelling_at=int(time.time()))
+    return JSONResponse(_batch_view(state, batch))

@@ -69,7 +69,14 @@ class SimConfig(BaseModel):
     known_models: list[str] | None = None
     max_request_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
     cache_min_tokens: int = Field(default=1024, ge=0)
+    # batch jobs (cjllm.sim.batch_lines): how long a job runs, how long a cancel takes, the
+    # share of lines that expire instead of being answered, result order, the vendors' limits
     batch_seconds: float = Field(default=0.0, ge=0.0)
+    batch_cancel_seconds: float = Field(default=0.0, ge=0.0)
+    batch_expired_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+    batch_shuffle: bool = True
+    batch_max_requests: int | None = Field(default=None, gt=0)
+    batch_max_bytes: int | None = Field(default=None, gt=0)
     openai_server: OpenAIServer = "openai"
     item_drop_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     """Each item of an answer is left out with this probability (a model losing track)."""
@@ -132,7 +139,9 @@ class Counters:
                 k: self.tokens[k] for k in ("input", "output", "cache_creation", "cache_read")
             },
             "faults": dict(self.faults),
-            "batches": {k: self.batches[k] for k in ("created", "requests", "items")},
+            "batches": {
+                k: self.batches[k] for k in ("created", "requests", "items", "expired", "canceled")
+            },
         }
 
 

@@ -2,11 +2,13 @@
 
 Adapters render the call with :mod:`cjllm.provider.prompts`, send it with their vendor's
 SDK, and reconcile the answer with :func:`cjllm.provider.answers.reconcile`. The types they
-share are in :mod:`cjllm.provider.calls`.
+share are in :mod:`cjllm.provider.calls`; their batch-job endpoints (:func:`batch_api_for`)
+are described in :mod:`cjllm.provider.batch_calls`.
 """
 
 from __future__ import annotations
 
+from cjllm.provider.batch_calls import BatchAPI, NoBatchAPI
 from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.queue import Queue
 from cjllm.settings import ProviderSettings
@@ -34,3 +36,19 @@ def make_adapter(
 
         return OpenAIAdapter.from_settings(settings, store)
     raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
+
+
+def batch_api_for(adapter: LLMAdapter) -> BatchAPI:
+    """The vendor batch API over ``adapter``'s SDK client, or :class:`NoBatchAPI`."""
+    from cjllm.provider.adapters.anthropic import AnthropicAdapter
+    from cjllm.provider.adapters.openai import OpenAIAdapter
+
+    if isinstance(adapter, AnthropicAdapter):
+        from cjllm.provider.adapters.anthropic_batches import AnthropicBatches
+
+        return AnthropicBatches(adapter)
+    if isinstance(adapter, OpenAIAdapter):
+        from cjllm.provider.adapters.openai_batches import OpenAIBatches
+
+        return OpenAIBatches(adapter)
+    raise NoBatchAPI(adapter.name)

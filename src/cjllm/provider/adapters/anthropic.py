@@ -19,10 +19,11 @@ The SDK reads ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``; its own retries 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import anthropic
@@ -92,6 +93,43 @@ def _text_block(text: str, ttl: str | None) -> dict[str, Any]:
     if ttl is not None:
         block["cache_control"] = {"type": "ephemeral", "ttl": ttl}
     return block
+
+
+@contextlib.contextmanager
+def sdk_errors() -> Iterator[None]:
+    """Turn the SDK's exceptions into :class:`ProviderCallError` (shared with Message Batches)."""
+    try:
+        yield
+    except anthropic.APIStatusError as exc:
+        raise status_error(
+            PROVIDER,
+            exc.status_code,
+            message=exc.api_message or exc.message,
+            headers=exc.response.headers,
+            error_type=exc.type,
+            error_code=exc.error_code,
+            request_id=exc.request_id,
+        ) from exc
+    except anthropic.APITimeoutError as exc:
+        raise transport_error(PROVIDER, exc, timed_out=True) from exc
+    except anthropic.APIConnectionError as exc:
+        raise transport_error(PROVIDER, exc, timed_out=False) from exc
+    except anthropic.APIResponseValidationError as exc:
+        raise ProviderCallError(
+            "malformed_response",
+            f"anthropic returned a body the SDK could not read: {exc.message}",
+            retryable=True,
+            status=exc.status_code,
+            details={"provider": PROVIDER},
+        ) from exc
+    except anthropic.AnthropicError as exc:
+        # raised before any request is sent: missing or unusable credentials
+        raise ProviderCallError(
+            "client_configuration",
+            f"anthropic client cannot send the request: {exc}",
+            retryable=False,
+            details={"provider": PROVIDER, "exception": type(exc).__name__},
+        ) from exc
 
 
 class AnthropicAdapter:
@@ -204,58 +242,42 @@ class AnthropicAdapter:
 
     async def _send(self, params: dict[str, Any]) -> tuple[anthropic.types.Message, dict[str, str]]:
         """The message and the answer's rate-limit headers."""
-        try:
+        with sdk_errors():
             raw = await self.client.messages.with_raw_response.create(
                 **params, timeout=self.timeout
             )
             message: anthropic.types.Message = await raw.parse()
             return message, rate_headers(raw.headers)
-        except anthropic.APIStatusError as exc:
-            raise status_error(
-                PROVIDER,
-                exc.status_code,
-                message=exc.api_message or exc.message,
-                headers=exc.response.headers,
-                error_type=exc.type,
-                error_code=exc.error_code,
-                request_id=exc.request_id,
-            ) from exc
-        except anthropic.APITimeoutError as exc:
-            raise transport_error(PROVIDER, exc, timed_out=True) from exc
-        except anthropic.APIConnectionError as exc:
-            raise transport_error(PROVIDER, exc, timed_out=False) from exc
-        except anthropic.APIResponseValidationError as exc:
-            raise ProviderCallError(
-                "malformed_response",
-                f"anthropic returned a body the SDK could not read: {exc.message}",
-                retryable=True,
-                status=exc.status_code,
-                details={"provider": PROVIDER},
-            ) from exc
-        except anthropic.AnthropicError as exc:
-            # raised before any request is sent: missing or unusable credentials
-            raise ProviderCallError(
-                "client_configuration",
-                f"anthropic client cannot send the request: {exc}",
-                retryable=False,
-                details={"provider": PROVIDER, "exception": type(exc).__name__},
-            ) from exc
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         params = self.request_params(call)
         started = time.monotonic()
         message, headers = await self._send(params)
-        latency_ms = int((time.monotonic() - started) * 1000)
+        outcome = self.outcome(call, message, int((time.monotonic() - started) * 1000))
+        outcome.rate_headers = headers
+        return outcome
+
+    def outcome(
+        self,
+        call: BundleCall,
+        message: anthropic.types.Message,
+        latency_ms: int,
+        *,
+        batch: bool = False,
+    ) -> CallOutcome:
+        """Read one answered bundle: reconcile it against the ids sent, count and price it.
+        ``batch``: the message is a Message Batches result (priced at the batch rate)."""
         sent_ids = [item.custom_id for item in call.items]
         answer: Any = "".join(b.text for b in message.content if b.type == "text")
         for block in message.content:
             if block.type == "tool_use" and block.name == OUTPUT_SCHEMA_NAME:
                 answer = block.input
         stop = message.stop_reason
+        asked = call.model or self.default_model
         details: dict[str, Any] = {
             "provider": PROVIDER,
             "message_id": message.id,
-            "output_mode": "tool_use" if "tools" in params else "json_schema",
+            "output_mode": "tool_use" if self.uses_tool(asked) else "json_schema",
         }
         if call.temperature is not None:
             details["ignored"] = ["temperature"]
@@ -284,12 +306,14 @@ class AnthropicAdapter:
             cache_creation_input_tokens=message.usage.cache_creation_input_tokens or 0,
             cache_read_input_tokens=message.usage.cache_read_input_tokens or 0,
         )
-        model = message.model or params["model"]
+        model = message.model or asked
         breakdown = message.usage.cache_creation
         long_writes = breakdown.ephemeral_1h_input_tokens if breakdown is not None else 0
-        cost = self.prices.cost(model, usage, cache_write_1h_tokens=long_writes)
+        cost = self.prices.cost(model, usage, cache_write_1h_tokens=long_writes, batch=batch)
         details["priced"] = cost.priced
         details["price_table_as_of"] = self.prices.as_of
+        if batch:
+            details["batch_price"] = True
         if breakdown is not None:
             details["cache_creation"] = breakdown.model_dump()
         return CallOutcome(
@@ -300,7 +324,6 @@ class AnthropicAdapter:
             latency_ms=latency_ms,
             stop_reason=stop,
             details=details,
-            rate_headers=headers,
         )
 
     async def aclose(self) -> None:

@@ -24,10 +24,11 @@ The SDK reads ``OPENAI_API_KEY`` and ``OPENAI_BASE_URL``; its own retries are of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import openai
@@ -96,6 +97,39 @@ def _merge(into: Reconciled, part: Reconciled) -> None:
     into.duplicates |= part.duplicates
     into.unknown.extend(part.unknown)
     into.salvaged = into.salvaged or part.salvaged
+
+
+@contextlib.contextmanager
+def sdk_errors() -> Iterator[None]:
+    """Turn the SDK's exceptions into :class:`ProviderCallError` (shared with the Batch API)."""
+    try:
+        yield
+    except openai.APIStatusError as exc:
+        error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
+        message = error.get("message") if isinstance(error, dict) else None
+        failure = status_error(
+            PROVIDER,
+            exc.status_code,
+            message=str(message or exc.message),
+            headers=exc.response.headers,
+            error_type=exc.type,
+            error_code=exc.code,
+            request_id=exc.request_id,
+        )
+        failure.details["param"] = exc.param
+        raise failure from exc
+    except openai.APITimeoutError as exc:
+        raise transport_error(PROVIDER, exc, timed_out=True) from exc
+    except openai.APIConnectionError as exc:
+        raise transport_error(PROVIDER, exc, timed_out=False) from exc
+    except openai.APIResponseValidationError as exc:
+        raise ProviderCallError(
+            "malformed_response",
+            f"openai returned a body the SDK could not read: {exc.message}",
+            retryable=True,
+            status=exc.status_code,
+            details={"provider": PROVIDER},
+        ) from exc
 
 
 class OpenAIAdapter:
@@ -240,7 +274,7 @@ class OpenAIAdapter:
         self, body: dict[str, Any], chat: bool
     ) -> tuple[ChatCompletion | Completion, dict[str, str]]:
         """The response and its rate-limit headers."""
-        try:
+        with sdk_errors():
             response: ChatCompletion | Completion
             if chat:
                 raw = await self.client.chat.completions.with_raw_response.create(
@@ -253,32 +287,6 @@ class OpenAIAdapter:
                 )
                 response, raw = plain.parse(), plain
             return response, rate_headers(raw.headers)
-        except openai.APIStatusError as exc:
-            error = exc.body.get("error", exc.body) if isinstance(exc.body, dict) else {}
-            message = error.get("message") if isinstance(error, dict) else None
-            failure = status_error(
-                PROVIDER,
-                exc.status_code,
-                message=str(message or exc.message),
-                headers=exc.response.headers,
-                error_type=exc.type,
-                error_code=exc.code,
-                request_id=exc.request_id,
-            )
-            failure.details["param"] = exc.param
-            raise failure from exc
-        except openai.APITimeoutError as exc:
-            raise transport_error(PROVIDER, exc, timed_out=True) from exc
-        except openai.APIConnectionError as exc:
-            raise transport_error(PROVIDER, exc, timed_out=False) from exc
-        except openai.APIResponseValidationError as exc:
-            raise ProviderCallError(
-                "malformed_response",
-                f"openai returned a body the SDK could not read: {exc.message}",
-                retryable=True,
-                status=exc.status_code,
-                details={"provider": PROVIDER},
-            ) from exc
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         chat = not self.prompt_list
@@ -297,16 +305,34 @@ class OpenAIAdapter:
                 if mode is None:
                     raise
                 body = self.chat_body(call, mode)  # the next rung, at once: no attempt spent
-        latency_ms = int((time.monotonic() - started) * 1000)
+        outcome = self.outcome(call, response, int((time.monotonic() - started) * 1000), mode)
+        outcome.rate_headers = headers
+        return outcome
+
+    def outcome(
+        self,
+        call: BundleCall,
+        response: ChatCompletion | Completion,
+        latency_ms: int,
+        mode: OutputMode | None = None,
+        *,
+        batch: bool = False,
+    ) -> CallOutcome:
+        """Read one answered bundle: reconcile it against the ids sent, count and price it.
+        ``mode``: the output-mode rung it was asked on (a chat answer); ``batch``: the
+        response is a Batch API result line (priced at the batch rate)."""
+        asked = call.model or self.default_model
+        if mode is None and isinstance(response, ChatCompletion):
+            mode = self.modes.known(asked) or OutputMode.JSON_SCHEMA
         details: dict[str, Any] = {
             "provider": PROVIDER,
             "response_id": response.id,
             "output_mode": mode.value if mode is not None else "prompt_list",
         }
         ignored = []
-        if call.temperature is not None and "temperature" not in body:
+        if call.temperature is not None and not self.takes_temperature(asked):
             ignored.append("temperature")
-        if not chat and call.layout is not BundleLayout.ITEMS:
+        if not isinstance(response, ChatCompletion) and call.layout is not BundleLayout.ITEMS:
             ignored.append("bundle_layout")
         if ignored:
             details["ignored"] = ignored
@@ -315,10 +341,12 @@ class OpenAIAdapter:
         else:
             reconciled, stop = self._read_completions(call, response)
         usage = _usage(response.usage)
-        model = response.model or body["model"]
-        cost = self.prices.cost(model, usage)
+        model = response.model or asked
+        cost = self.prices.cost(model, usage, batch=batch)
         details["priced"] = cost.priced
         details["price_table_as_of"] = self.prices.as_of
+        if batch:
+            details["batch_price"] = True
         return CallOutcome(
             reconciled=reconciled,
             usage=usage,
@@ -327,7 +355,6 @@ class OpenAIAdapter:
             latency_ms=latency_ms,
             stop_reason=stop,
             details=details,
-            rate_headers=headers,
         )
 
     def _read_chat(

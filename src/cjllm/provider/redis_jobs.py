@@ -1,0 +1,465 @@
+"""The job table under the Redis queue's own prefix.
+
+Layout (``P`` is the queue's prefix, so a job lives in the same cluster slot as its items):
+
+- ``P:job:<id>`` hash: the job record (the fields of :class:`~cjllm.provider.jobs.BatchJob`;
+  ``""`` for none, JSON for ``counts``, ``excluded`` and ``cj_batch_ids``);
+- ``P:job:<id>:lines`` list: one ``"<custom_id> <queue_id>,<queue_id>…"`` per line;
+- ``P:jobs:due`` open jobs scored by their next check; ``P:jobs:all`` every job by creation;
+- ``P:jobs:cj:<cj_batch_id>`` set of the jobs serving a CJ batch;
+- ``P:jobs:vendor`` hash: every vendor job id known (submitted, adopted or excluded) → job.
+
+Recording a job is one script that checks every item is still queued and available, leases
+them all to the job and writes the job, or changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from cjllm.provider.job_plan import LANE_PREFIX, LaneGroup
+from cjllm.provider.jobs import (
+    UPDATABLE,
+    BatchJob,
+    JobLineRecord,
+    JobState,
+    NewJob,
+    item_owner,
+)
+from cjllm.provider.queue import QueuedItem
+from cjllm.provider.redis_queue import RedisQueue, _item, _num, _unavailable
+from cjllm.provider.redis_scripts import TO_READY
+
+_LANE_GROUPS = """
+local P, now = ARGV[1], ARGV[2]
+for _, qid in ipairs(redis.call('ZRANGEBYSCORE', P..':delayed', '-inf', now)) do
+  redis.call('ZREM', P..':delayed', qid)
+  local f = redis.call('HMGET', P..':item:'..qid, 'state', 'key', 'enq')
+  if f[1] == 'queued' then to_ready(P, qid, f[2], f[3]) end
+end
+local groups, order = {}, {}
+for _, key in ipairs(redis.call('SMEMBERS', P..':keys')) do
+  if string.sub(key, 1, #ARGV[3]) == ARGV[3] then
+    local rk = P..':ready:'..key
+    local n = redis.call('ZCARD', rk)
+    if n > 0 then
+      local g = string.sub(key, 1, #key - 65)
+      local first = redis.call('ZRANGE', rk, 0, 0, 'WITHSCORES')[2]
+      local last = redis.call('ZRANGE', rk, -1, -1, 'WITHSCORES')[2]
+      local s = groups[g]
+      if s == nil then
+        s = {0, first, last}
+        groups[g] = s
+        order[#order + 1] = g
+      end
+      s[1] = s[1] + n
+      if tonumber(first) < tonumber(s[2]) then s[2] = first end
+      if tonumber(last) > tonumber(s[3]) then s[3] = last end
+    end
+  end
+end
+local out = {}
+for _, g in ipairs(order) do
+  local s = groups[g]
+  out[#out + 1] = {g, s[1], s[2], s[3]}
+end
+return out
+"""
+
+_LANE_ITEMS = """
+local P, now, limit, avail_only, prefix = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]),
+  ARGV[4] == '1', ARGV[5]
+local out = {}
+local function add(qid)
+  local ik = P..':item:'..qid
+  local f = redis.call('HMGET', ik, 'state', 'exp', 'key')
+  if f[1] == 'queued' and string.sub(f[3], 1, #prefix) == prefix
+      and (not avail_only or tonumber(f[2]) > now) then
+    out[#out + 1] = redis.call('HGETALL', ik)
+  end
+end
+for _, key in ipairs(redis.call('SMEMBERS', P..':keys')) do
+  if string.sub(key, 1, #prefix) == prefix then
+    for _, qid in ipairs(redis.call('ZRANGE', P..':ready:'..key, 0, limit - 1)) do add(qid) end
+  end
+end
+if not avail_only then
+  for _, qid in ipairs(redis.call('ZRANGE', P..':delayed', 0, -1)) do add(qid) end
+end
+return out
+"""
+
+_RECORD = """
+local P, now, owner, hold, jid = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local i = 6
+local fields = {}
+for j = 1, tonumber(ARGV[i]) do fields[j] = ARGV[i + j] end
+i = i + 1 + #fields
+local lines = {}
+for j = 1, tonumber(ARGV[i]) do
+  local cid, k = ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 2
+  local ids = {}
+  for m = 1, k do ids[m] = ARGV[i + m] end
+  i = i + k
+  lines[j] = {cid, ids}
+end
+i = i + 1
+for _, line in ipairs(lines) do
+  for _, qid in ipairs(line[2]) do
+    local f = redis.call('HMGET', P..':item:'..qid, 'state', 'key', 'exp')
+    if f[1] ~= 'queued' or tonumber(f[3]) <= now
+        or not redis.call('ZSCORE', P..':ready:'..f[2], qid) then
+      return 0
+    end
+  end
+end
+local n = 0
+for _, line in ipairs(lines) do
+  for _, qid in ipairs(line[2]) do
+    local ik = P..':item:'..qid
+    redis.call('ZREM', P..':ready:'..redis.call('HGET', ik, 'key'), qid)
+    redis.call('HSET', ik, 'state', 'processing', 'owner', owner, 'lease', hold,
+      'bundle', line[1], 'updated', ARGV[2])
+    redis.call('ZADD', P..':leases', hold, qid)
+    n = n + 1
+  end
+  redis.call('RPUSH', P..':job:'..jid..':lines', line[1]..' '..table.concat(line[2], ','))
+end
+stat(P, 'queued', -n); stat(P, 'processing', n)
+redis.call('HSET', P..':job:'..jid, unpack(fields))
+redis.call('ZADD', P..':jobs:due', ARGV[2], jid)
+redis.call('ZADD', P..':jobs:all', ARGV[2], jid)
+for m = i, #ARGV do redis.call('SADD', P..':jobs:cj:'..ARGV[m], jid) end
+return 1
+"""
+
+_TAKE = """
+local P, now, owner, lease, out = ARGV[1], ARGV[2], ARGV[3], ARGV[4], {}
+for i = 5, #ARGV do
+  local qid = ARGV[i]
+  local ik = P..':item:'..qid
+  local f = redis.call('HMGET', ik, 'state', 'key')
+  if f[1] == 'queued' then
+    redis.call('ZREM', P..':ready:'..f[2], qid)
+    redis.call('ZREM', P..':delayed', qid)
+    redis.call('HSET', ik, 'state', 'processing', 'owner', owner, 'lease', lease, 'updated', now)
+    redis.call('ZADD', P..':leases', lease, qid)
+    stat(P, 'queued', -1); stat(P, 'processing', 1)
+    out[#out + 1] = redis.call('HGETALL', ik)
+  end
+end
+return out
+"""
+
+_CLAIM_JOBS = """
+local P, now, owner, lease, limit, out = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4],
+  tonumber(ARGV[5]), {}
+for _, jid in ipairs(redis.call('ZRANGEBYSCORE', P..':jobs:due', '-inf', ARGV[2],
+    'LIMIT', 0, 1000)) do
+  if #out >= limit then break end
+  local jk = P..':job:'..jid
+  local f = redis.call('HMGET', jk, 'lease_owner', 'lease_until', 'state')
+  if f[3] ~= 'settled' and (not f[1] or f[1] == '' or tonumber(f[2]) <= now) then
+    redis.call('HSET', jk, 'lease_owner', owner, 'lease_until', lease)
+    out[#out + 1] = redis.call('HGETALL', jk)
+  end
+end
+return out
+"""
+
+_UPDATE = """
+local P, jid, owner, release = ARGV[1], ARGV[2], ARGV[3], ARGV[4] == '1'
+local jk = P..':job:'..jid
+if redis.call('HGET', jk, 'lease_owner') ~= owner then return 0 end
+local due, state = nil, nil
+for i = 5, #ARGV, 2 do
+  local name, value = ARGV[i], ARGV[i + 1]
+  redis.call('HSET', jk, name, value)
+  if name == 'next_check_at' then due = value end
+  if name == 'state' then state = value end
+  if name == 'vendor_id' and value ~= '' then redis.call('HSET', P..':jobs:vendor', value, jid) end
+  if name == 'excluded' then
+    for _, vid in ipairs(cjson.decode(value)) do redis.call('HSET', P..':jobs:vendor', vid, jid) end
+  end
+end
+if release then redis.call('HSET', jk, 'lease_owner', '', 'lease_until', '') end
+if state == 'settled' then redis.call('ZREM', P..':jobs:due', jid)
+elseif due then redis.call('ZADD', P..':jobs:due', due, jid) end
+return 1
+"""
+
+_REQUEST_CANCEL = """
+local P, now = ARGV[1], ARGV[2]
+for i = 3, #ARGV do
+  local jid = ARGV[i]
+  local jk = P..':job:'..jid
+  local st = redis.call('HGET', jk, 'state')
+  if st == 'recorded' or st == 'submitted' then
+    redis.call('HSET', jk, 'cancel_requested', '1')
+    local due = redis.call('ZSCORE', P..':jobs:due', jid)
+    if not due or tonumber(due) > tonumber(now) then
+      redis.call('ZADD', P..':jobs:due', now, jid)
+      redis.call('HSET', jk, 'next_check_at', now)
+    end
+  end
+end
+return 1
+"""
+
+_PURGE = """
+local P, before, n = ARGV[1], tonumber(ARGV[2]), 0
+for _, jid in ipairs(redis.call('ZRANGE', P..':jobs:all', 0, -1)) do
+  local jk = P..':job:'..jid
+  local f = redis.call('HMGET', jk, 'state', 'settled_at', 'cj_batch_ids', 'vendor_id', 'excluded')
+  if f[1] == 'settled' and f[2] and f[2] ~= '' and tonumber(f[2]) < before then
+    for _, cj in ipairs(cjson.decode(f[3])) do redis.call('SREM', P..':jobs:cj:'..cj, jid) end
+    if f[4] and f[4] ~= '' then redis.call('HDEL', P..':jobs:vendor', f[4]) end
+    for _, vid in ipairs(cjson.decode(f[5])) do redis.call('HDEL', P..':jobs:vendor', vid) end
+    redis.call('DEL', jk, jk..':lines')
+    redis.call('ZREM', P..':jobs:all', jid)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def _encode(name: str, value: Any) -> str:
+    if value is None:
+        return ""
+    if name == "counts":
+        return json.dumps(dict(value))
+    if name in ("excluded", "cj_batch_ids"):
+        return json.dumps(list(value))
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, JobState):
+        return value.value
+    return str(value)
+
+
+def _str(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _job(flat: Sequence[bytes]) -> BatchJob:
+    f = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+
+    def num(name: str) -> float | None:
+        return float(f[name]) if f.get(name) else None
+
+    return BatchJob(
+        job_id=f["job_id"],
+        provider=f["provider"],
+        model=f["model"],
+        mode=f["mode"],
+        state=JobState(f["state"]),
+        n_lines=int(f["n_lines"]),
+        n_items=int(f["n_items"]),
+        created_at=float(f["created_at"]),
+        next_check_at=float(f["next_check_at"]),
+        poll_interval=num("poll_interval") or 0.0,
+        vendor_id=f.get("vendor_id") or None,
+        vendor_status=f.get("vendor_status") or None,
+        counts=json.loads(f.get("counts") or "{}"),
+        attempted_at=num("attempted_at"),
+        lines_sent=int(f.get("lines_sent") or 0),
+        attempts=int(f.get("attempts") or 0),
+        submitted_at=num("submitted_at"),
+        ended_at=num("ended_at"),
+        settled_at=num("settled_at"),
+        adopted=f.get("adopted") == "1",
+        excluded=tuple(json.loads(f.get("excluded") or "[]")),
+        cancel_requested=f.get("cancel_requested") == "1",
+        cancel_sent=f.get("cancel_sent") == "1",
+        error=f.get("error") or None,
+        cj_batch_ids=tuple(json.loads(f.get("cj_batch_ids") or "[]")),
+        lease_owner=f.get("lease_owner") or None,
+        lease_until=num("lease_until"),
+    )
+
+
+class RedisJobs:
+    """Redis backend of :class:`cjllm.provider.jobs.JobTable`."""
+
+    def __init__(self, queue: RedisQueue) -> None:
+        # the job table shares the queue's client and key prefix on purpose
+        self._r = queue._r
+        self.prefix = queue.prefix
+        self._scripts = {
+            name: self._r.register_script(TO_READY + body)
+            for name, body in (
+                ("lane_groups", _LANE_GROUPS),
+                ("lane_items", _LANE_ITEMS),
+                ("record", _RECORD),
+                ("take", _TAKE),
+                ("claim", _CLAIM_JOBS),
+                ("update", _UPDATE),
+                ("request_cancel", _REQUEST_CANCEL),
+                ("purge", _PURGE),
+            )
+        }
+
+    async def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return await self._scripts[name](args=[self.prefix, *args])
+        except RedisError as exc:
+            raise _unavailable(f"job table: {name}", exc) from exc
+
+    async def _hashes(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
+        try:
+            async with self._r.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                found: list[dict[bytes, bytes]] = await pipe.execute()
+        except RedisError as exc:
+            raise _unavailable("job table: read", exc) from exc
+        return found
+
+    @staticmethod
+    def _flat(fields: dict[bytes, bytes]) -> list[bytes]:
+        return [x for pair in fields.items() for x in pair]
+
+    # ------------------------------------------------------------------ the batch lane
+
+    async def lane_groups(self, now: float) -> list[LaneGroup]:
+        reply = await self._call("lane_groups", _num(now), LANE_PREFIX)
+        return [
+            LaneGroup(g.decode(), int(n), float(oldest), float(newest))
+            for g, n, oldest, newest in reply
+        ]
+
+    async def lane_items(
+        self, group: str | None, now: float, limit: int, *, available_only: bool = True
+    ) -> list[QueuedItem]:
+        prefix = LANE_PREFIX if group is None else group + ":"
+        reply = await self._call(
+            "lane_items", _num(now), limit, "1" if available_only else "0", prefix
+        )
+        items = sorted((_item(flat) for flat in reply), key=lambda i: (i.enqueued_at, i.queue_id))
+        return items[:limit]
+
+    # ------------------------------------------------------------------ recording
+
+    async def record(self, job: NewJob, now: float) -> bool:
+        fields: list[Any] = []
+        values: dict[str, Any] = {
+            "job_id": job.job_id,
+            "provider": job.provider,
+            "model": job.model,
+            "mode": job.mode,
+            "state": JobState.RECORDED,
+            "n_lines": len(job.lines),
+            "n_items": len(job.queue_ids),
+            "created_at": job.created_at,
+            "next_check_at": now,
+            "counts": {},
+            "excluded": [],
+            "cj_batch_ids": list(job.cj_batch_ids),
+            "lease_owner": job.lease_owner,
+            "lease_until": job.lease_until,
+        }
+        for name, value in values.items():
+            fields += [name, _encode(name, value)]
+        args: list[Any] = [
+            _num(now),
+            item_owner(job.job_id),
+            _num(job.hold_until),
+            job.job_id,
+            len(fields),
+            *fields,
+            len(job.lines),
+        ]
+        for line in job.lines:
+            args += [line.custom_id, len(line.queue_ids), *line.queue_ids]
+        args += list(job.cj_batch_ids)
+        return int(await self._call("record", *args)) == 1
+
+    async def take(
+        self, queue_ids: Sequence[str], owner: str, now: float, lease_until: float
+    ) -> list[QueuedItem]:
+        if not queue_ids:
+            return []
+        reply = await self._call("take", _num(now), owner, _num(lease_until), *queue_ids)
+        return [_item(flat) for flat in reply]
+
+    # ------------------------------------------------------------------ claiming and updating
+
+    async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[BatchJob]:
+        reply = await self._call("claim", _num(now), owner, _num(lease_until), limit)
+        return [_job(flat) for flat in reply]
+
+    async def update(
+        self, job_id: str, owner: str, changes: Mapping[str, Any], *, release: bool = True
+    ) -> bool:
+        unknown = set(changes) - UPDATABLE
+        if unknown:
+            raise ValueError(f"job fields not updatable: {sorted(unknown)}")
+        args: list[Any] = [job_id, owner, "1" if release else "0"]
+        for name, value in changes.items():
+            args += [name, _encode(name, value)]
+        return int(await self._call("update", *args)) == 1
+
+    async def request_cancel(self, job_ids: Sequence[str], now: float) -> None:
+        if job_ids:
+            await self._call("request_cancel", _num(now), *job_ids)
+
+    # ------------------------------------------------------------------ reads and upkeep
+
+    async def lines(self, job_id: str) -> list[JobLineRecord]:
+        try:
+            raw = await self._r.lrange(f"{self.prefix}:job:{job_id}:lines", 0, -1)
+        except RedisError as exc:
+            raise _unavailable("job table: lines", exc) from exc
+        out = []
+        for entry in raw:
+            custom_id, _, ids = _str(entry).partition(" ")
+            out.append(JobLineRecord(custom_id, tuple(ids.split(",")) if ids else ()))
+        return out
+
+    async def items(self, queue_ids: Sequence[str]) -> list[QueuedItem]:
+        found = await self._hashes([f"{self.prefix}:item:{q}" for q in queue_ids])
+        return [_item(self._flat(fields)) for fields in found if fields]
+
+    async def get(self, job_id: str) -> BatchJob | None:
+        (fields,) = await self._hashes([f"{self.prefix}:job:{job_id}"])
+        return _job(self._flat(fields)) if fields else None
+
+    async def jobs(
+        self, *, cj_batch_id: str | None = None, open_only: bool = False
+    ) -> list[BatchJob]:
+        try:
+            if cj_batch_id is None:
+                ids = await self._r.zrange(f"{self.prefix}:jobs:all", 0, -1)
+            else:
+                ids = list(await self._r.smembers(f"{self.prefix}:jobs:cj:{cj_batch_id}"))
+        except RedisError as exc:
+            raise _unavailable("job table: jobs", exc) from exc
+        found = await self._hashes([f"{self.prefix}:job:{_str(i)}" for i in ids])
+        jobs = [_job(self._flat(fields)) for fields in found if fields]
+        if open_only:
+            jobs = [j for j in jobs if j.state is not JobState.SETTLED]
+        return sorted(jobs, key=lambda j: (j.created_at, j.job_id))
+
+    async def vendor_ids(self) -> set[str]:
+        try:
+            keys = await self._r.hkeys(f"{self.prefix}:jobs:vendor")
+        except RedisError as exc:
+            raise _unavailable("job table: vendor ids", exc) from exc
+        return {_str(k) for k in keys}
+
+    async def counts(self) -> dict[JobState, int]:
+        out = dict.fromkeys(JobState, 0)
+        for job in await self.jobs():
+            out[job.state] += 1
+        return out
+
+    async def purge(self, before: float) -> int:
+        return int(await self._call("purge", _num(before)))
