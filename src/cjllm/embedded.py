@@ -176,6 +176,8 @@ async def embedded_services(
                 recovered = await provider.queue.recover_leases(stale_before)
                 if recovered:
                     log.info("requeued %d comparisons left in flight by an earlier run", recovered)
+                # batch jobs an earlier run was moving on: watch (or submit) them again now
+                await provider.jobs.table.release_leases()
                 provider.start_work()
                 try:
                     yield EmbeddedServices(cj=cj, provider=provider)

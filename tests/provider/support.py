@@ -51,13 +51,14 @@ def body(
     shared: str = RUBRIC,
     temperature: float | None = None,
     correlation_id: uuid.UUID | None = None,
+    cj_batch: str = "batch-1",
     **extra: Any,
 ) -> dict[str, Any]:
     """One CJ-style comparison request (prompt blocks, metadata spine and bundle hints)."""
     metadata: dict[str, Any] = {
         "essay_a_id": f"essay-{i}-a",
         "essay_b_id": f"essay-{i}-b",
-        "cj_batch_id": "batch-1",
+        "cj_batch_id": cj_batch,
         "bos_batch_id": "bos-1",
     }
     if size is not None:

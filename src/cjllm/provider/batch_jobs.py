@@ -55,7 +55,7 @@ from cjllm.provider.batch_calls import (
     VendorStatus,
 )
 from cjllm.provider.bundling import PlannedComparison, build_call
-from cjllm.provider.calls import CallOutcome, ProviderCallError
+from cjllm.provider.calls import CallOutcome, LLMAdapter, ProviderCallError
 from cjllm.provider.job_plan import draft_job, is_ready, mode_of
 from cjllm.provider.jobs import BatchJob, JobLineRecord, JobState, JobTable, NewJob, item_owner
 from cjllm.provider.loops import nap
@@ -74,6 +74,15 @@ RECORD_EVERY = 500  # items per settlement write while settling a large job
 FIND_SKEW_SECONDS = 120.0  # vendor clocks may run behind ours
 PURGE_EVERY_SECONDS = 60.0
 _TRANSIENT = ("timeout", "connection_error")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A job just recorded, with the lines it was formed of (rendered, ready to send)."""
+
+    job: BatchJob
+    api: BatchAPI
+    lines: list[JobLine]
 
 
 @dataclass
@@ -104,7 +113,10 @@ class BatchJobs:
         *,
         owner: str | None = None,
         on_recorded: Callable[[], None] | None = None,
+        batch_api: Callable[[LLMAdapter], BatchAPI] = batch_api_for,
     ) -> None:
+        """``batch_api`` builds a vendor's batch API over its adapter (a test may wrap it)."""
+        self.batch_api = batch_api
         self.queue = queue
         self.table = table
         self.providers = providers
@@ -127,15 +139,23 @@ class BatchJobs:
     # ------------------------------------------------------------------ the loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Collect, submit, watch and settle until ``stop``."""
-        while not stop.is_set():
+        """Collect, submit, watch and settle until ``stop``. On the way out the job leases
+        this process holds are given back, so a restart need not wait for them to lapse (a
+        submission cut short is looked for at the vendor before it is tried again)."""
+        try:
+            while not stop.is_set():
+                try:
+                    busy = await self.step()
+                except QueueUnavailable as exc:
+                    log.warning("batch jobs: queue unavailable (%s); trying again", exc)
+                    busy = False
+                if not busy:
+                    await nap(stop, self.settings.sweep_interval_seconds)
+        finally:
             try:
-                busy = await self.step()
+                await asyncio.shield(self.table.release_leases(self.owner))
             except QueueUnavailable as exc:
-                log.warning("batch jobs: queue unavailable (%s); trying again", exc)
-                busy = False
-            if not busy:
-                await nap(stop, self.settings.sweep_interval_seconds)
+                log.warning("batch jobs: leases not given back (%s); they lapse", exc)
 
     async def step(self) -> bool:
         """One pass: form the jobs that are ready, then move every due job on. True when
@@ -163,29 +183,34 @@ class BatchJobs:
     # ------------------------------------------------------------------ collect and record
 
     async def collect(self, now: float) -> int:
-        """Record (and at once submit) a job for every ready lane group; returns how many."""
+        """Record and submit a job for every ready lane group; returns how many."""
         made = 0
         progress = True
         while progress:
             progress = False
             for group in await self.table.lane_groups(now):
-                if is_ready(group, now, self.settings) and await self.record(group.group, now):
+                if not is_ready(group, now, self.settings):
+                    continue
+                recorded = await self.record(group.group, now)
+                if recorded is not None:
+                    await self.submit(recorded.job, recorded.api, recorded.lines)
                     made += 1
                     progress = True
         return made
 
-    async def record(self, group: str, now: float) -> bool:
-        """Form one job from ``group`` and record it; then submit it. False: nothing formed
-        (another process took the comparisons first, or none could go)."""
+    async def record(self, group: str, now: float) -> Recorded | None:
+        """Form one job from ``group`` and record it (its submission is the caller's next
+        step). None: nothing recorded (another process took the comparisons first, or none
+        can go; those get error callbacks)."""
         items = await self.table.lane_items(group, now, ITEMS_PER_DRAFT)
         if not items:
-            return False
+            return None
         first = PlannedComparison.from_json(items[0].payload)
         try:
-            api = batch_api_for(self.providers.get(first.provider))
+            api = self.batch_api(self.providers.get(first.provider))
         except (ProviderUnavailable, NoBatchAPI) as exc:
             await self._refuse([i.queue_id for i in items], "provider_unavailable", str(exc))
-            return True
+            return None
         limits = api.limits.capped(self.settings.batch_max_lines, self.settings.batch_max_bytes)
         job_id = uuid.uuid4().hex[:16]
         draft = draft_job(job_id, items, api, limits, self.settings.batch_items_per_line)
@@ -196,7 +221,7 @@ class BatchJobs:
                 f"one comparison alone is over the {limits.max_bytes}-byte job limit",
             )
         if not draft.lines:
-            return bool(draft.oversize)
+            return None
         by_id = {i.queue_id: i for i in items}
         served = {
             cj_batch_of(PlannedComparison.from_json(by_id[q].payload))
@@ -216,7 +241,7 @@ class BatchJobs:
             lease_until=now + self.job_lease,
         )
         if not await self.table.record(job, now):
-            return False
+            return None
         self.metrics.batch_job_events.labels(job.provider, "recorded").inc()
         self.metrics.batch_items_per_job.labels(job.provider).observe(len(job.queue_ids))
         log.info(
@@ -227,10 +252,9 @@ class BatchJobs:
             job.provider,
             job.model,
         )
-        recorded = await self.table.get(job_id)
-        if recorded is not None:
-            await self.submit(recorded, api, [line.line for line in draft.lines])
-        return True
+        stored = await self.table.get(job_id)
+        assert stored is not None  # just written, and only purged once settled
+        return Recorded(stored, api, [line.line for line in draft.lines])
 
     async def _refuse(self, queue_ids: Sequence[str], code: str, message: str) -> None:
         """Error callbacks for queued comparisons no job can take."""
@@ -244,7 +268,7 @@ class BatchJobs:
     async def advance(self, job: BatchJob) -> None:
         """Submit a recorded job, or look at a submitted one (the caller holds its lease)."""
         try:
-            api = batch_api_for(self.providers.get(job.provider))
+            api = self.batch_api(self.providers.get(job.provider))
         except (ProviderUnavailable, NoBatchAPI) as exc:
             log.warning("batch job %s: %s; looking again later", job.job_id, exc)
             await self._later(job, self.settings.batch_poll_max_seconds, str(exc))

@@ -167,6 +167,11 @@ class JobTable(Protocol):
         lease; give the lease back unless ``release`` is false. False: the lease was lost."""
         ...
 
+    async def release_leases(self, owner: str | None = None) -> int:
+        """Give back the job leases ``owner`` holds (a process stopping), or every job lease
+        (``None``: a process that knows it is the only one, starting up)."""
+        ...
+
     async def request_cancel(self, job_ids: Sequence[str], now: float) -> None:
         """Mark open jobs to be cancelled at the vendor, due for a look now."""
         ...

@@ -211,6 +211,19 @@ end
 return 1
 """
 
+_RELEASE = """
+local P, owner, n = ARGV[1], ARGV[2], 0
+for _, jid in ipairs(redis.call('ZRANGE', P..':jobs:due', 0, -1)) do
+  local jk = P..':job:'..jid
+  local held = redis.call('HGET', jk, 'lease_owner')
+  if held and held ~= '' and (owner == '' or held == owner) then
+    redis.call('HSET', jk, 'lease_owner', '', 'lease_until', '')
+    n = n + 1
+  end
+end
+return n
+"""
+
 _PURGE = """
 local P, before, n = ARGV[1], tonumber(ARGV[2]), 0
 for _, jid in ipairs(redis.call('ZRANGE', P..':jobs:all', 0, -1)) do
@@ -303,6 +316,7 @@ class RedisJobs:
                 ("claim", _CLAIM_JOBS),
                 ("update", _UPDATE),
                 ("request_cancel", _REQUEST_CANCEL),
+                ("release", _RELEASE),
                 ("purge", _PURGE),
             )
         }
@@ -406,6 +420,9 @@ class RedisJobs:
         for name, value in changes.items():
             args += [name, _encode(name, value)]
         return int(await self._call("update", *args)) == 1
+
+    async def release_leases(self, owner: str | None = None) -> int:
+        return int(await self._call("release", owner or ""))
 
     async def request_cancel(self, job_ids: Sequence[str], now: float) -> None:
         if job_ids:

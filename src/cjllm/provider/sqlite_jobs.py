@@ -285,6 +285,17 @@ class SQLiteJobs:
 
         return await self.queue._run(lambda: self.queue._write(update))
 
+    async def release_leases(self, owner: str | None = None) -> int:
+        def release(c: sqlite3.Connection) -> int:
+            where = "lease_owner IS NOT NULL" if owner is None else "lease_owner = ?"
+            args: tuple[str, ...] = () if owner is None else (owner,)
+            cur = c.execute(
+                f"UPDATE batch_jobs SET lease_owner = NULL, lease_until = NULL WHERE {where}", args
+            )
+            return cur.rowcount
+
+        return await self.queue._run(lambda: self.queue._write(release))
+
     async def request_cancel(self, job_ids: Sequence[str], now: float) -> None:
         def cancel(c: sqlite3.Connection) -> None:
             for ids in _chunks(job_ids):
