@@ -97,13 +97,13 @@ BAD_INPUT: list[tuple[str, Mutation, int, list[Any]]] = [
     ("too many blocks", blocks(9, 10), 413, ["body", "prompt_blocks"]),
     ("no per-comparison part", only_shared_blocks, 422, ["body"]),
     (
-        "async_batch not supported yet",
+        "async_batch for a provider without a batch API (the mock)",
         metadata(batching_strategy="async_batch"),
         400,
         ["body", "metadata", "batching_strategy"],
     ),
     (
-        "nightly_batch not supported yet",
+        "nightly_batch for a provider without a batch API (the mock)",
         metadata(batching_strategy="nightly_batch"),
         400,
         ["body", "metadata", "batching_strategy"],
