@@ -197,7 +197,9 @@ def rank(
         typer.Option(
             "--strategy",
             help="serial_round (one bundle per round), serial_override (--bundle-size per "
-            "call) or per_request (one provider call per comparison).",
+            "call), per_request (one provider call per comparison), async_batch (the "
+            "vendor's batch API: half price, results within 24 h) or nightly_batch "
+            "(async_batch, submitted once enough has accumulated).",
         ),
     ] = BatchingStrategy.SERIAL_ROUND,
     bundle_size: Annotated[
@@ -205,7 +207,8 @@ def rank(
         typer.Option(
             "--bundle-size",
             help="Comparisons per provider call: the override with serial_override; the "
-            "round size cap (MAX_CONCURRENT_COMPARISONS) with serial_round.",
+            "round size cap (MAX_CONCURRENT_COMPARISONS) with serial_round; comparisons per "
+            "batch-job line with async_batch and nightly_batch (1: one per line).",
             show_default=False,
         ),
     ] = None,

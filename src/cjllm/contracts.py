@@ -16,6 +16,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cjllm.strategies import BATCH_JOB_STRATEGIES as BATCH_JOB_STRATEGIES
 from cjllm.strategies import BatchingStrategy as BatchingStrategy
 
 JUSTIFICATION_MAX_CHARS = 500

@@ -23,7 +23,7 @@ from cjllm.essays import (
     load_essays,
     read_text,
 )
-from cjllm.strategies import BatchingStrategy
+from cjllm.strategies import BATCH_JOB_STRATEGIES, BatchingStrategy
 
 MANIFEST_NAME = "manifest.json"
 DEFAULT_INSTRUCTIONS = (
@@ -53,11 +53,6 @@ the scale is then too rough for most uses (docs/decisions.md, "Planning the budg
 PLANNED_PER_ESSAY = 10.0
 """Comparisons per essay the CJ service plans when neither --comparisons-per-essay nor
 --budget is given (its ``comparisons_per_essay`` default)."""
-SUPPORTED_STRATEGIES = (
-    BatchingStrategy.SERIAL_ROUND,
-    BatchingStrategy.SERIAL_OVERRIDE,
-    BatchingStrategy.PER_REQUEST,
-)
 
 
 class RankError(Exception):
@@ -111,6 +106,12 @@ def preflight(
     inputs = load_inputs(request)
     warning = check_budget(request, len(inputs.essays) + len(inputs.anchors))
     provider = choose_provider(request.provider, environ)
+    if request.strategy in BATCH_JOB_STRATEGIES and provider == "mock":
+        raise RankError(
+            f"--strategy {request.strategy.value} sends comparisons to a vendor's batch API "
+            "(anthropic or openai): the mock judge has none. Pass --provider anthropic or "
+            "--provider openai (docs/batch-jobs.md)."
+        )
     if credentials:
         check_credentials(provider, environ)
     return Checked(request, inputs, provider, warning)
@@ -171,14 +172,10 @@ def check_options(request: RankRequest, environ: Mapping[str, str] | None = None
         raise RankError("--bundle-size must be at least 1")
     if request.provider is not None and request.provider not in PROVIDERS:
         raise RankError(f"--provider {request.provider!r}: choose mock, anthropic or openai")
-    if request.strategy not in SUPPORTED_STRATEGIES:
-        raise RankError(
-            f"--strategy {request.strategy.value} is not supported by the CJ service yet; "
-            "use serial_round, serial_override or per_request"
-        )
     if request.bundle_size is not None and request.strategy is BatchingStrategy.PER_REQUEST:
         raise RankError(
-            f"--bundle-size applies to serial_round and serial_override, not {request.strategy}"
+            "--bundle-size applies to serial_round, serial_override and the batch-job "
+            f"strategies, not {request.strategy}"
         )
     if (
         request.strategy is BatchingStrategy.SERIAL_OVERRIDE

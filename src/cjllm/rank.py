@@ -30,7 +30,7 @@ from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
-from cjllm.contracts import BatchingStrategy, CJAssessmentCompletedV1
+from cjllm.contracts import BATCH_JOB_STRATEGIES, BatchingStrategy, CJAssessmentCompletedV1
 from cjllm.embedded import embedded_services
 from cjllm.essays import essay_set_digest
 from cjllm.judges import JudgeUnavailable, Judging, make_judge
@@ -43,6 +43,7 @@ from cjllm.out_dir import (
     write_run_file,
 )
 from cjllm.preflight import Checked, RankError, RankInputs, RankRequest, preflight
+from cjllm.provider.jobs import BatchJob, JobTable
 from cjllm.provider.limiter import Limiter, Pacing
 from cjllm.report import Evidence, ReportFiles, RunContext, write_report
 from cjllm.settings import CJSettings, ProviderSettings
@@ -71,13 +72,14 @@ class RankOutcome:
 @dataclass
 class Hooks:
     """What the terminal shows: the start (batch id, judge, inputs, resumed?), events as
-    they happen, the batch's counters and the rate limiter's state a few times a second.
-    All optional."""
+    they happen, the batch's counters and the rate limiter's state a few times a second,
+    and with the batch-job strategies its provider batch jobs. All optional."""
 
     on_start: Callable[[str, Judging, RankInputs, bool], None] | None = None
     on_event: Callable[[ProgressEvent], None] | None = None
     on_tick: Callable[[BatchProgress], None] | None = None
     on_pacing: Callable[[Pacing], None] | None = None
+    on_jobs: Callable[[list[BatchJob]], None] | None = None
 
 
 # --------------------------------------------------------------------------- run state
@@ -120,7 +122,7 @@ def cj_settings_for(request: RankRequest, provider: str, model: str) -> CJSettin
     if request.bundle_size is not None:
         if request.strategy is BatchingStrategy.SERIAL_OVERRIDE:
             update["serial_override_bundle_size"] = request.bundle_size
-        else:
+        elif request.strategy not in BATCH_JOB_STRATEGIES:  # those: per line, provider side
             update["max_concurrent_comparisons"] = request.bundle_size
     if request.comparisons_per_essay is not None:
         update["comparisons_per_essay"] = request.comparisons_per_essay
@@ -135,7 +137,10 @@ def cj_settings_for(request: RankRequest, provider: str, model: str) -> CJSettin
 
 
 def provider_settings_for(request: RankRequest) -> ProviderSettings:
-    return ProviderSettings().model_copy(update={"mock_seed": request.seed})
+    update: dict[str, Any] = {"mock_seed": request.seed}
+    if request.bundle_size is not None and request.strategy in BATCH_JOB_STRATEGIES:
+        update["batch_items_per_line"] = request.bundle_size
+    return ProviderSettings().model_copy(update=update)
 
 
 # --------------------------------------------------------------------------- the job
@@ -213,9 +218,11 @@ def _usage(out_dir: Path) -> dict[str, Any] | None:
 
 
 def _add_usage(out_dir: Path, pacing: Pacing) -> None:
-    """Add this process's provider requests and waiting to those ``run.json`` holds."""
+    """Add this process's provider requests and waiting to those ``run.json`` holds.
+    Batch-job lines do not pass the rate limiter: a batch-job run records nothing here,
+    and its summary counts the lines as its provider calls."""
     run_file = read_run_file(out_dir)
-    if run_file is None:
+    if run_file is None or not (pacing.requests or pacing.held_back_seconds):
         return
     usage = run_file.get("provider_usage") or {"requests": {}, "rate_limit_wait_seconds": 0.0}
     requests = dict(usage["requests"])
@@ -297,8 +304,9 @@ async def _drive(
     ) as services:
         limiter = services.provider.limiter
         try:
+            jobs = services.provider.jobs.table
             result, resumed, pacing, evidence = await _until_done(
-                run, out_dir, batch_id, hooks, services.cj, limiter
+                run, out_dir, batch_id, hooks, services.cj, limiter, jobs
             )
         finally:
             _add_usage(out_dir, limiter.pacing())
@@ -316,6 +324,7 @@ async def _until_done(
     hooks: Hooks,
     cj: CJWorkflow,
     limiter: Limiter,
+    jobs: JobTable,
 ) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence]:
     inputs, judging = run.inputs, run.judging
     try:
@@ -340,7 +349,7 @@ async def _until_done(
             raise RankError(str(exc)) from exc
     tick = hooks.on_tick
     poller = (
-        asyncio.create_task(_poll(tick, hooks.on_pacing, cj, limiter, batch_id))
+        asyncio.create_task(_poll(tick, hooks, cj, limiter, jobs, batch_id))
         if tick is not None
         else None
     )
@@ -352,6 +361,8 @@ async def _until_done(
             await asyncio.gather(poller, return_exceptions=True)
     if tick is not None:
         tick(await cj.progress(batch_id))  # the display ends on the final counts
+    if hooks.on_jobs is not None:
+        hooks.on_jobs(await jobs.jobs(cj_batch_id=batch_id))
     texts = {e.essay_id: e.text for e in (*inputs.essays, *inputs.anchors)}
     evidence = Evidence(texts=texts, judgements=await judgements(cj.store, batch_id))
     return result, resumed, limiter.pacing(), evidence
@@ -359,17 +370,20 @@ async def _until_done(
 
 async def _poll(
     tick: Callable[[BatchProgress], None],
-    pace: Callable[[Pacing], None] | None,
+    hooks: Hooks,
     cj: CJWorkflow,
     limiter: Limiter,
+    jobs: JobTable,
     batch_id: str,
 ) -> None:
     while True:
         progress = await cj.progress(batch_id)
-        if pace is not None:  # before the tick, which draws both
+        if hooks.on_pacing is not None:  # before the tick, which draws both
             left = (progress.budget or 0) - progress.succeeded - progress.failed
-            pace(limiter.pacing(max(progress.pending, left)))
+            hooks.on_pacing(limiter.pacing(max(progress.pending, left)))
         tick(progress)
+        if hooks.on_jobs is not None:
+            hooks.on_jobs(await jobs.jobs(cj_batch_id=batch_id))
         await asyncio.sleep(0.25)
 
 

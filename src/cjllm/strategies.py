@@ -15,3 +15,7 @@ class BatchingStrategy(StrEnum):
     PER_REQUEST = "per_request"
     ASYNC_BATCH = "async_batch"
     NIGHTLY_BATCH = "nightly_batch"
+
+
+BATCH_JOB_STRATEGIES = (BatchingStrategy.ASYNC_BATCH, BatchingStrategy.NIGHTLY_BATCH)
+"""The strategies whose comparisons go to the vendors' batch APIs (provider batch jobs)."""

@@ -4,7 +4,8 @@ While a batch runs: a line per round, and a live two-line display whose first li
 essentials — round, bar, comparisons done of the budget, elapsed time — within 80 columns,
 and whose second line adds detail (provider calls, cost, reliability, failures, tokens) cut
 to the terminal's width. Each detail is one entry of :func:`detail_parts`. At the end: the
-ranking table and the run summary, read from the same summary data as the report.
+ranking table and the run summary, read from the same summary data as the report. With the
+batch-job strategies, a line whenever a provider batch job changes state.
 
 Everything that comes from the run — essay ids, paths, error messages — is printed as text,
 never as rich markup (an id such as ``[/bold]`` is shown as written).
@@ -23,12 +24,15 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 from rich.text import Text
 
+from cjllm.strategies import BATCH_JOB_STRATEGIES
+
 if TYPE_CHECKING:
     # imported where used: the error paths of the command line must stay light
     from cjllm.cj.records import BatchProgress
     from cjllm.cj.workflow import ProgressEvent
     from cjllm.contracts import CJAssessmentCompletedV1
     from cjllm.judges import Judging
+    from cjllm.provider.jobs import BatchJob
     from cjllm.provider.limiter import Pacing
     from cjllm.rank import Hooks, RankInputs
     from cjllm.report import ReportFiles, RunContext
@@ -76,6 +80,7 @@ class LiveProgress:
         self.task: TaskID | None = None
         self.last: BatchProgress | None = None
         self.pacing: Pacing | None = None
+        self.job_states: dict[str, str] = {}
 
     @contextmanager
     def running(self) -> Iterator[LiveProgress]:
@@ -87,7 +92,11 @@ class LiveProgress:
         from cjllm.rank import Hooks
 
         return Hooks(
-            on_start=self.start, on_event=self.event, on_tick=self.tick, on_pacing=self.pace
+            on_start=self.start,
+            on_event=self.event,
+            on_tick=self.tick,
+            on_pacing=self.pace,
+            on_jobs=self.jobs,
         )
 
     def pace(self, pacing: Pacing) -> None:
@@ -127,6 +136,28 @@ class LiveProgress:
                 self.console,
                 f"  round {event.round_number}: {event.planned} comparisons sent to the judge",
             )
+
+    def jobs(self, jobs: list[BatchJob]) -> None:
+        """A line for each provider batch job whose state changed since the last look."""
+        for job in jobs:
+            line = job_line(job)
+            if self.job_states.get(job.job_id) != line:
+                self.job_states[job.job_id] = line
+                say(self.console, f"  {line}")
+
+
+def job_line(job: BatchJob) -> str:
+    """``job 1a2b3c4d (anthropic msgbatch_…): in_progress — 45 comparisons in 5 lines``."""
+    state = job.vendor_status or job.state.value
+    if job.state.value == "settled":
+        state = f"settled ({job.vendor_status})" if job.vendor_status else "settled"
+    where = f"{job.provider} {job.vendor_id}" if job.vendor_id else job.provider
+    counts = ", ".join(f"{name} {n}" for name, n in job.counts.items() if n and name != "total")
+    tail = f" [{counts}]" if counts else ""
+    return (
+        f"job {job.job_id[:8]} ({where}): {state} — {job.n_items} comparisons in "
+        f"{job.n_lines} lines{tail}"
+    )
 
 
 def detail_parts(p: BatchProgress) -> list[str]:
@@ -217,7 +248,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         f"Strategy: {summary['batching_strategy']} · rounds {summary['rounds']}",
         f"Comparisons: {made} made, {summary['comparisons_failed']} failed · provider calls "
         f"{calls}{per_call}",
-        f"Tokens: {tokens:,} · estimated cost ${summary['cost_estimate']:.4f}",
+        f"Tokens: {tokens:,} · estimated cost ${summary['cost_estimate']:.4f}"
+        + (" at the batch price" if summary["batching_strategy"] in BATCH_JOB_STRATEGIES else ""),
         *(
             [
                 f"Structured output: {summary.get('output_mode') or 'n/a'} · bundle size "

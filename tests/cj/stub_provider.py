@@ -51,6 +51,7 @@ class StubProvider:
     max_in_flight: int = 0
     gate: asyncio.Event | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    cancelled: list[str] = field(default_factory=list)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -80,6 +81,13 @@ class StubProvider:
                 )
             finally:
                 self.in_flight -= 1
+
+        @app.post("/api/v1/comparison/cancel")
+        async def cancel(raw: Request) -> JSONResponse:
+            body = await raw.json()
+            self.cancelled.append(body["cj_batch_id"])
+            answer = {"comparisons_cancelled": 0, "jobs_cancelled": [], "jobs_kept": []}
+            return JSONResponse({"cj_batch_id": body["cj_batch_id"], **answer})
 
         return app
 

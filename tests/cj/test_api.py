@@ -9,6 +9,7 @@ import httpx
 from cjllm.cj.api import create_app
 from cjllm.cj.workflow import EssayInput
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
+from tests.cj.stub_provider import StubProvider
 from tests.http_checks import answer_to_a_stalled_body, unresolved_refs
 
 
@@ -108,3 +109,22 @@ async def test_a_stalled_body_is_408_and_the_openapi_document_resolves(
     assert unresolved_refs(app.openapi()) == []
     status_line = await answer_to_a_stalled_body(app, "/api/v1/assessments")
     assert status_line.startswith(b"HTTP/1.1 408"), status_line
+
+
+async def test_cancel_an_assessment_over_http(make_harness: MakeHarness) -> None:
+    essays, _ = essays_with_quality(6)
+    h = await make_harness(stub=StubProvider(answer=None), llm_batching_strategy="async_batch")
+    transport = httpx.ASGITransport(app=create_app(h.cj))
+    async with httpx.AsyncClient(transport=transport, base_url="http://cj") as client:
+        body = {"essays": [{"essay_id": e.essay_id, "text": e.text} for e in essays]}
+        started = await client.post("/api/v1/assessments", json={**body, "instructions": "x"})
+        batch_id = started.json()["cj_batch_id"]
+        cancelled = await client.post(f"/api/v1/assessments/{batch_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        status = cancelled.json()
+        assert status["status"] == "failed" and status["result"]["stop_reason"] == "cancelled"
+        assert status["progress"]["pending"] == 0
+        assert (await client.post(f"/api/v1/assessments/{batch_id}/cancel")).status_code == 409
+        unknown = await client.post("/api/v1/assessments/nope/cancel")
+        assert unknown.status_code == 404
+    assert h.stub.cancelled == [batch_id]

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from cjllm.cj.options import BatchOptions, InvalidBatch, UnsupportedStrategy
+from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.store import Store
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.cj.workflow import CJWorkflow, EssayInput
 from cjllm.contracts import COMPLETION_EVENT_TYPE, BatchingStrategy
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
+from tests.cj.stub_provider import StubProvider
 
 
 async def test_batch_runs_to_a_ranking_that_follows_the_judge(make_harness: MakeHarness) -> None:
@@ -217,14 +218,45 @@ async def test_bad_essays_are_refused(
 
 
 @pytest.mark.parametrize("strategy", [BatchingStrategy.ASYNC_BATCH, BatchingStrategy.NIGHTLY_BATCH])
-async def test_batch_api_strategies_are_refused_not_faked(
+async def test_batch_job_strategies_plan_fewer_larger_rounds(
     make_harness: MakeHarness, strategy: BatchingStrategy
 ) -> None:
-    essays, _ = essays_with_quality(4)
-    h = await make_harness(llm_batching_strategy=strategy)
-    with pytest.raises(UnsupportedStrategy, match=strategy.value):
-        await h.cj.start_batch(essays, instructions="x")
-    assert h.stub.posts == 0
+    essays, qualities = essays_with_quality(20)
+    h = await make_harness(
+        stub=judging_stub(qualities),
+        llm_batching_strategy=strategy,
+        max_concurrent_comparisons=10,
+        target_reliability=0.999,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="x")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    planned = [e.planned for e in h.progress if e.kind == "round_started"]
+    # budget 100: half of what is left each round (never under 10); serial_round: 10 × 10
+    assert planned == [50, 25, 13, 10, 2]
+    assert result.comparisons_requested == 100 and result.batching_strategy is strategy
+    assert {r.request.metadata["batching_strategy"] for r in h.stub.received} == {strategy.value}
+
+
+async def test_a_cancelled_batch_fails_its_pending_rows_and_tells_the_provider(
+    make_harness: MakeHarness,
+) -> None:
+    essays, _ = essays_with_quality(8)
+    h = await make_harness(
+        stub=StubProvider(answer=None), llm_batching_strategy=BatchingStrategy.ASYNC_BATCH
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="x")
+    assert await h.cj.cancel(batch_id)
+    assert not await h.cj.cancel(batch_id)  # already finished
+    result = await h.cj.wait_for_completion(batch_id, timeout=10)
+    assert (result.status, result.stop_reason) == ("failed", "cancelled")
+    rows = await h.cj.store.comparisons(batch_id)
+    assert rows and {(r.status, r.error_code) for r in rows} == {("failed", "cancelled")}
+    assert h.stub.cancelled == [batch_id]
+    # a callback arriving after the cancellation is ignored; no new round starts
+    await h.stub.publish(h.stub.received[0])
+    await h.settle()
+    assert len(await h.cj.store.comparisons(batch_id)) == len(rows)
+    assert (await h.cj.progress(batch_id)).rounds == 1
 
 
 async def test_serial_override_needs_its_size(make_harness: MakeHarness) -> None:

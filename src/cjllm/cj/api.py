@@ -4,9 +4,10 @@
 if its ``cj_batch_id`` is taken); ``GET /api/v1/assessments/{cj_batch_id}`` reports progress
 and, when finished, the ``CJAssessmentCompletedV1`` result;
 ``GET /api/v1/assessments/{cj_batch_id}/comparisons`` lists every comparison as evidence
-(opponents, positions, winners, justifications, bundles, tokens); ``GET /healthz``. The
-completion event is also published on the completion topic, so callers may listen instead
-of asking.
+(opponents, positions, winners, justifications, bundles, tokens);
+``POST /api/v1/assessments/{cj_batch_id}/cancel`` cancels a running batch (``409`` once it
+has finished), provider batch jobs included; ``GET /healthz``. The completion event is also
+published on the completion topic, so callers may listen instead of asking.
 
 Starting an assessment spends the LLM budget, so the assessment routes want
 ``Authorization: Bearer <CJLLM_CJ_API_TOKEN>`` when that is set; bodies are limited to
@@ -112,29 +113,17 @@ def create_app(workflow: CJWorkflow) -> FastAPI:
 
     @app.get("/api/v1/assessments/{cj_batch_id}", dependencies=token)
     async def status(cj_batch_id: str) -> AssessmentStatus:
+        return await _status(workflow, cj_batch_id)
+
+    @app.post("/api/v1/assessments/{cj_batch_id}/cancel", dependencies=token)
+    async def cancel(cj_batch_id: str) -> AssessmentStatus:
         try:
-            progress = await workflow.progress(cj_batch_id)
+            cancelled = await workflow.cancel(cj_batch_id)
         except BatchNotFound as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
-        return AssessmentStatus(
-            cj_batch_id=cj_batch_id,
-            status=progress.status.value,
-            progress=AssessmentProgress(
-                rounds=progress.rounds,
-                requested=progress.requested,
-                pending=progress.pending,
-                succeeded=progress.succeeded,
-                failed=progress.failed,
-                ignored_callbacks=progress.ignored_callbacks,
-                provider_calls=progress.provider_calls,
-                total_tokens=progress.total_tokens,
-                cost_estimate=progress.cost_estimate,
-                reliability=progress.reliability,
-                mean_se=progress.mean_se,
-                budget=progress.budget,
-            ),
-            result=await workflow.result(cj_batch_id),
-        )
+        if not cancelled:
+            raise HTTPException(status_code=409, detail=f"batch {cj_batch_id} has finished")
+        return await _status(workflow, cj_batch_id)
 
     @app.get("/api/v1/assessments/{cj_batch_id}/comparisons", dependencies=token)
     async def comparisons(cj_batch_id: str) -> BatchJudgements:
@@ -151,3 +140,29 @@ def create_app(workflow: CJWorkflow) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+async def _status(workflow: CJWorkflow, cj_batch_id: str) -> AssessmentStatus:
+    try:
+        progress = await workflow.progress(cj_batch_id)
+    except BatchNotFound as exc:
+        raise HTTPException(status_code=404, detail=str(exc)) from exc
+    return AssessmentStatus(
+        cj_batch_id=cj_batch_id,
+        status=progress.status.value,
+        progress=AssessmentProgress(
+            rounds=progress.rounds,
+            requested=progress.requested,
+            pending=progress.pending,
+            succeeded=progress.succeeded,
+            failed=progress.failed,
+            ignored_callbacks=progress.ignored_callbacks,
+            provider_calls=progress.provider_calls,
+            total_tokens=progress.total_tokens,
+            cost_estimate=progress.cost_estimate,
+            reliability=progress.reliability,
+            mean_se=progress.mean_se,
+            budget=progress.budget,
+        ),
+        result=await workflow.result(cj_batch_id),
+    )

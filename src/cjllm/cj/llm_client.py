@@ -27,6 +27,7 @@ from cjllm.settings import CJSettings
 log = logging.getLogger(__name__)
 
 COMPARISON_PATH = "/api/v1/comparison"
+CANCEL_PATH = "/api/v1/comparison/cancel"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _JSON = {"Content-Type": "application/json"}
 
@@ -152,3 +153,22 @@ class ProviderClient:
                     )
                     await asyncio.sleep(delay)
             return Refused("submission_failed", f"gave up after {self._retries + 1} tries: {last}")
+
+    async def cancel(self, cj_batch_id: str) -> bool:
+        """Ask the provider to cancel a CJ batch's batch-mode comparisons and the jobs left
+        with nothing else to answer. False (logged) when the provider could not be told;
+        its jobs then run on, and their callbacks are ignored."""
+        try:
+            response = await self._http.post(CANCEL_PATH, json={"cj_batch_id": cj_batch_id})
+        except httpx.TransportError as exc:
+            log.warning("could not tell the provider batch %s is cancelled: %s", cj_batch_id, exc)
+            return False
+        if response.status_code != 200:
+            log.warning(
+                "the provider refused to cancel batch %s: HTTP %d %s",
+                cj_batch_id,
+                response.status_code,
+                _detail(response),
+            )
+            return False
+        return True

@@ -18,27 +18,9 @@ ROUND_BUNDLE_SIZE = 25
 cap on items per call (``CJLLM_MAX_ITEMS_PER_CALL``), which it lowers further if its own is
 lower."""
 
-SUPPORTED_STRATEGIES = (
-    BatchingStrategy.SERIAL_ROUND,
-    BatchingStrategy.SERIAL_OVERRIDE,
-    BatchingStrategy.PER_REQUEST,
-)
-
 
 class InvalidBatch(ValueError):
     """The batch cannot start as asked (bad essays, anchors, budget or options)."""
-
-
-class UnsupportedStrategy(InvalidBatch):
-    """``async_batch`` and ``nightly_batch`` need provider batch APIs not wired to CJ yet."""
-
-    def __init__(self, strategy: BatchingStrategy) -> None:
-        super().__init__(
-            f"LLM_BATCHING_STRATEGY={strategy.value} is not supported by the CJ service yet: "
-            "it needs the provider's batch-job path (Anthropic Message Batches / OpenAI Batch "
-            "API). Use serial_round, serial_override or per_request."
-        )
-        self.strategy = strategy
 
 
 @dataclass(frozen=True)
@@ -83,9 +65,7 @@ class BatchOptions:
         return replace(self, **changes)
 
     def validate(self) -> None:
-        """Raise :class:`UnsupportedStrategy` / :class:`InvalidBatch` for unusable options."""
-        if self.batching_strategy not in SUPPORTED_STRATEGIES:
-            raise UnsupportedStrategy(self.batching_strategy)
+        """Raise :class:`InvalidBatch` for unusable options."""
         if (
             self.batching_strategy is BatchingStrategy.SERIAL_OVERRIDE
             and self.serial_override_bundle_size is None

@@ -9,6 +9,7 @@ callback that can never come.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from cjllm.cj.records import (
 )
 from cjllm.cj.store import Store
 from cjllm.cj.tables import ComparisonStatus
+from cjllm.contracts import BATCH_JOB_STRATEGIES
 
 
 def retry_pairs(
@@ -83,12 +85,26 @@ def round_size(options: BatchOptions, n_essays: int, left: int) -> int:
     comparisons), no more than the budget ``left``, nor than ``MAX_CONCURRENT_COMPARISONS``
     when it is set. A round is all in flight at once: the provider's queue holds it and its
     rate limiter paces it, so a round sized by the design keeps the provider as busy as its
-    limits allow with the fewest rounds (and fits)."""
+    limits allow with the fewest rounds (and fits). With a batch-job strategy a round is at
+    least :func:`_batch_job_round` (fewer, larger rounds)."""
     per_essay = options.pool_pairs_per_essay if options.plans_groups else 1  # pool: groups
-    size = min(max(n_essays * per_essay // 2, ROUND_BUNDLE_SIZE), left)
+    size = max(n_essays * per_essay // 2, ROUND_BUNDLE_SIZE)
+    if options.batching_strategy in BATCH_JOB_STRATEGIES:
+        size = max(size, _batch_job_round(options, n_essays, left))
+    size = min(size, left)
     if options.max_concurrent_comparisons is not None:
         size = min(size, options.max_concurrent_comparisons)
     return max(size, 0)
+
+
+def _batch_job_round(options: BatchOptions, n_essays: int, left: int) -> int:
+    """With a batch-job strategy each round costs a job's turnaround (minutes to a day), so
+    rounds are fewer and larger: half the budget still unspent, and the first one enough
+    for every essay to reach the minimum the stopping rule waits for."""
+    size = math.ceil(left / 2)
+    if left >= options.budget(n_essays):  # nothing asked for yet: the first round
+        size = max(size, math.ceil(options.min_comparisons_per_essay_before_stop * n_essays / 2))
+    return size
 
 
 def plan_next_round(

@@ -30,13 +30,16 @@ from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.ranking import BatchFit, fit_outcomes
 from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison
 from cjllm.cj.store import RoundExists, Store
-from cjllm.cj.tables import Batch, BatchStatus, RoundStatus
+from cjllm.cj.tables import Batch, BatchStatus, ComparisonStatus, RoundStatus
 from cjllm.contracts import CJAssessmentCompletedV1, EventEnvelope
 from cjllm.settings import CJSettings
 
 __all__ = ["CJWorkflow", "EssayInput", "ProgressEvent", "ProgressHook"]
 
 log = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"
+"""The stop reason of a batch cancelled by request (and the error code of its pending rows)."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,8 @@ class CJWorkflow:
         """Store the batch, send its first round, and return its id (a UUID string).
 
         ``anchors`` carry a ``grade``; ``grade_scale`` lists the grades lowest first (needed
-        with anchors unless every grade is a number). Raises :class:`InvalidBatch` or
-        :class:`~cjllm.cj.options.UnsupportedStrategy` before anything is stored, and
-        :class:`~cjllm.cj.store.BatchExists` if ``batch_id`` is taken.
+        with anchors unless every grade is a number). Raises :class:`InvalidBatch` before
+        anything is stored, and :class:`~cjllm.cj.store.BatchExists` if ``batch_id`` is taken.
         """
         options = options or BatchOptions.from_settings(self.settings)
         options.validate()
@@ -190,6 +192,27 @@ class CJWorkflow:
             touched[(outcome.batch_id, outcome.round_number)] = None
         for batch_id, round_number in touched:
             await self._drive(batch_id, round_number)
+
+    async def cancel(self, batch_id: str) -> bool:
+        """Cancel a running batch. Its pending comparisons fail (``cancelled``), the batch
+        finishes as failed with stop reason ``cancelled``, and the provider is asked to cancel
+        its batch-mode comparisons and the batch jobs left with nothing else to answer.
+        False when the batch had already finished."""
+        batch = await self.store.batch(batch_id)
+        if batch.status is not BatchStatus.RUNNING:
+            return False
+        await self._fail_pending(batch_id)
+        await self._fail(batch_id, CANCELLED, "cancelled by request")
+        await self._fail_pending(batch_id)  # rows a round started meanwhile may have written
+        await self.client.cancel(batch_id)
+        return True
+
+    async def _fail_pending(self, batch_id: str) -> None:
+        for row in await self.store.comparisons(batch_id):
+            if row.status == ComparisonStatus.PENDING:
+                await self.store.fail_pending(
+                    row.request_correlation_id, CANCELLED, "the assessment was cancelled"
+                )
 
     async def progress(self, batch_id: str) -> BatchProgress:
         """The batch's counters. Reliability is given only once it counts for stopping (enough

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from cjllm.contracts import BatchingStrategy
+from cjllm.contracts import BATCH_JOB_STRATEGIES, BatchingStrategy
 from cjllm.provider.batch_calls import BatchAPI, JobLine, VendorLimits
 from cjllm.provider.bundling import Candidate, PlannedComparison, build_call, pick_bundle
 from cjllm.provider.calls import BundleCall
@@ -36,7 +36,7 @@ from cjllm.provider.queue import QueuedItem
 from cjllm.settings import ProviderSettings
 
 LANE_PREFIX = "batch:"
-BATCH_STRATEGIES = (BatchingStrategy.ASYNC_BATCH, BatchingStrategy.NIGHTLY_BATCH)
+BATCH_STRATEGIES = BATCH_JOB_STRATEGIES
 _MODES = {BatchingStrategy.ASYNC_BATCH: "async", BatchingStrategy.NIGHTLY_BATCH: "nightly"}
 _COMPAT_LEN = 64  # a compatibility key is a sha256 hex digest
 
@@ -142,7 +142,7 @@ def draft_job(
         left = list(key_items)
         while left and not full:
             candidates = [
-                Candidate(i.queue_id, min(i.hint, items_per_line), i.tokens, i.budget, 0.0)
+                Candidate(i.queue_id, min(i.hint, items_per_line), i.tokens, i.budget, 0.0, 0.0)
                 for i in left
             ]
             picked = pick_bundle(candidates, math.inf, 0.0)
