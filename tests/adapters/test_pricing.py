@@ -100,3 +100,28 @@ def test_a_bad_override_file_names_the_problem(tmp_path: Path, content: str, mes
 def test_a_missing_override_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PriceTableError, match="cannot read"):
         load_price_table(tmp_path / "absent.json")
+
+
+def test_a_batch_line_costs_the_batch_multiplier_times_a_call(tmp_path: Path) -> None:
+    usage = CallUsage(
+        input_tokens=1_000_000,
+        output_tokens=1_000_000,
+        cache_creation_input_tokens=1_000_000,
+        cache_read_input_tokens=1_000_000,
+    )
+    table = packaged_price_table()
+    assert table.batch_multiplier == 0.5
+    full, batch = (
+        table.cost("claude-sonnet-4-6", usage),
+        table.cost("claude-sonnet-4-6", usage, batch=True),
+    )
+    assert batch.total == pytest.approx(full.total / 2)
+    assert (batch.input, batch.cache_read) == pytest.approx((full.input / 2, full.cache_read / 2))
+    override = tmp_path / "prices.json"
+    override.write_text(json.dumps({"as_of": "2031-01-01", "batch_multiplier": 0.6, "models": {}}))
+    assert load_price_table(override).batch_multiplier == 0.6
+    override.write_text(json.dumps({"as_of": "2031-01-01", "models": {}}))
+    assert load_price_table(override).batch_multiplier == 0.5
+    override.write_text(json.dumps({"as_of": "2031-01-01", "batch_multiplier": 2, "models": {}}))
+    with pytest.raises(PriceTableError, match="batch_multiplier"):
+        load_price_table(override)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -184,3 +185,97 @@ async def test_an_openai_batch_in_progress_can_be_cancelled(
     assert cancelled.status == "cancelled"
     with pytest.raises(openai.NotFoundError):
         await gpt.batches.retrieve("batch_nope")
+
+
+async def test_message_batch_results_come_in_any_order_and_lines_may_expire(
+    claude: anthropic.AsyncAnthropic, sim: SimControl
+) -> None:
+    sim.configure(batch_expired_rate=0.5, fault_seed=7)
+    requests, _ = anthropic_requests(12)
+    batch = await claude.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    order = [r.custom_id async for r in await claude.messages.batches.results(batch.id)]
+    assert sorted(order) == sorted(f"bundle-{n}" for n in range(12))
+    assert order != sorted(order, key=lambda c: int(c.split("-")[1]))
+    types = [r.result.type async for r in await claude.messages.batches.results(batch.id)]
+    counts = (await claude.messages.batches.retrieve(batch.id)).request_counts
+    assert 0 < types.count("expired") == counts.expired < 12
+    assert types.count("succeeded") == counts.succeeded == 12 - counts.expired
+    assert sim.counters()["batches"]["items"] == 3 * counts.succeeded  # expired: never judged
+
+
+async def test_a_cancelled_message_batch_is_canceling_until_the_cancel_completes(
+    claude: anthropic.AsyncAnthropic, sim: SimControl
+) -> None:
+    sim.configure(batch_seconds=3600, batch_cancel_seconds=3600)
+    requests, _ = anthropic_requests(2)
+    batch = await claude.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    canceling = await claude.messages.batches.cancel(batch.id)
+    assert canceling.processing_status == "canceling" and canceling.cancel_initiated_at
+    assert canceling.results_url is None
+    again = await claude.messages.batches.retrieve(batch.id)
+    assert again.processing_status == "canceling" and again.request_counts.processing == 2
+
+
+async def test_message_batches_are_listed_newest_first_a_page_at_a_time(
+    claude: anthropic.AsyncAnthropic,
+) -> None:
+    requests, _ = anthropic_requests(1)
+    made = [
+        (await claude.messages.batches.create(requests=requests)).id  # type: ignore[arg-type]
+        for _ in range(3)
+    ]
+    listed = [b.id async for b in claude.messages.batches.list(limit=2)]
+    assert listed == made[::-1]
+
+
+async def test_a_message_batch_over_the_configured_limits_is_refused(
+    claude: anthropic.AsyncAnthropic, sim: SimControl
+) -> None:
+    sim.configure(batch_max_requests=2)
+    requests, _ = anthropic_requests(3)
+    with pytest.raises(anthropic.APIStatusError) as caught:
+        await claude.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+    assert caught.value.status_code == 413
+    assert sim.counters()["batches"]["created"] == 0
+
+
+async def test_an_expired_openai_batch_keeps_its_answers_and_reports_the_rest(
+    gpt: openai.AsyncOpenAI, sim: SimControl
+) -> None:
+    sim.configure(batch_expired_rate=0.5, fault_seed=7)
+    content, _ = openai_lines(12)
+    upload = await gpt.files.create(file=("requests.jsonl", content), purpose="batch")
+    batch = await gpt.batches.create(
+        input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    batch = await gpt.batches.retrieve(batch.id)
+    assert batch.status == "expired" and batch.output_file_id and batch.error_file_id
+    error_file = await gpt.files.content(batch.error_file_id)
+    errors = [json.loads(line) for line in error_file.text.splitlines()]
+    assert errors and {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert batch.request_counts is not None
+    assert batch.request_counts.failed == len(errors) and batch.request_counts.completed > 0
+
+
+async def test_a_cancelled_openai_batch_is_cancelling_then_cancelled(
+    gpt: openai.AsyncOpenAI, sim: SimControl
+) -> None:
+    sim.configure(batch_seconds=3600, batch_cancel_seconds=0.3)
+    content, _ = openai_lines(2)
+    upload = await gpt.files.create(file=("requests.jsonl", content), purpose="batch")
+    batch = await gpt.batches.create(
+        input_file_id=upload.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"cjllm_job": "j1"},
+    )
+    assert (await gpt.batches.cancel(batch.id)).status == "cancelling"
+    for _ in range(100):
+        batch = await gpt.batches.retrieve(batch.id)
+        if batch.status != "cancelling":
+            break
+        await asyncio.sleep(0.02)
+    assert batch.status == "cancelled" and batch.request_counts is not None
+    assert batch.request_counts.completed == 0  # it had reached none of its lines
+    newest = (await gpt.batches.list(limit=1)).data[0]
+    assert (newest.id, (newest.metadata or {}).get("cjllm_job")) == (batch.id, "j1")
