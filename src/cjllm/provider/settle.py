@@ -146,8 +146,10 @@ class Settler:
         outcome: CallOutcome,
         now: float,
     ) -> None:
-        """Fan an answered call out: good items finish, missing and invalid ones go again
-        alone (hint 1) with their share of the call's usage; unknown ids are only counted."""
+        """Fan an answered call out: good items finish; missing and invalid ones go again
+        with their share of the call's usage — back into a bundle the first time, alone
+        (hint 1) from their second failure on, to isolate an item a model cannot answer;
+        unknown ids are only counted."""
         found = outcome.reconciled
         self.count_items(found)
         if found.unknown:
@@ -166,7 +168,10 @@ class Settler:
             invalid = found.invalid.get(plan.correlation_id)
             code = "missing_item" if invalid is None else "invalid_item"
             message = invalid or "the answer did not include this item"
-            self.next_try(settled, item, plan, ref, code, message, share, now, hint=1)
+            if len(entries) == 1 and found.excerpt:  # the model's own words say why
+                message += f"; the model answered: {found.excerpt!r}"
+            hint = item.hint if item.attempts == 0 else 1  # alone from its second failure on
+            self.next_try(settled, item, plan, ref, code, message, share, now, hint=hint)
 
     def count_items(self, found: Reconciled) -> None:
         m = self.metrics.item_outcomes

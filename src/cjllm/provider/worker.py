@@ -45,9 +45,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from cjllm.provider import results
-from cjllm.provider.answers import MalformedOutput, Reconciled
+from cjllm.provider.answers import MalformedOutput
 from cjllm.provider.bundle_sizes import BundleSizes
-from cjllm.provider.bundling import PlannedComparison, apportion, build_call
+from cjllm.provider.bundling import PlannedComparison, build_call
 from cjllm.provider.calls import BundleCall, CallOutcome, LLMAdapter, ProviderCallError
 from cjllm.provider.limiter import Limiter, costs_attempt
 from cjllm.provider.loops import nap
@@ -258,32 +258,10 @@ class Worker:
         """Fan the answer out: good items finish, missing and invalid ones go again."""
         now = time.time()
         found = outcome.reconciled
-        self._count_items(found)
         broken = found.salvaged or outcome.stop_reason in ("length", "max_tokens")
         self.sizes.observe(call.provider, call.model, len(entries), len(found.answers), broken)
-        if found.unknown:
-            log.warning("bundle %s: ignored unknown ids %s", call.bundle_id, found.unknown)
-        shares = apportion(call, outcome)
         settled = Settlement()
-        for index, (item, plan) in enumerate(entries):
-            ref = results.CallRef(
-                call.bundle_id, index, len(entries), adapter.name, outcome.model, outcome.latency_ms
-            )
-            share = shares[plan.correlation_id]
-            answer = found.answers.get(plan.correlation_id)
-            if answer is not None:
-                result = results.success(item, plan, answer, ref, item.spent + share, now)
-                settled.done.append(
-                    (results.finished(item, plan, result, self.settler.source), "success")
-                )
-                continue
-            invalid = found.invalid.get(plan.correlation_id)
-            code = "missing_item" if invalid is None else "invalid_item"
-            message = invalid or "the answer did not include this item"
-            if len(entries) == 1 and found.excerpt:  # the model's own words say why
-                message += f"; the model answered: {found.excerpt!r}"
-            hint = item.hint if item.attempts == 0 else 1  # alone from its second failure on
-            self.settler.next_try(settled, item, plan, ref, code, message, share, now, hint=hint)
+        self.settler.answered(settled, entries, call, adapter.name, outcome, now)
         await self.settler.record(settled, now)
 
     async def _call_failed(
@@ -341,11 +319,3 @@ class Worker:
                 )
             except QueueUnavailable as exc:
                 log.warning("could not renew leases (%s); the next renewal will try again", exc)
-
-    def _count_items(self, found: Reconciled) -> None:
-        m = self.metrics.item_outcomes
-        m.labels("answered").inc(len(found.answers))
-        m.labels("missing").inc(len(found.missing))
-        m.labels("invalid").inc(len(found.invalid) - len(found.duplicates))
-        m.labels("duplicate").inc(len(found.duplicates))
-        m.labels("unknown").inc(len(found.unknown))
