@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cjllm.contracts import BatchingStrategy, BundleLayout
@@ -118,6 +118,12 @@ class ProviderSettings(BackendSettings):
     mock_noise: float = 1.0
     mock_position_bias: float = 0.0
     mock_latency_seconds: float = 0.0
+
+    @field_validator("nightly_submit_at", mode="before")
+    @classmethod
+    def _no_schedule(cls, value: object) -> object:
+        """An empty ``CJLLM_NIGHTLY_SUBMIT_AT`` turns the daily schedule off."""
+        return None if value == "" else value
 
 
 class CJSettings(BackendSettings):
