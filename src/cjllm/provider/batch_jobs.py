@@ -18,15 +18,13 @@
   other job and no serial call sends them meanwhile.
 - **watch**: the job is looked at with doubling intervals (``batch_poll_min_seconds`` to
   ``batch_poll_max_seconds``) until the vendor says it ended.
-- **settle**: results are matched to lines by ``custom_id`` (they come in any order). An
-  answered line is reconciled item by item exactly like a serial call
-  (:meth:`~cjllm.provider.settle.Settler.answered`): good items finish, a missing or invalid
-  item goes again alone. An errored line retries its items or gives them error callbacks by
-  error class; an expired, canceled or missing line sends its items back to the queue.
-  Every item gets its fate through :class:`~cjllm.provider.settle.Settler`, whose finish is
-  idempotent, so settling again after a crash emits no second callback.
-- **cancel**: a cancelled CJ batch's comparisons get error callbacks now (queued ones and
-  those inside open jobs); a job left with nothing to answer is cancelled at the vendor.
+- **settle**: results are matched to lines by ``custom_id`` (they come in any order) and
+  each line's comparisons get their fate (:mod:`cjllm.provider.job_lines`): an answered
+  line is reconciled item by item exactly like a serial call, so a missing item goes again
+  alone; an errored, expired or canceled line sends its items back or gives them error
+  callbacks. Finishing is idempotent, so settling again after a crash emits no second
+  callback.
+- **cancel**: :mod:`cjllm.provider.job_cancel`.
 
 Any process may take any step of any job: the table, not memory, says where a job is.
 """
@@ -35,40 +33,37 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from cjllm.contracts import QueueItemState
 from cjllm.provider.adapters import batch_api_for
 from cjllm.provider.batch_calls import (
     BatchAPI,
     JobLine,
     LineResult,
-    LineUnfinished,
     NoBatchAPI,
     VendorStatus,
 )
 from cjllm.provider.bundling import PlannedComparison, build_call
-from cjllm.provider.calls import CallOutcome, LLMAdapter, ProviderCallError
+from cjllm.provider.calls import LLMAdapter, ProviderCallError
+from cjllm.provider.job_cancel import CancelReport, cancel_cj_batch, cj_batch_of
+from cjllm.provider.job_lines import held_lines, settle_line
 from cjllm.provider.job_plan import draft_job, is_ready, mode_of
 from cjllm.provider.jobs import BatchJob, JobLineRecord, JobState, JobTable, NewJob, item_owner
 from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
-from cjllm.provider.queue import Queue, QueueUnavailable, Retry, Spent
-from cjllm.provider.results import CallRef
-from cjllm.provider.settle import Entry, Settlement, Settler, backoff
+from cjllm.provider.queue import Queue, QueueUnavailable
+from cjllm.provider.settle import Settlement, Settler, backoff
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
-CANCELLED = "cancelled"
 ITEMS_PER_DRAFT = 100_000  # comparisons read to form one job
 RECORD_EVERY = 500  # items per settlement write while settling a large job
 FIND_SKEW_SECONDS = 120.0  # vendor clocks may run behind ours
@@ -83,21 +78,6 @@ class Recorded:
     job: BatchJob
     api: BatchAPI
     lines: list[JobLine]
-
-
-@dataclass
-class CancelReport:
-    """What cancelling a CJ batch did: comparisons given error callbacks, jobs cancelled
-    at the vendor (nothing left in them), and jobs kept (they serve other batches too)."""
-
-    comparisons: int
-    jobs_cancelled: list[str] = field(default_factory=list)
-    jobs_kept: list[str] = field(default_factory=list)
-
-
-def cj_batch_of(plan: PlannedComparison) -> str | None:
-    value = plan.request.metadata.get("cj_batch_id")
-    return str(value) if value is not None else None
 
 
 class BatchJobs:
@@ -300,7 +280,10 @@ class BatchJobs:
                 await self._submitted(job, found, adopted=True)
                 return
         if lines is None:
-            lines = [line for line, _ in await self._active_lines(job, api)]
+            lines = [
+                api.line(cid, build_call(cid, [p for _, p in entries]))
+                for cid, entries in (await held_lines(self.table, job)).items()
+            ]
         now = time.time()
         if not lines:  # every comparison was settled meanwhile (cancelled)
             await self.table.update(
@@ -372,9 +355,9 @@ class BatchJobs:
         now = time.time()
         settler = self.settler(job.job_id)
         settled = Settlement()
-        lines = await self._line_entries(job)
-        for custom_id, entries in lines.items():
-            self._line_failed(settler, settled, job, custom_id, entries, exc, 0, now)
+        for custom_id, entries in (await held_lines(self.table, job)).items():
+            call = build_call(custom_id, [p for _, p in entries])
+            settle_line(settler, settled, job, call, entries, exc, 0, now)
         await settler.record(settled, now)
         self.metrics.batch_job_events.labels(job.provider, "refused").inc()
         await self.table.update(
@@ -435,7 +418,7 @@ class BatchJobs:
         now = time.time()
         turnaround = max(0.0, now - (job.submitted_at or job.created_at))
         latency_ms = int(turnaround * 1000)
-        lines = await self._line_entries(job)
+        lines = await held_lines(self.table, job)
         calls = {cid: build_call(cid, [p for _, p in entries]) for cid, entries in lines.items()}
         found: dict[str, LineResult] = {}
         if status.failed is None and calls:
@@ -456,14 +439,7 @@ class BatchJobs:
         pending = 0
         for custom_id, entries in lines.items():
             result = failed if status.failed is not None else found.get(custom_id)
-            if isinstance(result, CallOutcome):
-                settler.answered(settled, entries, calls[custom_id], job.provider, result, now)
-            elif isinstance(result, ProviderCallError):
-                self._line_failed(
-                    settler, settled, job, custom_id, entries, result, latency_ms, now
-                )
-            else:
-                self._line_unfinished(settler, settled, job, custom_id, entries, result, now)
+            settle_line(settler, settled, job, calls[custom_id], entries, result, latency_ms, now)
             pending += len(entries)
             if pending >= RECORD_EVERY:
                 await settler.record(settled, now)
@@ -501,124 +477,10 @@ class BatchJobs:
             },
         )
 
-    def _line_failed(
-        self,
-        settler: Settler,
-        settled: Settlement,
-        job: BatchJob,
-        custom_id: str,
-        entries: Sequence[Entry],
-        exc: ProviderCallError,
-        latency_ms: int,
-        now: float,
-    ) -> None:
-        """An errored line: split it when too large for the context, else each item's next
-        try (or error callback, by error class)."""
-        if exc.code == "context_window_exceeded" and len(entries) > 1:
-            half = math.ceil(len(entries) / 2)
-            for item, _ in entries:
-                settled.retries.append(
-                    (Retry(item.queue_id, now, half, exc.message, count_attempt=False), "split")
-                )
-            return
-        for index, (item, plan) in enumerate(entries):
-            ref = CallRef(custom_id, index, len(entries), job.provider, job.model, latency_ms)
-            settler.next_try(
-                settled,
-                item,
-                plan,
-                ref,
-                exc.code,
-                exc.message,
-                Spent(),
-                now,
-                hint=item.hint,
-                retryable=exc.retryable,
-                details=exc.details,
-            )
-
-    def _line_unfinished(
-        self,
-        settler: Settler,
-        settled: Settlement,
-        job: BatchJob,
-        custom_id: str,
-        entries: Sequence[Entry],
-        result: LineResult | None,
-        now: float,
-    ) -> None:
-        """The vendor never reached the line (expired, canceled, or not in the results)."""
-        reason = result.reason if isinstance(result, LineUnfinished) else "missing"
-        message = {
-            "expired": "the vendor's batch window ran out before this line",
-            "canceled": "the job was cancelled before this line was answered",
-        }.get(reason, "the job's results do not include this line")
-        for index, (item, plan) in enumerate(entries):
-            ref = CallRef(custom_id, index, len(entries), job.provider, job.model, 0)
-            code = f"batch_{reason}"
-            settler.next_try(settled, item, plan, ref, code, message, Spent(), now, hint=item.hint)
-
-    # ------------------------------------------------------------------ lines and items
-
-    async def _line_entries(self, job: BatchJob) -> dict[str, list[Entry]]:
-        """Each line's comparisons still held by the job (others are settled already)."""
-        lines = await self.table.lines(job.job_id)
-        held = await self._held(job, [q for line in lines for q in line.queue_ids])
-        out: dict[str, list[Entry]] = {}
-        for line in lines:
-            entries = [held[q] for q in line.queue_ids if q in held]
-            if entries:
-                out[line.custom_id] = entries
-        return out
-
-    async def _held(self, job: BatchJob, queue_ids: Sequence[str]) -> dict[str, Entry]:
-        owner = item_owner(job.job_id)
-        return {
-            item.queue_id: (item, PlannedComparison.from_json(item.payload))
-            for item in await self.table.items(queue_ids)
-            if item.state is QueueItemState.PROCESSING and item.lease_owner == owner
-        }
-
-    async def _active_lines(self, job: BatchJob, api: BatchAPI) -> list[tuple[JobLine, str]]:
-        """The lines still worth sending, rendered (a recorded job submitted by a process
-        other than the one that recorded it)."""
-        lines = await self._line_entries(job)
-        return [
-            (api.line(cid, build_call(cid, [p for _, p in entries])), cid)
-            for cid, entries in lines.items()
-        ]
-
     # ------------------------------------------------------------------ cancel
 
     async def cancel(self, cj_batch_id: str) -> CancelReport:
-        """Error callbacks (``cancelled``) for every batch-mode comparison of a CJ batch not
-        answered yet; cancel at the vendor each open job left with nothing to answer."""
-        now = time.time()
-        message = f"CJ batch {cj_batch_id} was cancelled"
-        settler = self.settler()
-        queued = [
-            i.queue_id
-            for i in await self.table.lane_items(None, now, 10**7, available_only=False)
-            if cj_batch_of(PlannedComparison.from_json(i.payload)) == cj_batch_id
-        ]
-        taken = await self.table.take(queued, self.owner, now, now + self.settings.lease_seconds)
-        entries = [(i, PlannedComparison.from_json(i.payload)) for i in taken]
-        report = CancelReport(len(entries))
-        for job in await self.table.jobs(cj_batch_id=cj_batch_id, open_only=True):
-            lines = await self.table.lines(job.job_id)
-            held = await self._held(job, [q for line in lines for q in line.queue_ids])
-            mine = [e for e in held.values() if cj_batch_of(e[1]) == cj_batch_id]
-            entries += mine
-            report.comparisons += len(mine)
-            emptied = len(mine) == len(held)
-            (report.jobs_cancelled if emptied else report.jobs_kept).append(job.job_id)
-        await settler.give_up(entries, CANCELLED, message, operation="cancel")
-        await self.table.request_cancel(report.jobs_cancelled, now)
-        log.info(
-            "CJ batch %s cancelled: %d comparisons, jobs cancelled %s, kept %s",
-            cj_batch_id,
-            report.comparisons,
-            report.jobs_cancelled,
-            report.jobs_kept,
+        """See :mod:`cjllm.provider.job_cancel`."""
+        return await cancel_cj_batch(
+            self.table, self.settler(), cj_batch_id, self.settings.lease_seconds
         )
-        return report
