@@ -112,6 +112,13 @@ class BatchJobs:
         and a create, each bounded by the call timeout), so two never overlap."""
         return self.settings.lease_seconds + 3 * self.settings.call_timeout_seconds
 
+    @property
+    def interval(self) -> float:
+        """How often an idle loop looks for ready groups and due jobs: as often as the batch
+        linger or the first poll needs (5 s by default), never more often than the sweep."""
+        s = self.settings
+        return max(s.sweep_interval_seconds, min(s.batch_linger_seconds, s.batch_poll_min_seconds))
+
     def settler(self, job_id: str | None = None) -> Settler:
         owner = item_owner(job_id) if job_id is not None else self.owner
         return Settler(self.queue, self.settings, self.metrics, owner, self.on_recorded)
@@ -130,7 +137,7 @@ class BatchJobs:
                     log.warning("batch jobs: queue unavailable (%s); trying again", exc)
                     busy = False
                 if not busy:
-                    await nap(stop, self.settings.sweep_interval_seconds)
+                    await nap(stop, self.interval)
         finally:
             try:
                 await asyncio.shield(self.table.release_leases(self.owner))
