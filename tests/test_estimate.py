@@ -97,3 +97,16 @@ def test_the_pool_layout_is_estimated_as_the_run_makes_it(
     assert result.provider_calls == pooled.provider_calls
     sent = result.token_usage.prompt_tokens
     assert abs(pooled.input_tokens - sent) < sent / 10
+
+def test_a_batch_job_strategy_is_estimated_in_lines_and_turnarounds(tmp_path: Path) -> None:
+    serial = figures(tmp_path, provider="anthropic")
+    batch = figures(tmp_path, provider="anthropic", strategy=BatchingStrategy.ASYNC_BATCH)
+    assert batch.comparisons == serial.comparisons == 90
+    assert batch.rounds == 2  # 18 essays: rounds of 50 and 40 either way
+    # lines of at most CJLLM_BATCH_ITEMS_PER_LINE (10), not calls of up to 25
+    assert (serial.provider_calls, batch.provider_calls) == (4, 9)
+    assert "turnaround" in " ".join(batch.lines())
+    per_line = figures(
+        tmp_path, provider="anthropic", strategy=BatchingStrategy.ASYNC_BATCH, bundle_size=1
+    )
+    assert per_line.provider_calls == 90

@@ -60,7 +60,7 @@ def test_credentials_are_checked_from_the_environment_alone(
     [
         ({"strategy": BatchingStrategy.SERIAL_OVERRIDE}, "needs --bundle-size"),
         ({"strategy": BatchingStrategy.PER_REQUEST, "bundle_size": 5}, "--bundle-size applies"),
-        ({"strategy": BatchingStrategy.ASYNC_BATCH, "provider": "mock"}, "has no batch API"),
+        ({"strategy": BatchingStrategy.ASYNC_BATCH, "provider": "mock"}, "the mock judge has none"),
         ({"budget": 0}, "--budget"),
         ({"comparisons_per_essay": 0.0}, "--comparisons-per-essay"),
         ({"provider": "llama"}, "mock, anthropic or openai"),

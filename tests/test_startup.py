@@ -82,7 +82,7 @@ def test_help_and_version_load_nothing_heavy() -> None:
         (["{examples}", "--budget", "0"], "--budget must be at least 1"),
         (["{examples}", "--budget", "16"], "fewer than the 17 (essays − 1)"),
         (["{examples}", "--strategy", "per_request", "--bundle-size", "3"], "--bundle-size"),
-        (["{examples}", "--strategy", "async_batch"], "not supported"),
+        (["{examples}", "--strategy", "async_batch"], "the mock judge has none"),
         (["{examples}", "--provider", "llama"], "choose mock, anthropic or openai"),
         (["{examples}", "--provider", "anthropic"], "ANTHROPIC_API_KEY"),
         (["{examples}", "--provider", "openai"], "OPENAI_API_KEY"),

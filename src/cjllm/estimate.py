@@ -8,20 +8,24 @@ rate limits alone make the run take.
 
 How the figures are made:
 - Rounds: :func:`cjllm.cj.rounds.round_size` comparisons each (every essay once, within the
-  budget left and ``MAX_CONCURRENT_COMPARISONS``), as the CJ service plans them. Calls per
-  round: one per ``bundle`` of the strategy (``serial_round``'s preferred bundle size,
-  ``--bundle-size`` for ``serial_override``, one for ``per_request``), split
-  by the provider's caps (``CJLLM_MAX_ITEMS_PER_CALL``, ``CJLLM_MAX_INPUT_TOKENS_PER_CALL``);
-  with ``CJLLM_BUNDLE_LAYOUT=pool``, one per group of the round (:mod:`cjllm.cj.groups`),
-  which sends each of its essays once and one short line per comparison.
+  budget left and ``MAX_CONCURRENT_COMPARISONS``; fewer and larger with the batch-job
+  strategies), as the CJ service plans them. Calls per round: one per ``bundle`` of the
+  strategy (``serial_round``'s preferred bundle size, ``--bundle-size`` for
+  ``serial_override``, one for ``per_request``), split by the provider's caps
+  (``CJLLM_MAX_ITEMS_PER_CALL``, ``CJLLM_MAX_INPUT_TOKENS_PER_CALL``); with ``async_batch`` /
+  ``nightly_batch`` a "call" is a batch-job line (``CJLLM_BATCH_ITEMS_PER_LINE`` comparisons
+  at most); with ``CJLLM_BUNDLE_LAYOUT=pool``, one per group of the round
+  (:mod:`cjllm.cj.groups`), which sends each of its essays once and one short line per
+  comparison.
 - Input tokens: the real prompt text — judge instructions, assignment, rubric, bundle
   instructions once per call, and per comparison the item fences and two essays of average
   length — counted as characters ÷ 4 (as the simulated provider counts; real tokenizers
   differ by roughly ±20% on English prose). Prompt-cache savings are not subtracted.
 - Output tokens: :data:`OUTPUT_TOKENS_PER_COMPARISON` per comparison (the JSON entry and a
   justification of at most 50 words), never more than ``CJLLM_MAX_OUTPUT_TOKENS_PER_ITEM``.
-- Cost: the dated price table (:mod:`cjllm.provider.pricing`); batch price = half of list,
-  the discount both vendors give their batch APIs. A model not in the table is unpriced.
+- Cost: the dated price table (:mod:`cjllm.provider.pricing`); batch price = list × the
+  table's ``batch_multiplier`` (0.5, the discount both vendors give their batch APIs). A
+  model not in the table is unpriced.
 - Time: :func:`cjllm.provider.rate_limits.estimate_minutes` over the limits configured for
   the provider and model (``CJLLM_RATE_LIMITS``): a lower bound — latency and retries only
   add to it. Without configured limits it is unknown (a run learns them from the
@@ -42,10 +46,10 @@ from cjllm.provider.pricing import load_price_table
 from cjllm.provider.prompts import render_items, render_pool
 from cjllm.provider.rate_limits import configured_limits, estimate_minutes
 from cjllm.settings import CJSettings, ProviderSettings
+from cjllm.strategies import BATCH_JOB_STRATEGIES
 
 CHARS_PER_TOKEN = 4
 OUTPUT_TOKENS_PER_COMPARISON = 110
-BATCH_DISCOUNT = 0.5
 _ID = "00000000-0000-0000-0000-000000000000"  # a custom_id's length
 
 
@@ -70,6 +74,7 @@ class Estimate:
             return "unpriced (model not in the price table)" if value is None else f"${value:,.2f}"
 
         free = self.provider == "mock"
+        batch_job = self.strategy in BATCH_JOB_STRATEGIES
         return [
             f"Estimate for {self.essays} essays, judge {self.provider} / {self.model}, "
             f"strategy {self.strategy} (no LLM was called):",
@@ -88,6 +93,9 @@ class Estimate:
             + (
                 "no rate limits: the simulated judge answers at once"
                 if free
+                else f"one batch-job turnaround per round, each up to 24 hours ({self.rounds:,} "
+                "rounds); the vendor's batch queue, not the rate limits, paces it"
+                if batch_job
                 else "unknown: no rate limits configured for this provider (CJLLM_RATE_LIMITS)"
                 if self.rate_limit_minutes is None
                 else f"at least {self.rate_limit_minutes:,.1f} minutes under the provider's "
@@ -118,7 +126,9 @@ def estimate(
     per_item = tokens(one_item) + 1
     per_call = prefix + tokens(instructions)
     by_tokens = max(1, (provider_settings.max_input_tokens_per_call - per_call) // per_item)
-    cap = min(provider_settings.max_items_per_call, by_tokens)
+    batch_job = options.batching_strategy in BATCH_JOB_STRATEGIES
+    most = provider_settings.batch_items_per_line if batch_job else None
+    cap = min(most or provider_settings.max_items_per_call, by_tokens)
     rounds, calls, left, pooled = 0, 0, budget, 0
     while left > 0:
         size = round_size(options, n, left)
@@ -169,7 +179,7 @@ def estimate(
         input_tokens=input_tokens,
         output_tokens=output,
         list_cost=list_cost,
-        batch_cost=None if list_cost is None else list_cost * BATCH_DISCOUNT,
+        batch_cost=None if list_cost is None else list_cost * table.batch_multiplier,
         prices_as_of=table.as_of,
         rate_limit_minutes=minutes,
     )
