@@ -227,7 +227,14 @@ class BatchJobs:
             lease_owner=self.owner,
             lease_until=now + self.job_lease,
         )
-        if not await self.table.record(job, now):
+        try:
+            recorded = await self.table.record(job, now)
+        except QueueUnavailable as exc:
+            if not exc.may_have_applied:
+                raise
+            # the step may have been applied with its answer lost: the table says
+            recorded = await self.table.get(job_id) is not None
+        if not recorded:
             return None
         self.metrics.batch_job_events.labels(job.provider, "recorded").inc()
         self.metrics.batch_items_per_job.labels(job.provider).observe(len(job.queue_ids))
