@@ -2,7 +2,7 @@
 
     collect ──> record ──> submit ──> watch ──────> settle
                 (items leased  (vendor    (poll with    (each line by custom_id: success,
-                 to the job,    id         backoff)      retry alone, or error callback)
+                 to the job,    id         backoff)      retry, or error callback)
                  job written)   written)
 
 - **collect**: a ready group of the batch lane (:mod:`cjllm.provider.job_plan`) becomes a
@@ -20,8 +20,8 @@
   ``batch_poll_max_seconds``) until the vendor says it ended.
 - **settle**: results are matched to lines by ``custom_id`` (they come in any order) and
   each line's comparisons get their fate (:mod:`cjllm.provider.job_lines`): an answered
-  line is reconciled item by item exactly like a serial call, so a missing item goes again
-  alone; an errored, expired or canceled line sends its items back or gives them error
+  line is reconciled item by item exactly like a serial call, so only a missing item goes
+  again; an errored, expired or canceled line sends its items back or gives them error
   callbacks. Finishing is idempotent, so settling again after a crash emits no second
   callback.
 - **cancel**: :mod:`cjllm.provider.job_cancel`.

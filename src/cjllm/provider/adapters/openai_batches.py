@@ -34,6 +34,7 @@ from cjllm.provider.batch_calls import (
     VendorStatus,
 )
 from cjllm.provider.calls import BundleCall, ProviderCallError
+from cjllm.provider.output_modes import OutputMode
 
 LIMITS = VendorLimits(max_lines=50_000, max_bytes=200 * 1024 * 1024)
 LIST_PAGE = 100
@@ -74,7 +75,13 @@ class OpenAIBatches:
         self.endpoint = "/v1/chat/completions" if self.chat else "/v1/completions"
 
     def line(self, custom_id: str, call: BundleCall) -> JobLine:
-        body = self.adapter.chat_body(call) if self.chat else self.adapter.completions_body(call)
+        """The serial call's body: on the output-mode rung negotiated for the model if there
+        is one (a compatible server), else strict ``json_schema``."""
+        if self.chat:
+            mode = self.adapter.modes.known(call.model or self.adapter.default_model)
+            body = self.adapter.chat_body(call, mode or OutputMode.JSON_SCHEMA)
+        else:
+            body = self.adapter.completions_body(call)
         request = {"custom_id": custom_id, "method": "POST", "url": self.endpoint, "body": body}
         return JobLine(custom_id, request)
 
