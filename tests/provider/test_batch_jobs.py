@@ -27,11 +27,15 @@ from tests.provider.batch_support import (
     submitted,
     wait_jobs,
 )
-from tests.provider.support import Callbacks, eventually, post_all
+from tests.provider.support import Callbacks, eventually, metric, post_all
 from tests.sim.conftest import sim, sim_server, vendor_env
 from tests.sim.running import SimControl
 
 __all__ = ["sim", "sim_server", "vendor_env"]
+
+
+# the vendor's word for a job that ran to its end
+JOB_END = {"anthropic": "ended", "openai": "completed"}
 
 
 @pytest.fixture(params=["anthropic", "openai"])
@@ -49,6 +53,17 @@ async def test_queued_comparisons_become_one_job_of_bundled_lines_with_one_callb
         await post_then_work(service, http, bodies)
         await eventually(lambda: callbacks.count >= 30)
         jobs = await jobs_of(service)
+        # the metrics: jobs by state, comparisons per job, one turnaround observed
+        await eventually(lambda: metric(service, "cjllm_provider_batch_jobs", state="settled") == 1)
+        assert metric(service, "cjllm_provider_batch_jobs", state="submitted") == 0
+        per_job = "cjllm_provider_batch_items_per_job"
+        assert metric(service, f"{per_job}_count", provider=vendor) == 1
+        assert metric(service, f"{per_job}_sum", provider=vendor) == 30
+        turnaround = "cjllm_provider_batch_turnaround_seconds_count"
+        assert metric(service, turnaround, provider=vendor) == 1
+        events = "cjllm_provider_batch_job_events_total"
+        assert metric(service, events, provider=vendor, event="submitted") == 1
+        assert metric(service, events, provider=vendor, event="ended_" + JOB_END[vendor]) == 1
 
     assert len(jobs) == 1
     (job,) = jobs

@@ -10,12 +10,9 @@
 - **record before submit**: the job, its lines and its items' leases are written in one
   atomic step (:mod:`cjllm.provider.jobs`) before anything goes to the vendor. A crash
   before the submission leaves a recorded job, which whoever claims it next submits.
-- **nothing submitted twice**: only the holder of a job's lease submits it, and it writes
-  ``attempted_at`` first; every later try lists the vendor's jobs
-  (:meth:`~cjllm.provider.batch_calls.BatchAPI.find`) and adopts the one it finds rather
-  than submitting again — the answer to a crash between submitting and writing the
-  vendor's id down. The job's comparisons stay leased to it until it is settled, so no
-  other job and no serial call sends them meanwhile.
+- **nothing submitted twice**: :mod:`cjllm.provider.job_submit`. The job's comparisons
+  stay leased to it until it is settled, so no other job and no serial call sends them
+  meanwhile.
 - **watch**: the job is looked at with doubling intervals (``batch_poll_min_seconds`` to
   ``batch_poll_max_seconds``) until the vendor says it ended.
 - **settle**: results are matched to lines by ``custom_id`` (they come in any order) and
@@ -54,21 +51,20 @@ from cjllm.provider.calls import LLMAdapter, ProviderCallError
 from cjllm.provider.job_cancel import CancelReport, cancel_cj_batch, cj_batch_of
 from cjllm.provider.job_lines import held_lines, settle_line
 from cjllm.provider.job_plan import draft_job, is_ready, mode_of
+from cjllm.provider.job_submit import check_later, submit_job
 from cjllm.provider.jobs import BatchJob, JobLineRecord, JobState, JobTable, NewJob, item_owner
 from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
 from cjllm.provider.queue import Queue, QueueUnavailable
-from cjllm.provider.settle import Settlement, Settler, backoff
+from cjllm.provider.settle import Settlement, Settler
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
 ITEMS_PER_DRAFT = 100_000  # comparisons read to form one job
 RECORD_EVERY = 500  # items per settlement write while settling a large job
-FIND_SKEW_SECONDS = 120.0  # vendor clocks may run behind ours
 PURGE_EVERY_SECONDS = 60.0
-_TRANSIENT = ("timeout", "connection_error")
 
 
 @dataclass(frozen=True)
@@ -275,121 +271,14 @@ class BatchJobs:
     async def submit(
         self, job: BatchJob, api: BatchAPI, lines: list[JobLine] | None = None
     ) -> None:
-        """Send a recorded job to the vendor, unless an earlier try already did."""
-        if job.attempted_at is not None:
-            try:
-                known = await self.table.vendor_ids()
-                found = await api.find(
-                    job.job_id,
-                    job.lines_sent,
-                    job.attempted_at - FIND_SKEW_SECONDS,
-                    known | set(job.excluded),
-                )
-            except ProviderCallError as exc:
-                await self._submit_failed(job, exc)
-                return
-            if found is not None:
-                log.warning("batch job %s: found at the vendor as %s; adopted", job.job_id, found)
-                self.metrics.batch_job_events.labels(job.provider, "adopted").inc()
-                await self._submitted(job, found, adopted=True)
-                return
-        if lines is None:
-            lines = [
-                api.line(cid, build_call(cid, [p for _, p in entries]))
-                for cid, entries in (await held_lines(self.table, job)).items()
-            ]
-        now = time.time()
-        if not lines:  # every comparison was settled meanwhile (cancelled)
-            await self.table.update(
-                job.job_id,
-                self.owner,
-                {"state": JobState.SETTLED, "settled_at": now, "vendor_status": "not_submitted"},
-            )
-            return
-        started = {
-            "attempted_at": job.attempted_at or now,
-            "lines_sent": len(lines),
-            "attempts": job.attempts + 1,
-        }
-        if not await self.table.update(job.job_id, self.owner, started, release=False):
-            return  # the claim lapsed; whoever holds the job now goes on
-        try:
-            async with asyncio.timeout(2 * self.settings.call_timeout_seconds):
-                vendor_id = await api.submit(job.job_id, lines)
-        except TimeoutError:
-            error = ProviderCallError("timeout", "submitting the job took too long", retryable=True)
-            await self._submit_failed(job, error)
-            return
-        except ProviderCallError as exc:
-            await self._submit_failed(job, exc)
-            return
-        self.metrics.batch_job_events.labels(job.provider, "submitted").inc()
-        log.info("batch job %s submitted as %s (%d lines)", job.job_id, vendor_id, len(lines))
-        await self._submitted(job, vendor_id, adopted=False)
-
-    async def _submitted(self, job: BatchJob, vendor_id: str, *, adopted: bool) -> None:
-        now = time.time()
-        first = self.settings.batch_poll_min_seconds
-        await self.table.update(
-            job.job_id,
-            self.owner,
-            {
-                "state": JobState.SUBMITTED,
-                "vendor_id": vendor_id,
-                "vendor_status": "submitted",
-                "adopted": adopted,
-                "submitted_at": now,
-                "next_check_at": now + first,
-                "poll_interval": first,
-                "error": None,
-            },
-        )
-
-    async def _submit_failed(self, job: BatchJob, exc: ProviderCallError) -> None:
-        """Try again later, or give the job's comparisons their next try (or error callback).
-
-        A timeout or lost connection may have reached the vendor, so it never gives up: the
-        next try looks for the job first."""
-        attempts = job.attempts + 1
-        transient = exc.code in _TRANSIENT
-        if exc.retryable and (transient or attempts < self.settings.max_attempts):
-            delay = backoff(
-                attempts,
-                self.settings.retry_base_seconds,
-                self.settings.retry_max_seconds,
-                exc.retry_after,
-            )
-            log.warning(
-                "batch job %s: submission failed (%s); again in %.1fs", job.job_id, exc, delay
-            )
-            self.metrics.batch_job_events.labels(job.provider, "submit_retry").inc()
-            await self._later(job, delay, str(exc))
-            return
-        log.error("batch job %s: submission refused (%s)", job.job_id, exc)
-        now = time.time()
-        settler = self.settler(job.job_id)
-        settled = Settlement()
-        for custom_id, entries in (await held_lines(self.table, job)).items():
-            call = build_call(custom_id, [p for _, p in entries])
-            settle_line(settler, settled, job, call, entries, exc, 0, now)
-        await settler.record(settled, now)
-        self.metrics.batch_job_events.labels(job.provider, "refused").inc()
-        await self.table.update(
-            job.job_id,
-            self.owner,
-            {
-                "state": JobState.SETTLED,
-                "settled_at": now,
-                "vendor_status": "not_submitted",
-                "error": str(exc),
-            },
+        """Send a recorded job to the vendor, unless an earlier try already did
+        (:mod:`cjllm.provider.job_submit`)."""
+        await submit_job(
+            self.table, api, job, lines, owner=self.owner, settler=self.settler(job.job_id)
         )
 
     async def _later(self, job: BatchJob, delay: float, error: str | None = None) -> None:
-        changes: dict[str, Any] = {"next_check_at": time.time() + delay}
-        if error is not None:
-            changes["error"] = error
-        await self.table.update(job.job_id, self.owner, changes)
+        await check_later(self.table, self.owner, job, delay, error)
 
     # ------------------------------------------------------------------ watch
 
