@@ -2,7 +2,8 @@
 SDKs, against `cjllm sim` (served from a thread of the test process over real HTTP).
 
 Interrupted while a job is open, the rerun watches the same job (it never submits a job
-twice); every comparison is accounted for, and the cost is the batch price.
+twice); with errored, expired and short-answered lines, each of their comparisons goes again
+in a later job; every comparison is accounted for, and the cost is the batch price.
 """
 
 from __future__ import annotations
@@ -130,8 +131,14 @@ def test_an_interrupted_async_batch_run_resumes_watching_the_same_jobs(
     assert 0 < int(str(summary["provider_calls"])) <= BUDGET / 4
 
 
-def test_async_batch_with_openai_ranks_the_examples(tmp_path: Path, batch_sim: SimControl) -> None:
-    batch_sim.restore(batch_seconds=0.5)
+def test_async_batch_with_openai_ranks_the_examples_through_errored_expired_and_short_lines(
+    tmp_path: Path, batch_sim: SimControl
+) -> None:
+    # some lines errored (overloaded), some expired, some answered with an item missing:
+    # each of those comparisons goes again in a later job, and all are accounted for
+    # (with up to 20 tries each, none of the 90 runs out: 0.42**20 per comparison)
+    faults = {"overloaded": 0.2, "missing_item": 0.2}
+    batch_sim.restore(batch_seconds=0.5, batch_expired_rate=0.2, faults=faults)
     out = tmp_path / "results"
     proc = run(
         "rank",
@@ -142,9 +149,11 @@ def test_async_batch_with_openai_ranks_the_examples(tmp_path: Path, batch_sim: S
         "async_batch",
         "--provider",
         "openai",
-        extra_env={**FAST_JOBS, **vendor_env(batch_sim, "openai")},
+        extra_env={**FAST_JOBS, **vendor_env(batch_sim, "openai"), "CJLLM_MAX_ATTEMPTS": "20"},
         timeout=180,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "openai" in proc.stdout and "in_progress" in proc.stdout
     check_finished(out, batch_sim, "gpt-4.1-mini")
+    counters = batch_sim.counters()
+    assert sum(counters["faults"].values()) + counters["batches"]["expired"] > 0
