@@ -98,6 +98,7 @@ def test_the_pool_layout_is_estimated_as_the_run_makes_it(
     sent = result.token_usage.prompt_tokens
     assert abs(pooled.input_tokens - sent) < sent / 10
 
+
 def test_a_batch_job_strategy_is_estimated_in_lines_and_turnarounds(tmp_path: Path) -> None:
     serial = figures(tmp_path, provider="anthropic")
     batch = figures(tmp_path, provider="anthropic", strategy=BatchingStrategy.ASYNC_BATCH)

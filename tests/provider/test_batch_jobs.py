@@ -7,12 +7,14 @@ any order, and every comparison gets exactly one callback, priced at the batch r
 
 from __future__ import annotations
 
+import itertools
+import json
 import time
 from pathlib import Path
 
 import pytest
 
-from cjllm.contracts import QueueItemState
+from cjllm.contracts import ComparisonRequest, QueueItemState
 from cjllm.provider.calls import CallUsage
 from cjllm.provider.jobs import JobState
 from cjllm.provider.pricing import load_price_table
@@ -27,7 +29,7 @@ from tests.provider.batch_support import (
     submitted,
     wait_jobs,
 )
-from tests.provider.support import Callbacks, eventually, metric, post_all
+from tests.provider.support import Callbacks, essay, eventually, metric, post_all
 from tests.sim.conftest import sim, sim_server, vendor_env
 from tests.sim.running import SimControl
 
@@ -260,3 +262,47 @@ async def test_nightly_comparisons_wait_for_the_size_threshold(
     # six rounds (bundle groups) in one job, one line each
     assert (job.mode, job.n_lines, job.n_items) == ("nightly_batch", 6, 6)
     assert vendor_env.counters()["batches"]["created"] == 1
+
+
+@pytest.mark.parametrize("vendor", ["anthropic", "openai"])
+async def test_a_pooled_batch_line_sends_each_essay_once_and_a_missed_item_goes_again_alone(
+    vendor: str, tmp_path: Path, vendor_env: SimControl
+) -> None:
+    """``CJLLM_BUNDLE_LAYOUT=pool``: a batch line is the serial path's pooled bundle (each
+    distinct essay fenced once), and its answer is reconciled item by item as a serial call's."""
+    vendor_env.configure(batch_seconds=0.1, faults={"missing_item": 1.0})
+    topic, callbacks = new_topic(), Callbacks()
+    texts = [essay(100 + k) for k in range(4)]
+    bodies = []  # the six pairs of four essays, as one CJ group sends them
+    for n, (a, b) in enumerate(itertools.combinations(range(4), 2)):
+        request = batch_body(n, topic=topic, vendor=vendor, size=6)
+        request["prompt_blocks"][2]["content"] = texts[a]
+        request["prompt_blocks"][3]["content"] = texts[b]
+        bodies.append(request)
+    settings = batch_settings(f"sqlite:///{tmp_path / 'q.sqlite'}", bundle_layout="pool")
+    async with batch_provider(settings, callbacks, topic) as (service, http):
+        await post_all(http, bodies)
+        (group,) = await service.jobs.table.lane_groups(time.time())
+        recorded = await service.jobs.record(group.group, time.time())
+        assert recorded is not None
+        (line,) = recorded.lines
+        sent = json.dumps(line.request)
+        # each essay once (the items layout would send each of them three times)
+        assert [sent.count(json.dumps(t)[1:-1]) for t in texts] == [1, 1, 1, 1]
+        await service.jobs.submit(recorded.job, recorded.api, recorded.lines)
+        vendor_env.configure(faults={"missing_item": 0.0})  # the retry is answered in full
+        service.start_work()
+        await eventually(lambda: callbacks.count >= 6)
+        first, second = await jobs_of(service)
+
+    assert (first.n_lines, first.n_items) == (1, 6)
+    assert (second.n_lines, second.n_items) == (1, 1)  # only the item the answer missed
+    sizes = []
+    for request_body in bodies:
+        result = callbacks.one(request_body["correlation_id"])
+        assert result.is_success, result.error_detail
+        meta = result.request_metadata
+        recipe = ComparisonRequest.model_validate(request_body).prompt_sha256()
+        assert meta["prompt_sha256"] == recipe  # the layout changes the prompt, not this
+        sizes.append(meta["bundle_size"])
+    assert sorted(sizes) == [1, 6, 6, 6, 6, 6]
