@@ -34,9 +34,9 @@ from typing import Any, Literal
 import openai
 from openai.types import Completion
 from openai.types.chat import ChatCompletion
-from openai.types.completion_usage import CompletionUsage
 
 from cjllm.contracts import BundleLayout
+from cjllm.provider.adapters.openai_answers import read_chat, read_completions, usage_of
 from cjllm.provider.adapters.vendor_errors import (
     PLACEHOLDER_KEY,
     MissingCredentials,
@@ -45,17 +45,13 @@ from cjllm.provider.adapters.vendor_errors import (
 )
 from cjllm.provider.answers import (
     OUTPUT_SCHEMA,
-    MalformedOutput,
-    Reconciled,
     answer_schema,
-    reconcile_answer,
 )
 from cjllm.provider.calls import (
     ANSWER_OVERHEAD_TOKENS,
     BundleCall,
     BundleItem,
     CallOutcome,
-    CallUsage,
     ProviderCallError,
 )
 from cjllm.provider.output_modes import (
@@ -74,29 +70,6 @@ from cjllm.settings import ProviderSettings
 
 PROVIDER = "openai"
 OPENAI_HOST = "api.openai.com"
-
-
-def _usage(usage: CompletionUsage | None) -> CallUsage:
-    if usage is None:
-        return CallUsage()
-    details = usage.prompt_tokens_details
-    cached = (details.cached_tokens or 0) if details is not None else 0
-    written = (details.cache_write_tokens or 0) if details is not None else 0
-    return CallUsage(
-        input_tokens=max(0, usage.prompt_tokens - cached - written),
-        output_tokens=usage.completion_tokens,
-        cache_creation_input_tokens=written,
-        cache_read_input_tokens=cached,
-    )
-
-
-def _merge(into: Reconciled, part: Reconciled) -> None:
-    into.answers.update(part.answers)
-    into.missing |= part.missing
-    into.invalid.update(part.invalid)
-    into.duplicates |= part.duplicates
-    into.unknown.extend(part.unknown)
-    into.salvaged = into.salvaged or part.salvaged
 
 
 @contextlib.contextmanager
@@ -337,10 +310,10 @@ class OpenAIAdapter:
         if ignored:
             details["ignored"] = ignored
         if isinstance(response, ChatCompletion):
-            reconciled, stop = self._read_chat(call, response, details)
+            reconciled, stop = read_chat(call, response, details)
         else:
-            reconciled, stop = self._read_completions(call, response)
-        usage = _usage(response.usage)
+            reconciled, stop = read_completions(call, response)
+        usage = usage_of(response.usage)
         model = response.model or asked
         cost = self.prices.cost(model, usage, batch=batch)
         details["priced"] = cost.priced
@@ -356,71 +329,6 @@ class OpenAIAdapter:
             stop_reason=stop,
             details=details,
         )
-
-    def _read_chat(
-        self, call: BundleCall, response: ChatCompletion, details: dict[str, Any]
-    ) -> tuple[Reconciled, str | None]:
-        sent_ids = [item.custom_id for item in call.items]
-        if not response.choices:
-            raise ProviderCallError(
-                "malformed_output", "openai answer has no choices", retryable=True, details=details
-            )
-        choice = response.choices[0]
-        stop: str = choice.finish_reason
-        refused: str | None = None
-        if choice.message.refusal:
-            refused, details["refusal"] = "refusal", choice.message.refusal
-        elif stop == "content_filter":
-            refused = "content_filter"
-        text = choice.message.content or ""
-        try:
-            reconciled = reconcile_answer(
-                sent_ids, text, truncated=stop == "length", refused=refused
-            )
-        except MalformedOutput as exc:
-            raise ProviderCallError(
-                "malformed_output",
-                f"openai answer unusable: {exc}",
-                retryable=True,
-                details={**details, "stop_reason": stop, "excerpt": text[:300]},
-            ) from exc
-        return reconciled, stop
-
-    def _read_completions(
-        self, call: BundleCall, response: Completion
-    ) -> tuple[Reconciled, str | None]:
-        """Map ``choices[].index`` back to items; each choice is reconciled on its own, so a
-        malformed or truncated answer affects only its item."""
-        by_index: dict[int, list[Any]] = {}
-        for choice in response.choices:
-            by_index.setdefault(choice.index, []).append(choice)
-        out = Reconciled()
-        for index, item in enumerate(call.items):
-            cid = item.custom_id
-            choices = by_index.pop(index, [])
-            if not choices:
-                out.missing.add(cid)
-            elif len(choices) > 1:
-                out.duplicates.add(cid)
-                out.invalid[cid] = "answered more than once"
-            else:
-                choice = choices[0]
-                refused = "content_filter" if choice.finish_reason == "content_filter" else None
-                try:
-                    part = reconcile_answer(
-                        [cid],
-                        choice.text,
-                        truncated=choice.finish_reason == "length",
-                        refused=refused,
-                    )
-                except MalformedOutput as exc:
-                    out.invalid[cid] = f"malformed answer: {exc}"
-                    continue
-                _merge(out, part)
-        out.unknown.extend(f"choice#{index}" for index in sorted(by_index))
-        reasons = sorted({c.finish_reason for c in response.choices})
-        stop = "length" if "length" in reasons else (reasons[0] if len(reasons) == 1 else None)
-        return out, stop
 
     async def aclose(self) -> None:
         await self.client.close()
