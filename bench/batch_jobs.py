@@ -11,7 +11,10 @@ at ``cjllm sim``, four ways:
 - ``serial_round``: serial calls of ``--size`` comparisons (the shared prefix once a call);
 - ``async_batch`` with one comparison per line (``CJLLM_BATCH_ITEMS_PER_LINE=1``): the
   vendor's batch price, but the shared prefix in every line;
-- ``async_batch`` with bundled lines of ``--size``: the batch price on top of bundling.
+- ``async_batch`` with bundled lines of ``--size``: the batch price on top of bundling;
+- the same in the ``pool`` layout (``CJLLM_BUNDLE_LAYOUT=pool``): each distinct essay of a
+  line sent once. These comparisons are not planned as CJ groups, so a line's comparisons
+  share only the essays they happen to share (see docs/batch-jobs.md).
 
 Tokens are the sim's own counts (input = uncached + cache writes + cache reads); the price
 is the sum of the callbacks' ``cost_estimate`` (the packaged price table, batch lines at its
@@ -36,7 +39,7 @@ from typing import Any
 import httpx
 
 from cjllm.bus import MemoryBus
-from cjllm.contracts import EventEnvelope
+from cjllm.contracts import BundleLayout, EventEnvelope
 from cjllm.provider.service import embedded_provider
 from cjllm.settings import ProviderSettings
 
@@ -90,6 +93,7 @@ async def run(
     strategy: str,
     size: int,
     per_line: int,
+    layout: BundleLayout,
     args: argparse.Namespace,
     sim: str,
     workdir: Path,
@@ -102,6 +106,7 @@ async def run(
         poll_interval_seconds=0.01,
         max_items_per_call=max(size, 1),
         batch_items_per_line=per_line,
+        bundle_layout=layout,
         batch_linger_seconds=0.3,
         batch_poll_min_seconds=0.2,
         batch_poll_max_seconds=0.5,
@@ -144,17 +149,18 @@ async def run(
 
 
 async def measure(vendor: str, args: argparse.Namespace, sim: str) -> list[Row]:
-    size = args.size
+    size, items, pool = args.size, BundleLayout.ITEMS, BundleLayout.POOL
     plans = [
-        ("per_request", "per_request", 1, 1),
-        (f"serial_round ({size}/call)", "serial_round", size, 1),
-        ("async_batch (1/line)", "async_batch", size, 1),
-        (f"async_batch ({size}/line)", "async_batch", size, size),
+        ("per_request", "per_request", 1, 1, items),
+        (f"serial_round ({size}/call)", "serial_round", size, 1, items),
+        ("async_batch (1/line)", "async_batch", size, 1, items),
+        (f"async_batch ({size}/line)", "async_batch", size, size, items),
+        (f"async_batch ({size}/line, pool)", "async_batch", size, size, pool),
     ]
     with tempfile.TemporaryDirectory(prefix="cjllm-bench-") as tmp:
         return [
-            await run(label, vendor, strategy, s, per_line, args, sim, Path(tmp))
-            for label, strategy, s, per_line in plans
+            await run(label, vendor, strategy, s, per_line, layout, args, sim, Path(tmp))
+            for label, strategy, s, per_line, layout in plans
         ]
 
 
@@ -162,12 +168,12 @@ def report(vendor: str, rows: list[Row], n: int) -> None:
     base = rows[0]
     print(f"\n{vendor}: {n} comparisons (each row the same comparisons)")
     print(
-        f"{'strategy':<26}{'requests':>9}{'input tok/cmp':>15}{'output tok/cmp':>16}"
+        f"{'strategy':<32}{'requests':>9}{'input tok/cmp':>15}{'output tok/cmp':>16}"
         f"{'$ per 1k cmp':>14}{'input vs base':>15}{'price vs base':>15}"
     )
     for r in rows:
         print(
-            f"{r.label:<26}{r.requests:>9}{r.input_tokens / n:>15.0f}{r.output_tokens / n:>16.0f}"
+            f"{r.label:<32}{r.requests:>9}{r.input_tokens / n:>15.0f}{r.output_tokens / n:>16.0f}"
             f"{r.cost / n * 1000:>14.3f}{r.input_tokens / base.input_tokens:>15.2f}"
             f"{r.cost / base.cost:>15.2f}" + (f"  ({r.failed} failed)" if r.failed else "")
         )
