@@ -103,9 +103,10 @@ def test_a_batch_job_strategy_is_estimated_in_lines_and_turnarounds(tmp_path: Pa
     serial = figures(tmp_path, provider="anthropic")
     batch = figures(tmp_path, provider="anthropic", strategy=BatchingStrategy.ASYNC_BATCH)
     assert batch.comparisons == serial.comparisons == 90
-    assert batch.rounds == 2  # 18 essays: rounds of 50 and 40 either way
+    # 18 essays, budget 90: rounds of 25 (one full call) against 45, 25 and 20
+    assert (serial.rounds, batch.rounds) == (4, 3)
     # lines of at most CJLLM_BATCH_ITEMS_PER_LINE (10), not calls of up to 25
-    assert (serial.provider_calls, batch.provider_calls) == (4, 9)
+    assert (serial.provider_calls, batch.provider_calls) == (4, 5 + 3 + 2)
     assert "turnaround" in " ".join(batch.lines())
     per_line = figures(
         tmp_path, provider="anthropic", strategy=BatchingStrategy.ASYNC_BATCH, bundle_size=1

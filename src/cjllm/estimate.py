@@ -138,6 +138,8 @@ def estimate(
             members = min(n, max(2, math.ceil(2 * size / options.pool_pairs_per_essay)))
             calls += math.ceil(members / options.pool_group_size)
             pooled += members
+        elif batch_job:  # a round is one lane group: lines of CJLLM_BATCH_ITEMS_PER_LINE
+            calls += math.ceil(size / cap)
         else:
             bundle = options.preferred_bundle_size(size)
             groups = math.ceil(size / min(bundle, size))

@@ -225,14 +225,14 @@ async def test_batch_job_strategies_plan_fewer_larger_rounds(
     h = await make_harness(
         stub=judging_stub(qualities),
         llm_batching_strategy=strategy,
-        max_concurrent_comparisons=10,
         target_reliability=0.999,
     )
     batch_id = await h.cj.start_batch(essays, instructions="x")
     result = await h.cj.wait_for_completion(batch_id, timeout=60)
     planned = [e.planned for e in h.progress if e.kind == "round_started"]
-    # budget 100: half of what is left each round (never under 10); serial_round: 10 × 10
-    assert planned == [50, 25, 13, 10, 2]
+    # budget 100: half of what is left each round, never under one full call (25);
+    # serial_round: 4 × 25
+    assert planned == [50, 25, 25]
     assert result.comparisons_requested == 100 and result.batching_strategy is strategy
     assert {r.request.metadata["batching_strategy"] for r in h.stub.received} == {strategy.value}
 

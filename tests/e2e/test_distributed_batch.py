@@ -84,7 +84,6 @@ async def test_async_batch_assessment_survives_a_worker_killed_while_a_job_is_op
             "CJLLM_CALLBACK_TOPIC": f"e2e-batch-{run}.results",
             "CJLLM_COMPLETION_TOPIC": f"e2e-batch-{run}.completed",
             "CJLLM_CONSUMER_GROUP": f"e2e-batch-cj-{run}",
-            "MAX_CONCURRENT_COMPARISONS": "30",
             "CJLLM_TARGET_RELIABILITY": "0.999",
         },
     )

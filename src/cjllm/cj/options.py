@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Self
 
-from cjllm.contracts import BatchingStrategy, BundleLayout
+from cjllm.contracts import BATCH_JOB_STRATEGIES, BatchingStrategy, BundleLayout
 from cjllm.settings import CJSettings
 
 ROUND_BUNDLE_SIZE = 25
@@ -103,6 +103,8 @@ class BatchOptions:
         if self.batching_strategy is BatchingStrategy.SERIAL_OVERRIDE:
             assert self.serial_override_bundle_size is not None  # validate() guarantees it
             return self.serial_override_bundle_size
+        if self.batching_strategy in BATCH_JOB_STRATEGIES:  # the provider's line size decides
+            return max(1, round_size)
         return max(1, min(round_size, self.max_concurrent_comparisons or ROUND_BUNDLE_SIZE))
 
     def to_json(self, n_essays: int) -> dict[str, Any]:

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 ITEMS_PER_DRAFT = 100_000  # comparisons read to form one job
 RECORD_EVERY = 500  # items per settlement write while settling a large job
 PURGE_EVERY_SECONDS = 60.0
+JOBS_AT_ONCE = 4  # jobs one process moves on at a time (CJLLM_WORKER_CONCURRENCY if set)
 
 
 @dataclass(frozen=True)
@@ -145,9 +146,8 @@ class BatchJobs:
         something happened (the loop goes again at once)."""
         now = time.time()
         made = await self.collect(now)
-        jobs = await self.table.claim(
-            self.owner, now, now + self.job_lease, self.settings.worker_concurrency
-        )
+        at_once = self.settings.worker_concurrency or JOBS_AT_ONCE
+        jobs = await self.table.claim(self.owner, now, now + self.job_lease, at_once)
         outcomes = await asyncio.gather(*(self.advance(j) for j in jobs), return_exceptions=True)
         for job, outcome in zip(jobs, outcomes, strict=True):
             if isinstance(outcome, BaseException):
