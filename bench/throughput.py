@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import resource
 import subprocess
 import sys
 import time
@@ -58,6 +59,17 @@ PER_ESSAY = 10
 TIER4 = Limits(requests=4_000, input_tokens=2_000_000, output_tokens=400_000)
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _job_seconds(out: Path) -> tuple[dict[str, Any], float]:
     summary = json.loads((out / "ranking.json").read_text(encoding="utf-8"))["summary"]
     started = json.loads((out / "run.json").read_text(encoding="utf-8"))["started_at"]
@@ -74,7 +86,7 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
     print(f"\n== cjllm rank, embedded, zero-latency mock, {PER_ESSAY} comparisons per essay ==")
     print(
         f"{'essays':>8}{'made':>8}{'rounds':>8}{'calls':>7}{'job s':>8}{'cmp/s':>8}"
-        f"{'process s':>11}{'cmp/s (process)':>17}"
+        f"{'process s':>11}{'cmp/s (process)':>17}{'CPU s':>8}{'CPU ms/cmp':>12}"
     )
     for n in sizes:
         essays = work / f"rank-{n}"
@@ -85,6 +97,7 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
             "CJLLM_TARGET_RELIABILITY": "0.9999",  # spend the whole budget
             "COLUMNS": "120",
         }
+        cpu_before = _children_cpu()
         start = time.perf_counter()
         proc = subprocess.run(
             [*CJLLM, "rank", str(essays), "--out", str(out), "--provider", "mock",
@@ -92,6 +105,7 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
             env=env, capture_output=True, text=True, timeout=7200, check=False,
         )  # fmt: skip
         wall = time.perf_counter() - start
+        cpu = _children_cpu() - cpu_before
         if proc.returncode != 0:
             raise RuntimeError(f"cjllm rank failed:\n{proc.stdout[-3000:]}\n{proc.stderr}")
         summary, seconds = _job_seconds(out)
@@ -100,7 +114,12 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
         print(
             f"{n:>8}{made:>8}{summary['rounds']:>8}{summary['provider_calls']:>7}"
             f"{seconds:>8.1f}{made / seconds:>8.0f}{wall:>11.1f}{made / wall:>17.0f}"
+            f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}"
         )
+    print(
+        "CPU s: the rank process's user + system time (start-up and report included); on an "
+        "idle machine the job could run at most at 1 / (CPU ms/cmp) — one core, one process"
+    )
 
 
 # --------------------------------------------------------------------------- serve
@@ -137,24 +156,47 @@ def _request(i: int, topic: str, rng: random.Random) -> dict[str, Any]:
 
 
 async def _post_all(url: str, bodies: list[bytes], concurrency: int) -> float:
-    """Post every body, ``concurrency`` in flight; every one must be accepted. Seconds taken."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
-        pending = iter(bodies)
+    """Post every body over ``concurrency`` keep-alive HTTP/1.1 connections; every one must be
+    accepted (202). Seconds taken.
 
-        async def lane() -> None:
+    A minimal client on asyncio streams (request line, three headers, body; status line,
+    headers, ``Content-Length`` body), as load generators like ``wrk`` do: httpx spends
+    several times the server's CPU on each request, and on a shared 2-core machine the
+    client's CPU is taken from the server under test."""
+    host, port = url.removeprefix("http://").split(":")
+    pending = iter(bodies)
+
+    async def lane() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             for raw in pending:
-                response = await client.post("/api/v1/comparison", content=raw, headers=headers)
-                if response.status_code != 202:
-                    raise RuntimeError(f"{response.status_code}: {response.text[:300]}")
+                writer.write(
+                    b"POST /api/v1/comparison HTTP/1.1\r\nHost: bench\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: "
+                    + str(len(raw)).encode()
+                    + b"\r\n\r\n"
+                    + raw
+                )
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = head[9:12]
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                answer = await reader.readexactly(length)
+                if status != b"202":
+                    raise RuntimeError(f"{status.decode()}: {answer[:300]!r}")
+        finally:
+            writer.close()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(lane() for _ in range(concurrency)))
-        return time.perf_counter() - start
+    start = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return time.perf_counter() - start
 
 
-async def _serve_run(url: str, bootstrap: str, posts: int, concurrency: int) -> None:
+async def _serve_run(
+    url: str, bootstrap: str, posts: int, concurrency: int, pids: dict[str, int]
+) -> None:
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     rng = random.Random(0)
     bodies = [_request(i, topic, rng) for i in range(posts)]
@@ -177,10 +219,18 @@ async def _serve_run(url: str, bootstrap: str, posts: int, concurrency: int) -> 
     await consumer.start()
     try:
         raws = [json.dumps(b).encode() for b in bodies]
+        cpu = {name: _cpu_of(pid) for name, pid in pids.items()}
+        own = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         accepted = await _post_all(url, raws, concurrency)
+        cpu_accepted = {name: _cpu_of(pid) - cpu[name] for name, pid in pids.items()}
         await asyncio.wait_for(finished.wait(), timeout=1800)
         completed = time.perf_counter() - start
+        cpu_done = {name: _cpu_of(pid) - cpu[name] for name, pid in pids.items()}
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_done["bench (HTTP client, Kafka consumer)"] = (
+            after.ru_utime + after.ru_stime - own.ru_utime - own.ru_stime
+        )
     finally:
         await consumer.stop()
     size = sum(map(len, raws)) / len(raws)
@@ -189,6 +239,18 @@ async def _serve_run(url: str, bootstrap: str, posts: int, concurrency: int) -> 
         f"{accepted:.1f} s = {posts / accepted:.0f} comparisons/s (target ≥ 1,000); every "
         f"callback read after {completed:.1f} s = {posts / completed:.0f} completed/s; "
         f"{len(done & wanted)} of {posts} completed, {len(failed)} with an error"
+    )
+    print(
+        f"API process CPU while accepting: {cpu_accepted['api']:.1f} s = "
+        f"{1000 * cpu_accepted['api'] / posts:.2f} ms a comparison (on an idle core: at most "
+        f"{posts / max(cpu_accepted['api'], 1e-9):.0f} accepted/s)"
+    )
+    total = sum(cpu_done.values())
+    shares = ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu_done.items())
+    print(
+        f"CPU seconds until every callback was read: {shares}; in all {total:.1f} s = "
+        f"{1000 * total / posts:.2f} ms a comparison (2 idle cores: at most "
+        f"{2 * posts / max(total, 1e-9):.0f} comparisons/s end to end)"
     )
     if len(done & wanted) != posts or failed:
         raise RuntimeError("not every item completed successfully")
@@ -228,7 +290,11 @@ def serve_section(posts: int, concurrency: int, work: Path) -> None:
                         raise RuntimeError((work / "api.log").read_text()) from None
                     time.sleep(0.2)
             time.sleep(2.0)  # the workers' start-up, so they are claiming when the POSTs come
-            asyncio.run(_serve_run(url, kafka.bootstrap, posts, concurrency))
+            pids = {"api": procs[0].pid, "worker 1": procs[1].pid, "worker 2": procs[2].pid}
+            for name, server in (("redis", redis), ("tansu", kafka)):
+                if server.proc is not None:
+                    pids[name] = server.proc.pid
+            asyncio.run(_serve_run(url, kafka.bootstrap, posts, concurrency, pids))
         finally:
             for proc in procs:
                 proc.terminate()
