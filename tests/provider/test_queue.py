@@ -264,7 +264,6 @@ async def test_two_processes_claiming_at_once_never_get_the_same_item(backend_ur
     for k in range(3):
         ids += await put(q, *(item(f"key-{k}", hint=4, at=now - 100 + i) for i in range(100)))
     await q.close()
-    start_at = str(time.time() + 2.0)
     procs = [
         await asyncio.create_subprocess_exec(
             sys.executable,
@@ -272,13 +271,21 @@ async def test_two_processes_claiming_at_once_never_get_the_same_item(backend_ur
             "tests.provider.claim_race",
             backend_url,
             owner,
-            start_at,
             cwd=REPO,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
         for owner in ("p1", "p2")
     ]
-    outs = [json.loads((await p.communicate())[0]) for p in procs]
+    # each holds a bundle before either goes on: both take part however the two are
+    # scheduled, then they race each other for the other 73 bundles
+    for p in procs:
+        assert p.stdout is not None
+        assert await p.stdout.readline() == b"claimed\n"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(b"go\n")
+    outs = [json.loads(out) for out, _ in await asyncio.gather(*(p.communicate() for p in procs))]
     assert all(p.returncode == 0 for p in procs)
     first, second = (set(o) for o in outs)
     assert len(outs[0]) == len(first) and len(outs[1]) == len(second)
