@@ -133,8 +133,9 @@ async def test_a_lone_straggler_goes_out_after_the_linger(
     results_topic, callbacks = results
     bus = await memory_bus(callbacks, results_topic)
     settings = fast_settings(backend_url, linger_seconds=0.2)
-    async with provider(settings, bus=bus) as (_, client, mock):
+    async with provider(settings, bus=bus, work=False) as (svc, client, mock):
         await post_all(client, [body(i, topic=results_topic, size=10) for i in range(3)])
+        svc.start_work()  # all three queued (however slowly): one bundle, short of its ten
         await eventually(lambda: callbacks.count == 3)
     await bus.stop()
     assert [len(call.items) for call in mock.calls] == [3]
