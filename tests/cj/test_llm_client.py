@@ -45,15 +45,22 @@ async def test_503_with_retry_after_is_retried_until_accepted() -> None:
 async def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     waits: list[float] = []
     real_sleep = asyncio.sleep
+    submitting: asyncio.Task[Accepted | Refused] | None = None
 
     async def sleep(delay: float) -> None:
+        # the patch is process-wide (asyncio.sleep itself): every other sleeper (a
+        # simulator's thread, a session fixture's task) keeps its real sleep
+        if asyncio.current_task() is not submitting:
+            await real_sleep(delay)
+            return
         waits.append(delay)
         await real_sleep(0)
 
     monkeypatch.setattr("cjllm.cj.llm_client.asyncio.sleep", sleep)
     stub = StubProvider(answer=None, fail_first=1, status=503, retry_after="7")
     client = _client(httpx.ASGITransport(app=stub.app()))
-    assert isinstance(await client.submit(_request()), Accepted)
+    submitting = asyncio.create_task(client.submit(_request()))
+    assert isinstance(await submitting, Accepted)
     assert waits == [7.0]
 
 
