@@ -1,7 +1,10 @@
 """Worker processes sharing one Redis queue, publishing to the real Kafka-protocol broker.
 
 Workers run as ``cjllm serve provider --worker-only`` with the mock adapter slowed down
-(``CJLLM_MOCK_LATENCY_SECONDS``) so a ``kill -9`` lands while a bundle is in flight.
+(``CJLLM_MOCK_LATENCY_SECONDS``): the worker that is killed takes far longer over a call
+than the test lasts, so the ``kill -9`` lands while its bundles are in flight, and the
+comparisons are queued only once the workers are up, so each takes part however slowly the
+machine starts them.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from cjllm.bus import KafkaBus
@@ -31,12 +35,14 @@ LEASE_SECONDS = 3.0
 CLI = "from cjllm.cli import app; app()"
 
 
-def start_worker(queue_url: str, bus_url: str, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(
+    queue_url: str, bus_url: str, log: Path, latency: float
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "CJLLM_QUEUE_URL": queue_url,
         "CJLLM_BUS_URL": bus_url,
-        "CJLLM_MOCK_LATENCY_SECONDS": "1.0",
+        "CJLLM_MOCK_LATENCY_SECONDS": str(latency),
         "CJLLM_LEASE_SECONDS": str(LEASE_SECONDS),
         "CJLLM_LINGER_SECONDS": "0.1",
         "CJLLM_WORKER_CONCURRENCY": "2",
@@ -62,20 +68,45 @@ class Fleet:
     """The API (in the test process, no worker), the Kafka consumer, and worker processes."""
 
     def __init__(
-        self, service: ProviderService, callbacks: Callbacks, queue_url: str, bus_url: str
+        self,
+        service: ProviderService,
+        client: httpx.AsyncClient,
+        callbacks: Callbacks,
+        queue_url: str,
+        bus_url: str,
+        topic: str,
+        log_dir: Path,
     ) -> None:
         self.service = service
+        self.client = client
         self.callbacks = callbacks
         self.queue_url = queue_url
         self.bus_url = bus_url
+        self.topic = topic
+        self.log_dir = log_dir
         self.queue_ids: list[str] = []
         self.bodies: list[dict[str, Any]] = []
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(self, log_dir: Path) -> subprocess.Popen[bytes]:
-        proc = start_worker(self.queue_url, self.bus_url, log_dir / f"worker-{len(self.procs)}.log")
+    def log(self, proc: subprocess.Popen[bytes]) -> Path:
+        return self.log_dir / f"worker-{self.procs.index(proc)}.log"
+
+    async def spawn(self, latency: float = 1.0) -> subprocess.Popen[bytes]:
+        """A worker process, once it is up (its log says so)."""
+        log = self.log_dir / f"worker-{len(self.procs)}.log"
+        proc = start_worker(self.queue_url, self.bus_url, log, latency)
         self.procs.append(proc)
+
+        def up() -> bool:
+            assert proc.poll() is None, log.read_text()
+            return "provider service up" in log.read_text()
+
+        await eventually(up, timeout=120)
         return proc
+
+    async def queue_all(self) -> None:
+        self.bodies = [body(i, topic=self.topic, size=BUNDLE) for i in range(N_COMPARISONS)]
+        self.queue_ids = await post_all(self.client, self.bodies)
 
     async def items(self) -> list[QueuedItem]:
         found = [await self.service.queue.get(q) for q in self.queue_ids]
@@ -93,9 +124,7 @@ async def fleet(redis_queue_url: str, kafka_bootstrap: str, tmp_path: Path) -> A
     settings = fast_settings(redis_queue_url, bus_url=bus_url)
     try:
         async with provider(settings, work=False) as (service, client, _):
-            fleet = Fleet(service, callbacks, redis_queue_url, bus_url)
-            fleet.bodies = [body(i, topic=topic, size=BUNDLE) for i in range(N_COMPARISONS)]
-            fleet.queue_ids = await post_all(client, fleet.bodies)
+            fleet = Fleet(service, client, callbacks, redis_queue_url, bus_url, topic, tmp_path)
             try:
                 yield fleet
             finally:
@@ -105,13 +134,14 @@ async def fleet(redis_queue_url: str, kafka_bootstrap: str, tmp_path: Path) -> A
                 for proc in fleet.procs:
                     await asyncio.to_thread(proc.wait, 30)
                     if proc.returncode not in (0, -signal.SIGKILL):
-                        print((tmp_path / f"worker-{fleet.procs.index(proc)}.log").read_text())
+                        print(fleet.log(proc).read_text())
     finally:
         await consumer.stop()
 
 
-async def test_two_worker_processes_process_every_item_once(fleet: Fleet, tmp_path: Path) -> None:
-    first, second = fleet.spawn(tmp_path), fleet.spawn(tmp_path)
+async def test_two_worker_processes_process_every_item_once(fleet: Fleet) -> None:
+    first, second = await fleet.spawn(), await fleet.spawn()
+    await fleet.queue_all()  # both up and polling: eight bundles of a second each to share
     await eventually(lambda: len(fleet.callbacks.by_id) == N_COMPARISONS, timeout=120)
     await asyncio.sleep(1.0)  # room for a stray duplicate to show up (there must be none)
     assert fleet.callbacks.count == N_COMPARISONS
@@ -121,10 +151,11 @@ async def test_two_worker_processes_process_every_item_once(fleet: Fleet, tmp_pa
     assert any(map(owned_by(first), items)) and any(map(owned_by(second), items))
 
 
-async def test_a_killed_worker_bundle_is_reclaimed_after_its_lease(
-    fleet: Fleet, tmp_path: Path
-) -> None:
-    victim, survivor = fleet.spawn(tmp_path), fleet.spawn(tmp_path)
+async def test_a_killed_worker_bundle_is_reclaimed_after_its_lease(fleet: Fleet) -> None:
+    # the victim's calls outlast the test: it holds its bundles (renewing their leases)
+    # until it is killed, whenever that is
+    victim = await fleet.spawn(latency=3600.0)
+    await fleet.queue_all()
     holding: list[QueuedItem] = []
 
     async def victim_holds_a_bundle() -> bool:
@@ -140,6 +171,7 @@ async def test_a_killed_worker_bundle_is_reclaimed_after_its_lease(
         if await victim_holds_a_bundle():
             break
         await asyncio.sleep(0.01)
+    survivor = await fleet.spawn()
     victim.send_signal(signal.SIGKILL)
     await asyncio.to_thread(victim.wait, 10)
     assert await victim_holds_a_bundle()  # dead mid-bundle: its leases are still out there
