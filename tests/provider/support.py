@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import subprocess
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -124,6 +126,16 @@ async def eventually(cond: Callable[[], bool], timeout: float = 30.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not met before the guard timeout")
         await asyncio.sleep(0.02)
+
+
+async def until_up(proc: subprocess.Popen[bytes], log: Path, timeout: float = 120.0) -> None:
+    """Wait until a ``cjllm serve provider`` process's log says it is up (it must not exit)."""
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()
+        return "provider service up" in log.read_text()
+
+    await eventually(up, timeout=timeout)
 
 
 COMPARISON_PATH = "/api/v1/comparison"

@@ -26,7 +26,15 @@ from cjllm.bus import KafkaBus
 from cjllm.contracts import QueueItemState
 from cjllm.provider.queue import QueuedItem
 from cjllm.provider.service import ProviderService
-from tests.provider.support import Callbacks, body, eventually, fast_settings, post_all, provider
+from tests.provider.support import (
+    Callbacks,
+    body,
+    eventually,
+    fast_settings,
+    post_all,
+    provider,
+    until_up,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 N_COMPARISONS = 40
@@ -96,12 +104,7 @@ class Fleet:
         log = self.log_dir / f"worker-{len(self.procs)}.log"
         proc = start_worker(self.queue_url, self.bus_url, log, latency)
         self.procs.append(proc)
-
-        def up() -> bool:
-            assert proc.poll() is None, log.read_text()
-            return "provider service up" in log.read_text()
-
-        await eventually(up, timeout=120)
+        await until_up(proc, log)
         return proc
 
     async def queue_all(self) -> None:
