@@ -29,7 +29,10 @@ ESSAYS = {
 }
 
 
-@pytest.mark.timeout(900)
+# generation is CPU-bound: about ten minutes when the two cores are shared with other
+# work (593s in a suite run beside two busy loops, one call 199s); the guards are for a
+# hang, not a measure of speed
+@pytest.mark.timeout(1500)
 def test_rank_with_a_real_open_model_on_a_local_server(
     local_model_url: str, tmp_path: Path
 ) -> None:
@@ -52,12 +55,12 @@ def test_rank_with_a_real_open_model_on_a_local_server(
         extra_env={
             "OPENAI_BASE_URL": local_model_url,
             "CJLLM_MAX_OUTPUT_TOKENS_PER_ITEM": "120",
-            "CJLLM_CALL_TIMEOUT_SECONDS": "400",
+            "CJLLM_CALL_TIMEOUT_SECONDS": "900",
             "CJLLM_RETRY_BASE_SECONDS": "0.2",
             "CJLLM_MAX_ATTEMPTS": "3",
             "CJLLM_TEMPERATURE": "0",
         },
-        timeout=840,
+        timeout=1440,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = json.loads((out / "ranking.json").read_text(encoding="utf-8"))
