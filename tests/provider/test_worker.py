@@ -7,6 +7,7 @@ on both queue backends with the in-process bus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -406,15 +407,26 @@ async def test_usage_and_cost_of_every_call_are_charged_to_its_comparisons(
 
 
 class CountingMock(MockAdapter):
-    """Tracks how many calls are in flight at once."""
+    """Tracks how many calls are in flight at once. Each call is answered only once
+    ``together`` calls have been in flight at the same time (or after a 30s guard, so a
+    worker that never gets there fails the test instead of hanging it): how many go out
+    together does not depend on how fast a loaded machine claims the bundles."""
 
     in_flight = 0
     most = 0
+    together = 1
+    _enough: asyncio.Event | None = None
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         self.in_flight += 1
         self.most = max(self.most, self.in_flight)
+        if self._enough is None:
+            self._enough = asyncio.Event()
+        if self.in_flight >= self.together:
+            self._enough.set()
         try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._enough.wait(), 30)
             return await super().call_bundle(call)
         finally:
             self.in_flight -= 1
@@ -427,6 +439,7 @@ async def test_several_bundles_are_in_flight_but_never_more_than_the_concurrency
     bus = await memory_bus(callbacks, results_topic)
     settings = fast_settings(backend_url, worker_concurrency=3)
     mock = CountingMock(latency_seconds=0.5)
+    mock.together = 3
     async with provider(settings, bus=bus, mock=mock, work=False) as (svc, client, _):
         await post_all(client, [body(i, topic=results_topic, size=2) for i in range(14)])
         svc.start_work()
@@ -443,7 +456,8 @@ async def test_without_a_set_concurrency_every_ready_bundle_goes_out_at_once(
     # no rate limit holds anything back: a round's 12 bundles are all in flight together
     results_topic, callbacks = results
     bus = await memory_bus(callbacks, results_topic)
-    mock = CountingMock(latency_seconds=1.0)
+    mock = CountingMock(latency_seconds=0.1)
+    mock.together = 12
     async with provider(fast_settings(backend_url), bus=bus, mock=mock, work=False) as (
         svc,
         client,
