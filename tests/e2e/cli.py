@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "essays"
 # the installed entry point, run by this interpreter (works in any venv, no PATH needed)
 CJLLM = [sys.executable, "-c", "from cjllm.cli import app; app(prog_name='cjllm')"]
+# ``cjllm`` as a terminal runs it, for tests that press Ctrl-C (send SIGINT): a suite started
+# in the background by a shell without job control (a CI runner, ``make test &``) runs with
+# SIGINT ignored, its children inherit that, and the SIGINT would go unheard
+INTERRUPTIBLE_CJLLM = [
+    sys.executable,
+    "-c",
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from cjllm.cli import app; app(prog_name='cjllm')",
+]
 
 
 def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -20,7 +20,7 @@ import pytest
 
 from cjllm.provider.calls import CallUsage
 from cjllm.provider.pricing import load_price_table
-from tests.e2e.cli import CJLLM, EXAMPLES, REPO, comparison_rows, env, run
+from tests.e2e.cli import EXAMPLES, INTERRUPTIBLE_CJLLM, REPO, comparison_rows, env, run
 from tests.sim.running import SimControl, running_sim
 
 BUDGET = 90  # ⌈10·18/2⌉
@@ -96,7 +96,7 @@ def test_an_interrupted_async_batch_run_resumes_watching_the_same_jobs(
     args += ["--provider", "anthropic", "--bundle-size", "5"]
     extra = {**FAST_JOBS, **vendor_env(batch_sim, "anthropic")}
     child = subprocess.Popen(
-        [*CJLLM, *args],
+        [*INTERRUPTIBLE_CJLLM, *args],
         cwd=REPO,
         env=env(extra),
         text=True,

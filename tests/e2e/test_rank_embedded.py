@@ -8,14 +8,13 @@ import re
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from scipy.stats import spearmanr
 
-from tests.e2e.cli import EXAMPLES, REPO, comparison_rows, env, run
+from tests.e2e.cli import EXAMPLES, INTERRUPTIBLE_CJLLM, REPO, comparison_rows, env, run
 
 
 def words(text: str) -> str:
@@ -248,17 +247,6 @@ def _succeeded(database: Path) -> dict[str, str | None]:
     except sqlite3.OperationalError:  # not created yet
         return {}
     return {cid: winner for cid, status, winner in rows if status == "succeeded"}
-
-
-# ``cjllm`` as a terminal runs it: Ctrl-C interrupts. A process started in the background
-# by a shell without job control (a CI runner, ``make test &``) inherits SIGINT ignored,
-# and so would this child, which would then run to the end instead of stopping.
-INTERRUPTIBLE_CJLLM = [
-    sys.executable,
-    "-c",
-    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-    "from cjllm.cli import app; app(prog_name='cjllm')",
-]
 
 
 def _interrupt_and_resume(tmp_path: Path, sig: signal.Signals) -> None:
