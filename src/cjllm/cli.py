@@ -216,13 +216,18 @@ def rank(
         float | None,
         typer.Option(
             "--comparisons-per-essay",
-            help="Comparison budget per essay, K (total ⌈K·n/2⌉). Default 10.",
+            help="Comparisons to judge per essay, K (total ⌈K·n/2⌉). Default 10 unless "
+            "--budget is given; with both, the smaller applies and the run says which.",
             show_default=False,
         ),
     ] = None,
     budget: Annotated[
         int | None,
-        typer.Option("--budget", help="Cap on the total comparisons.", show_default=False),
+        typer.Option(
+            "--budget",
+            help="Total comparisons to judge (failed ones are not counted).",
+            show_default=False,
+        ),
     ] = None,
     instructions: InstructionsOption = None,
     rubric: RubricOption = None,
@@ -284,7 +289,7 @@ def rank(
 
     import logging
 
-    from cjllm.rank import prepare, run_context, run_until_done
+    from cjllm.rank import budget_note, prepare, run_context, run_until_done
     from cjllm.terminal import LiveProgress, print_result, provider_notes
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -292,6 +297,7 @@ def rank(
         prepared = prepare(checked)
         live = LiveProgress(console)
         live.judge(prepared.judging)
+        console.print(budget_note(prepared), highlight=False)
         with live.running():
             outcome = run_until_done(prepared, live.hooks())
     except (EssayInputError, RankError) as exc:

@@ -136,6 +136,12 @@ def cj_settings_for(request: RankRequest, provider: str, model: str) -> CJSettin
     return settings
 
 
+def budget_note(run: PreparedRun) -> str:
+    """How many comparisons the run will judge, and which option says so."""
+    n = len(run.inputs.essays) + len(run.inputs.anchors)
+    return BatchOptions.from_settings(run.cj_settings).budget_note(n)
+
+
 def provider_settings_for(request: RankRequest) -> ProviderSettings:
     update: dict[str, Any] = {"mock_seed": request.seed}
     if request.bundle_size is not None and request.strategy in BATCH_JOB_STRATEGIES:

@@ -160,7 +160,7 @@ class CJSettings(BackendSettings):
     llm_provider: str = "mock"
     llm_model: str | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    comparisons_per_essay: float = 10.0
+    comparisons_per_essay: float | None = None  # None: 10, unless only a total is set
     max_comparisons_total: int | None = None
     max_comparisons_per_essay: int | None = None
     target_reliability: float = 0.9

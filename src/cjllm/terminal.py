@@ -117,7 +117,7 @@ class LiveProgress:
         self.last = p
         if self.task is None:
             return
-        done = p.succeeded + p.failed
+        done = p.succeeded  # the budget counts judgements; failures show in the detail
         running = p.status.value == "running"
         total = max(done, p.budget or 0) if running else done
         waiting = waiting_note(self.pacing)

@@ -132,8 +132,10 @@ async def test_failed_provider_call_is_retried_in_a_later_round(
     assert all(r.error_code and r.bundle_id for r in failed)
     retried = {(r.essay_a_id, r.essay_b_id) for r in rows if r.attempt == 2}
     assert retried == {(r.essay_a_id, r.essay_b_id) for r in failed}
+    # a failed comparison is not a judgement: the budget of 16 is judged in full
     assert result.status == "completed"
-    assert (result.comparisons_failed, result.comparisons_succeeded) == (4, 12)
+    assert (result.comparisons_failed, result.comparisons_succeeded) == (4, 16)
+    assert result.stop_reason == "comparisons_per_essay_spent_with_failures"
 
 
 async def test_distributed_batch_on_postgres_kafka_and_redis(

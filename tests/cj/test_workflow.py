@@ -27,7 +27,7 @@ async def test_batch_runs_to_a_ranking_that_follows_the_judge(make_harness: Make
     )
     result = await h.cj.wait_for_completion(batch_id, timeout=60)
     await h.settle()
-    assert result.status == "completed" and result.stop_reason == "budget_spent"
+    assert result.status == "completed" and result.stop_reason == "comparisons_per_essay_spent"
     truth = {e.essay_id: qualities[e.text] for e in essays}
     rho = spearmanr([truth[r.essay_id] for r in result.ranking], [r.score for r in result.ranking])
     assert rho.statistic > 0.85
@@ -342,11 +342,56 @@ async def test_unpublished_completion_is_published_on_resume(make_harness: MakeH
     assert h.completion().cj_batch_id == batch_id
 
 
-def test_budget_rule() -> None:
+def test_budget_rule_names_the_limit_that_sets_it() -> None:
     options = BatchOptions(comparisons_per_essay=5, max_comparisons_total=None)
-    assert options.budget(11) == 28
-    assert options.with_changes(max_comparisons_total=20).budget(11) == 20
+    assert options.budget_limit(11) == (28, "comparisons_per_essay")
+    assert options.with_changes(max_comparisons_total=20).budget_limit(11) == (20, "budget")
     assert np.isclose(options.budget(2), 5)
+    # a total budget alone is not capped by the default of 10 comparisons per essay
+    assert BatchOptions(max_comparisons_total=400).budget_limit(40) == (400, "budget")
+    assert BatchOptions().budget_limit(40) == (200, "comparisons_per_essay")
+    # both given: the smaller applies, and the note says which and what the other allows
+    both = BatchOptions(comparisons_per_essay=10, max_comparisons_total=400)
+    assert both.budget_limit(40) == (200, "comparisons_per_essay")
+    assert "400 will not be reached" in both.budget_note(40)
+    assert "would allow 200" in both.with_changes(max_comparisons_total=150).budget_note(40)
+
+
+def failing(pattern: list[bool]):  # type: ignore[no-untyped-def]
+    """A stub rule failing the comparisons whose turn in ``pattern`` (cycled) is True."""
+    turns = iter(pattern * 1000)
+    return lambda _request: next(turns)
+
+
+async def test_failed_comparisons_do_not_use_up_the_budget(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(8)
+    h = await make_harness(
+        stub=judging_stub(qualities, error_for=failing([True] * 5 + [False] * 200)),
+        max_concurrent_comparisons=4,
+        max_comparisons_total=12,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.status == "completed"
+    assert (result.comparisons_succeeded, result.comparisons_failed) == (12, 5)
+    assert result.comparisons_requested == 17
+    assert result.stop_reason == "budget_spent_with_failures"  # never a plain budget_spent
+    assert "5 failed and were not counted" in (result.message or "")
+
+
+async def test_failures_as_many_as_the_budget_stop_the_batch(make_harness: MakeHarness) -> None:
+    essays, qualities = essays_with_quality(8)
+    h = await make_harness(
+        stub=judging_stub(qualities, error_for=failing([True, True, False])),
+        max_concurrent_comparisons=4,
+        max_comparisons_total=6,
+        max_pair_retries=0,
+    )
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.comparisons_failed == 6 and result.comparisons_succeeded < 6
+    assert result.status == "failed" and result.stop_reason == "too_few_comparisons_succeeded"
+    assert "stopped: failures_reached_budget" in (result.message or "")
 
 
 def test_undefined_split_half_is_reported_as_none(monkeypatch: pytest.MonkeyPatch) -> None:

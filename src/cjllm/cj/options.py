@@ -13,6 +13,10 @@ from typing import Any, Self
 from cjllm.contracts import BATCH_JOB_STRATEGIES, BatchingStrategy, BundleLayout
 from cjllm.settings import CJSettings
 
+DEFAULT_COMPARISONS_PER_ESSAY = 10.0
+BUDGET = "budget"
+PER_ESSAY = "comparisons_per_essay"
+
 ROUND_BUNDLE_SIZE = 25
 """The bundle size ``serial_round`` asks for when a round is larger: the provider's default
 cap on items per call (``CJLLM_MAX_ITEMS_PER_CALL``), which it lowers further if its own is
@@ -30,7 +34,7 @@ class BatchOptions:
     batching_strategy: BatchingStrategy = BatchingStrategy.SERIAL_ROUND
     max_concurrent_comparisons: int | None = None
     serial_override_bundle_size: int | None = None
-    comparisons_per_essay: float = 10.0
+    comparisons_per_essay: float | None = None
     max_comparisons_total: int | None = None
     max_comparisons_per_essay: int | None = None
     target_reliability: float = 0.9
@@ -76,7 +80,7 @@ class BatchOptions:
             )
         checks = {
             "max_concurrent_comparisons": (self.max_concurrent_comparisons or 1) >= 1,
-            "comparisons_per_essay": self.comparisons_per_essay > 0,
+            "comparisons_per_essay": (self.comparisons_per_essay or 1) > 0,
             "max_comparisons_total": (self.max_comparisons_total or 1) >= 1,
             "max_comparisons_per_essay": (self.max_comparisons_per_essay or 1) >= 1,
             "min_success_fraction": 0.0 <= self.min_success_fraction <= 1.0,
@@ -90,11 +94,40 @@ class BatchOptions:
             raise InvalidBatch(f"invalid batch options: {', '.join(bad)} ({self})")
 
     def budget(self, n_essays: int) -> int:
-        """Total comparisons a batch may request: ⌈K·n/2⌉, capped by ``max_comparisons_total``."""
-        total = math.ceil(self.comparisons_per_essay * n_essays / 2)
+        """Comparisons to judge (failed ones do not count): :meth:`budget_limit`'s value."""
+        return self.budget_limit(n_essays)[0]
+
+    def budget_limit(self, n_essays: int) -> tuple[int, str]:
+        """The judging budget and the limit that sets it, ``budget`` or
+        ``comparisons_per_essay``: ``max_comparisons_total`` when it is the only one given,
+        ⌈K·n/2⌉ for K = ``comparisons_per_essay`` (10 when neither is given), and the smaller
+        of the two when both are (the total on a tie)."""
+        total = self.max_comparisons_total
+        per_essay = self.comparisons_per_essay
+        if per_essay is None and total is not None:
+            return total, BUDGET
+        k = DEFAULT_COMPARISONS_PER_ESSAY if per_essay is None else per_essay
+        from_k = math.ceil(k * n_essays / 2)
+        if total is not None and total <= from_k:
+            return total, BUDGET
+        return from_k, PER_ESSAY
+
+    def budget_note(self, n_essays: int) -> str:
+        """One sentence: how many comparisons will be judged, and which limit says so."""
+        value, limit = self.budget_limit(n_essays)
+        k = self.comparisons_per_essay
+        k_text = f"{DEFAULT_COMPARISONS_PER_ESSAY if k is None else k:g} per essay"
+        if limit == BUDGET and k is None:
+            return f"Budget: {value} comparisons (the total budget)."
+        if limit == BUDGET:
+            return (
+                f"Budget: {value} comparisons (the total budget; {k_text} would allow "
+                f"{math.ceil((k or 0) * n_essays / 2)})."
+            )
+        note = f"Budget: {value} comparisons ({k_text} for {n_essays} essays)"
         if self.max_comparisons_total is not None:
-            total = min(total, self.max_comparisons_total)
-        return total
+            note += f"; the total budget of {self.max_comparisons_total} will not be reached"
+        return note + "."
 
     def preferred_bundle_size(self, round_size: int) -> int:
         """The ``preferred_bundle_size`` hint sent with every request of a round."""
@@ -111,7 +144,7 @@ class BatchOptions:
         data = asdict(self)
         data["batching_strategy"] = self.batching_strategy.value
         data["bundle_layout"] = self.bundle_layout.value
-        data["budget"] = self.budget(n_essays)
+        data["budget"], data["budget_limit"] = self.budget_limit(n_essays)
         return data
 
     @classmethod

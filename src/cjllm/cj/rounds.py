@@ -117,10 +117,14 @@ def plan_next_round(
 ) -> list[NewComparison]:
     """The pairs of the next round: due retries first, then new pairs from the planner.
 
-    Size: :func:`round_size`. Every request counts against the
-    total and the per-essay budget, failed ones included (they were paid for).
+    Size: :func:`round_size`, within the budget left. The budget counts judgements, succeeded
+    or pending: a failed comparison is not one, so the round may replace it (a retry of the
+    same pair first, see :func:`retry_pairs`). The planner still sees every comparison asked,
+    failed ones included, so a pair that keeps failing is not asked again before the others,
+    and ``max_comparisons_per_essay`` caps the requests an essay is in.
     """
-    size = round_size(options, len(essays), options.budget(len(essays)) - len(outcomes))
+    live = [o for o in outcomes if o.status is not ComparisonStatus.FAILED]
+    size = round_size(options, len(essays), options.budget(len(essays)) - len(live))
     if size <= 0:
         return []
     counts = {e.essay_id: 0 for e in essays}

@@ -1,10 +1,15 @@
 """When a batch stops, and whether what it has is good enough to publish as a ranking.
 
-Checked each time a round closes, in this order: budget spent; too many rounds in a row
-in which every comparison failed; reliability target met; mean-SE target met. Targets count
-only once the batch holds ``min_comparisons_per_essay_before_stop`` successful comparisons
-per essay on average. If none applies, the next round is planned; an empty plan stops the
-batch with ``no_useful_pairs``. Then :func:`verdict` decides completed or failed.
+The budget counts judgements: a comparison that failed is not one, so it does not use up the
+budget and a later round may plan a replacement. Checked each time a round closes, in this
+order: the budget judged (the stop reason names the limit that set it, ``budget`` or
+``comparisons_per_essay``, with ``_with_failures`` appended when any comparison failed on
+the way, so a run with failures never reports a plain ``budget_spent``); as many failures as
+the budget (replacing them stops there); too many rounds in a row in which every comparison
+failed; reliability target met; mean-SE target met. Targets count only once the batch holds
+``min_comparisons_per_essay_before_stop`` successful comparisons per essay on average. If
+none applies, the next round is planned; an empty plan stops the batch with
+``no_useful_pairs``. Then :func:`verdict` decides completed or failed.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cjllm.cj.options import BatchOptions
+from cjllm.cj.options import BUDGET, BatchOptions
 from cjllm.cj.ranking import BatchFit
 from cjllm.cj.records import PairOutcome
 from cjllm.cj.tables import BatchStatus, ComparisonStatus
 
 BUDGET_SPENT = "budget_spent"
+PER_ESSAY_SPENT = "comparisons_per_essay_spent"
+WITH_FAILURES = "_with_failures"
+FAILURES_REACHED_BUDGET = "failures_reached_budget"
 PROVIDER_FAILING = "every_comparison_failed"
 RELIABILITY_TARGET = "reliability_target_met"
 SE_TARGET = "se_target_met"
@@ -36,6 +44,10 @@ class Tally:
     succeeded: int
     failed: int
     failed_rounds_in_a_row: int
+
+    @property
+    def pending(self) -> int:
+        return self.requested - self.succeeded - self.failed
 
 
 def tally(outcomes: Sequence[PairOutcome]) -> Tally:
@@ -61,8 +73,12 @@ def reason_to_stop(
     options: BatchOptions, n_essays: int, counts: Tally, fit: BatchFit
 ) -> str | None:
     """Why the batch should stop now, or None to plan another round."""
-    if counts.requested >= options.budget(n_essays):
-        return BUDGET_SPENT
+    budget, limit = options.budget_limit(n_essays)
+    if counts.succeeded >= budget:
+        reason = BUDGET_SPENT if limit == BUDGET else PER_ESSAY_SPENT
+        return reason + WITH_FAILURES if counts.failed else reason
+    if counts.failed >= budget:
+        return FAILURES_REACHED_BUDGET
     if counts.failed_rounds_in_a_row >= options.max_failed_rounds:
         return PROVIDER_FAILING
     if counts.succeeded >= min_successes_for_targets(options, n_essays):
@@ -107,8 +123,9 @@ def verdict(
             f"(sizes {sizes}) that were never compared with each other, so their scores are "
             f"not on one scale; raise the comparison budget ({why}).",
         )
+    replaced = f"; {counts.failed} failed and were not counted" if counts.failed else ""
     return Verdict(
         BatchStatus.COMPLETED,
         reason,
-        f"{counts.succeeded} of {counts.requested} comparisons succeeded ({why}).",
+        f"{counts.succeeded} of {counts.requested} comparisons succeeded{replaced} ({why}).",
     )
