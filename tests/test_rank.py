@@ -64,6 +64,7 @@ def test_credentials_are_checked_from_the_environment_alone(
         ({"budget": 0}, "--budget"),
         ({"comparisons_per_essay": 0.0}, "--comparisons-per-essay"),
         ({"provider": "llama"}, "mock, anthropic or openai"),
+        ({"pairing": "swiss"}, "--pairing"),
     ],
 )
 def test_bad_options_are_refused_before_running(

@@ -314,3 +314,42 @@ def test_rewriting_replaces_files_without_leftovers(tmp_path: Path) -> None:
         "report.html",
     ]
     assert len(json.loads((tmp_path / "ranking.json").read_text("utf-8"))["ranking"]) == 3
+
+
+def test_the_judge_and_the_reliability_are_reported_everywhere(tmp_path: Path) -> None:
+    from cjllm.contracts import JudgeModel, OrderEffect, PositionConsistency
+    from cjllm.terminal import summary_lines
+
+    result = completed().model_copy(
+        update={
+            "reliability": 0.78,
+            "judge": JudgeModel(
+                order_effect=OrderEffect(
+                    logit=0.95, se=0.12, essay_a_wins=126, decisive=200, significant=True
+                ),
+                lapse_rate=0.05,
+                lapse_rate_low=0.0,
+                lapse_rate_high=0.2,
+                population_sd=1.4,
+                position_consistency=PositionConsistency(pairs=20, consistent=15),
+            ),
+        }
+    )
+    files = write_report(tmp_path, result, CONTEXT)
+    summary = json.loads(files.json.read_text(encoding="utf-8"))["summary"]
+    assert summary["reliability"] == 0.78
+    judge = summary["judge_model"]
+    assert judge["order_effect"]["logit"] == 0.95 and judge["order_effect"]["essay_a_share"] == 0.63
+    assert judge["lapse_rate_high"] == 0.2 and judge["population_sd"] == 1.4
+    assert judge["position_consistency"] == {"pairs": 20, "consistent": 15}
+    page = files.html.read_text(encoding="utf-8")
+    assert '<ul id="judgement">' in page and "Essay A won 63% of 200 decisive comparisons" in page
+    lines = summary_lines(result, "mock")
+    assert any(line.startswith("Reliability: 0.78") for line in lines)
+    assert any("Order effect: +0.95 logits (SE 0.12, significant: the judge favours Essay A)"
+               in line for line in lines)  # fmt: skip
+    assert any(line.startswith("Warning: the judge is swayed by the order") for line in lines)
+    assert any("Lapse rate: 5% of decisions at random (95% 0% to 20%)" in line for line in lines)
+    assert any("Position consistency: 75% of 20 pairs" in line for line in lines)
+    quiet = result.model_copy(update={"judge": None, "reliability": None})
+    assert not any("Order effect" in line for line in summary_lines(quiet, "mock"))

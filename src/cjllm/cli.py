@@ -233,7 +233,19 @@ def rank(
     rubric: RubricOption = None,
     anchors: AnchorsOption = None,
     grade_scale: GradeScaleOption = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the simulated judge's draws.")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option("--seed", help="Seed of the simulated judge's draws and of the pairing."),
+    ] = 0,
+    pairing: Annotated[
+        str | None,
+        typer.Option(
+            "--pairing",
+            help="adaptive (default: partners chosen for information) or random (the "
+            "classical balanced random design).",
+            show_default=False,
+        ),
+    ] = None,
     estimate: Annotated[
         bool,
         typer.Option(
@@ -267,6 +279,7 @@ def rank(
         anchors=anchors,
         grade_scale=[g.strip() for g in grade_scale.split(",")] if grade_scale else None,
         seed=seed,
+        pairing=pairing,
     )
     try:
         checked = preflight(request, credentials=not estimate)

@@ -327,8 +327,53 @@ class RankedEssay(BaseModel):
     grade_probability: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
+class OrderEffect(BaseModel):
+    """The judge's first-position effect δ (logits; > 0 favours Essay A) and the raw share."""
+
+    logit: float
+    se: float = Field(ge=0.0)
+    essay_a_wins: int = Field(ge=0)
+    decisive: int = Field(ge=0)
+    significant: bool
+
+    @property
+    def essay_a_share(self) -> float | None:
+        return self.essay_a_wins / self.decisive if self.decisive else None
+
+
+class PositionConsistency(BaseModel):
+    """Pairs judged in both orders (both judgements succeeded) and how many agreed."""
+
+    pairs: int = Field(ge=0)
+    consistent: int = Field(ge=0)
+
+
+class JudgeModel(BaseModel):
+    """How the judge behaved, as fitted: order effect, lapse rate, spread of the essays.
+
+    ``lapse_rate``: the share of decisions that were a coin toss whatever the essays, with its
+    95% interval (weakly identified: essays close in quality look the same). ``population_sd``:
+    τ, the spread of the essays' abilities on the judge's logit scale. Both are ``None`` when
+    not estimated (above 1,000 essays).
+    """
+
+    order_effect: OrderEffect | None = None
+    lapse_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    lapse_rate_low: float | None = Field(default=None, ge=0.0, le=1.0)
+    lapse_rate_high: float | None = Field(default=None, ge=0.0, le=1.0)
+    population_sd: float | None = Field(default=None, ge=0.0)
+    position_consistency: PositionConsistency | None = None
+
+
 class CJAssessmentCompletedV1(BaseModel):
-    """Published by the CJ service when a batch finishes (or fails)."""
+    """Published by the CJ service when a batch finishes (or fails).
+
+    Reliability: ``reliability`` is the estimated squared correlation of the scores with the
+    essays' true quality on the judge's scale (1 − mean SE²/τ²), honest under any pairing;
+    ``scale_separation_reliability`` is the classical SSR of a weakly regularised fit, kept
+    for comparison with other CJ tools (adaptive pairing inflates it); split-half is the
+    Spearman-Brown corrected correlation of fits to random halves of the comparisons.
+    """
 
     cj_batch_id: str
     bos_batch_id: str | None = None
@@ -344,6 +389,8 @@ class CJAssessmentCompletedV1(BaseModel):
     cost_estimate: float = Field(default=0.0, ge=0.0)
     scale_separation_reliability: float | None = None
     split_half_reliability: float | None = None
+    reliability: float | None = None
+    judge: JudgeModel | None = None
     batching_strategy: BatchingStrategy
     provider: str
     model: str

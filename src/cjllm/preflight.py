@@ -32,6 +32,7 @@ DEFAULT_INSTRUCTIONS = (
     "of language."
 )
 PROVIDERS = ("mock", "anthropic", "openai")
+PAIRINGS = ("adaptive", "random")  # the same as cjllm.cj.options.PAIRINGS (not imported here)
 KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 # anything the vendor's SDK may take credentials from besides the key itself
 CREDENTIAL_ENV = {
@@ -76,6 +77,7 @@ class RankRequest:
     anchors: Path | None = None
     grade_scale: Sequence[str] | None = None
     seed: int = 0
+    pairing: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ def check_options(request: RankRequest, environ: Mapping[str, str] | None = None
         raise RankError("--budget must be at least 1")
     if request.bundle_size is not None and request.bundle_size < 1:
         raise RankError("--bundle-size must be at least 1")
+    if request.pairing is not None and request.pairing not in PAIRINGS:
+        raise RankError(f"--pairing must be one of {', '.join(PAIRINGS)}")
     if request.provider is not None and request.provider not in PROVIDERS:
         raise RankError(f"--provider {request.provider!r}: choose mock, anthropic or openai")
     if request.bundle_size is not None and request.strategy is BatchingStrategy.PER_REQUEST:

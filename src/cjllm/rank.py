@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import signal
 import uuid
 from collections.abc import Callable
@@ -105,6 +106,7 @@ def fingerprint(request: RankRequest, inputs: RankInputs, judging: Judging) -> d
         "comparisons_per_essay": request.comparisons_per_essay,
         "budget": request.budget,
         "seed": request.seed,
+        **({"pairing": request.pairing} if request.pairing is not None else {}),
     }
 
 
@@ -128,6 +130,8 @@ def cj_settings_for(request: RankRequest, provider: str, model: str) -> CJSettin
         update["comparisons_per_essay"] = request.comparisons_per_essay
     if request.budget is not None:
         update["max_comparisons_total"] = request.budget
+    if request.pairing is not None:
+        update["pairing"] = request.pairing
     settings = base.model_copy(update=update)
     try:
         BatchOptions.from_settings(settings).validate()
@@ -264,6 +268,18 @@ def run_context(
     )
 
 
+RUN_NAMESPACE = uuid.UUID("6f1b3c1e-6a53-5b9c-9d0e-7c3d2f1a8b41")  # cjllm rank batch ids
+
+
+def run_batch_id(fingerprint: dict[str, Any]) -> str:
+    """The batch id of a run: a UUID5 of everything that defines it, ``--seed`` included.
+
+    With it the pairing seed and every comparison's correlation id (which seeds the simulated
+    judge's draw) follow from the command line, so the same command gives the same ranking.
+    """
+    return str(uuid.uuid5(RUN_NAMESPACE, json.dumps(fingerprint, sort_keys=True)))
+
+
 def _batch_for(run: PreparedRun, out_dir: Path) -> str:
     """The batch id recorded in ``out_dir`` for these inputs, or a new one (recorded now)."""
     wanted = fingerprint(run.request, run.inputs, run.judging)
@@ -280,7 +296,7 @@ def _batch_for(run: PreparedRun, out_dir: Path) -> str:
                 f"run. Use another --out, or delete {out_dir} to start over."
             )
         return str(previous["batch_id"])
-    batch_id = str(uuid.uuid4())
+    batch_id = run_batch_id(wanted)
     write_run_file(
         out_dir,
         {

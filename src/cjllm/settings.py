@@ -175,7 +175,13 @@ class CJSettings(BackendSettings):
     min_comparisons_per_essay_before_stop: float = Field(default=4.0, ge=0.0)
     max_failed_rounds: int = Field(default=3, gt=0)
     split_half_splits: int = Field(default=10, gt=0)
-    pairing_random_fraction: float = Field(default=0.25, ge=0.0, le=1.0)
+    # adaptive: partners chosen for information (with a random share); random: the classical
+    # balanced random design (the same structural rules, every partner drawn at random)
+    pairing: Literal["adaptive", "random"] = "adaptive"
+    pairing_random_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
+    # a fraction of each round's judged pairs judged again with the positions swapped, in the
+    # next round, to report position consistency (0: off)
+    both_orders_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     # the pool bundle layout: each provider call sends every distinct essay once, and rounds
     # are planned as groups of essays near each other, one bundle per group (cj/groups.py)
     bundle_layout: BundleLayout = BundleLayout.ITEMS

@@ -237,11 +237,11 @@ def ranking_table(result: CJAssessmentCompletedV1) -> Table:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     """The run summary in a few lines, from :func:`cjllm.report.run_summary`."""
     from cjllm.report import explain
+    from cjllm.report.judgement import judgement_lines
 
     made, calls = summary["comparisons_made"], summary["provider_calls"]
     ratio = summary["comparisons_per_provider_call"]
     per_call = f" ({ratio:.1f} comparisons per answered call)" if ratio else ""
-    rel = summary["scale_separation_reliability"]
     tokens = summary["tokens"]["total_tokens"]
     return [
         f"Judge: {summary['judge']}",
@@ -258,9 +258,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
             if summary.get("output_mode") or summary.get("bundle_size")
             else []
         ),
-        "Reliability (scale separation): "
-        + ("n/a" if rel is None else f"{rel:.2f}")
-        + f" — {explain.reliability_grade(rel)}",
+        *judgement_lines(summary),
         f"Stopped: {explain.stop_reason(summary['stop_reason'])} ({summary['stop_reason']})",
         *([f"Note: {summary['message']}"] if summary.get("message") else []),
     ]

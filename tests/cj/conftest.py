@@ -69,6 +69,9 @@ async def make_harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
             "submit_backoff_seconds": 0.0,
             "submit_retries": 2,
             "split_half_splits": 4,
+            # the stub judge is nearly certain, so reliability 0.9 comes within a few rounds:
+            # tests that are not about stopping early spend their budget
+            "target_reliability": 0.999,
             **overrides,
         }
         settings = CJSettings(**values)

@@ -9,8 +9,8 @@ import pytest
 from scipy.stats import spearmanr
 
 from cjllm.cj.pairing import plan_round, random_round
-from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
-from cjllm.cj.scoring import fit_bradley_terry
+from cjllm.cj.population import fit_spread, population_sd
+from cjllm.cj.reliability import population_reliability
 
 Pair = tuple[int, int]
 
@@ -111,41 +111,40 @@ def test_bad_scores_are_rejected() -> None:
         plan_round(4, [], [], None, [1.0, np.nan, 1.0, 1.0], 1, 0)
 
 
-def simulate_judging(adaptive: bool, seed: int) -> tuple[float, float, float]:
+def simulate_judging(adaptive: bool, seed: int) -> tuple[float, float]:
     """100 essays, true abilities N(0, 2²) logits, a logistic judge, 14 rounds of 50 pairs
-    (14 comparisons per essay, 700 in all), MAP refit (prior 0.2) after every round."""
-    n, rounds, prior = 100, 14, 0.2
+    (14 comparisons per essay, 700 in all), refit under the fitted population prior after
+    every round, as the CJ service does. Returns (Spearman ρ, reliability − actual r²)."""
+    n, rounds = 100, 14
     truth = np.random.default_rng(seed).normal(0.0, 2.0, n)
     judge, planner = np.random.default_rng(seed + 1), np.random.default_rng(seed + 2)
     first: list[int] = []
     second: list[int] = []
     won: list[bool] = []
-    theta, se = None, None
+    fit = None
     for _ in range(rounds):
         if adaptive:
-            pairs = plan_round(n, first, second, theta, se, n // 2, planner)
+            pairs = plan_round(
+                n, first, second, None if fit is None else fit.theta,
+                None if fit is None else fit.se, n // 2, planner,
+                covariance=None if fit is None else fit.covariance,
+            )  # fmt: skip
         else:
             pairs = random_round(n, first, second, n // 2, planner)
         for a, b in pairs:
             first.append(a)
             second.append(b)
             won.append(bool(judge.random() < 1.0 / (1.0 + np.exp(truth[b] - truth[a]))))
-        fit = fit_bradley_terry(n, first, second, won, prior=prior)
-        theta, se = fit.theta, fit.se
-    assert len(first) == 700
+        fit = fit_spread(n, first, second, won, initial=fit)
+    assert len(first) == 700 and fit is not None
     rho = float(spearmanr(fit.theta, truth)[0])
-    ssr = scale_separation_reliability(fit.theta, fit.se)
-    split = split_half_reliability(n, first, second, won, prior=prior, n_splits=10, rng=seed)
-    return rho, ssr, split
+    r2 = float(np.corrcoef(fit.theta, truth)[0, 1] ** 2)
+    return rho, population_reliability(fit.se, population_sd(fit)) - r2
 
 
-def test_simulated_judge_adaptive_versus_random(capsys: pytest.CaptureFixture[str]) -> None:
-    seed = 11
-    adaptive = simulate_judging(True, seed)
-    random = simulate_judging(False, seed)
-    with capsys.disabled():
-        print("\n100 essays, 700 comparisons    Spearman   SSR    split-half")
-        for name, (rho, ssr, split) in (("plan_round", adaptive), ("random_round", random)):
-            print(f"  {name:<28} {rho:6.3f}  {ssr:6.3f}  {split:6.3f}")
-    assert adaptive[0] >= 0.9
-    assert 0.5 < adaptive[1] < 1.0 and 0.5 < adaptive[2] < 1.0
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_simulated_judge_is_ranked_well_with_honest_reliability(adaptive: bool) -> None:
+    # one batch each (the measurement over many batches is bench/judgement.py)
+    rho, gap = simulate_judging(adaptive, seed=11)
+    assert rho >= 0.85
+    assert abs(gap) < 0.1

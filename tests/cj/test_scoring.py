@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from cjllm.cj import scoring
+from cjllm.cj import likelihood, scoring
 from cjllm.cj.grades import project_grades
+from cjllm.cj.population import fit_population, fit_spread, population_sd, profile_lapse
 from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
 from cjllm.cj.scoring import (
     DisconnectedGraphError,
@@ -205,7 +206,7 @@ def test_sparse_and_dense_newton_agree(
     truth = rng.normal(0.0, 0.4, n)
     won = rng.random(len(pairs)) < 1 / (1 + np.exp(truth[pairs[:, 1]] - truth[pairs[:, 0]] - 0.3))
     sparse = fit_bradley_terry(n, pairs[:, 0], pairs[:, 1], won, prior=prior, order_effect=order)
-    monkeypatch.setattr(scoring, "_DENSE_LIMIT", 10**9)
+    monkeypatch.setattr(likelihood, "DENSE_LIMIT", 10**9)
     dense = fit_bradley_terry(n, pairs[:, 0], pairs[:, 1], won, prior=prior, order_effect=order)
     assert sparse.converged and dense.converged
     np.testing.assert_allclose(sparse.theta, dense.theta, atol=1e-8)
@@ -344,3 +345,100 @@ def test_split_half_is_nan_not_an_error_when_halves_disagree_completely() -> Non
     # two items, two comparisons that contradict each other: every split correlates at -1
     value = split_half_reliability(2, [0, 1], [1, 0], [True, True], prior=1.0, n_splits=5, rng=0)
     assert math.isnan(value)
+
+
+# --- order effect, lapse rate and the fitted population prior --------------------------------
+
+
+def judged(n: int, sd: float, per_item: int, seed: int, *, order: float = 0.0,
+           lapse: float = 0.0) -> tuple[np.ndarray, Data]:  # fmt: skip
+    """Random balanced pairs judged by P(A) = ε/2 + (1 − ε)·σ(θ_A − θ_B + δ)."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0.0, sd, n)
+    pairs = np.concatenate([rng.permutation(n) for _ in range(per_item)]).reshape(-1, 2)
+    eta = truth[pairs[:, 0]] - truth[pairs[:, 1]] + order
+    p_first = lapse / 2 + (1 - lapse) / (1.0 + np.exp(-eta))
+    return truth, (pairs[:, 0], pairs[:, 1], rng.random(len(pairs)) < p_first)
+
+
+def test_order_effect_is_recovered_within_its_se() -> None:
+    _, data = judged(60, 1.5, 20, seed=4, order=1.0)
+    fit = fit_bradley_terry(60, *data, prior=0.3, order_effect=True, order_prior=0.01)
+    assert fit.order_effect is not None and fit.order_effect_se is not None
+    assert 0.05 < fit.order_effect_se < 0.2
+    assert abs(fit.order_effect - 1.0) < 2 * fit.order_effect_se
+
+
+def test_lapse_rate_is_recovered_by_the_evidence() -> None:
+    # a wide spread of abilities: far-apart pairs show how often the judge decides at random
+    _, data = judged(60, 4.0, 40, seed=6, lapse=0.3)
+    noisy = profile_lapse(60, *data, order_effect=False)
+    low, high = noisy.interval
+    assert abs(noisy.lapse - 0.3) <= 0.05 and low <= 0.3 <= high and high - low <= 0.25
+    clean = profile_lapse(60, *judged(60, 4.0, 40, seed=6)[1], order_effect=False)
+    assert clean.lapse <= 0.05 and clean.interval[1] < 0.2
+    assert clean.grid[0] == 0.0 and len(clean.grid) < 11  # stops once the evidence falls away
+
+
+def test_scores_are_averaged_over_the_spread() -> None:
+    truth, data = judged(40, 1.5, 6, seed=12)
+    averaged = fit_population(40, *data)
+    best = averaged.fit
+    assert best.log_evidence is not None and averaged.tau == pytest.approx(population_sd(best))
+    # an uncertain τ widens every interval a little, and moves no score far
+    assert np.all(averaged.se >= best.se - 1e-12) and np.mean(averaged.se > best.se) > 0.9
+    np.testing.assert_allclose(averaged.theta, best.theta, atol=0.25)
+    assert 0.0 < averaged.reliability < 1.0
+    assert abs(np.corrcoef(averaged.theta, truth)[0, 1] ** 2 - averaged.reliability) < 0.2
+
+
+def test_lapse_fit_is_stationary() -> None:
+    _, (first, second, won) = judged(12, 2.0, 10, seed=8, order=0.5, lapse=0.2)
+    fit = fit_bradley_terry(12, first, second, won, prior=0.5, order_effect=True, lapse=0.2)
+    assert fit.order_effect is not None and fit.lapse == 0.2
+    f, s, y = scoring._comparisons(12, first, second, won)
+    problem = likelihood.LogPosterior(
+        12, f, s, y, order=True, prior=0.5, order_prior=0.5, lapse=0.2
+    )
+    z = np.r_[fit.theta, fit.order_effect]
+    assert np.max(np.abs(problem.gradient(z))) < 1e-7
+    for k in range(z.size):  # the log-posterior is largest at the estimate, axis by axis
+        for h in (-1e-3, 1e-3):
+            moved = z.copy()
+            moved[k] += h
+            assert problem.objective(moved) <= problem.objective(z) + 1e-12
+    with pytest.raises(ValueError, match="lapse"):
+        fit_bradley_terry(12, first, second, won, prior=0.5, lapse=1.0)
+
+
+def test_sparse_and_dense_newton_agree_with_a_lapse_rate(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, (first, second, won) = judged(450, 1.5, 16, seed=9, order=0.3, lapse=0.2)
+    sparse = fit_bradley_terry(450, first, second, won, prior=0.4, order_effect=True, lapse=0.2)
+    monkeypatch.setattr(likelihood, "DENSE_LIMIT", 10**9)
+    dense = fit_bradley_terry(450, first, second, won, prior=0.4, order_effect=True, lapse=0.2)
+    assert sparse.converged and dense.converged
+    np.testing.assert_allclose(sparse.theta, dense.theta, atol=1e-7)
+    np.testing.assert_allclose(sparse.se, dense.se, atol=1e-10)
+
+
+def test_starting_from_a_previous_fit_gives_the_same_estimate() -> None:
+    _, data = judged(30, 1.5, 10, seed=10, order=0.4, lapse=0.1)
+    cold = fit_bradley_terry(30, *data, prior=0.5, order_effect=True, lapse=0.1)
+    rough = fit_bradley_terry(30, *data, prior=2.0, order_effect=True)
+    warm = fit_bradley_terry(30, *data, prior=0.5, order_effect=True, lapse=0.1, initial=rough)
+    np.testing.assert_allclose(warm.theta, cold.theta, atol=1e-8)
+    assert warm.order_effect == pytest.approx(cold.order_effect, abs=1e-8)
+
+
+def test_population_spread_is_estimated_from_the_evidence() -> None:
+    estimates = []
+    for seed in range(3):
+        truth, data = judged(150, 1.5, 12, seed=20 + seed)
+        fit = fit_spread(150, *data)
+        estimates.append(population_sd(fit) / np.std(truth))
+        assert fit.log_evidence is not None and fit.order_effect is not None
+        for factor in (0.7, 1.4):  # the evidence is largest at the chosen prior
+            other = fit_bradley_terry(150, *data, prior=fit.prior / factor**2, order_effect=True,
+                                      order_prior=0.1)  # fmt: skip
+            assert other.log_evidence is not None and other.log_evidence < fit.log_evidence
+    assert 0.85 < float(np.mean(estimates)) < 1.15

@@ -75,6 +75,7 @@ async def test_in_process_batch_through_the_provider(
             max_concurrent_comparisons=8,
             comparisons_per_essay=6,
             split_half_splits=4,
+            target_reliability=0.999,  # the mock judge is near-certain: spend the budget
         ),
         provider_settings=ProviderSettings(
             queue_url=f"sqlite:///{tmp_path}/queue.sqlite", linger_seconds=5.0

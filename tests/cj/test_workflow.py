@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -14,13 +15,15 @@ from cjllm.cj.tables import ComparisonStatus
 from cjllm.cj.workflow import CJWorkflow, EssayInput
 from cjllm.contracts import COMPLETION_EVENT_TYPE, BatchingStrategy
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
-from tests.cj.stub_provider import StubProvider
+from tests.cj.stub_provider import StubProvider, judge_for
 
 
 async def test_batch_runs_to_a_ranking_that_follows_the_judge(make_harness: MakeHarness) -> None:
     essays, qualities = essays_with_quality(20)
     h = await make_harness(
-        stub=judging_stub(qualities), max_concurrent_comparisons=10, comparisons_per_essay=12
+        stub=judging_stub(qualities),
+        max_concurrent_comparisons=10,
+        comparisons_per_essay=12,
     )
     batch_id = await h.cj.start_batch(
         essays, instructions="Should schools start later?", rubric="Argument, evidence, style."
@@ -66,8 +69,9 @@ async def test_stops_when_the_reliability_target_is_met(make_harness: MakeHarnes
     batch_id = await h.cj.start_batch(essays, instructions="Describe a storm.")
     result = await h.cj.wait_for_completion(batch_id, timeout=60)
     assert result.stop_reason == "reliability_target_met"
-    assert result.scale_separation_reliability is not None
-    assert result.scale_separation_reliability >= 0.8
+    progress = await h.cj.progress(batch_id)  # the fit the decision was made on
+    assert progress.reliability is not None and progress.reliability >= 0.8
+    assert result.reliability is not None and result.reliability >= 0.75  # the final fit's
     assert 24 <= result.comparisons_requested < 240
 
 
@@ -411,3 +415,46 @@ def test_undefined_split_half_is_reported_as_none(monkeypatch: pytest.MonkeyPatc
         mean_se=1.0,
     )
     assert ranking.split_half(fit, 3, 0.1, 4, [1]) is None
+
+
+async def test_a_biased_judge_is_measured_reported_and_corrected(
+    make_harness: MakeHarness,
+) -> None:
+    essays, _ = essays_with_quality(24)
+    rng = np.random.default_rng(3)
+    qualities = {e.text: float(q) for e, q in zip(essays, rng.normal(0.0, 1.5, 24), strict=True)}
+    stub = judging_stub(qualities)
+    stub.judge = judge_for(qualities, noise=1.0)
+    stub.judge.position_bias = 1.0  # +1 logit for whichever essay is shown as Essay A
+    h = await make_harness(
+        stub=stub,
+        max_concurrent_comparisons=40,
+        comparisons_per_essay=30,
+        target_reliability=0.999,
+        both_orders_fraction=0.25,
+    )
+    batch_id = await h.cj.start_batch(  # a fixed id: the pairing and the judge's draws follow
+        essays, instructions="Describe a storm.", batch_id="5f1e0c7a-3d2b-4c9e-8a41-6b7d2e9f0a13"
+    )
+    result = await h.cj.wait_for_completion(batch_id, timeout=120)
+    assert result.status == "completed" and result.judge is not None
+    effect = result.judge.order_effect
+    assert effect is not None and effect.significant
+    assert abs(effect.logit - 1.0) < 3 * effect.se  # recovered within its SE (99.7%)
+    assert effect.decisive == result.comparisons_succeeded
+    assert effect.essay_a_share is not None and effect.essay_a_share > 0.6
+    assert "Warning: the judge favours Essay A" in (result.message or "")
+    # positions stayed balanced per essay, so scores still follow the judge
+    rows = await h.cj.store.comparisons(batch_id)
+    balance = Counter(r.essay_a_id for r in rows)
+    balance.subtract(Counter(r.essay_b_id for r in rows))
+    assert max(abs(v) for v in balance.values()) <= 2
+    truth = [qualities[next(e.text for e in essays if e.essay_id == r.essay_id)]
+             for r in result.ranking]  # fmt: skip
+    assert spearmanr(truth, [r.score for r in result.ranking]).statistic > 0.85
+    # both-orders check: reversed repeats of judged pairs, reported as position consistency
+    consistency = result.judge.position_consistency
+    assert consistency is not None and consistency.pairs >= 20
+    assert 0.3 < consistency.consistent / consistency.pairs < 1.0
+    assert result.reliability is not None and 0.0 < result.reliability < 1.0
+    assert result.judge.lapse_rate_low <= result.judge.lapse_rate <= result.judge.lapse_rate_high

@@ -308,3 +308,32 @@ def test_interrupted_run_resumes_without_redoing_comparisons(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_killed_run_resumes_with_every_comparison_accounted_for(tmp_path: Path) -> None:
     _interrupt_and_resume(tmp_path, signal.SIGKILL)
+
+
+def test_the_same_command_and_seed_give_the_same_ranking(tmp_path: Path) -> None:
+    def ranking(out: str, seed: str) -> list[tuple[str, float, int]]:
+        args = ("rank", str(EXAMPLES), "--out", str(tmp_path / out), "--budget", "40")
+        proc = run(*args, "--seed", seed, extra_env={"CJLLM_MOCK_NOISE": "3.0"})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        data = json.loads((tmp_path / out / "ranking.json").read_text(encoding="utf-8"))
+        return [(r["essay_id"], r["score"], r["wins"]) for r in data["ranking"]]
+
+    first = ranking("one", "3")
+    assert ranking("two", "3") == first  # another folder, the same command: the same ranking
+    assert ranking("three", "4") != first  # another seed: other draws of the noisy judge
+    rows = [comparison_rows(tmp_path / out / "cj.sqlite") for out in ("one", "two")]
+    assert rows[0] == rows[1]
+
+
+def test_a_total_budget_alone_is_judged_in_full_and_named_as_the_stop(tmp_path: Path) -> None:
+    # 18 essays: the default 10 per essay would allow 90; --budget 100 is the only limit given
+    out = tmp_path / "results"
+    proc = run(
+        "rank", str(EXAMPLES), "--out", str(out), "--budget", "100",
+        extra_env={"CJLLM_TARGET_RELIABILITY": "0.999"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Budget: 100 comparisons (the total budget)." in proc.stdout
+    summary = json.loads((out / "ranking.json").read_text(encoding="utf-8"))["summary"]
+    assert summary["comparisons_made"] == 100 and summary["stop_reason"] == "budget_spent"
+    assert summary["reliability"] is not None and summary["judge_model"]["order_effect"]

@@ -17,17 +17,21 @@ from cjllm.cj.ranking import (
     BatchFit,
     Ranking,
     build_ranking,
+    classical_ssr,
     component_sizes,
     seed_for,
     split_half,
 )
-from cjllm.cj.records import BatchRecord, EssayRecord
+from cjllm.cj.records import BatchRecord, EssayRecord, PairOutcome
 from cjllm.cj.store import Store
-from cjllm.cj.tables import BatchStatus
+from cjllm.cj.tables import BatchStatus, ComparisonStatus
 from cjllm.contracts import (
     COMPLETION_EVENT_TYPE,
     CJAssessmentCompletedV1,
     EventEnvelope,
+    JudgeModel,
+    OrderEffect,
+    PositionConsistency,
     TokenUsage,
 )
 
@@ -54,6 +58,8 @@ async def build_completion(
     n = len(essays)
     ranking: Ranking | None = None
     split: float | None = None
+    ssr: float | None = None
+    consistency: PositionConsistency | None = None
     components: int | None = None
     if fit is None:
         verdict = stopping.Verdict(BatchStatus.FAILED, reason, f"{reason}: {error}")
@@ -62,13 +68,19 @@ async def build_completion(
         components = len(sizes)
         verdict = stopping.verdict(options, n, counts, reason, sizes)
         ranking = await asyncio.to_thread(build_ranking, essays, fit, batch.grade_scale)
+        prior = fit.model.prior if fit.model is not None else options.bt_prior
         split = await asyncio.to_thread(
-            split_half, fit, n, options.bt_prior, options.split_half_splits, seed_for(batch.id, 0)
+            split_half, fit, n, prior, options.split_half_splits, seed_for(batch.id, 0)
         )
+        ssr = await asyncio.to_thread(classical_ssr, fit, n, options.bt_prior)
+        consistency = position_consistency(await store.outcomes(batch.id))
     totals = await store.progress(batch.id)
     message = verdict.message
     if ranking is not None and ranking.grade_message:
         message = f"{message} {ranking.grade_message}"
+    if fit is not None:
+        warnings = (order_warning(fit.order_effect()), lapse_warning(fit))
+        message = " ".join([message, *(w for w in warnings if w is not None)])
     models = await store.models_used(batch.id)
     event = CJAssessmentCompletedV1(
         cj_batch_id=batch.id,
@@ -87,8 +99,10 @@ async def build_completion(
             total_tokens=totals.total_tokens,
         ),
         cost_estimate=totals.cost_estimate,
-        scale_separation_reliability=fit.reliability if fit is not None else None,
+        scale_separation_reliability=ssr,
         split_half_reliability=split,
+        reliability=fit.reliability if fit is not None else None,
+        judge=judge_model(fit, consistency) if fit is not None else None,
         batching_strategy=options.batching_strategy,
         provider=batch.provider,
         model=",".join(models) if models else batch.model or "default",
@@ -109,3 +123,57 @@ def completion_envelope(event: CJAssessmentCompletedV1, source_service: str) -> 
         correlation_id=uuid.UUID(event.cj_batch_id),
         data=event.model_dump(mode="json"),
     )
+
+
+def judge_model(fit: BatchFit, consistency: PositionConsistency | None) -> JudgeModel:
+    low, high = fit.lapse_interval or (None, None)
+    return JudgeModel(
+        order_effect=fit.order_effect(),
+        lapse_rate=fit.lapse_rate,
+        lapse_rate_low=low,
+        lapse_rate_high=high,
+        population_sd=fit.population_sd,
+        position_consistency=consistency,
+    )
+
+
+def order_warning(effect: OrderEffect | None) -> str | None:
+    """A sentence for a significant first-position effect, else None."""
+    if effect is None or not effect.significant or effect.essay_a_share is None:
+        return None
+    side = "Essay A (shown first)" if effect.logit > 0 else "Essay B (shown second)"
+    return (
+        f"Warning: the judge favours {side}: order effect {effect.logit:+.2f} logits "
+        f"(SE {effect.se:.2f}); Essay A won {effect.essay_a_share:.0%} of "
+        f"{effect.decisive} decisive comparisons. Positions are balanced per essay and the "
+        "scores are corrected for it."
+    )
+
+
+def lapse_warning(fit: BatchFit) -> str | None:
+    """A sentence when the evidence says the judge decides at random now and then."""
+    if fit.lapse_interval is None or fit.lapse_rate is None or fit.lapse_interval[0] <= 0.0:
+        return None
+    low, high = fit.lapse_interval
+    return (
+        f"Warning: the judge seems to decide at random in about {fit.lapse_rate:.0%} of "
+        f"comparisons (95% interval {low:.0%} to {high:.0%}). The scores treat every decision "
+        "as informed: the ranking is as good as the reliability says or better, but the scale "
+        "is narrower than the essays' true differences."
+    )
+
+
+def position_consistency(outcomes: list[PairOutcome]) -> PositionConsistency | None:
+    """Pairs judged successfully in both orders, and how many chose the same essay both
+    times (the first judgement in each order counts). None when no pair was."""
+    first_win: dict[tuple[str, str], str] = {}
+    for o in outcomes:
+        if o.status is ComparisonStatus.SUCCEEDED and o.winner is not None:
+            winner = o.essay_a_id if o.winner == "Essay A" else o.essay_b_id
+            first_win.setdefault((o.essay_a_id, o.essay_b_id), winner)
+    pairs = consistent = 0
+    for (a, b), winner in first_win.items():
+        if a < b and (b, a) in first_win:
+            pairs += 1
+            consistent += winner == first_win[(b, a)]
+    return PositionConsistency(pairs=pairs, consistent=consistent) if pairs else None

@@ -14,6 +14,7 @@ from cjllm.contracts import BATCH_JOB_STRATEGIES, BatchingStrategy, BundleLayout
 from cjllm.settings import CJSettings
 
 DEFAULT_COMPARISONS_PER_ESSAY = 10.0
+PAIRINGS = ("adaptive", "random")
 BUDGET = "budget"
 PER_ESSAY = "comparisons_per_essay"
 
@@ -45,7 +46,9 @@ class BatchOptions:
     max_failed_rounds: int = 3
     bt_prior: float = 0.1
     split_half_splits: int = 10
-    pairing_random_fraction: float = 0.25
+    pairing: str = "adaptive"
+    pairing_random_fraction: float = 0.1
+    both_orders_fraction: float = 0.0
     bundle_layout: BundleLayout = BundleLayout.ITEMS
     pool_group_size: int = 10
     pool_pairs_per_essay: int = 4
@@ -86,6 +89,8 @@ class BatchOptions:
             "min_success_fraction": 0.0 <= self.min_success_fraction <= 1.0,
             "max_pair_retries": self.max_pair_retries >= 0,
             "bt_prior": self.bt_prior > 0,
+            "both_orders_fraction": 0.0 <= self.both_orders_fraction <= 1.0,
+            "pairing": self.pairing in PAIRINGS,
             "pool_group_size": self.pool_group_size >= 2,
             "pool_pairs_per_essay": self.pool_pairs_per_essay >= 1,
         }

@@ -1,8 +1,11 @@
-"""From comparison rows to scores: the per-round fit and the final ranking.
+"""From comparison rows to scores: the per-round fit, the final fit and the ranking.
 
-Essays are indexed by their position in the batch. Every successful comparison enters a
-regularised Bradley-Terry fit (:func:`cjllm.cj.scoring.fit_bradley_terry`, prior
-``bt_prior``); failed and pending ones do not. Scores are log-abilities (logits).
+Essays are indexed by their position in the batch. Every successful comparison enters the
+judge model (:mod:`cjllm.cj.scoring`) with the first-position effect δ always fitted and
+abilities under a population prior N(0, τ²) whose τ the comparisons choose, the scores
+averaged over the plausible τ (:func:`cjllm.cj.population.fit_population`); failed and
+pending ones do not. The final fit also profiles the judge's lapse rate. Scores are
+log-abilities (logits).
 """
 
 from __future__ import annotations
@@ -10,31 +13,40 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
 
 from cjllm.cj.grades import project_grades
+from cjllm.cj.options import BatchOptions
+from cjllm.cj.population import fit_population, profile_lapse
 from cjllm.cj.records import EssayRecord, EssayResult, PairOutcome
 from cjllm.cj.reliability import (
     scale_separation_reliability,
     split_half_reliability,
     splits_needed,
 )
-from cjllm.cj.scoring import connected_components, fit_bradley_terry
+from cjllm.cj.scoring import BTFit, connected_components, fit_bradley_terry
 from cjllm.cj.tables import ComparisonStatus
-from cjllm.contracts import RankedEssay
+from cjllm.contracts import OrderEffect, RankedEssay
 
 log = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
+Z95 = 1.959963984540054
 
 
 @dataclass(frozen=True)
 class BatchFit:
-    """The fit after a round: abilities, SEs and the successful comparisons behind them."""
+    """The fit after a round: abilities, SEs and the successful comparisons behind them.
+
+    ``theta``/``se`` are averaged over the plausible τ; ``model`` is the fit at the best τ
+    (None before the first success); ``population_sd`` is τ (None when not fitted: above
+    ``uncertainty.EXACT_LIMIT`` essays). ``lapse_rate`` and ``lapse_interval`` (the judge's
+    estimated lapse rate) are set by the final fit only.
+    """
 
     theta: FloatArray
     se: FloatArray
@@ -43,10 +55,28 @@ class BatchFit:
     first_won: npt.NDArray[np.bool_]
     reliability: float | None
     mean_se: float | None
+    model: BTFit | None = None
+    population_sd: float | None = None
+    lapse_rate: float | None = None
+    lapse_interval: tuple[float, float] | None = None
 
     @property
     def successes(self) -> int:
         return int(self.first.size)
+
+    def order_effect(self) -> OrderEffect | None:
+        """δ with its SE and the raw share of decisive comparisons Essay A won."""
+        model = self.model
+        if model is None or model.order_effect is None or model.order_effect_se is None:
+            return None
+        delta, se = model.order_effect, model.order_effect_se
+        return OrderEffect(
+            logit=delta,
+            se=se,
+            essay_a_wins=int(self.first_won.sum()),
+            decisive=self.successes,
+            significant=abs(delta) > Z95 * se,
+        )
 
 
 def seed_for(batch_id: str, *salt: int) -> list[int]:
@@ -55,32 +85,66 @@ def seed_for(batch_id: str, *salt: int) -> list[int]:
     return [int.from_bytes(digest[:8], "big"), *salt]
 
 
-def fit_outcomes(
-    essays: Sequence[EssayRecord], outcomes: Sequence[PairOutcome], prior: float
-) -> BatchFit:
-    """Fit BT on the successful comparisons. No successes yet: θ = 0, no SE, no reliability."""
+def _successes(
+    essays: Sequence[EssayRecord], outcomes: Sequence[PairOutcome]
+) -> tuple[IntArray, IntArray, npt.NDArray[np.bool_]]:
     index = {e.essay_id: e.position for e in essays}
     done = [o for o in outcomes if o.status is ComparisonStatus.SUCCEEDED]
     first = np.array([index[o.essay_a_id] for o in done], dtype=np.intp)
     second = np.array([index[o.essay_b_id] for o in done], dtype=np.intp)
     won = np.array([o.winner == "Essay A" for o in done], dtype=bool)
+    return first, second, won
+
+
+def fit_outcomes(
+    essays: Sequence[EssayRecord], outcomes: Sequence[PairOutcome], options: BatchOptions
+) -> BatchFit:
+    """The fit after a round. No successes yet: θ = 0, no SE, no reliability."""
+    first, second, won = _successes(essays, outcomes)
     n = len(essays)
-    if not done:
+    if not first.size:
         return BatchFit(np.zeros(n), np.full(n, np.nan), first, second, won, None, None)
-    fit = fit_bradley_terry(n, first, second, won, prior=prior)
-    try:
-        reliability: float | None = scale_separation_reliability(fit.theta, fit.se)
-    except ValueError:  # all abilities equal: reliability undefined
-        reliability = None
+    fit = fit_population(n, first, second, won, order_prior=options.bt_prior)
     return BatchFit(
-        theta=np.asarray(fit.theta),
-        se=np.asarray(fit.se),
+        theta=fit.theta,
+        se=fit.se,
         first=first,
         second=second,
         first_won=won,
-        reliability=reliability,
+        reliability=fit.reliability,
         mean_se=float(np.mean(fit.se)),
+        model=fit.fit,
+        population_sd=fit.tau,
     )
+
+
+def final_fit(
+    essays: Sequence[EssayRecord], outcomes: Sequence[PairOutcome], options: BatchOptions
+) -> BatchFit:
+    """The fit a ranking is published from: :func:`fit_outcomes`, plus the judge's lapse rate
+    profiled by the evidence (:func:`~cjllm.cj.population.profile_lapse`)."""
+    fit = fit_outcomes(essays, outcomes, options)
+    if fit.model is None or fit.population_sd is None:  # nothing judged, or too many essays
+        return fit
+    profile = profile_lapse(
+        len(essays), fit.first, fit.second, fit.first_won, order_prior=options.bt_prior,
+        initial=fit.model,
+    )  # fmt: skip
+    return replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
+
+
+def classical_ssr(fit: BatchFit, n_essays: int, prior: float) -> float | None:
+    """Scale-separation reliability of a fit with the fixed weak prior ``prior`` (no
+    population prior, ε = 0): the statistic other CJ tools report, kept for comparison."""
+    if fit.successes < 2:
+        return None
+    try:
+        weak = fit_bradley_terry(
+            n_essays, fit.first, fit.second, fit.first_won, prior=prior, order_effect=True
+        )
+        return scale_separation_reliability(weak.theta, weak.se)
+    except (ValueError, np.linalg.LinAlgError):  # all abilities equal: undefined
+        return None
 
 
 def component_sizes(n_essays: int, fit: BatchFit) -> list[int]:
@@ -106,6 +170,7 @@ def split_half(
             prior=prior,
             n_splits=splits_needed(n_essays, splits),
             rng=seed,
+            order_effect=True,
         )
     except (ArithmeticError, ValueError, np.linalg.LinAlgError) as exc:
         log.warning("split-half reliability undefined for %d comparisons: %r", fit.successes, exc)

@@ -1,4 +1,5 @@
-"""Reliability of a Bradley-Terry scale: scale separation and split-half.
+"""Reliability of a Bradley-Terry scale: under the fitted population prior, scale separation
+and split-half.
 
 Plain functions over numpy arrays, like :mod:`cjllm.cj.scoring`, whose fits they use.
 """
@@ -13,6 +14,22 @@ import numpy.typing as npt
 from cjllm.cj.scoring import RngLike, _comparisons, fit_bradley_terry
 
 SPLIT_ITEMS = 20_000  # essays × splits beyond which split-half averages fewer splits
+
+
+def population_reliability(se: npt.ArrayLike, population_sd: float) -> float:
+    """Reliability under a fitted population prior θ ~ N(0, τ²): 1 − mean(se²)/τ².
+
+    With posterior (shrunken) scores and posterior SEs, τ² = var(θ) splits into the variance
+    the scores capture and the mean posterior variance, so this is the share of the true
+    variance the scores capture: an estimate of the squared correlation of the scores with
+    the true abilities. It stays honest under adaptive pairing, where the classical
+    :func:`scale_separation_reliability` of maximum-likelihood scores is inflated. In [0, 1]
+    when every se ≤ τ (always so for posterior SEs).
+    """
+    e = np.asarray(se, dtype=np.float64)
+    if e.ndim != 1 or e.size == 0 or not population_sd > 0.0:
+        raise ValueError(f"need 1-D se and population_sd > 0, got {e.shape}, {population_sd}")
+    return float(1.0 - np.mean(e**2) / population_sd**2)
 
 
 def scale_separation_reliability(theta: npt.ArrayLike, se: npt.ArrayLike) -> float:

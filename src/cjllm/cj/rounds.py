@@ -63,6 +63,25 @@ def retry_pairs(
     return out
 
 
+def both_orders_checks(
+    outcomes: Sequence[PairOutcome], round_number: int, fraction: float,
+    rng: np.random.Generator,
+) -> list[NewComparison]:  # fmt: skip
+    """Reversed repeats of a ``fraction`` of the previous round's judged pairs (chosen at
+    random, rounded down), each pair once: the same two essays with the positions swapped,
+    judged in a different call, to measure position consistency."""
+    if fraction <= 0.0:
+        return []
+    asked = {(o.essay_a_id, o.essay_b_id) for o in outcomes}
+    candidates = [
+        o for o in outcomes
+        if o.round_number == round_number - 1 and o.status is ComparisonStatus.SUCCEEDED
+        and (o.essay_b_id, o.essay_a_id) not in asked
+    ]  # fmt: skip
+    chosen = rng.permutation(len(candidates))[: int(fraction * len(candidates))]
+    return [NewComparison(candidates[k].essay_b_id, candidates[k].essay_a_id) for k in chosen]
+
+
 def _within_cap(
     pairs: list[NewComparison], counts: dict[str, int], cap: int | None
 ) -> list[NewComparison]:
@@ -115,7 +134,9 @@ def plan_next_round(
     outcomes: Sequence[PairOutcome],
     fit: BatchFit,
 ) -> list[NewComparison]:
-    """The pairs of the next round: due retries first, then new pairs from the planner.
+    """The pairs of the next round: due retries first, then both-orders checks (reversed
+    repeats of a ``both_orders_fraction`` of the last round's pairs), then new pairs from the
+    planner.
 
     Size: :func:`round_size`, within the budget left. The budget counts judgements, succeeded
     or pending: a failed comparison is not one, so the round may replace it (a retry of the
@@ -131,11 +152,14 @@ def plan_next_round(
     for o in outcomes:
         counts[o.essay_a_id] += 1
         counts[o.essay_b_id] += 1
+    rng = np.random.default_rng(seed_for(batch_id, round_number))
     retries = _within_cap(
         retry_pairs(outcomes, options.max_pair_retries, size),
         counts,
         options.max_comparisons_per_essay,
     )
+    checks = both_orders_checks(outcomes, round_number, options.both_orders_fraction, rng)
+    retries += _within_cap(checks[: size - len(retries)], counts, options.max_comparisons_per_essay)
     index = {e.essay_id: e.position for e in essays}
     ids = [e.essay_id for e in essays]
     history = [
@@ -144,9 +168,9 @@ def plan_next_round(
     ]
     first = np.array([index[a] for a, _ in history], dtype=np.intp)
     second = np.array([index[b] for _, b in history], dtype=np.intp)
-    known = fit.successes > 0
+    known = fit.successes > 0 and options.pairing == "adaptive"
     theta, se = (fit.theta, fit.se) if known else (None, None)
-    rng = np.random.default_rng(seed_for(batch_id, round_number))
+    random_fraction = options.pairing_random_fraction if known else 1.0
     if options.plans_groups:  # retried pairs travel on their own: their essays sit out
         groups = plan_groups(
             len(essays),
@@ -158,7 +182,7 @@ def plan_next_round(
             rng,
             group_size=options.pool_group_size,
             pairs_per_item=options.pool_pairs_per_essay,
-            random_fraction=options.pairing_random_fraction,
+            random_fraction=random_fraction,
             max_per_item=options.max_comparisons_per_essay,
             exclude={index[e] for p in retries for e in (p.essay_a_id, p.essay_b_id)},
         )
@@ -172,8 +196,9 @@ def plan_next_round(
             se,
             size - len(retries),
             rng,
-            random_fraction=options.pairing_random_fraction,
+            random_fraction=random_fraction,
             max_per_item=options.max_comparisons_per_essay,
+            covariance=fit.model.covariance if known and fit.model is not None else None,
         )
     return [*retries, *(NewComparison(ids[a], ids[b]) for a, b in planned)]
 

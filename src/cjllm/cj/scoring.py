@@ -1,36 +1,35 @@
-"""Bradley-Terry scoring for comparative judgement: fit, standard errors, reliability, grades.
+"""Bradley-Terry scoring for comparative judgement: fit, standard errors, evidence.
 
 Model: comparison ``k`` presents item ``first[k]`` as "Essay A" and ``second[k]`` as "Essay B";
 
-    P(Essay A wins) = σ(θ[first[k]] − θ[second[k]] + δ),   σ(x) = 1 / (1 + exp(−x)),
+    P(Essay A wins) = ε/2 + (1 − ε)·σ(θ[first[k]] − θ[second[k]] + δ),   σ(x) = 1/(1 + e^−x),
 
-with one log-ability θ per item and an optional order (first-position, "home") effect δ,
-fixed at 0 unless fitted. δ > 0 means the judge favours whichever essay it reads first.
-Abilities are reported sum-to-zero. All functions take plain numpy-compatible arrays of item
-indexes in ``range(n_items)``; item ids never enter this module.
+with one log-ability θ per item, an optional order (first-position) effect δ, fixed at 0
+unless fitted, and a lapse rate ε (the share of decisions that are a coin toss, whatever the
+essays), a given constant, 0 by default. δ > 0 means the judge favours whichever essay it
+reads first. With ε = 0 this is the classical Bradley-Terry model. Abilities are reported
+sum-to-zero. All functions take plain numpy-compatible arrays of item indexes in
+``range(n_items)``; item ids never enter this module. The likelihood and its solver live
+in :mod:`cjllm.cj.likelihood`, the standard errors in :mod:`cjllm.cj.uncertainty`; the prior
+and ε are chosen in :mod:`cjllm.cj.population`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.linalg import cho_factor, cho_solve
-from scipy.sparse import coo_array, coo_matrix, csr_array
+from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components as _csgraph_components
-from scipy.special import expit, xlogy
 
+from cjllm.cj.likelihood import BoolArray, FloatArray, IntArray, LogPosterior, newton
 from cjllm.cj.uncertainty import sum_to_zero_variances
 
-FloatArray = npt.NDArray[np.float64]
-IntArray = npt.NDArray[np.intp]
-BoolArray = npt.NDArray[np.bool_]
 RngLike = np.random.Generator | np.random.SeedSequence | int | Sequence[int] | None
 
-_DENSE_LIMIT = 400  # parameter count up to which Newton steps use a dense Cholesky solve
 _ML_BOUND = 30.0  # |log-ability| beyond which a maximum-likelihood fit is declared divergent
 
 
@@ -70,9 +69,15 @@ class BTFit:
         when the SEs were estimated (:mod:`cjllm.cj.uncertainty`) or not computed.
     se_error: estimated root-mean-square relative error of ``se`` (0 when exact).
     order_effect, order_effect_se: δ and its SE; ``None`` when not fitted.
+    lapse: the lapse rate ε the fit was made with.
     log_likelihood: Bernoulli log-likelihood of all comparisons at the estimate.
+    log_evidence: for prior > 0 with exact standard errors, the Laplace approximation to the
+        log marginal likelihood of the comparisons given ``prior``, ``order_prior`` and
+        ``lapse`` (up to a constant that depends on none of them except the order prior);
+        ``None`` otherwise.
     deviance: binomial deviance with comparisons grouped by ordered (first, second) pair.
-    null_deviance: the same at θ = 0, δ = 0. df_residual: groups − (n_items − 1) − [δ fitted].
+    null_deviance: the same at θ = 0, δ = 0, ε = 0. df_residual: groups − (n_items − 1) −
+        [δ fitted].
     n_iter, converged: Newton iterations used and whether the step tolerance was met.
     """
 
@@ -82,7 +87,9 @@ class BTFit:
     se_error: float
     order_effect: float | None
     order_effect_se: float | None
+    lapse: float
     log_likelihood: float
+    log_evidence: float | None
     deviance: float
     null_deviance: float
     df_residual: int
@@ -90,11 +97,6 @@ class BTFit:
     converged: bool
     prior: float
     n_comparisons: int
-
-
-def _sum_by(index: IntArray, values: FloatArray, size: int) -> FloatArray:
-    """Sums of ``values`` grouped by ``index`` (0..size-1)."""
-    return np.bincount(index, values, size).astype(np.float64, copy=False)
 
 
 def _indexes(
@@ -163,110 +165,6 @@ def _check_ml_exists(n: int, f: IntArray, s: IntArray, y: BoolArray, order: bool
         raise UnboundedEstimateError(f"{side} won every comparison (order effect)", [])
 
 
-def _dot(a: FloatArray, b: FloatArray) -> float:
-    """a·b without BLAS: a threaded ddot stalls for milliseconds on a busy machine, and these
-    reductions run in every conjugate-gradient and line-search step."""
-    return float(np.einsum("i,i->", a, b))
-
-
-def _log_sigmoid(x: FloatArray) -> FloatArray:
-    return -np.logaddexp(0.0, -x)
-
-
-class _Problem:
-    """Grouped comparisons and the penalised log-likelihood of z = (θ_0..θ_{n-1}, δ).
-
-    δ is always the last coordinate; it and (for ML) θ_0 stay fixed at 0 unless ``free``.
-    """
-
-    def __init__(self, n: int, f: IntArray, s: IntArray, y: BoolArray, order: bool, prior: float):
-        uniq, inverse = np.unique(f * n + s, return_inverse=True)
-        self.n, self.prior, self.gf, self.gs = n, prior, uniq // n, uniq % n
-        self.count = _sum_by(inverse, np.ones(f.size), uniq.size)
-        self.wins = _sum_by(inverse, y.astype(np.float64), uniq.size)
-        losses = self.count - self.wins
-        self.saturated = float(np.sum(xlogy(self.wins, self.wins / self.count)))
-        self.saturated += float(np.sum(xlogy(losses, losses / self.count)))
-        self.free = np.ones(n + 1, dtype=bool)
-        self.free[0], self.free[n] = prior > 0.0, order  # ML: reference coding θ_0 = 0
-
-    def eta(self, z: FloatArray) -> FloatArray:
-        eta: FloatArray = z[self.gf] - z[self.gs] + z[self.n]
-        return eta
-
-    def objective(self, z: FloatArray) -> float:
-        eta = self.eta(z)
-        ll = _dot(self.wins, _log_sigmoid(eta)) + _dot(self.count - self.wins, _log_sigmoid(-eta))
-        return ll - 0.5 * self.prior * _dot(z, z)
-
-    def _scatter(self, per_group: FloatArray, v: FloatArray) -> FloatArray:
-        """Σ_k per_group[k]·∂η_k/∂z + prior·v, with fixed coordinates zeroed."""
-        out = _sum_by(self.gf, per_group, self.n + 1) - _sum_by(self.gs, per_group, self.n + 1)
-        out[self.n] = per_group.sum()
-        out += self.prior * v
-        out[~self.free] = 0.0
-        return out
-
-    def weights(self, z: FloatArray) -> FloatArray:
-        """Information weights count·p·(1 − p) per group."""
-        p: FloatArray = expit(self.eta(z))
-        return self.count * p * (1.0 - p)
-
-    def newton_step(self, z: FloatArray, tol: float) -> FloatArray:
-        """Solve I(z)·step = ∇objective(z) on the free coordinates."""
-        grad = self._scatter(self.wins - self.count * expit(self.eta(z)), -z)
-        w = self.weights(z)
-        if self.free.sum() > _DENSE_LIMIT:
-            diag = _sum_by(self.gf, w, self.n + 1) + _sum_by(self.gs, w, self.n + 1) + self.prior
-            diag[self.n] = w.sum()
-            diag[~self.free] = 1.0
-            solved = _pcg(lambda v: self._scatter(w * self.eta(v), v), grad, diag, tol)
-            if solved is not None:
-                return solved
-        step = np.zeros(self.n + 1)
-        info = self.information(w)[self.free][:, self.free].toarray()
-        step[self.free] = cho_solve(cho_factor(info), grad[self.free])
-        return step
-
-    def information(self, w: FloatArray) -> csr_array:
-        """Sparse information matrix −∇²objective over all n + 1 coordinates (fixed ones too)."""
-        n, size, gf, gs = self.n, self.n + 1, self.gf, self.gs
-        diagonal = _sum_by(gf, w, size) + _sum_by(gs, w, size) + self.prior
-        diagonal[n] = w.sum() + self.prior
-        order = _sum_by(gf, w, n) - _sum_by(gs, w, n)  # −∂²/∂θ_i∂δ
-        items, last = np.arange(n), np.full(n, n)
-        rows = np.concatenate([gf, gs, np.arange(size), items, last])
-        cols = np.concatenate([gs, gf, np.arange(size), last, items])
-        vals = np.concatenate([-w, -w, diagonal, order, order])
-        return csr_array(coo_array((vals, (rows, cols)), shape=(size, size)))
-
-
-def _pcg(
-    matvec: Callable[[FloatArray], FloatArray], b: FloatArray, diag: FloatArray, tol: float
-) -> FloatArray | None:
-    """Jacobi-preconditioned conjugate gradients for SPD systems; None if not converged."""
-    x = np.zeros_like(b)
-    r = b.copy()
-    target = tol * np.sqrt(_dot(b, b))
-    if target == 0.0:
-        return x
-    z = r / diag
-    d = z.copy()
-    rz = _dot(r, z)
-    for _ in range(max(200, 2 * int(np.sqrt(b.size)) + 100)):
-        q = matvec(d)
-        alpha = rz / _dot(d, q)
-        x += alpha * d
-        r -= alpha * q
-        if np.sqrt(_dot(r, r)) <= target:
-            return x
-        z = r / diag
-        rz_next = _dot(r, z)
-        d = z + (rz_next / rz) * d
-        rz = rz_next
-    return None
-
-
 def fit_bradley_terry(
     n_items: int,
     first: npt.ArrayLike,
@@ -275,6 +173,9 @@ def fit_bradley_terry(
     *,
     prior: float = 0.0,
     order_effect: bool = False,
+    order_prior: float | None = None,
+    lapse: float = 0.0,
+    initial: BTFit | None = None,
     max_iter: int = 100,
     tol: float = 1e-9,
     standard_errors: Literal["auto", "exact", "estimated", "none"] = "auto",
@@ -282,12 +183,16 @@ def fit_bradley_terry(
     """Fit the Bradley-Terry model (module docstring) by Newton's method.
 
     Parameters: ``first[k]``/``second[k]`` are the indexes of the items shown as Essay A / B in
-    comparison k and ``first_won[k]`` is True when Essay A won. ``order_effect`` adds δ.
+    comparison k and ``first_won[k]`` is True when Essay A won. ``order_effect`` adds δ;
+    ``lapse`` is ε, in [0, 1).
     Estimation: ``prior == 0`` is maximum likelihood with reference coding (θ[0] = 0), reported
     centred to sum zero. ``prior > 0`` is the MAP estimate under independent N(0, 1/prior)
-    priors on each θ and on δ (ridge penalty prior/2·(Σθ² + δ²), so a MAP estimate always
-    exists); its θ sums to zero exactly.
-    Newton steps use a dense Cholesky solve for small problems and Jacobi-preconditioned
+    priors on each θ and N(0, 1/order_prior) on δ (``order_prior`` defaults to ``prior``), so
+    a MAP estimate always exists; its θ sums to zero exactly. ``initial``: a fit of the same
+    items to start from (e.g. under another prior), else θ = 0, δ = 0.
+    Newton steps (the observed information, or the expected one where that is not positive
+    definite; the same for ε = 0) use a dense Cholesky solve for small problems and
+    Jacobi-preconditioned
     conjugate gradients on the sparse information matrix for large ones (to a relative
     residual of min(1e-2, last step) — inexact Newton — but at least 1e-10), with step
     halving; iteration stops when the largest parameter change is below ``tol``.
@@ -304,32 +209,52 @@ def fit_bradley_terry(
     f, s, y = _comparisons(n_items, first, second, first_won)
     if not (np.isfinite(prior) and prior >= 0.0):
         raise ValueError(f"prior must be a finite precision >= 0, got {prior}")
+    order_prior = prior if order_prior is None else order_prior
+    if not (np.isfinite(order_prior) and order_prior >= 0.0):
+        raise ValueError(f"order_prior must be a finite precision >= 0, got {order_prior}")
+    if not 0.0 <= lapse < 1.0:
+        raise ValueError(f"lapse must lie in [0, 1), got {lapse}")
     if max_iter < 1 or not tol > 0.0:
         raise ValueError(f"need max_iter >= 1 and tol > 0, got {max_iter}, {tol}")
     if f.size == 0 and prior == 0.0:
         raise DisconnectedGraphError([[i] for i in range(n_items)])
     if prior == 0.0:
         _check_ml_exists(n_items, f, s, y, order_effect)
-    problem = _Problem(n_items, f, s, y, order_effect, float(prior))
-    z, n_iter, converged = _newton(problem, max_iter, tol)
+    problem = LogPosterior(
+        n_items, f, s, y, order=order_effect, prior=float(prior),
+        order_prior=float(order_prior), lapse=float(lapse),
+    )  # fmt: skip
+    z = np.zeros(n_items + 1) if initial is None else _coordinates(initial, problem)
+    z, n_iter, converged = newton(problem, z, max_iter, tol)
     if prior == 0.0 and (not converged or np.max(np.abs(z)) > _ML_BOUND):
         far = np.flatnonzero(np.abs(z[:n_items] - z[:n_items].mean()) > _ML_BOUND / 2).tolist()
         raise UnboundedEstimateError("the Newton iterations diverge", far)
     theta = z[:n_items] - z[:n_items].mean()
     se, covariance, se_error, order_var = np.full(n_items, np.nan), None, 0.0, np.nan
+    evidence = None
     if standard_errors != "none":
         keep = problem.free.copy()
         keep[:n_items] = True  # J over all abilities (singular along 1 for ML) and δ if fitted
-        variances = sum_to_zero_variances(
-            problem.information(problem.weights(z))[keep][:, keep],
-            n_items,
-            exact={"auto": None, "exact": True, "estimated": False}[standard_errors],
-        )
+        exact = {"auto": None, "exact": True, "estimated": False}[standard_errors]
+        try:
+            variances = sum_to_zero_variances(
+                problem.information(problem.weights(z))[keep][:, keep], n_items, exact=exact
+            )
+        except np.linalg.LinAlgError:  # observed information not positive definite (ε > 0)
+            variances = sum_to_zero_variances(
+                problem.information(problem.weights(z, observed=False))[keep][:, keep],
+                n_items,
+                exact=exact,
+            )
         se, covariance, se_error = np.sqrt(variances.theta), variances.covariance, variances.error
         order_var = float(variances.other[0]) if order_effect else np.nan
+        if prior > 0.0 and variances.log_det is not None:
+            # Laplace, with the θ prior normalised over the n − 1 sum-to-zero directions
+            evidence = problem.objective(z) + 0.5 * n_items * np.log(prior)
+            evidence -= 0.5 * variances.log_det
     for array in (theta, se) if covariance is None else (theta, se, covariance):
         array.setflags(write=False)
-    log_lik = problem.objective(z) + 0.5 * prior * float(z @ z)
+    log_lik = problem.log_likelihood(z)
     return BTFit(
         theta=theta,
         se=se,
@@ -337,7 +262,9 @@ def fit_bradley_terry(
         se_error=se_error,
         order_effect=float(z[n_items]) if order_effect else None,
         order_effect_se=float(np.sqrt(order_var)) if order_effect else None,
+        lapse=float(lapse),
         log_likelihood=log_lik,
+        log_evidence=evidence,
         deviance=2.0 * (problem.saturated - log_lik),
         null_deviance=2.0 * (problem.saturated + f.size * np.log(2.0)),
         df_residual=int(problem.count.size - (n_items - 1) - int(order_effect)),
@@ -348,24 +275,15 @@ def fit_bradley_terry(
     )
 
 
-def _newton(problem: _Problem, max_iter: int, tol: float) -> tuple[FloatArray, int, bool]:
-    """Damped Newton ascent of the objective from z = 0: (estimate, iterations, converged)."""
+def _coordinates(fit: BTFit, problem: LogPosterior) -> FloatArray:
+    """A previous fit as a starting point z for ``problem``."""
+    if fit.theta.shape != (problem.n,):
+        raise ValueError(f"initial fit has {fit.theta.size} items, expected {problem.n}")
     z = np.zeros(problem.n + 1)
-    objective = problem.objective(z)
-    forcing = 1e-2  # CG tolerance: loose far from the optimum, tight near it (inexact Newton)
-    for n_iter in range(1, max_iter + 1):
-        step = problem.newton_step(z, forcing)
-        converged = bool(np.max(np.abs(step)) < tol)
-        for _ in range(60):  # step halving; the objective is concave, so this terminates
-            value = problem.objective(z + step)
-            if value >= objective - 1e-12 * (1.0 + abs(objective)):
-                break
-            step /= 2.0
-        z, objective = z + step, value
-        forcing = max(min(1e-10, tol), min(1e-2, float(np.max(np.abs(step)))))
-        if converged:
-            return z, n_iter, True
-    return z, max_iter, False
+    z[: problem.n] = fit.theta if problem.free[0] else fit.theta - fit.theta[0]
+    if problem.free[problem.n] and fit.order_effect is not None:
+        z[problem.n] = fit.order_effect
+    return z
 
 
 def reference_coded(fit: BTFit, reference: int = 0) -> tuple[FloatArray, FloatArray]:

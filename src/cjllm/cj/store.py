@@ -48,6 +48,12 @@ class BatchNotFound(LookupError):
         self.batch_id = batch_id
 
 
+def correlation_id(batch_id: str, round_number: int, index: int) -> uuid.UUID:
+    """The comparison's id: a UUID5 in the batch's namespace, unique within the batch (one
+    round number is written once) and across batches (batch ids are unique UUIDs)."""
+    return uuid.uuid5(uuid.UUID(batch_id), f"round {round_number} comparison {index}")
+
+
 class BatchExists(ValueError):
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"a CJ batch with id {batch_id!r} already exists")
@@ -226,18 +232,23 @@ class Store:
         preferred_bundle_size: int,
         pairs: Sequence[NewComparison],
     ) -> list[PendingComparison]:
-        """Write a round and its comparison rows (status ``pending``, not yet submitted)."""
+        """Write a round and its comparison rows (status ``pending``, not yet submitted).
+
+        A row's ``request_correlation_id`` is derived from the batch id, the round and its
+        place in the round (:func:`correlation_id`), so a batch replayed with the same id asks
+        the same questions under the same ids (a seeded judge then gives the same answers).
+        """
         rows = [
             Comparison(
                 batch_id=batch_id,
                 round_number=round_number,
-                request_correlation_id=uuid.uuid4(),
+                request_correlation_id=correlation_id(batch_id, round_number, k),
                 essay_a_id=p.essay_a_id,
                 essay_b_id=p.essay_b_id,
                 attempt=p.attempt,
                 status=ComparisonStatus.PENDING,
             )
-            for p in pairs
+            for k, p in enumerate(pairs)
         ]
         try:
             async with self.write() as s:

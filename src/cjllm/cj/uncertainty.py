@@ -61,6 +61,9 @@ class Variances:
     covariance: FloatArray | None
     error: float
     probes: int
+    log_det: float | None = None
+    """log det J on the exact path when J is positive definite (λ > 0, a MAP fit), for the
+    Laplace evidence; else ``None``."""
 
     @property
     def exact(self) -> bool:
@@ -88,8 +91,10 @@ def sum_to_zero_variances(
     """
     j, lam, mu = _checked(information, n_items)
     if exact if exact is not None else n_items <= EXACT_LIMIT:
-        covariance, other = _exact_covariance(j, n_items, lam, mu)
-        return Variances(np.diag(covariance).copy(), other, covariance, 0.0, 0)
+        covariance, other, log_det_k = _exact_covariance(j, n_items, lam, mu)
+        # K and J differ only in the eigenvalue along e: μ instead of λ
+        log_det = log_det_k - np.log(mu) + np.log(lam) if lam > 0.0 else None
+        return Variances(np.diag(covariance).copy(), other, covariance, 0.0, 0, log_det)
     theta, other, error, probes = _estimated_variances(
         j, n_items, lam, mu, target=target, max_probes=max_probes, rng=rng
     )
@@ -123,29 +128,32 @@ def _checked(
 
 def _exact_covariance(
     j: sp.csr_array, n_items: int, lam: float, mu: float
-) -> tuple[FloatArray, FloatArray]:
-    """(C, other variances) from a dense Cholesky inverse of K: O(m²) memory, O(m³) time."""
+) -> tuple[FloatArray, FloatArray, float]:
+    """(C, other variances, log det K) from a dense Cholesky inverse of K: O(m²) memory,
+    O(m³) time."""
     n = n_items
     k = j.toarray()
     k[:n, :n] += (mu - lam) / n
-    inverse = _inverse_spd(k)
+    inverse, log_det = _inverse_spd(k)
     covariance = inverse[:n, :n].copy()
     row_mean = covariance.mean(axis=1)  # P·A·P = A − r1ᵀ − 1rᵀ + mean(r), r = row means
     covariance -= row_mean[:, None]
     covariance -= row_mean[None, :] - row_mean.mean()
-    return covariance, np.diag(inverse)[n:].copy()
+    return covariance, np.diag(inverse)[n:].copy(), log_det
 
 
-def _inverse_spd(matrix: FloatArray) -> FloatArray:
-    """Inverse of a symmetric positive definite matrix via LAPACK potrf/potri."""
+def _inverse_spd(matrix: FloatArray) -> tuple[FloatArray, float]:
+    """Inverse and log-determinant of a symmetric positive definite matrix via LAPACK
+    potrf/potri."""
     factor, code = lapack.dpotrf(matrix.T, lower=False, overwrite_a=True)  # symmetric: .T is F
+    log_det = 2.0 * float(np.sum(np.log(np.diag(factor)))) if code == 0 else float("nan")
     if code == 0:
         factor, code = lapack.dpotri(factor, lower=False, overwrite_c=True)
     if code != 0:
         raise np.linalg.LinAlgError("information matrix is not positive definite")
     inverse: FloatArray = factor + factor.T  # potri fills the upper triangle, lower is zero
     inverse[np.diag_indices_from(inverse)] /= 2.0
-    return inverse
+    return inverse, log_det
 
 
 def _estimated_variances(

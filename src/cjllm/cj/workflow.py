@@ -27,7 +27,7 @@ from cjllm.cj.completion import build_completion, completion_envelope
 from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
-from cjllm.cj.ranking import BatchFit, fit_outcomes
+from cjllm.cj.ranking import BatchFit, final_fit, fit_outcomes
 from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison
 from cjllm.cj.store import RoundExists, Store
 from cjllm.cj.tables import Batch, BatchStatus, ComparisonStatus, RoundStatus
@@ -309,7 +309,7 @@ class CJWorkflow:
         outcomes = await self.store.outcomes(batch_id)
         counts = stopping.tally(outcomes)
         try:
-            fit = await asyncio.to_thread(fit_outcomes, essays, outcomes, options.bt_prior)
+            fit = await asyncio.to_thread(fit_outcomes, essays, outcomes, options)
         except (ValueError, np.linalg.LinAlgError) as exc:
             await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
             return None
@@ -324,6 +324,11 @@ class CJWorkflow:
             )
             reason = None if pairs else stopping.NO_USEFUL_PAIRS
         if reason is not None:
+            try:
+                fit = await asyncio.to_thread(final_fit, essays, outcomes, options)
+            except (ValueError, np.linalg.LinAlgError) as exc:
+                await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
+                return None
             await self._finish(batch, options, fit, counts, reason, None)
             return None
         job = await self._submission(batch, options.preferred_bundle_size(len(pairs)))

@@ -1,6 +1,6 @@
 """What the run's figures mean, in plain words: the scale, the intervals, the reliability
-figures and why the run stopped. Shared by ``report.html`` and the terminal, so a teacher
-reads the same explanation in both places.
+figures, the judge's behaviour and why the run stopped. Shared by ``report.html`` and the
+terminal, so a teacher reads the same explanation in both places.
 """
 
 from __future__ import annotations
@@ -17,12 +17,25 @@ INTERVALS = (
     "essays' bars overlap a lot, their comparisons do not reliably tell them apart; more "
     "comparisons narrow the bars."
 )
+RELIABILITY = (
+    "Reliability (0 to 1) estimates how closely the scores follow the essays' quality as the "
+    "judge sees it: the squared correlation between the two, so 0.80 means about four fifths "
+    "of the differences between essays' scores are real rather than measurement noise. It "
+    "comes from the same model as the intervals and stays honest whichever way the essays "
+    "were paired. As a rough guide, 0.7 supports broad groups, 0.8 a rank order, 0.9 fine "
+    "distinctions."
+)
 SSR = (
-    "Scale separation reliability (0 to 1) is the share of the spread in scores that is real "
-    "rather than measurement noise: 0.80 means about four fifths of the differences between "
-    "essays' scores reflect differences the judge consistently saw. As a rough guide, 0.7 "
-    "supports broad groups, 0.8 a rank order, 0.9 fine distinctions. It is shown only once "
-    "the essays have had enough comparisons for it to mean something."
+    "Classical scale separation reliability is the figure other comparative-judgement tools "
+    "report; it is shown for comparison only: pairing essays of similar quality, as this run "
+    "does, makes it read higher than the ranking deserves."
+)
+JUDGE = (
+    "The order effect is how much the judge favours whichever essay it reads first (as Essay "
+    "A), in the same units as the scores; every essay is shown first about as often as "
+    "second, and the scores are corrected for it. The lapse rate is the share of decisions "
+    "that look like a coin toss whatever the essays; comparisons cannot tell it apart well "
+    "from essays that are simply close, hence its wide interval."
 )
 SPLIT_HALF = (
     "Split-half reliability: the comparisons are split into two random halves, each half is "
@@ -32,9 +45,17 @@ SPLIT_HALF = (
 )
 
 _STOP_REASONS = {
-    "budget_spent": "every comparison the budget allowed was asked for "
-    "(--comparisons-per-essay / --budget); more comparisons would narrow the intervals",
-    "reliability_target_met": "the scale separation reliability reached the run's target "
+    "budget_spent": "the total budget (--budget) of judged comparisons was reached; more "
+    "comparisons would narrow the intervals",
+    "comparisons_per_essay_spent": "the comparisons per essay the run allowed "
+    "(--comparisons-per-essay) were judged; more would narrow the intervals",
+    "budget_spent_with_failures": "the total budget (--budget) of judged comparisons was "
+    "reached; some comparisons failed on the way and were replaced, not counted",
+    "comparisons_per_essay_spent_with_failures": "the comparisons per essay the run allowed "
+    "were judged; some failed on the way and were replaced, not counted",
+    "failures_reached_budget": "as many comparisons failed as the budget allows judged ones: "
+    "the judge (provider) failed too often to keep replacing them",
+    "reliability_target_met": "the reliability reached the run's target "
     "(CJLLM_TARGET_RELIABILITY), so more comparisons were not needed",
     "se_target_met": "the average standard error fell to the run's target "
     "(CJLLM_TARGET_MEAN_SE), so more comparisons were not needed",
@@ -55,7 +76,7 @@ def stop_reason(code: str) -> str:
 
 
 def reliability_grade(value: float | None) -> str:
-    """A few words on what a scale separation reliability supports."""
+    """A few words on what a reliability supports."""
     if value is None or not math.isfinite(value):
         return "not available: too few comparisons to judge"
     if value < 0.5:

@@ -22,6 +22,7 @@ from cjllm import __version__
 from cjllm.cj.evidence import Judgement
 from cjllm.contracts import CJAssessmentCompletedV1
 from cjllm.report import explain
+from cjllm.report.judgement import judgement_lines
 from cjllm.report.plot import fmt, render_plot
 from cjllm.report.summary import (
     HEURISTIC,
@@ -316,8 +317,13 @@ SUMMARY_FIGURES: list[tuple[str, str, Callable[[Any], str]]] = [
     ("bundle_size", "Bundle size settled at", _count),
     ("tokens", "Tokens", _tokens),
     ("cost_estimate", "Estimated cost (USD)", lambda v: f"${v:.4f}"),
-    ("scale_separation_reliability", "Scale separation reliability", _reliability),
+    ("reliability", "Reliability", _reliability),
     ("split_half_reliability", "Split-half reliability", lambda v: f"{v:.2f}"),
+    (
+        "scale_separation_reliability",
+        "Classical scale separation reliability",
+        lambda v: f"{v:.2f}",
+    ),
     ("source", "Input", _text),
     ("cj_batch_id", "CJ batch", _text),
     ("finished_at", "Finished", _text),
@@ -358,9 +364,17 @@ def run_section(page: Page) -> str:
         + f'<p id="stop-reason"><b>Why it stopped:</b> {esc(stop)} '
         f"<small>({esc(s['stop_reason'])})</small>.</p>{note}"
         f'<dl id="summary" class="figures">{"".join(figures)}</dl>'
-        f'<div class="explain"><p>{esc(explain.SSR)}</p><p>{esc(explain.SPLIT_HALF)}</p></div>'
+        + judgement_list(s)
+        + f'<div class="explain"><p>{esc(explain.RELIABILITY)}</p><p>{esc(explain.SSR)}</p>'
+        f"<p>{esc(explain.SPLIT_HALF)}</p><p>{esc(explain.JUDGE)}</p></div>"
         "</section>"
     )
+
+
+def judgement_list(summary: dict[str, Any]) -> str:
+    """The judge's behaviour and the reliability in sentences (as the terminal says them)."""
+    items = "".join(f"<li>{esc(line)}</li>" for line in judgement_lines(summary))
+    return f'<h3>The judge and the scale</h3><ul id="judgement">{items}</ul>'
 
 
 def _with_evidence(page: Page) -> bool:

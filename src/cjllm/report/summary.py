@@ -15,6 +15,7 @@ from typing import Any
 from cjllm import __version__
 from cjllm.cj.evidence import Judgement
 from cjllm.contracts import CJAssessmentCompletedV1, RankedEssay
+from cjllm.report.judgement import judgement_summary
 
 Z95 = 1.96
 
@@ -98,6 +99,7 @@ def run_summary(result: CJAssessmentCompletedV1, context: RunContext) -> dict[st
         "cost_estimate": round(result.cost_estimate, 6),
         "scale_separation_reliability": result.scale_separation_reliability,
         "split_half_reliability": result.split_half_reliability,
+        **judgement_summary(result),
         "source": context.source,
         "finished_at": context.finished_at.isoformat(),
         "cjllm_version": __version__,
