@@ -47,6 +47,7 @@ def completed(n: int = 5, *, anchors: bool = False) -> CJAssessmentCompletedV1:
         cost_estimate=0.0123,
         scale_separation_reliability=0.91,
         split_half_reliability=None,
+        reliability=0.91,
         batching_strategy=BatchingStrategy.SERIAL_ROUND,
         provider="mock",
         model="mock-judge-1",
@@ -212,10 +213,11 @@ def test_html_explains_the_figures_and_shows_prompts_and_strategy() -> None:
     page = render_html(completed(), CONTEXT)
     assert "73% of the time" in page  # the scale
     assert "95% interval: the score plus or minus 1.96 standard errors" in page
-    assert "Scale separation reliability (0 to 1)" in page and "Split-half" in page
+    assert "Reliability (0 to 1)" in page and "Split-half" in page
+    assert "Classical scale separation reliability is the figure other" in page
     assert "0.91 (high: supports fine distinctions)" in page
     stop = page[page.index('id="stop-reason"') :]
-    assert "the scale separation reliability reached the run" in stop.split("</p>")[0]
+    assert "the reliability reached the run" in stop.split("</p>")[0]
     assert "Argue for or against later school start times." in page
     assert "language &lt;em&gt;control&lt;/em&gt;" in page
     assert "serial_round" in page and "bundled into as few provider calls" in page
@@ -344,12 +346,12 @@ def test_the_judge_and_the_reliability_are_reported_everywhere(tmp_path: Path) -
     assert judge["position_consistency"] == {"pairs": 20, "consistent": 15}
     page = files.html.read_text(encoding="utf-8")
     assert '<ul id="judgement">' in page and "Essay A won 63% of 200 decisive comparisons" in page
-    lines = summary_lines(result, "mock")
-    assert any(line.startswith("Reliability: 0.78") for line in lines)
+    lines = summary_lines(summary)
+    assert any(line.startswith("Reliability: 0.78 — fair") for line in lines)
     assert any("Order effect: +0.95 logits (SE 0.12, significant: the judge favours Essay A)"
                in line for line in lines)  # fmt: skip
     assert any(line.startswith("Warning: the judge is swayed by the order") for line in lines)
     assert any("Lapse rate: 5% of decisions at random (95% 0% to 20%)" in line for line in lines)
     assert any("Position consistency: 75% of 20 pairs" in line for line in lines)
-    quiet = result.model_copy(update={"judge": None, "reliability": None})
-    assert not any("Order effect" in line for line in summary_lines(quiet, "mock"))
+    quiet = summary | {"judge_model": None, "reliability": None}
+    assert not any("Order effect" in line for line in summary_lines(quiet))
