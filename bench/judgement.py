@@ -1,6 +1,6 @@
 """Can the ranking be trusted? Accuracy, reliability, interval coverage, order effect, lapse.
 
-Run: python bench/judgement.py [--reps 100] [--jobs 2]
+Run: python bench/judgement.py [--reps 100] [--jobs 2] [--results judgement.jsonl]
 
 Whole batches go through the code the CJ service runs between callbacks — round planning
 (``rounds.plan_next_round``), the per-round fit (``ranking.fit_outcomes``), the stopping rules
@@ -24,11 +24,18 @@ order-effect and lapse estimates with the share of their 95% intervals covering 
 Then the targets: coverage within 0.92–0.97 and |reliability − r²| ≤ 0.05 in every condition;
 adaptive beats random by ≥ 0.015 median ρ at 10 per essay with the clean judge, and does not
 lose with the noisy ones.
+
+Every finished batch is appended to ``--results`` (JSON lines) as it ends, and a run skips
+the batches already there, so a long run can be stopped and resumed, split over several
+commands (``--n``, ``--k``, ``--judges``) and tabulated at any point (``--table``: no new
+batches). Batches run repetition by repetition across all conditions, so a partial run has
+about as many repetitions of each; the table says how many it holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small fits: threads only contend
@@ -36,8 +43,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small fits: threads o
 import time
 import uuid
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from statistics import mean, median
 
 import numpy as np
@@ -63,6 +71,9 @@ class Condition:
     k: int
     judge: str
     pairing: str
+
+
+Results = dict[Condition, dict[int, dict[str, float]]]  # condition → repetition → figures
 
 
 def run_batch(condition: Condition, rep: int) -> dict[str, float]:
@@ -150,7 +161,7 @@ def nanmean(values: list[float]) -> float:
     return mean(kept) if kept else float("nan")
 
 
-def table(results: dict[Condition, dict[int, dict[str, float]]]) -> list[str]:
+def table(results: Results) -> list[str]:
     head = (
         "| n | K | judge | pairing | median ρ | reliability | split-half | classical SSR | "
         "actual r² | reliability − r² | 95% coverage | order effect (true) | "
@@ -171,7 +182,7 @@ def table(results: dict[Condition, dict[int, dict[str, float]]]) -> list[str]:
     return lines
 
 
-def targets(results: dict[Condition, dict[int, dict[str, float]]]) -> list[str]:
+def targets(results: Results) -> list[str]:
     lines = ["", "| n | K | judge | adaptive − random, median ρ | paired mean difference (SE) |",
              "|---|---|---|---|---|"]  # fmt: skip
     misses = []
@@ -185,8 +196,10 @@ def targets(results: dict[Condition, dict[int, dict[str, float]]]) -> list[str]:
             misses.append(f"reliability − r² {gap:+.3f} at {c}")
         if c.pairing != "adaptive":
             continue
-        other = results[Condition(c.n, c.k, c.judge, "random")]
+        other = results.get(Condition(c.n, c.k, c.judge, "random"), {})
         shared = sorted(set(reps) & set(other))
+        if not shared:
+            continue
         ours = [reps[i]["rho"] for i in shared]
         theirs = [other[i]["rho"] for i in shared]
         diff = np.array(ours) - np.array(theirs)
@@ -202,6 +215,18 @@ def targets(results: dict[Condition, dict[int, dict[str, float]]]) -> list[str]:
     return lines
 
 
+def load(path: Path, todo: list[Condition], reps: int) -> Results:
+    """The batches of ``todo`` (repetitions below ``reps``) already in the results file."""
+    results: Results = {c: {} for c in todo}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            c = Condition(**row["condition"])
+            if c in results and row["rep"] < reps:
+                results[c][row["rep"]] = row["figures"]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=100)
@@ -209,22 +234,34 @@ def main() -> None:
     parser.add_argument("--n", default="40,100")
     parser.add_argument("--k", default="6,10,20")
     parser.add_argument("--judges", default="clean,position,flip")
+    parser.add_argument("--results", type=Path, default=Path("judgement.jsonl"))
+    parser.add_argument("--table", action="store_true", help="tabulate the results file only")
     args = parser.parse_args()
     todo = conditions(
         [int(x) for x in args.n.split(",")],
         [int(x) for x in args.k.split(",")],
         args.judges.split(","),
     )
-    tasks = [(c, rep) for c in todo for rep in range(args.reps)]
-    results: dict[Condition, dict[int, dict[str, float]]] = {c: {} for c in todo}
+    results = load(args.results, todo, args.reps)
+    tasks = [(c, rep) for rep in range(args.reps) for c in todo if rep not in results[c]]
     start = time.perf_counter()
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for c, rep, figures in pool.map(_task, tasks, chunksize=4):
-            results[c][rep] = figures
-    seconds = time.perf_counter() - start
-    print(f"{args.reps} batches per condition, abilities N(0, {SD}²), rounds of 50")
+    if tasks and not args.table:
+        with ProcessPoolExecutor(args.jobs) as pool, args.results.open("a") as out:
+            for done in as_completed([pool.submit(_task, task) for task in tasks]):
+                c, rep, figures = done.result()
+                results[c][rep] = figures
+                row = {"condition": asdict(c), "rep": rep, "figures": figures}
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+        seconds = time.perf_counter() - start
+        print(f"{len(tasks)} new batches in {seconds:.0f} s with {args.jobs} processes")
+    results = {c: reps for c, reps in results.items() if reps}
+    if not results:
+        raise SystemExit(f"no batches in {args.results}")
+    counts = sorted({len(reps) for reps in results.values()})
+    held = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
+    print(f"{held} batches per condition, abilities N(0, {SD}²), rounds of 50")
     print("\n".join(table(results) + targets(results)))
-    print(f"\n{len(tasks)} batches in {seconds:.0f} s with {args.jobs} processes")
 
 
 if __name__ == "__main__":
