@@ -1,22 +1,27 @@
 """Do bundled answers agree with one-comparison calls? The evidence for a safe bundle size.
 
 Run: python bench/judge_agreement.py --base-url URL --model M --essays DIR
-         [--provider openai|anthropic] [--pairs 40] [--layouts single,bundle:5,bundle:10,bundle:25]
+         [--provider openai|anthropic] [--pairs 40]
+         [--layouts single,bundle:5,bundle:10,bundle:25,pool:6,pool:10]
 
 The same pairs of essays are judged in every *layout* (how comparisons are grouped into
-provider calls): one comparison per call (``single``, judged twice: the reference and its
-repeat) and bundles of 5, 10 and 25, each in both orders (A/B and B/A, in separate calls).
-Calls go through the project's own adapters (official ``anthropic`` / ``openai`` SDKs), with
-the same judge instructions, bundle format and answer checking as ``cjllm rank``. Printed per
+provider calls and laid out in the prompt): one comparison per call (``single``, judged
+twice: the reference and its repeat), bundles of 5, 10 and 25 comparisons, and the ``pool``
+prompt layout (``CJLLM_BUNDLE_LAYOUT=pool``) with calls of at most 6 or 10 distinct essays,
+each sent once and named by reference from several comparisons; every layout in both orders
+(A/B and B/A, in separate calls). Calls go through the project's own adapters (official
+``anthropic`` / ``openai`` SDKs), with the same judge instructions, bundle formats and answer
+checking as ``cjllm rank``. Printed per
 layout: calls, answered share, agreement with the single calls (same pair, same order), the
 agreement of two single passes (how consistent the judge is with itself at all), position
 consistency (the same essay wins in both orders), the share Essay A won, and tokens per
 comparison. The recommendation is the largest bundle size whose agreement with single calls
 is within ``--tolerance`` of the singles' own repeat agreement and that answered at least
-98% of its items: set ``CJLLM_MAX_ITEMS_PER_CALL`` to it for that model.
+98% of its items: set ``CJLLM_MAX_ITEMS_PER_CALL`` to it for that model. For the pool
+layout it says at which group sizes pooled verdicts kept the same agreement.
 
-Layouts are a registry (``LAYOUTS``): a name, an optional size, and a function grouping the
-items of a pass into calls; a new layout is one more entry.
+Layouts are a registry (``LAYOUTS``): a name, the prompt layout, and a function grouping the
+items of a pass into calls given a size; a new layout is one more entry.
 """
 
 from __future__ import annotations
@@ -32,29 +37,65 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cjllm.cj.prompts import shared_blocks
-from cjllm.contracts import PromptBlock
+from cjllm.contracts import BundleLayout, PromptBlock
 from cjllm.essays import Essay, load_essays
+from cjllm.preflight import DEFAULT_INSTRUCTIONS
 from cjllm.provider.adapters import make_adapter
 from cjllm.provider.calls import BundleCall, BundleItem, LLMAdapter, ProviderCallError, SharedBlock
-from cjllm.rank import DEFAULT_INSTRUCTIONS
 from cjllm.settings import ProviderSettings
 
 Pair = tuple[int, int]  # essay indexes, (first shown as Essay A in order "AB")
 Item = tuple[int, str]  # (pair index, order "AB" or "BA")
-Layout = Callable[[list[Item], int], list[list[Item]]]
+Grouping = Callable[[list[Item], int, Sequence[Pair]], list[list[Item]]]
 
 
-def single(items: list[Item], _size: int) -> list[list[Item]]:
+def single(items: list[Item], _size: int, _pairs: Sequence[Pair]) -> list[list[Item]]:
     """One comparison per call."""
     return [[item] for item in items]
 
 
-def bundle(items: list[Item], size: int) -> list[list[Item]]:
+def bundle(items: list[Item], size: int, _pairs: Sequence[Pair]) -> list[list[Item]]:
     """Consecutive groups of ``size`` comparisons per call (items come shuffled)."""
     return [items[k : k + size] for k in range(0, len(items), size)]
 
 
-LAYOUTS: dict[str, Layout] = {"single": single, "bundle": bundle}
+def pool(items: list[Item], size: int, pairs: Sequence[Pair]) -> list[list[Item]]:
+    """Calls of at most ``size`` distinct essays holding as many comparisons as they can.
+
+    Like the CJ service's grouped rounds (several comparisons among a few essays, one call),
+    drawn from the bench's pairs: a call starts with the next item and keeps taking the
+    item that adds the fewest essays it does not hold yet, while it holds at most ``size``.
+    """
+    if size < 2:
+        raise SystemExit("pool:k needs k ≥ 2 essays per call")
+    left = list(items)
+    calls: list[list[Item]] = []
+    while left:
+        call = [left.pop(0)]
+        essays = set(pairs[call[0][0]])
+        while left:
+            added, at = min((len(set(pairs[k]) - essays), i) for i, (k, _) in enumerate(left))
+            if len(essays) + added > size:
+                break
+            call.append(left.pop(at))
+            essays.update(pairs[call[-1][0]])
+        calls.append(call)
+    return calls
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a pass groups its comparisons into calls, and how a call lays them out."""
+
+    group: Grouping
+    prompt: BundleLayout = BundleLayout.ITEMS
+
+
+LAYOUTS: dict[str, Layout] = {
+    "single": Layout(single),
+    "bundle": Layout(bundle),  # bundle:N — N comparisons per call
+    "pool": Layout(pool, BundleLayout.POOL),  # pool:k — at most k essays per call, each once
+}
 
 
 @dataclass
@@ -108,7 +149,7 @@ async def judge(bench: Bench, label: str, layout: Layout, size: int, seed: int) 
     for order in ("AB", "BA"):
         items: list[Item] = [(k, order) for k in range(len(bench.pairs))]
         rng.shuffle(items)
-        groups += layout(items, size)
+        groups += layout.group(items, size, bench.pairs)
 
     async def call(number: int, group: list[Item]) -> None:
         ids = {f"{label}-{number}-{k}-{order}": (k, order) for k, order in group}
@@ -125,6 +166,7 @@ async def judge(bench: Bench, label: str, layout: Layout, size: int, seed: int) 
             shared=bench.shared,
             items=tuple(parts),
             temperature=bench.temperature,
+            layout=layout.prompt,
         )
         async with gate:
             try:
@@ -183,7 +225,10 @@ def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def report(passes: list[Pass], sizes: dict[str, int], repeat: Pass | None, tolerance: float) -> str:
+def report(
+    passes: list[Pass], specs: dict[str, tuple[str, int]], repeat: Pass | None, tolerance: float
+) -> str:
+    """The table, and the sizes that kept agreement (``specs``: label → layout name, size)."""
     reference = passes[0]
     baseline = agreement(reference, repeat) if repeat is not None else None
     lines = [
@@ -205,20 +250,30 @@ def report(passes: list[Pass], sizes: dict[str, int], repeat: Pass | None, toler
             f"{fmt(consistency(p)):>22}{fmt(essay_a_share(p)):>13}"
             f"{tokens:>19.0f}"
         )
-    safe = [
-        sizes[p.label]
+    kept = {
+        p.label
         for p in passes[1:]
         if (agree := agreement(p, reference)) is not None
         and (baseline is None or agree >= baseline - tolerance)
         and sum(w is not None for w in p.winners.values()) >= 0.98 * len(p.winners)
-    ]
+    }
     if baseline is not None:
         lines.append(f"single calls agree with themselves on {baseline:.0%} of judgements")
+    bundles = [size for label, (name, size) in specs.items() if name == "bundle" and label in kept]
     lines.append(
-        f"recommended CJLLM_MAX_ITEMS_PER_CALL: {max(safe)}"
-        if safe
+        f"recommended CJLLM_MAX_ITEMS_PER_CALL: {max(bundles)}"
+        if bundles
         else "recommended CJLLM_MAX_ITEMS_PER_CALL: 1 (no bundle size kept agreement)"
     )
+    pools = {label: size for label, (name, size) in specs.items() if name == "pool"}
+    if pools:
+        held = sorted(size for label, size in pools.items() if label in kept)
+        lines.append(
+            "pool layout (CJLLM_BUNDLE_LAYOUT=pool) kept agreement with at most "
+            f"{', '.join(map(str, held))} essays per call (CJLLM_POOL_GROUP_SIZE)"
+            if held
+            else "pool layout (CJLLM_BUNDLE_LAYOUT=pool) did not keep agreement: keep `items`"
+        )
     return "\n".join(lines)
 
 
@@ -250,13 +305,13 @@ async def measure(args: argparse.Namespace, essays: list[Essay], blocks: list[Pr
         passes = [await judge(bench, label, fn, size, args.seed) for label, fn, size in layouts]
         repeat = None
         if not args.no_repeat:
-            repeat = await judge(bench, "single-2", single, 1, args.seed)
+            repeat = await judge(bench, "single-2", LAYOUTS["single"], 1, args.seed)
             repeat.label = "single again"
     finally:
         await adapter.aclose()
-    sizes = {label: size for label, _, size in layouts}
+    specs = {label: (label.partition(":")[0], size) for label, _, size in layouts}
     header = f"{args.provider} model {args.model} at {args.base_url}"
-    return header + "\n" + report(passes, sizes, repeat, args.tolerance)
+    return header + "\n" + report(passes, specs, repeat, args.tolerance)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -269,7 +324,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--instructions", help="assignment file (default: the generic one)")
     p.add_argument("--rubric", help="rubric file")
     p.add_argument("--pairs", type=int, default=40)
-    p.add_argument("--layouts", default="single,bundle:5,bundle:10,bundle:25")
+    p.add_argument("--layouts", default="single,bundle:5,bundle:10,bundle:25,pool:6,pool:10")
     p.add_argument("--no-repeat", action="store_true", help="skip the second single pass")
     p.add_argument("--tolerance", type=float, default=0.05)
     p.add_argument("--concurrency", type=int, default=4)

@@ -41,11 +41,11 @@ def test_judge_agreement_measures_bundles_against_single_calls(
     with running_sim(SimConfig(judge=judge)) as sim:
         text = bench_module().main([
             "--base-url", sim.openai_base_url, "--model", "sim-judge", "--essays", str(EXAMPLES),
-            "--pairs", "12", "--layouts", "single,bundle:5,bundle:10", "--concurrency", "4",
+            "--pairs", "12", "--layouts", "single,bundle:5,bundle:10,pool:10",
+            "--concurrency", "4",
         ])  # fmt: skip
         calls = sim.counters()["calls"]
     # 12 pairs in both orders: 24 single calls twice, bundles of 5 (3 + 3) and 10 (2 + 2)
-    assert calls == 24 + 24 + 6 + 4
     for label, expected in (
         ("single", 24),
         ("single again", 24),
@@ -55,9 +55,31 @@ def test_judge_agreement_measures_bundles_against_single_calls(
         cells = row(text, label)
         assert int(cells[0]) == expected
         assert cells[1] == "1.00"  # every comparison answered
+    pooled = row(text, "pool:10")
+    assert pooled[1] == "1.00"  # the simulated model read every item of the pooled prompts
+    assert calls == 24 + 24 + 6 + 4 + int(pooled[0])
+    # each essay of a pooled call is sent once however many of its comparisons name it
+    assert int(pooled[0]) < 24 and int(pooled[-1]) < int(row(text, "bundle:10")[-1])
     # a judge with a strong first-position bias is not position-consistent
-    consistency = [float(row(text, label)[3]) for label in ("single", "bundle:5", "bundle:10")]
-    assert all(0.0 <= c < 1.0 for c in consistency)
+    labels = ("single", "bundle:5", "bundle:10", "pool:10")
+    assert all(0.0 <= float(row(text, label)[3]) < 1.0 for label in labels)
     assert float(row(text, "single")[4]) > 0.5  # Essay A wins more than half
     assert re.search(r"single calls agree with themselves on \d+% of judgements", text)
     assert re.search(r"recommended CJLLM_MAX_ITEMS_PER_CALL: \d+", text)
+    assert re.search(
+        r"pool layout \(CJLLM_BUNDLE_LAYOUT=pool\) (kept|did not keep) agreement", text
+    )
+
+
+def test_pooled_calls_hold_at_most_k_essays_and_every_comparison_once() -> None:
+    pool = bench_module().pool
+    pairs = [(a, b) for a in range(6) for b in range(a + 1, 6)]  # every pair of six essays
+    items = [(k, "AB") for k in range(len(pairs))]
+    (whole,) = pool(items, 6, pairs)  # six essays fit one call: all 15 comparisons in it
+    assert sorted(whole) == items
+    sparse = [*pairs[::2], (6, 7), (8, 9), (7, 8)]
+    items = [(k, "BA") for k in range(len(sparse))]
+    calls = pool(items, 4, sparse)
+    assert sorted(item for call in calls for item in call) == items
+    for call in calls:
+        assert len({e for k, _ in call for e in sparse[k]}) <= 4
