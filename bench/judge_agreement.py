@@ -259,21 +259,23 @@ def report(
     }
     if baseline is not None:
         lines.append(f"single calls agree with themselves on {baseline:.0%} of judgements")
-    bundles = [size for label, (name, size) in specs.items() if name == "bundle" and label in kept]
-    lines.append(
-        f"recommended CJLLM_MAX_ITEMS_PER_CALL: {max(bundles)}"
-        if bundles
-        else "recommended CJLLM_MAX_ITEMS_PER_CALL: 1 (no bundle size kept agreement)"
-    )
+    bundles = {label: size for label, (name, size) in specs.items() if name == "bundle"}
+    if bundles:
+        safe = [size for label, size in bundles.items() if label in kept]
+        lines.append(
+            f"recommended CJLLM_MAX_ITEMS_PER_CALL: {max(safe)}"
+            if safe
+            else "recommended CJLLM_MAX_ITEMS_PER_CALL: 1 (no bundle size kept agreement)"
+        )
     pools = {label: size for label, (name, size) in specs.items() if name == "pool"}
     if pools:
-        held = sorted(size for label, size in pools.items() if label in kept)
-        lines.append(
-            "pool layout (CJLLM_BUNDLE_LAYOUT=pool) kept agreement with at most "
-            f"{', '.join(map(str, held))} essays per call (CJLLM_POOL_GROUP_SIZE)"
-            if held
-            else "pool layout (CJLLM_BUNDLE_LAYOUT=pool) did not keep agreement: keep `items`"
-        )
+        held = [str(size) for label, size in pools.items() if label in kept]
+        lost = [str(size) for label, size in pools.items() if label not in kept]
+        verdict = "did not keep agreement at any group size: keep the items layout"
+        if held:
+            verdict = f"kept agreement at CJLLM_POOL_GROUP_SIZE = {', '.join(held)}"
+            verdict += f"; not at {', '.join(lost)}" if lost else ""
+        lines.append(f"pool layout (CJLLM_BUNDLE_LAYOUT=pool) {verdict}")
     return "\n".join(lines)
 
 
