@@ -15,9 +15,9 @@ essay abilities drawn from N(0, 1.5²) logits, and P(Essay A wins) = σ(θ_A −
 Conditions: the project's pairing (``adaptive``) and balanced random pairing (``random``), at
 6, 10 and 20 comparisons per essay, for 40 and 100 essays, each judge, ``--reps`` batches each
 (the same essays, budget and judge draws for both pairings in a repetition: common random
-numbers, see ``decide``). Rounds of 50
-(``MAX_CONCURRENT_COMPARISONS``); the reliability target is switched off, so every batch
-spends its budget. Per condition: median Spearman ρ with the truth; mean reported reliability,
+numbers, see ``decide``). Rounds sized as the service sizes them (``rounds.round_size``:
+every essay once, at least 25: 25 for 40 essays, 50 for 100); the reliability target is
+switched off, so every batch spends its budget. Per condition: median Spearman ρ with the truth; mean reported reliability,
 split-half and classical SSR; mean actual r² (squared Pearson correlation of the scores with
 the truth); the share of 95% intervals (score ± 1.96·SE) covering the truth (centred); the mean
 order-effect and lapse estimates with the share of their 95% intervals covering the true value.
@@ -260,7 +260,7 @@ def main() -> None:
         raise SystemExit(f"no batches in {args.results}")
     counts = sorted({len(reps) for reps in results.values()})
     held = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
-    print(f"{held} batches per condition, abilities N(0, {SD}²), rounds of 50")
+    print(f"{held} batches per condition, abilities N(0, {SD}²), rounds as the service sizes them")
     print("\n".join(table(results) + targets(results)))
 
 
