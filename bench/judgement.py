@@ -17,10 +17,11 @@ Conditions: the project's pairing (``adaptive``) and balanced random pairing (``
 (the same essays, budget and judge draws for both pairings in a repetition: common random
 numbers, see ``decide``). Rounds sized as the service sizes them (``rounds.round_size``:
 every essay once, at least 25: 25 for 40 essays, 50 for 100); the reliability target is
-switched off, so every batch spends its budget. Per condition: median Spearman ρ with the truth; mean reported reliability,
-split-half and classical SSR; mean actual r² (squared Pearson correlation of the scores with
-the truth); the share of 95% intervals (score ± 1.96·SE) covering the truth (centred); the mean
-order-effect and lapse estimates with the share of their 95% intervals covering the true value.
+switched off, so every batch spends its budget. Per condition: median Spearman ρ with the
+truth; mean reported reliability, split-half and classical SSR; mean actual r² (squared
+Pearson correlation of the scores with the truth); the share of 95% intervals (score ±
+1.96·SE) covering the truth (centred); the mean order-effect and lapse estimates with the
+share of their 95% intervals covering the true value.
 Then the targets: coverage within 0.92–0.97 and |reliability − r²| ≤ 0.05 in every condition;
 adaptive beats random by ≥ 0.015 median ρ at 10 per essay with the clean judge, and does not
 lose with the noisy ones.
