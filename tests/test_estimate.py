@@ -89,6 +89,9 @@ def test_the_pool_layout_is_estimated_as_the_run_makes_it(
 
     items = figures(tmp_path, provider="mock")
     monkeypatch.setenv("CJLLM_BUNDLE_LAYOUT", "pool")
+    # the run must spend the budget the estimate plans: the mock judge is nearly certain, so
+    # its reliability would reach the default target (0.9) before then
+    monkeypatch.setenv("CJLLM_TARGET_RELIABILITY", "0.999")
     pooled = figures(tmp_path, provider="mock")
     assert pooled.input_tokens < items.input_tokens / 2
     outcome = run_until_done(prepare(RankRequest(EXAMPLES, tmp_path / "run", provider="mock")))
