@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bundling_sim import free_port  # bench/bundling_sim.py, beside this script
 
 from cjllm.bus import MemoryBus
 from cjllm.contracts import BundleLayout, EventEnvelope
@@ -55,12 +55,6 @@ class Row:
     output_tokens: int
     cost: float
     failed: int
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def request(i: int, texts: list[str], vendor: str, strategy: str, size: int) -> dict[str, Any]:

@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
+from bundling_sim import free_port  # bench/bundling_sim.py, beside this script
 
 from cjllm.provider.rate_limits import Limits, estimate_minutes
 
@@ -78,12 +78,6 @@ class Result:
     budget: str
     answered_calls: int = 0
     output_tokens: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_essays(folder: Path, n: int, seed: int) -> None:
