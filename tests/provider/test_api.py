@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 
+from cjllm.api_guard import serve
 from cjllm.bus import MemoryBus
 from cjllm.contracts import SPINE_KEYS
 from tests import services
@@ -433,6 +436,54 @@ async def test_a_body_that_never_arrives_is_408_not_a_held_connection(backend_ur
         status_line = await answer_to_a_stalled_body(svc.app, COMPARISON_PATH)
         assert status_line.startswith(b"HTTP/1.1 408"), status_line
         assert (await svc.queue.depth(0)).queued == 0
+
+
+async def test_a_keep_alive_connection_idle_past_a_client_pools_expiry_is_still_served(
+    tmp_path: Path,
+) -> None:
+    """Under 32-50 concurrent POSTs httpx clients saw ``ReadError``: uvicorn's default
+    keep-alive (5 s) is httpx's pool expiry, so the server closed idle connections just as
+    the client reused them. The server ``serve`` runs must hold an idle connection longer
+    than a client's pool keeps one: a second POST on a connection left idle past httpx's
+    expiry is answered."""
+    idle = httpx.Limits().keepalive_expiry
+    assert idle is not None
+    settings = fast_settings(f"sqlite:///{tmp_path / 'queue.sqlite'}")  # any queue will do
+    async with provider(settings, work=False) as (svc, _, _):
+        port = free_port()
+        server = serve(svc.app, "127.0.0.1", port)
+        serving = asyncio.create_task(server.serve())
+        try:
+            await eventually(lambda: server.started)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            statuses = []
+            for i in range(2):
+                if i:
+                    await asyncio.sleep(idle + 0.5)
+                payload = json.dumps(body(i, topic="keep-alive", size=2)).encode()
+                head = (
+                    f"POST {COMPARISON_PATH} HTTP/1.1\r\nHost: x\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+                )
+                writer.write(head.encode() + payload)
+                await writer.drain()
+                async with asyncio.timeout(20):
+                    statuses.append((await reader.readline()).strip())
+                    if not statuses[-1]:
+                        break  # the server closed the connection without an answer
+                    headers = await reader.readuntil(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in headers.lower().split(b"\r\n")
+                        if line.startswith(b"content-length:")
+                    )
+                    await reader.readexactly(length)
+            writer.close()
+        finally:
+            server.should_exit = True
+            await serving
+        assert [s[:12] for s in statuses] == [b"HTTP/1.1 202"] * 2
+        assert (await svc.queue.depth(0)).queued == 2
 
 
 async def test_the_openapi_document_resolves(api: Any) -> None:
