@@ -11,7 +11,7 @@ import pytest
 from cjllm.contracts import BatchingStrategy
 from cjllm.out_dir import differences
 from cjllm.preflight import check_credentials, choose_provider, preflight
-from cjllm.rank import RankError, RankRequest, fingerprint, prepare
+from cjllm.rank import RankError, RankRequest, bundle_layout, fingerprint, prepare, run_context
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "essays"
 
@@ -112,6 +112,16 @@ def test_bundle_size_sets_the_override_or_the_round_size(tmp_path: Path) -> None
     assert rnd.cj_settings.max_concurrent_comparisons == 12
     assert rnd.cj_settings.max_comparisons_total == 30
     assert rnd.cj_settings.llm_provider == "mock"
+
+
+def test_the_layout_in_effect_is_named_unless_a_call_holds_one_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert bundle_layout(prepare(RankRequest(EXAMPLES, tmp_path))) == "items"
+    single = RankRequest(EXAMPLES, tmp_path, strategy=BatchingStrategy.PER_REQUEST)
+    assert bundle_layout(prepare(single)) is None
+    monkeypatch.setenv("CJLLM_BUNDLE_LAYOUT", "pool")  # both services read it
+    assert run_context(prepare(RankRequest(EXAMPLES, tmp_path))).bundle_layout == "pool"
 
 
 def test_fingerprint_names_what_changed(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from cjllm.cj.evidence import Judgement
 from cjllm.contracts import BatchingStrategy, CJAssessmentCompletedV1, RankedEssay, TokenUsage
 from cjllm.report import Evidence, RunContext, interval, render_html, write_report
 from cjllm.report.sheets import safe_cell
-from cjllm.report.summary import HEURISTIC, LLM, MANIFEST
+from cjllm.report.summary import HEURISTIC, LLM, MANIFEST, run_summary
 
 
 def completed(n: int = 5, *, anchors: bool = False) -> CJAssessmentCompletedV1:
@@ -147,6 +148,20 @@ def test_json_holds_ranking_and_run_summary(tmp_path: Path) -> None:
     assert summary["batching_strategy"] == "serial_round"
     assert summary["model"] == "mock-judge-1"
     assert summary["judge"] == "mock (simulated judge)"
+
+
+def test_the_summary_names_the_bundle_layout_when_the_run_bundled(tmp_path: Path) -> None:
+    from cjllm.terminal import summary_lines
+
+    pooled = replace(CONTEXT, bundle_layout="pool")
+    files = write_report(tmp_path, completed(), pooled)
+    summary = json.loads(files.json.read_text(encoding="utf-8"))["summary"]
+    assert summary["bundle_layout"] == "pool"
+    assert "Strategy: serial_round · pool layout · rounds" in "\n".join(summary_lines(summary))
+    assert "<dt>Bundle layout</dt><dd>pool</dd>" in files.html.read_text(encoding="utf-8")
+    unbundled = run_summary(completed(), CONTEXT)  # no layout known (per_request, submit)
+    assert unbundled["bundle_layout"] is None
+    assert "layout" not in "\n".join(summary_lines(unbundled))
 
 
 def test_html_is_self_contained_and_escapes_everything_from_the_run() -> None:

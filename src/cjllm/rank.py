@@ -31,7 +31,12 @@ from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
 from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
-from cjllm.contracts import BATCH_JOB_STRATEGIES, BatchingStrategy, CJAssessmentCompletedV1
+from cjllm.contracts import (
+    BATCH_JOB_STRATEGIES,
+    BatchingStrategy,
+    BundleLayout,
+    CJAssessmentCompletedV1,
+)
 from cjllm.embedded import embedded_services
 from cjllm.essays import essay_set_digest
 from cjllm.judges import JudgeUnavailable, Judging, make_judge
@@ -265,7 +270,19 @@ def run_context(
         provider_usage=_usage(out_dir) if out_dir is not None else None,
         output_mode=facts.output_mode,
         bundle_size=facts.bundle_size,
+        bundle_layout=bundle_layout(run),
     )
+
+
+def bundle_layout(run: PreparedRun) -> str | None:
+    """The layout the run's bundles use: ``pool`` when the CJ side asks for it (it then
+    plans grouped rounds), else the provider's default; None when a call holds one
+    comparison (``per_request``), where there is nothing to lay out."""
+    if run.request.strategy is BatchingStrategy.PER_REQUEST:
+        return None
+    if run.cj_settings.bundle_layout is BundleLayout.POOL:
+        return BundleLayout.POOL.value
+    return run.provider_settings.bundle_layout.value
 
 
 RUN_NAMESPACE = uuid.UUID("6f1b3c1e-6a53-5b9c-9d0e-7c3d2f1a8b41")  # cjllm rank batch ids

@@ -245,7 +245,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     tokens = summary["tokens"]["total_tokens"]
     return [
         f"Judge: {summary['judge']}",
-        f"Strategy: {summary['batching_strategy']} · rounds {summary['rounds']}",
+        f"Strategy: {summary['batching_strategy']}"
+        + (f" · {summary['bundle_layout']} layout" if summary.get("bundle_layout") else "")
+        + f" · rounds {summary['rounds']}",
         f"Comparisons: {made} made, {summary['comparisons_failed']} failed · provider calls "
         f"{calls}{per_call}",
         f"Tokens: {tokens:,} · estimated cost ${summary['cost_estimate']:.4f}"

@@ -313,6 +313,7 @@ SUMMARY_FIGURES: list[tuple[str, str, Callable[[Any], str]]] = [
     ),
     ("rate_limit_wait_seconds", "Waited for the provider's rate limit", lambda v: f"{v:,.0f} s"),
     ("comparisons_per_provider_call", "Comparisons per provider call", _ratio),
+    ("bundle_layout", "Bundle layout", _text),
     ("output_mode", "Structured output", _text),
     ("bundle_size", "Bundle size settled at", _count),
     ("tokens", "Tokens", _tokens),

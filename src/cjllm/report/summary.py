@@ -50,6 +50,8 @@ class RunContext:
     """How the judge's answers were constrained (the negotiated output mode)."""
     bundle_size: int | None = None
     """The bundle size the provider settled at for the judge's model."""
+    bundle_layout: str | None = None
+    """How a bundle laid out its essays (``items`` or ``pool``), when the run bundled."""
 
     @property
     def simulated(self) -> bool:
@@ -93,6 +95,7 @@ def run_summary(result: CJAssessmentCompletedV1, context: RunContext) -> dict[st
         "comparisons_per_provider_call": (
             round(made / result.provider_calls, 2) if result.provider_calls else None
         ),
+        "bundle_layout": context.bundle_layout,
         "output_mode": context.output_mode,
         "bundle_size": context.bundle_size,
         "tokens": result.token_usage.model_dump(),
