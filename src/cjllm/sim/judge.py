@@ -11,6 +11,7 @@ the same item always gets the same answer, retries included.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -30,21 +31,48 @@ def text_key(text: str) -> str:
 
 
 def heuristic_quality(text: str) -> float:
-    """A crude, deterministic quality signal from surface features (not an assessment)."""
+    """A crude, deterministic quality signal from surface features (not an assessment).
+
+    The mock judge calls it twice per comparison, so ASCII text (the common case) takes a
+    fast path on bytes that gives exactly the same number as the general one."""
+    if text.isascii():
+        return _ascii_quality(text)
     words = [w.lower() for w in _WORD.findall(text)]
     if not words:
         return -5.0
     head = words[:400]
-    variety = len(set(head)) / len(head)
-    sentences = max(1, len([s for s in _SENTENCE.split(text) if s.strip()]))
-    mean_len = len(words) / sentences
-    long_words = sum(len(w) >= 7 for w in words) / len(words)
+    sentences = len([s for s in _SENTENCE.split(text) if s.strip()])
+    long_words = sum(len(w) >= 7 for w in words)
+    return _quality(len(words), len(set(head)) / len(head), sentences, long_words, text)
+
+
+_WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'")  # as _WORD
+_NOT_WORD = bytes(c if c in _WORD_BYTES else ord(" ") for c in range(256))
+_ENDS_SENTENCE = bytes(ord(".") if chr(c) in ".!?" else c for c in range(256))
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())  # what str.strip() strips
+
+
+def _ascii_quality(text: str) -> float:
+    raw = text.encode("ascii").lower()  # ASCII: lower() keeps every length
+    words = raw.translate(_NOT_WORD).split()
+    if not words:
+        return -5.0
+    head = words[:400]
+    parts = raw.translate(_ENDS_SENTENCE).split(b".")
+    sentences = len([s for s in parts if s.strip(_ASCII_SPACE)])
+    lengths = sorted(map(len, words))
+    long_words = len(lengths) - bisect.bisect_left(lengths, 7)
+    return _quality(len(words), len(set(head)) / len(head), sentences, long_words, text)
+
+
+def _quality(words: int, variety: float, sentences: int, long_words: int, text: str) -> float:
+    mean_len = words / max(1, sentences)
     paragraphs = min(6, len([p for p in text.split("\n\n") if p.strip()]))
     sentence_shape = -abs(math.log(mean_len / 18.0))
     return (
-        0.9 * math.log1p(len(words))
+        0.9 * math.log1p(words)
         + 3.0 * variety
-        + 4.0 * long_words
+        + 4.0 * long_words / words
         + 1.0 * sentence_shape
         + 0.15 * paragraphs
     )
