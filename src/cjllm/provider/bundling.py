@@ -132,8 +132,11 @@ def call_input_tokens(call: BundleCall, *, cached: bool = False) -> int:
     return estimate_tokens(chars)
 
 
-def compatibility_key(planned: PlannedComparison) -> str:
-    """sha256 over everything that must be equal for two comparisons to share a call."""
+def compatibility_key(planned: PlannedComparison, hints: BundleHints | None = None) -> str:
+    """sha256 over everything that must be equal for two comparisons to share a call
+    (``hints``: the request's metadata hints, when the caller has them already)."""
+    if hints is None:
+        hints = BundleHints.model_validate(planned.request.metadata)
     overrides = planned.request.llm_config_overrides
     shared = hashlib.sha256()
     for block in planned.shared_blocks():
@@ -145,7 +148,7 @@ def compatibility_key(planned: PlannedComparison) -> str:
         overrides.max_tokens_override,
         [(b.content, b.cacheable, b.ttl) for b in planned.system_blocks()],
         shared.hexdigest(),
-        BundleHints.model_validate(planned.request.metadata).bundle_group,
+        hints.bundle_group,
         *([planned.layout.value] if planned.layout is not BundleLayout.ITEMS else []),
     ]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
