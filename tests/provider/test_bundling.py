@@ -155,4 +155,7 @@ def test_planned_comparison_round_trips_through_the_queue_payload() -> None:
     p = planned(3)
     again = PlannedComparison.from_json(p.to_json())
     assert again == p
+    # rebuilt without validation (the API validated it), yet the same as validated afresh
+    assert again.request == ComparisonRequest.model_validate_json(p.request.model_dump_json())
+    assert again.to_json() == p.to_json()
     assert uuid.UUID(again.correlation_id)

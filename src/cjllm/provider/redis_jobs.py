@@ -33,7 +33,7 @@ from cjllm.provider.jobs import (
 )
 from cjllm.provider.queue import QueuedItem
 from cjllm.provider.redis_job_scripts import JOB_SCRIPTS
-from cjllm.provider.redis_queue import RedisQueue, _item, _num, _unavailable
+from cjllm.provider.redis_queue import RedisQueue, _item_from_hash, _num, _unavailable
 
 
 def _encode(name: str, value: Any) -> str:
@@ -138,7 +138,9 @@ class RedisJobs:
         reply = await self._call(
             "lane_items", _num(now), limit, "1" if available_only else "0", prefix
         )
-        items = sorted((_item(flat) for flat in reply), key=lambda i: (i.enqueued_at, i.queue_id))
+        items = sorted(
+            (_item_from_hash(flat) for flat in reply), key=lambda i: (i.enqueued_at, i.queue_id)
+        )
         return items[:limit]
 
     # ------------------------------------------------------------------ recording
@@ -183,7 +185,7 @@ class RedisJobs:
         if not queue_ids:
             return []
         reply = await self._call("take", _num(now), owner, _num(lease_until), *queue_ids)
-        return [_item(flat) for flat in reply]
+        return [_item_from_hash(flat) for flat in reply]
 
     # ------------------------------------------------------------------ claiming and updating
 
@@ -224,7 +226,7 @@ class RedisJobs:
 
     async def items(self, queue_ids: Sequence[str]) -> list[QueuedItem]:
         found = await self._hashes([f"{self.prefix}:item:{q}" for q in queue_ids])
-        return [_item(self._flat(fields)) for fields in found if fields]
+        return [_item_from_hash(self._flat(fields)) for fields in found if fields]
 
     async def get(self, job_id: str) -> BatchJob | None:
         (fields,) = await self._hashes([f"{self.prefix}:job:{job_id}"])

@@ -63,30 +63,44 @@ def _text(raw: bytes | None) -> str | None:
     return raw.decode("utf-8")
 
 
-def _item(flat: Sequence[bytes]) -> QueuedItem:
-    """An item from a flat ``HGETALL`` reply."""
-    f = {flat[i].decode(): flat[i + 1] for i in range(0, len(flat), 2)}
-    lease = _text(f.get("lease"))
+ITEM_FIELDS = (
+    "qid", "cid", "key", "hint", "tokens", "budget", "payload", "state", "attempts", "enq",
+    "avail", "exp", "updated", "owner", "lease", "bundle", "err", "pt", "ct", "cost",
+)  # fmt: skip
+"""An item record's fields, in the order the scripts' ``fields`` helper returns them."""
+
+
+def _item(values: Sequence[bytes | None]) -> QueuedItem:
+    """An item from its record's values in :data:`ITEM_FIELDS` order (one ``HMGET``)."""
+    (qid, cid, key, hint, tokens, budget, payload, state, attempts, enq, avail, exp, updated,
+     owner, lease, bundle, err, pt, ct, cost) = values  # fmt: skip
+    assert qid and cid and key and state  # every record has them
     return QueuedItem(
-        queue_id=f["qid"].decode(),
-        correlation_id=f["cid"].decode(),
-        key=f["key"].decode(),
-        hint=int(f["hint"]),
-        tokens=int(f["tokens"]),
-        budget=int(f["budget"]),
-        payload=_text(f.get("payload")) or "",
-        state=QueueItemState(f["state"].decode()),
-        attempts=int(f["attempts"]),
-        enqueued_at=float(f["enq"]),
-        available_at=float(f["avail"]),
-        expires_at=float(f["exp"]),
-        updated_at=float(f["updated"]),
-        lease_owner=_text(f.get("owner")),
+        queue_id=qid.decode(),
+        correlation_id=cid.decode(),
+        key=key.decode(),
+        hint=int(hint or 0),
+        tokens=int(tokens or 0),
+        budget=int(budget or 0),
+        payload=_text(payload) or "",
+        state=QueueItemState(state.decode()),
+        attempts=int(attempts or 0),
+        enqueued_at=float(enq or 0),
+        available_at=float(avail or 0),
+        expires_at=float(exp or 0),
+        updated_at=float(updated or 0),
+        lease_owner=_text(owner),
         lease_until=float(lease) if lease else None,
-        bundle_id=_text(f.get("bundle")),
-        last_error=_text(f.get("err")),
-        spent=Spent(int(f["pt"]), int(f["ct"]), float(f["cost"])),
+        bundle_id=_text(bundle),
+        last_error=_text(err),
+        spent=Spent(int(pt or 0), int(ct or 0), float(cost or 0)),
     )
+
+
+def _item_from_hash(flat: Sequence[bytes]) -> QueuedItem:
+    """An item from a flat ``HGETALL`` reply (the batch-job scripts return those)."""
+    found = dict(zip(flat[::2], flat[1::2], strict=True))
+    return _item([found.get(name.encode()) for name in ITEM_FIELDS])
 
 
 def _num(x: float) -> str:
@@ -282,12 +296,12 @@ class RedisQueue:
 
     async def get(self, queue_id: str) -> QueuedItem | None:
         try:
-            fields = await self._r.hgetall(f"{self.prefix}:item:{queue_id}")
+            values = await self._r.hmget(f"{self.prefix}:item:{queue_id}", ITEM_FIELDS)
         except RedisError as exc:
             raise _unavailable("get", exc) from exc
-        if not fields:
+        if values[0] is None:
             return None
-        return _item([cast(bytes, x) for pair in fields.items() for x in pair])
+        return _item(cast(list[bytes | None], values))
 
     async def remember(self, key: str, value: str) -> None:
         try:

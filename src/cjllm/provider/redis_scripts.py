@@ -1,8 +1,8 @@
 """The Redis queue's Lua scripts: every state change is one script, so it is atomic in Redis.
 
 Key layout and meanings are in :mod:`cjllm.provider.redis_queue`. ``ARGV[1]`` is always the
-key prefix; :data:`SCRIPTS` maps each verb to its script (``TO_READY`` and ``stat`` helpers
-are prepended to every one).
+key prefix; :data:`SCRIPTS` maps each verb to its script (``TO_READY``, the ``to_ready``,
+``stat`` and ``fields`` helpers, is prepended to every one).
 """
 
 from __future__ import annotations
@@ -14,6 +14,11 @@ local function to_ready(P, qid, key, enq)
 end
 local function stat(P, field, n)
   redis.call('HINCRBY', P..':stats', field, n)
+end
+local function fields(ik)  -- an item record in the order of redis_queue.ITEM_FIELDS
+  return redis.call('HMGET', ik, 'qid', 'cid', 'key', 'hint', 'tokens', 'budget', 'payload',
+    'state', 'attempts', 'enq', 'avail', 'exp', 'updated', 'owner', 'lease', 'bundle', 'err',
+    'pt', 'ct', 'cost')
 end
 """
 
@@ -94,7 +99,7 @@ for i = 1, math.min(#heads, max_keys) do
       redis.call('HSET', P..':item:'..qid, 'state', 'processing', 'owner', owner,
         'lease', lease, 'bundle', bundle, 'updated', ARGV[2])
       redis.call('ZADD', P..':leases', lease, qid)
-      out[j] = redis.call('HGETALL', P..':item:'..qid)
+      out[j] = fields(P..':item:'..qid)
     end
     stat(P, 'queued', -#picked); stat(P, 'processing', #picked)
     return out
@@ -196,7 +201,7 @@ for _, qid in ipairs(redis.call('ZRANGEBYSCORE', P..':ttl', '-inf', now)) do
       'bundle', '', 'updated', now)
     redis.call('ZADD', P..':leases', lease, qid)
     stat(P, 'queued', -1); stat(P, 'processing', 1)
-    out[#out + 1] = redis.call('HGETALL', ik)
+    out[#out + 1] = fields(ik)
   end
 end
 return out
