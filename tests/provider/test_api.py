@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from cjllm.api_guard import serve
 from cjllm.bus import MemoryBus
-from cjllm.contracts import SPINE_KEYS
+from cjllm.contracts import SPINE_KEYS, ComparisonRequest
+from cjllm.provider.intake import Intake, Refused
 from tests import services
 from tests.http_checks import answer_to_a_stalled_body, unresolved_refs
 from tests.provider.support import (
@@ -495,3 +497,37 @@ async def test_the_openapi_document_resolves(api: Any) -> None:
     # the hot route checks its token itself and still declares the scheme
     assert document["paths"][COMPARISON_PATH]["post"]["security"] == [{"HTTPBearer": []}]
     assert document["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+async def test_an_in_process_caller_and_the_http_route_share_one_acceptance(api: Any) -> None:
+    svc, client, _ = api
+    intake: Intake = svc.app.state.intake
+    request_body = body(1, topic="r")
+    accepted = await intake.accept(ComparisonRequest.model_validate(request_body))
+    assert accepted.created and accepted.correlation_id == request_body["correlation_id"]
+    again = await client.post(COMPARISON_PATH, json=request_body, headers=AUTH)
+    assert again.status_code == 202 and again.json()["queue_id"] == accepted.queue_id
+    assert (await svc.queue.depth(0)).queued == 1
+    with pytest.raises(Refused) as refused:  # the same checks, without HTTP
+        await intake.accept(ComparisonRequest.model_validate(body(2, topic="r", provider="gemini")))
+    assert refused.value.status_code == 400
+    assert refused.value.detail[0]["loc"] == ["body", "llm_config_overrides", "provider_override"]
+    assert (await svc.queue.depth(0)).queued == 1
+
+
+async def test_the_comparison_route_also_answers_from_the_router(api: Any) -> None:
+    """The hot route is answered ahead of FastAPI's routing; the router still holds it, so
+    the app mounted under a prefix accepts too and other methods get a 405."""
+    svc, client, _ = api
+    outer = FastAPI()
+    outer.mount("/provider", svc.app)
+    transport = httpx.ASGITransport(app=outer)
+    async with httpx.AsyncClient(transport=transport, base_url="http://outer") as mounted:
+        response = await mounted.post(
+            "/provider" + COMPARISON_PATH, json=body(1, topic="r"), headers=AUTH
+        )
+        assert response.status_code == 202, response.text
+        unauthorised = await mounted.post("/provider" + COMPARISON_PATH, json=body(2, topic="r"))
+        assert unauthorised.status_code == 401
+    assert (await client.get(COMPARISON_PATH, headers=AUTH)).status_code == 405
+    assert (await svc.queue.depth(0)).queued == 1
