@@ -1,9 +1,14 @@
 """The embedded shape: the provider service and the CJ service in one process.
 
 Everything lives in one folder (``cjllm rank --out DIR``): the provider's SQLite queue
-(``queue.sqlite``) and the CJ SQLite database (``cj.sqlite``). The CJ service still reaches
-the provider through its HTTP API, over an in-process ASGI transport, so the contract is the
-same as in the distributed shape; callbacks travel on a :class:`DirectBus`.
+(``queue.sqlite``) and the CJ SQLite database (``cj.sqlite``). The CJ service still sends
+one request per comparison, the same :class:`~cjllm.contracts.ComparisonRequest` with its
+metadata spine, but hands the model to the provider's acceptance step
+(:class:`~cjllm.provider.intake.Intake`, :func:`direct_to`) instead of serialising it into
+an HTTP request that the same process would parse again: the checks, the planning and the
+durable enqueue are the ones ``POST /api/v1/comparison`` runs, with the same answers
+(docs/decisions.md, "Embedded: the CJ service calls the provider's intake"). Callbacks
+travel on a :class:`DirectBus`.
 
 Why a direct bus and not the queueing in-memory bus: the provider deletes a callback from
 its durable outbox once the bus has accepted it. A bus that holds callbacks in memory would
@@ -23,13 +28,14 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from cjllm.bus import BatchHandler, BusError, Handler, Message, one_at_a_time
+from cjllm.cj.llm_client import Direct, Reply
 from cjllm.cj.service import cj_service
 from cjllm.cj.workflow import CJWorkflow, ProgressHook
-from cjllm.contracts import EventEnvelope
+from cjllm.contracts import ComparisonRequest, EventEnvelope
 from cjllm.provider.calls import LLMAdapter
+from cjllm.provider.intake import Refusal
+from cjllm.provider.queue import QueueUnavailable
 from cjllm.provider.service import ProviderService, embedded_provider
 from cjllm.settings import CJSettings, ProviderSettings
 
@@ -96,6 +102,29 @@ class DirectBus:
                     error = BusError(f"{group} could not handle {topic} events ({keys}): {exc}")
                     return [error] * len(messages)
         return [None] * len(messages)
+
+
+def direct_to(provider: ProviderService) -> Direct:
+    """The in-process hop from the CJ service to ``provider``: each comparison goes through
+    the provider's :meth:`~cjllm.provider.intake.Intake.accept` (what the HTTP endpoint
+    calls), a refusal comes back as the status and message the API would answer with."""
+
+    async def submit(request: ComparisonRequest) -> Reply:
+        try:
+            answer = await provider.intake.accept(request)
+        except Refusal as refusal:
+            return Reply(refusal.status, detail=refusal.message, retry_after=refusal.retry_after)
+        return Reply(202, queue_id=str(answer.queue_id))
+
+    async def cancel(cj_batch_id: str) -> bool:
+        try:
+            await provider.jobs.cancel(cj_batch_id)
+        except QueueUnavailable as exc:
+            log.warning("could not cancel batch %s at the provider: %s", cj_batch_id, exc)
+            return False
+        return True
+
+    return Direct(submit, cancel)
 
 
 @dataclass(frozen=True)
@@ -168,9 +197,12 @@ async def embedded_services(
     await bus.start()
     try:
         async with embedded_provider(psettings, bus=bus, adapters=adapters, work=False) as provider:
-            transport = httpx.ASGITransport(app=provider.app)
             async with cj_service(
-                csettings, transport=transport, bus=bus, on_progress=on_progress, resume=True
+                csettings,
+                direct=direct_to(provider),
+                bus=bus,
+                on_progress=on_progress,
+                resume=True,
             ) as cj:
                 stale_before = time.time() + psettings.lease_seconds + 1.0
                 recovered = await provider.queue.recover_leases(stale_before)

@@ -1,4 +1,10 @@
-"""The CJ side of the provider HTTP API: one ``POST /api/v1/comparison`` per comparison.
+"""The CJ side of the provider API: one request per comparison, over HTTP or in-process.
+
+Distributed, each comparison is one ``POST /api/v1/comparison``. Embedded (``cjllm rank``),
+the client is given :class:`Direct` — the provider's own acceptance step as a function
+(:meth:`cjllm.provider.intake.Intake.accept`, wired by :mod:`cjllm.embedded`) — and hands
+it each request model without serialising it: the same decision, the same answers (202 or
+the API's status), without the HTTP round trip.
 
 Submissions run at most ``max_concurrency`` at a time. A ``503``/``429``/other ``5xx`` or a
 connection error is retried with exponential backoff, honouring ``Retry-After``; a ``4xx``
@@ -15,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Self
@@ -41,6 +48,27 @@ class Accepted:
 class Refused:
     error_code: str
     message: str
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The provider's answer to one comparison: ``status`` 202 with its ``queue_id``, or
+    the status the HTTP API answers with, its error text and ``Retry-After`` seconds."""
+
+    status: int
+    queue_id: str | None = None
+    detail: str = ""
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Direct:
+    """The provider reached in-process: ``submit`` queues one comparison (a :class:`Reply`,
+    never an exception for a refusal); ``cancel`` cancels a CJ batch's batch-mode work
+    (False, logged, when the provider could not be told), as :meth:`ProviderClient.cancel`."""
+
+    submit: Callable[[ComparisonRequest], Awaitable[Reply]]
+    cancel: Callable[[str], Awaitable[bool]]
 
 
 def retry_after_seconds(header: str | None) -> float | None:
@@ -70,19 +98,24 @@ def _detail(response: httpx.Response) -> str:
 
 
 class ProviderClient:
-    """Submits comparison requests to the LLM Provider Service (retries, bounded concurrency)."""
+    """Submits comparison requests to the LLM Provider Service (retries, bounded
+    concurrency): over ``http``, or in-process through ``direct``."""
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: httpx.AsyncClient | None,
         *,
         max_concurrency: int,
         retries: int = 3,
         backoff_seconds: float = 0.5,
         max_backoff_seconds: float = 30.0,
+        direct: Direct | None = None,
     ) -> None:
+        if (http is None) == (direct is None):
+            raise ValueError("a provider client needs either an HTTP client or a direct hop")
         self._http = http
-        self._url = http.base_url.join(COMPARISON_PATH)  # absolute: nothing to merge per request
+        self._direct = direct
+        self._url = http.base_url.join(COMPARISON_PATH) if http is not None else None
         self._gate = asyncio.Semaphore(max_concurrency)
         self._retries = retries
         self._backoff = backoff_seconds
@@ -91,10 +124,23 @@ class ProviderClient:
 
     @classmethod
     def from_settings(
-        cls, settings: CJSettings, transport: httpx.AsyncBaseTransport | None = None
+        cls,
+        settings: CJSettings,
+        transport: httpx.AsyncBaseTransport | None = None,
+        direct: Direct | None = None,
     ) -> Self:
-        """A client for ``settings.provider_url``; pass ``transport`` (e.g. an
-        ``httpx.ASGITransport`` over the provider app) to stay in-process."""
+        """A client for ``settings.provider_url`` (through ``transport`` if given, e.g. an
+        ``httpx.ASGITransport`` over the provider app), or for the in-process ``direct``
+        provider."""
+        if direct is not None:
+            return cls(
+                None,
+                max_concurrency=settings.submit_concurrency,
+                retries=settings.submit_retries,
+                backoff_seconds=settings.submit_backoff_seconds,
+                max_backoff_seconds=settings.submit_max_backoff_seconds,
+                direct=direct,
+            )
         headers = {}
         if settings.provider_api_token:
             headers["Authorization"] = f"Bearer {settings.provider_api_token}"
@@ -113,7 +159,8 @@ class ProviderClient:
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -123,26 +170,21 @@ class ProviderClient:
 
     async def submit(self, request: ComparisonRequest) -> Accepted | Refused:
         """Send one comparison; retry transient failures; never raise for HTTP problems."""
-        body = request.model_dump_json(exclude_none=True).encode()
+        body = (
+            b"" if self._direct is not None else request.model_dump_json(exclude_none=True).encode()
+        )
         async with self._gate:
             last = "no attempt made"
             for attempt in range(self._retries + 1):
-                retry_after: float | None = None
-                try:
-                    self.requests_sent += 1
-                    response = await self._http.post(self._url, content=body, headers=_JSON)
-                except httpx.TransportError as exc:
-                    last = f"{type(exc).__name__}: {exc}"
-                else:
-                    if response.status_code == 202:
-                        queued = ComparisonQueuedResponse.model_validate(response.json())
-                        return Accepted(str(queued.queue_id))
-                    last = f"HTTP {response.status_code}: {_detail(response)}"
-                    if response.status_code not in _RETRYABLE_STATUS:
-                        return Refused(f"http_{response.status_code}", last)
-                    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                self.requests_sent += 1
+                reply = await self._send(request, body)
+                if reply.status == 202 and reply.queue_id is not None:
+                    return Accepted(reply.queue_id)
+                last = reply.detail if reply.status == 0 else f"HTTP {reply.status}: {reply.detail}"
+                if reply.status and reply.status not in _RETRYABLE_STATUS:
+                    return Refused(f"http_{reply.status}", last)
                 if attempt < self._retries:
-                    delay = self._delay(attempt, retry_after)
+                    delay = self._delay(attempt, reply.retry_after)
                     log.warning(
                         "submission of %s failed (%s); retry %d/%d in %.2fs",
                         request.correlation_id,
@@ -154,10 +196,31 @@ class ProviderClient:
                     await asyncio.sleep(delay)
             return Refused("submission_failed", f"gave up after {self._retries + 1} tries: {last}")
 
+    async def _send(self, request: ComparisonRequest, body: bytes) -> Reply:
+        """One attempt; status 0 is a transport failure (nothing answered)."""
+        if self._direct is not None:
+            return await self._direct.submit(request)
+        assert self._http is not None and self._url is not None
+        try:
+            response = await self._http.post(self._url, content=body, headers=_JSON)
+        except httpx.TransportError as exc:
+            return Reply(0, detail=f"{type(exc).__name__}: {exc}")
+        if response.status_code == 202:
+            queued = ComparisonQueuedResponse.model_validate(response.json())
+            return Reply(202, queue_id=str(queued.queue_id))
+        return Reply(
+            response.status_code,
+            detail=_detail(response),
+            retry_after=retry_after_seconds(response.headers.get("Retry-After")),
+        )
+
     async def cancel(self, cj_batch_id: str) -> bool:
         """Ask the provider to cancel a CJ batch's batch-mode comparisons and the jobs left
         with nothing else to answer. False (logged) when the provider could not be told;
         its jobs then run on, and their callbacks are ignored."""
+        if self._direct is not None:
+            return await self._direct.cancel(cj_batch_id)
+        assert self._http is not None
         try:
             response = await self._http.post(CANCEL_PATH, json={"cj_batch_id": cj_batch_id})
         except httpx.TransportError as exc:

@@ -7,8 +7,10 @@ callback handler, resumes unfinished batches, and yields the :class:`CJWorkflow`
         batch_id = await cj.start_batch(essays, instructions=..., rubric=...)
         result = await cj.wait_for_completion(batch_id)
 
-Pass ``transport`` (an ``httpx.ASGITransport`` over the provider app) to reach the provider
-in-process, and ``bus`` to share one bus with an in-process provider. A bus passed in is
+Pass ``direct`` (:class:`~cjllm.cj.llm_client.Direct`, the provider's acceptance step as a
+function: :func:`cjllm.embedded.direct_to`) or ``transport`` (an ``httpx.ASGITransport`` over
+the provider app) to reach the provider in-process, and ``bus`` to share one bus with an
+in-process provider. A bus passed in is
 subscribed to but not started or stopped: its owner does that (a Kafka bus must be started
 after this subscribes). A bus built here from ``CJLLM_BUS_URL`` is started and stopped here.
 
@@ -30,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.cj.api import create_app
-from cjllm.cj.llm_client import ProviderClient
+from cjllm.cj.llm_client import Direct, ProviderClient
 from cjllm.cj.store import Store
 from cjllm.cj.workflow import CJWorkflow, ProgressHook
 from cjllm.settings import CJSettings
@@ -41,6 +43,7 @@ async def cj_service(
     settings: CJSettings,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    direct: Direct | None = None,
     bus: EventBus | None = None,
     on_progress: ProgressHook | None = None,
     resume: bool = True,
@@ -55,7 +58,7 @@ async def cj_service(
         else bus
     )
     blas = threadpool_limits(limits=1, user_api="blas")
-    client = ProviderClient.from_settings(settings, transport=transport)
+    client = ProviderClient.from_settings(settings, transport=transport, direct=direct)
     workflow = CJWorkflow(store, client, the_bus, settings, on_progress)
     the_bus.subscribe_many(
         settings.callback_topic, settings.consumer_group, workflow.handle_callbacks
