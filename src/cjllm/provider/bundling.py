@@ -25,7 +25,7 @@ import json
 import math
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,20 +208,22 @@ class Candidate:
         return self.available_at > self.enqueued_at
 
 
-def pick_bundle(candidates: Sequence[Candidate], now: float, linger: float) -> list[str]:
+def pick_bundle(candidates: Iterable[Candidate], now: float, linger: float) -> list[str]:
     """The bundle the oldest candidate heads, or ``[]`` when it is not ready yet.
 
     ``candidates`` are one key's eligible items (queued, available, not expired), oldest
-    first. The head always goes, even alone over budget (the provider then says whether it
-    fits). Mirrored in Lua by :mod:`cjllm.provider.redis_queue`.
+    first; they are read only as far as the bundle needs (a lazy cursor is fine). The head
+    always goes, even alone over budget (the provider then says whether it fits). Mirrored
+    in Lua by :mod:`cjllm.provider.redis_queue`.
     """
-    if not candidates:
+    rest = iter(candidates)
+    head = next(rest, None)
+    if head is None:
         return []
-    head = candidates[0]
     size, used = head.hint, head.tokens
     picked = [head.queue_id]
     full, due = len(picked) >= size, head.requeued
-    for cand in candidates[1:]:
+    for cand in rest:
         if full:
             break
         if cand.hint < size:

@@ -33,7 +33,7 @@ from cjllm.provider.sqlite_schema import ACTIVE, SCHEMA, count_totals_once, item
 
 T = TypeVar("T")
 
-# keys looked at per claim (oldest heads first) and items read per key
+# keys tried per claim (oldest heads first) and items read per key at most
 MAX_KEYS_PER_CLAIM = 100
 MAX_SCAN_PER_KEY = 1000
 
@@ -157,24 +157,38 @@ class SQLiteQueue:
         self, owner: str, bundle_id: str, now: float, lease_until: float, linger: float
     ) -> list[QueuedItem]:
         def claim(c: sqlite3.Connection) -> list[QueuedItem]:
-            heads = c.execute(
-                "SELECT key, MIN(enqueued_at) AS oldest FROM items"
+            picked: list[str] = []
+            tried: set[str] = set()
+            # eligible items oldest first (an index walk, read only as far as needed): each
+            # key is tried when its oldest eligible item comes up, as its bundle's head
+            ages = c.execute(
+                "SELECT key FROM items INDEXED BY items_by_age"
                 " WHERE state = 'queued' AND available_at <= ? AND expires_at > ?"
                 " AND key NOT LIKE 'batch:%'"  # the batch lane goes to jobs (job_plan.py)
-                " GROUP BY key ORDER BY oldest LIMIT ?",
-                (now, now, MAX_KEYS_PER_CLAIM),
-            ).fetchall()
-            for head in heads:
-                rows = c.execute(
-                    "SELECT queue_id, hint, tokens, budget, enqueued_at, available_at FROM items"
-                    " WHERE state = 'queued' AND key = ? AND available_at <= ? AND expires_at > ?"
-                    " ORDER BY enqueued_at, seq LIMIT ?",
-                    (head["key"], now, now, MAX_SCAN_PER_KEY),
-                ).fetchall()
-                picked = pick_bundle([Candidate(*tuple(row)) for row in rows], now, linger)
-                if picked:
-                    return self._lease(c, picked, owner, bundle_id, now, lease_until)
-            return []
+                " ORDER BY enqueued_at, seq",
+                (now, now),
+            )
+            try:
+                for (key,) in ages:
+                    if key in tried:
+                        continue
+                    tried.add(key)
+                    rows = c.execute(
+                        "SELECT queue_id, hint, tokens, budget, enqueued_at, available_at"
+                        " FROM items INDEXED BY items_by_key"
+                        " WHERE state = 'queued' AND key = ? AND available_at <= ?"
+                        " AND expires_at > ? ORDER BY enqueued_at, seq LIMIT ?",
+                        (key, now, now, MAX_SCAN_PER_KEY),
+                    )
+                    picked = pick_bundle((Candidate(*row) for row in rows), now, linger)
+                    rows.close()
+                    if picked or len(tried) >= MAX_KEYS_PER_CLAIM:
+                        break
+            finally:
+                ages.close()
+            if not picked:
+                return []
+            return self._lease(c, picked, owner, bundle_id, now, lease_until)
 
         return await self._run(lambda: self._write(claim))
 

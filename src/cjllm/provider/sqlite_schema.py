@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS items (
     cost REAL NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS items_by_key ON items (state, key, enqueued_at, seq);
+CREATE INDEX IF NOT EXISTS items_by_age
+    ON items (state, enqueued_at, seq, available_at, expires_at, key);
 CREATE INDEX IF NOT EXISTS items_by_lease ON items (state, lease_until);
 CREATE INDEX IF NOT EXISTS items_by_expiry ON items (state, expires_at);
 CREATE INDEX IF NOT EXISTS items_by_update ON items (state, updated_at);
