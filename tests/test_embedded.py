@@ -1,4 +1,5 @@
-"""The embedded shape's direct bus and folder lock."""
+"""The embedded shape: its direct bus, its folder lock, and its direct hop to the provider's
+intake (the same answers as ``POST /api/v1/comparison``, one callback per comparison)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,21 @@ from pathlib import Path
 import pytest
 
 from cjllm.bus import BusError
-from cjllm.contracts import EventEnvelope
-from cjllm.embedded import QUEUE_FILE, DirectBus, EmbeddedPaths
+from cjllm.cj.llm_client import Accepted, ProviderClient
+from cjllm.contracts import ComparisonRequest, EventEnvelope
+from cjllm.embedded import QUEUE_FILE, DirectBus, EmbeddedPaths, direct_to
 from cjllm.out_dir import OutDirBusy, locked_out_dir
 from cjllm.provider.queue import queue_from_url
 from cjllm.settings import CJSettings, ProviderSettings
-from tests.provider.support import body, fast_settings, post_all, provider
+from tests.provider.support import (
+    COMPARISON_PATH,
+    Callbacks,
+    body,
+    eventually,
+    fast_settings,
+    post_all,
+    provider,
+)
 
 
 def envelope() -> EventEnvelope:
@@ -111,3 +121,62 @@ async def test_stopping_right_after_the_last_callback_leaves_nothing_in_the_outb
     finally:
         await queue.close()
     assert (depth.queued, depth.processing, depth.outbox) == (0, 0, 0)
+
+
+async def test_the_direct_hop_answers_every_request_as_the_http_endpoint_does(
+    tmp_path: Path,
+) -> None:
+    settings = fast_settings(f"sqlite:///{tmp_path / QUEUE_FILE}", max_prompt_chars=5_000)
+    cases = {
+        "valid": {},
+        "unknown provider": {"provider": "nobody"},
+        "prompt too long": {"shared": "x" * 6_000},
+        "no batch API": {"strategy": "async_batch"},
+        "bundle size not a number": {"size": "many"},
+    }
+    async with provider(settings, work=False) as (svc, client, _):
+        direct = direct_to(svc)
+        for name, options in cases.items():
+            over_http = body(1, topic="t", **options)
+            in_process = body(1, topic="t", **options)  # its own correlation id
+            response = await client.post(COMPARISON_PATH, json=over_http)
+            reply = await direct.submit(ComparisonRequest.model_validate(in_process))
+            assert reply.status == response.status_code, name
+            if reply.status == 202:
+                assert reply.queue_id is not None
+                queued = await svc.queue.get(reply.queue_id)
+                assert queued is not None and queued.correlation_id == in_process["correlation_id"]
+                # the same comparison again, either way: the comparison already queued
+                again = await direct.submit(ComparisonRequest.model_validate(in_process))
+                assert again.queue_id == reply.queue_id
+                repost = await client.post(COMPARISON_PATH, json=in_process)
+                assert repost.json()["queue_id"] == reply.queue_id
+            else:
+                detail = response.json()["detail"]
+                assert detail[0]["msg"] in reply.detail, name
+        depth = await svc.queue.depth(time.time())
+        assert depth.queued == 2  # the valid one over HTTP and the valid one in-process
+
+
+async def test_comparisons_sent_directly_twice_get_one_callback_each(tmp_path: Path) -> None:
+    """As after a crash between queueing and recording the queue ids: every pending
+    comparison is sent again; the provider answers with the one it holds, and each
+    comparison is answered exactly once."""
+    bus = DirectBus()
+    callbacks = Callbacks()
+    bus.subscribe("r", "cj", callbacks)
+    await bus.start()
+    settings = fast_settings(f"sqlite:///{tmp_path / QUEUE_FILE}", linger_seconds=0.0)
+    requests = [ComparisonRequest.model_validate(body(i, topic="r", size=5)) for i in range(12)]
+    async with provider(settings, bus=bus) as (svc, _, _):
+        client = ProviderClient(None, max_concurrency=4, direct=direct_to(svc))
+        first = await asyncio.gather(*(client.submit(r) for r in requests))
+        second = await asyncio.gather(*(client.submit(r) for r in requests))
+        assert all(isinstance(o, Accepted) for o in (*first, *second))
+        assert first == second
+        await eventually(lambda: callbacks.count >= len(requests))
+    await bus.stop()  # the provider stopped after publishing every recorded callback
+    assert callbacks.count == len(requests)
+    assert {cid: len(results) for cid, results in callbacks.by_id.items()} == {
+        str(r.correlation_id): 1 for r in requests
+    }

@@ -9,7 +9,14 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from cjllm.cj.llm_client import Accepted, ProviderClient, Refused, retry_after_seconds
+from cjllm.cj.llm_client import (
+    Accepted,
+    Direct,
+    ProviderClient,
+    Refused,
+    Reply,
+    retry_after_seconds,
+)
 from cjllm.contracts import ComparisonRequest, LLMConfigOverrides, PromptBlock, utcnow
 from tests.cj.stub_provider import StubProvider
 
@@ -110,3 +117,23 @@ def test_retry_after_header_forms() -> None:
     later = utcnow().replace(microsecond=0)
     seconds = retry_after_seconds(format_datetime(later, usegmt=True))
     assert seconds is not None and seconds <= 1.0
+
+
+async def test_a_direct_provider_is_retried_on_503_and_refused_on_4xx_as_over_http() -> None:
+    answers = [Reply(503, detail="queue full", retry_after=0.0)] * 2 + [Reply(202, "q-1")]
+
+    async def submit(_: ComparisonRequest) -> Reply:
+        return answers.pop(0)
+
+    async def cancel(_: str) -> bool:
+        return True
+
+    client = ProviderClient(
+        None, max_concurrency=2, backoff_seconds=0, direct=Direct(submit, cancel)
+    )
+    assert await client.submit(_request()) == Accepted("q-1")
+    assert client.requests_sent == 3
+    answers[:] = [Reply(400, detail="unknown provider")]
+    refused = await client.submit(_request())
+    assert refused == Refused("http_400", "HTTP 400: unknown provider")
+    assert await client.cancel("batch-1")

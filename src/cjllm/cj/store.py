@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -238,17 +238,20 @@ class Store:
         place in the round (:func:`correlation_id`), so a batch replayed with the same id asks
         the same questions under the same ids (a seeded judge then gives the same answers).
         """
+        ids = [correlation_id(batch_id, round_number, k) for k in range(len(pairs))]
+        now = utcnow()
         rows = [
-            Comparison(
-                batch_id=batch_id,
-                round_number=round_number,
-                request_correlation_id=correlation_id(batch_id, round_number, k),
-                essay_a_id=p.essay_a_id,
-                essay_b_id=p.essay_b_id,
-                attempt=p.attempt,
-                status=ComparisonStatus.PENDING,
-            )
-            for k, p in enumerate(pairs)
+            {
+                "batch_id": batch_id,
+                "round_number": round_number,
+                "request_correlation_id": cid,
+                "essay_a_id": p.essay_a_id,
+                "essay_b_id": p.essay_b_id,
+                "attempt": p.attempt,
+                "status": ComparisonStatus.PENDING,
+                "created_at": now,
+            }
+            for cid, p in zip(ids, pairs, strict=True)
         ]
         try:
             async with self.write() as s:
@@ -262,12 +265,13 @@ class Store:
                     )
                 )
                 await s.flush()
-                s.add_all(rows)
+                if rows:  # one executemany, not an ORM object per row
+                    await s.execute(insert(cast(Table, Comparison.__table__)), rows)
         except IntegrityError as exc:
             raise RoundExists(f"batch {batch_id} already has round {round_number}") from exc
         return [
-            PendingComparison(r.request_correlation_id, r.essay_a_id, r.essay_b_id, round_number)
-            for r in rows
+            PendingComparison(cid, p.essay_a_id, p.essay_b_id, round_number)
+            for cid, p in zip(ids, pairs, strict=True)
         ]
 
     async def latest_round(self, batch_id: str) -> RoundRecord | None:
