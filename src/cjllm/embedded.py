@@ -55,9 +55,11 @@ class DirectBus:
     :meth:`publish_many` hands a batch handler (:meth:`subscribe_many`) all its messages in
     one call, so the CJ service records a publisher's whole batch of callbacks in one
     transaction; if the handler raises, every message of the batch is refused (and sent
-    again). Handlers of one group run one at a time, in publish order per caller. A topic
-    nobody subscribed to accepts and drops events, as a topic nobody reads would keep them
-    unread. Publishing before :meth:`start` or after :meth:`stop` is refused.
+    again). Handlers get the envelopes themselves, not copies: they only read them, and the
+    publisher parsed them from its outbox and drops them once published, so nothing is
+    serialised twice. Handlers of one group run one at a time, in publish order per caller.
+    A topic nobody subscribed to accepts and drops events, as a topic nobody reads would
+    keep them unread. Publishing before :meth:`start` or after :meth:`stop` is refused.
     """
 
     def __init__(self) -> None:
@@ -89,11 +91,11 @@ class DirectBus:
                 f"direct bus not running; {len(messages)} {topic} events not delivered"
             )
             return [error] * len(messages)
-        raws = [envelope.to_bytes() for _, envelope in messages]
+        envelopes = [envelope for _, envelope in messages]
         for group, handler in list(self._groups[topic].items()):
             async with self._locks[(topic, group)]:
                 try:
-                    await handler([EventEnvelope.from_bytes(raw) for raw in raws])
+                    await handler(envelopes)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the handler's failure is the publisher's retry
