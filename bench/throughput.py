@@ -30,6 +30,7 @@ tier4
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -87,6 +89,7 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
     print(
         f"{'essays':>8}{'made':>8}{'rounds':>8}{'calls':>7}{'job s':>8}{'cmp/s':>8}"
         f"{'process s':>11}{'cmp/s (process)':>17}{'CPU s':>8}{'CPU ms/cmp':>12}"
+        f"{'job CPU s':>11}{'job CPU ms/cmp':>16}"
     )
     for n in sizes:
         essays = work / f"rank-{n}"
@@ -99,10 +102,10 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
         }
         cpu_before = _children_cpu()
         start = time.perf_counter()
-        proc = subprocess.run(
+        proc, job_cpu = _run_watching_job(
             [*CJLLM, "rank", str(essays), "--out", str(out), "--provider", "mock",
              "--comparisons-per-essay", str(PER_ESSAY)],
-            env=env, capture_output=True, text=True, timeout=7200, check=False,
+            env, out,
         )  # fmt: skip
         wall = time.perf_counter() - start
         cpu = _children_cpu() - cpu_before
@@ -114,12 +117,39 @@ def rank_section(sizes: Sequence[int], work: Path) -> None:
         print(
             f"{n:>8}{made:>8}{summary['rounds']:>8}{summary['provider_calls']:>7}"
             f"{seconds:>8.1f}{made / seconds:>8.0f}{wall:>11.1f}{made / wall:>17.0f}"
-            f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}"
+            f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}{job_cpu:>11.1f}{1000 * job_cpu / made:>16.2f}"
         )
     print(
-        "CPU s: the rank process's user + system time (start-up and report included); on an "
-        "idle machine the job could run at most at 1 / (CPU ms/cmp) — one core, one process"
+        "CPU s: the rank process's user + system time (start-up and report included); job "
+        "CPU s: the same from run.json's appearance to ranking.json's (the job's span, read "
+        "from /proc every 20 ms); on an idle machine the job could run at most at "
+        "1 / (job CPU ms/cmp) — one process, mostly one thread"
     )
+
+
+def _run_watching_job(
+    args: list[str], env: dict[str, str], out: Path
+) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run ``cjllm rank`` and read its CPU seconds when ``run.json`` appears (the job
+    starts) and when ``ranking.json`` does (the job has finished)."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        with subprocess.Popen(args, env=env, stdout=stdout, stderr=stderr, text=True) as child:
+            marks: dict[str, float] = {}
+            deadline = time.monotonic() + 7200
+            while child.poll() is None and time.monotonic() < deadline:
+                for name in ("run.json", "ranking.json"):
+                    if name not in marks and (out / name).exists():
+                        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                            marks[name] = _cpu_of(child.pid)
+                if len(marks) == 2:
+                    break
+                time.sleep(0.02)
+            child.wait(timeout=max(1.0, deadline - time.monotonic()))
+        stdout.seek(0)
+        stderr.seek(0)
+        done = subprocess.CompletedProcess(args, child.returncode, stdout.read(), stderr.read())
+    job_cpu = marks.get("ranking.json", math.nan) - marks.get("run.json", math.nan)
+    return done, job_cpu
 
 
 # --------------------------------------------------------------------------- serve
