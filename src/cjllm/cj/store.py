@@ -203,17 +203,23 @@ class Store:
             )
             if done.rowcount != 1:  # type: ignore[attr-defined]
                 return False
-            for e in essays:
+            if essays:  # one executemany for the whole ranking
+                table = cast(Table, Essay.__table__)
                 await s.execute(
-                    update(Essay)
-                    .where(Essay.batch_id == batch_id, Essay.essay_id == e.essay_id)
-                    .values(
-                        rank=e.rank,
-                        score=e.score,
-                        se=e.se,
-                        projected_grade=e.projected_grade,
-                        grade_probability=e.grade_probability,
-                    )
+                    update(table).where(
+                        table.c.batch_id == batch_id, table.c.essay_id == bindparam("_essay")
+                    ),
+                    [
+                        {
+                            "_essay": e.essay_id,
+                            "rank": e.rank,
+                            "score": e.score,
+                            "se": e.se,
+                            "projected_grade": e.projected_grade,
+                            "grade_probability": e.grade_probability,
+                        }
+                        for e in essays
+                    ],
                 )
             return True
 
