@@ -21,8 +21,9 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    items not yet linked through common opponents are preferred. Without C (``covariance``
    None) it is the reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
 
-The planner keeps an n × n pair-count matrix (int32) and, given C, C² (one O(n³) product per
-round): O(n²) memory, 16 MB + 64 MB at 2,000 items.
+The planner keeps the pair counts sparse (one dict of partners per item) and, given C, C²
+(one O(n³) product per round, so C is given only up to the exact-SE limit): a round of m
+pairs costs O(m · n) after one sort of the items per pass.
 """
 
 from __future__ import annotations
@@ -55,24 +56,40 @@ class _Planner:
         # with the posterior covariance C, the gain of a pair needs ‖C(e_i − e_j)‖²: C² once
         self.covariance = covariance
         self.covariance_sq = None if covariance is None else covariance @ covariance
-        self.seen = np.zeros((n, n), dtype=np.int32)
-        np.add.at(self.seen, (first, second), 1)
-        self.seen += self.seen.T
+        # pair counts, sparse: met[i][j] = times i and j met (an n × n matrix is 400 MB at
+        # 10,000 items, and a round of ⌊n/2⌋ pairs reads only n rows of it)
+        self.met: list[dict[int, int]] = [{} for _ in range(n)]
+        for a, b in zip(first.tolist(), second.tolist(), strict=True):
+            self.met[a][b] = self.met[a].get(b, 0) + 1
+            self.met[b][a] = self.met[b].get(a, 0) + 1
         self.count = np.bincount(first, minlength=n) + np.bincount(second, minlength=n)
         self.balance = np.bincount(first, minlength=n) - np.bincount(second, minlength=n)
         self.used = np.zeros(n, dtype=bool)
         self.cap = np.iinfo(np.int64).max if cap is None else cap
         self.plan: list[tuple[int, int]] = []
         self.pass_start = 0
+        self._order: npt.NDArray[np.intp] | None = None  # the pass's focal order (see first)
+        self._cursor = 0
 
     def apply(self, a: int, b: int, sign: int = 1) -> None:
         """Add (sign = 1) or remove (sign = −1) the comparison Essay A = a, Essay B = b."""
-        self.seen[a, b] += sign
-        self.seen[b, a] += sign
+        for x, y in ((a, b), (b, a)):
+            left = self.met[x].get(y, 0) + sign
+            if left:
+                self.met[x][y] = left
+            else:
+                del self.met[x][y]
         self.count[[a, b]] += sign
         self.balance[a] += sign
         self.balance[b] -= sign
         self.used[[a, b]] = sign > 0
+
+    def seen(self, i: int) -> npt.NDArray[np.int32]:
+        """Row ``i`` of the pair counts: how often ``i`` met each item."""
+        row = np.zeros(self.n, dtype=np.int32)
+        if self.met[i]:
+            row[list(self.met[i])] = list(self.met[i].values())
+        return row
 
     def orient(self, i: int, j: int) -> tuple[int, int]:
         """(Essay A, Essay B): whoever has been Essay A more often goes second."""
@@ -94,8 +111,31 @@ class _Planner:
         ``pool`` with partners in ``pool`` seen exactly ``level`` times (and compatible)."""
         items = np.flatnonzero(pool)
         keys = (self.rng.random(items.size), -self.se[items], -np.abs(self.balance[items]))
-        for i in items[np.lexsort((*keys, self.count[items]))]:
-            partners = pool & (self.seen[i] == level)
+        return self._first(items[np.lexsort((*keys, self.count[items]))], pool, level, balanced)
+
+    def search_fresh(
+        self, fresh: BoolArray, balanced: bool
+    ) -> tuple[int, npt.NDArray[np.intp]] | None:
+        """:meth:`search` over the items this pass has not used, at level 0, in the pass's
+        focal order: sorted once when the pass starts (the keys of an item change only when
+        it is planned, which uses it; ties take a random order drawn then), and walked from
+        the first item still unused, so a pair costs O(n), not a sort of every item."""
+        if self._order is None:
+            items = np.flatnonzero(fresh)
+            keys = (self.rng.random(items.size), -self.se[items], -np.abs(self.balance[items]))
+            self._order, self._cursor = items[np.lexsort((*keys, self.count[items]))], 0
+        order = self._order
+        while self._cursor < order.size and not fresh[order[self._cursor]]:
+            self._cursor += 1  # used for the rest of this pass
+        return self._first(order[self._cursor :], fresh, 0, balanced)
+
+    def _first(
+        self, ordered: npt.NDArray[np.intp], pool: BoolArray, level: int, balanced: bool
+    ) -> tuple[int, npt.NDArray[np.intp]] | None:
+        for i in ordered:
+            if not pool[i]:
+                continue
+            partners = pool & (self.seen(int(i)) == level)
             partners[i] = False
             if balanced:
                 partners &= self.compatible(int(i))
@@ -131,7 +171,7 @@ class _Planner:
         for k in range(len(self.plan) - 1, self.pass_start - 1, -1):
             a, b = self.plan[k]
             self.apply(a, b, -1)
-            ok = {int(i): (self.seen[i] == 0) & self.compatible(int(i)) for i in items}
+            ok = {int(i): (self.seen(int(i)) == 0) & self.compatible(int(i)) for i in items}
             for i, j in ((i, j) for i in ok for j in ok if i != j):
                 for x, y in ((a, b), (b, a)):
                     if ok[i][x] and ok[j][y]:
@@ -151,18 +191,20 @@ class _Planner:
         if fresh.sum() < 2:  # every open item has played this pass: start another pass
             self.used[:] = False
             self.pass_start = len(self.plan)
+            self._order = None
             fresh = open_
-        found = self.search(fresh, 0, True)
+        found = self.search_fresh(fresh, True)
         if found is None and self.repair(fresh):
             return True
-        for pool, balanced in ((fresh, False), (open_, True), (open_, False)):
+        found = found or self.search_fresh(fresh, False)
+        for pool, balanced in ((open_, True), (open_, False)):
             found = found or self.search(pool, 0, balanced)
         if found is None:  # every pair among open items seen: repeat the least-seen pairs
             for pool in (fresh, open_):
                 if found is not None:
                     break
-                idx = np.flatnonzero(pool)
-                sub = self.seen[np.ix_(idx, idx)].astype(np.int64)
+                idx = np.flatnonzero(pool).tolist()  # few: every pair among them has met
+                sub = np.array([[self.met[i].get(j, 0) for j in idx] for i in idx], np.int64)
                 sub[np.diag_indices_from(sub)] = np.iinfo(np.int64).max
                 for balanced in (True, False):
                     found = found or self.search(pool, int(sub.min()), balanced)
