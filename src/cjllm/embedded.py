@@ -113,7 +113,7 @@ def direct_to(provider: ProviderService) -> Direct:
 
     async def submit(request: ComparisonRequest) -> Reply:
         try:
-            answer = await provider.intake.accept(request)
+            answer = await provider.intake.accept(request, estimate_wait=False)
         except Refusal as refusal:
             return Reply(refusal.status, detail=refusal.message, retry_after=refusal.retry_after)
         return Reply(202, queue_id=str(answer.queue_id))
