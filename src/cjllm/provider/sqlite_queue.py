@@ -36,6 +36,7 @@ T = TypeVar("T")
 # keys tried per claim (oldest heads first) and items read per key at most
 MAX_KEYS_PER_CLAIM = 100
 MAX_SCAN_PER_KEY = 1000
+_IN_CHUNK = 500  # ids per ``IN (…)`` list, well below SQLite's variable limit
 
 
 class SQLiteQueue:
@@ -227,21 +228,33 @@ class SQLiteQueue:
 
     async def finish(self, finished: Sequence[Finished], now: float) -> list[str]:
         def finish(c: sqlite3.Connection) -> list[str]:
-            done: list[str] = []
+            first: dict[str, Finished] = {}
             for f in finished:
-                cur = c.execute(
-                    "UPDATE items SET state = ?, updated_at = ?, lease_until = NULL,"
-                    " payload = '' WHERE queue_id = ? AND state IN (?, ?)",
-                    (f.state.value, now, f.queue_id, *ACTIVE),
-                )
-                if cur.rowcount:
-                    c.execute(
-                        "INSERT INTO outbox (topic, message_key, envelope, visible_at)"
-                        " VALUES (?, ?, ?, ?)",
-                        (f.topic, f.message_key, f.envelope, now),
+                first.setdefault(f.queue_id, f)  # a repeat would find its item final
+            ids = list(first)
+            live: set[str] = set()
+            for k in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[k : k + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                live.update(
+                    r[0]
+                    for r in c.execute(
+                        f"SELECT queue_id FROM items WHERE queue_id IN ({marks})"
+                        " AND state IN (?, ?)",
+                        (*chunk, *ACTIVE),
                     )
-                    done.append(f.queue_id)
-            return done
+                )
+            done = [first[q] for q in ids if q in live]
+            c.executemany(
+                "UPDATE items SET state = ?, updated_at = ?, lease_until = NULL, payload = ''"
+                " WHERE queue_id = ?",
+                [(f.state.value, now, f.queue_id) for f in done],
+            )
+            c.executemany(
+                "INSERT INTO outbox (topic, message_key, envelope, visible_at) VALUES (?, ?, ?, ?)",
+                [(f.topic, f.message_key, f.envelope, now) for f in done],
+            )
+            return [f.queue_id for f in done]
 
         return await self._run(lambda: self._write(finish))
 
