@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cjllm.bus import BatchHandler, BusError, Handler, Message, one_at_a_time
-from cjllm.cj.llm_client import Direct, Reply
+from cjllm.cj.llm_client import Direct, Reply, retry_after_seconds
 from cjllm.cj.service import cj_service
 from cjllm.cj.workflow import CJWorkflow, ProgressHook
 from cjllm.contracts import ComparisonRequest, EventEnvelope
 from cjllm.provider.calls import LLMAdapter
-from cjllm.provider.intake import Refusal
+from cjllm.provider.intake import Intake, Refused
 from cjllm.provider.queue import QueueUnavailable
 from cjllm.provider.service import ProviderService, embedded_provider
 from cjllm.settings import CJSettings, ProviderSettings
@@ -55,9 +55,10 @@ class DirectBus:
     :meth:`publish_many` hands a batch handler (:meth:`subscribe_many`) all its messages in
     one call, so the CJ service records a publisher's whole batch of callbacks in one
     transaction; if the handler raises, every message of the batch is refused (and sent
-    again). Handlers get the envelopes themselves, not copies: they only read them, and the
+    again). The first group's handler gets the publisher's envelopes themselves (the
     publisher parsed them from its outbox and drops them once published, so nothing is
-    serialised twice. Handlers of one group run one at a time, in publish order per caller.
+    serialised twice), any other group its own copies. Handlers of one group run one at a
+    time, in publish order per caller.
     A topic nobody subscribed to accepts and drops events, as a topic nobody reads would
     keep them unread. Publishing before :meth:`start` or after :meth:`stop` is refused.
     """
@@ -92,10 +93,12 @@ class DirectBus:
             )
             return [error] * len(messages)
         envelopes = [envelope for _, envelope in messages]
-        for group, handler in list(self._groups[topic].items()):
+        for n, (group, handler) in enumerate(list(self._groups[topic].items())):
             async with self._locks[(topic, group)]:
                 try:
-                    await handler(envelopes)
+                    await handler(
+                        envelopes if n == 0 else [e.model_copy(deep=True) for e in envelopes]
+                    )
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # the handler's failure is the publisher's retry
@@ -110,13 +113,18 @@ def direct_to(provider: ProviderService) -> Direct:
     """The in-process hop from the CJ service to ``provider``: each comparison goes through
     the provider's :meth:`~cjllm.provider.intake.Intake.accept` (what the HTTP endpoint
     calls), a refusal comes back as the status and message the API would answer with."""
+    intake: Intake = provider.app.state.intake
 
     async def submit(request: ComparisonRequest) -> Reply:
         try:
-            answer = await provider.intake.accept(request, estimate_wait=False)
-        except Refusal as refusal:
-            return Reply(refusal.status, detail=refusal.message, retry_after=refusal.retry_after)
-        return Reply(202, queue_id=str(answer.queue_id))
+            accepted = await intake.accept(request)
+        except Refused as refused:
+            return Reply(
+                refused.status_code,
+                detail=_messages(refused.detail),
+                retry_after=retry_after_seconds((refused.headers or {}).get("Retry-After")),
+            )
+        return Reply(202, queue_id=accepted.queue_id)
 
     async def cancel(cj_batch_id: str) -> bool:
         try:
@@ -127,6 +135,13 @@ def direct_to(provider: ProviderService) -> Direct:
         return True
 
     return Direct(submit, cancel)
+
+
+def _messages(detail: object) -> str:
+    """The messages of a refusal's errors, joined."""
+    errors = detail if isinstance(detail, list) else [detail]
+    text = "; ".join(str(e.get("msg", e)) if isinstance(e, dict) else str(e) for e in errors)
+    return text[:500]
 
 
 @dataclass(frozen=True)

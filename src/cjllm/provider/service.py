@@ -27,7 +27,6 @@ from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
 from cjllm.provider.batch_jobs import BatchJobs
 from cjllm.provider.calls import LLMAdapter
-from cjllm.provider.intake import Intake
 from cjllm.provider.jobs import job_table_for
 from cjllm.provider.limiter import Limiter
 from cjllm.provider.loops import supervise
@@ -94,25 +93,17 @@ class ProviderService:
             owner=self.worker.owner,
             on_recorded=self.publisher.notify,
         )
-        self.intake = Intake(
+        self.app: FastAPI = create_app(
             queue,
             providers,
             settings,
             self.metrics,
+            jobs=self.jobs,
             on_enqueue=self.worker.notify,
             limiter=self.limiter,
         )
-        self._app: FastAPI | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
-
-    @property
-    def app(self) -> FastAPI:
-        """The HTTP API (FastAPI) in front of :attr:`intake`, built when first asked for:
-        the embedded shape hands comparisons to the intake directly and never needs it."""
-        if self._app is None:
-            self._app = create_app(self.intake, self.settings, jobs=self.jobs)
-        return self._app
 
     def start_work(self) -> None:
         """Start the worker, the sweeper, the batch jobs and the outbox publisher in this
