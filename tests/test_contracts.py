@@ -292,3 +292,19 @@ def test_spine_keys_are_the_design_list() -> None:
         "resolved_provider",
         "resolved_model",
     }
+
+
+def test_metadata_limits_hold_for_flat_metadata_too() -> None:
+    """The cheap path for flat metadata refuses what the exact checks refuse."""
+    base = {
+        "callback_topic": "t",
+        "llm_config_overrides": {"provider_override": "mock"},
+        "user_prompt": "compare",
+    }
+    ComparisonRequest.model_validate({**base, "metadata": {"k": "x" * 2_000, "n": 10**30}})
+    with pytest.raises(ValidationError, match="bytes as JSON"):
+        ComparisonRequest.model_validate({**base, "metadata": {"k": "x" * 17_000}})
+    with pytest.raises(ValidationError, match="bytes as JSON"):
+        ComparisonRequest.model_validate({**base, "metadata": {"k": "\u0001" * 3_000}})
+    with pytest.raises(ValidationError, match="keys in all"):
+        ComparisonRequest.model_validate({**base, "metadata": {f"k{i}": i for i in range(65)}})

@@ -89,6 +89,8 @@ class ComparisonRequest(_Strict):
     @field_validator("metadata")
     @classmethod
     def _metadata_bounded(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if _flat_and_small(value):  # the usual spine: nothing to measure
+            return value
         keys, depth = _shape(value)
         if depth > METADATA_MAX_DEPTH:
             raise ValueError(
@@ -129,6 +131,24 @@ class ComparisonRequest(_Strict):
         """
         joined = b"\x00".join(p.encode("utf-8") for p in self.per_comparison_parts())
         return hashlib.sha256(joined).hexdigest()
+
+
+_SCALARS = (str, int, float, bool, type(None))
+_JSON_BYTES_PER_CHAR = 6  # the most one character can take in JSON: a \uXXXX escape
+
+
+def _flat_and_small(value: dict[str, Any]) -> bool:
+    """True when ``value`` is one level of scalars whose JSON cannot reach
+    :data:`METADATA_MAX_BYTES` even if every character were escaped (so the exact checks
+    would pass): a cheap test that skips serialising the usual metadata spine."""
+    if len(value) > METADATA_MAX_KEYS:
+        return False
+    chars = 0
+    for key, item in value.items():
+        if not isinstance(item, _SCALARS):
+            return False
+        chars += len(key) + len(item if isinstance(item, str) else str(item)) + 6
+    return 2 + chars * _JSON_BYTES_PER_CHAR <= METADATA_MAX_BYTES
 
 
 def _shape(value: Any, depth: int = 1) -> tuple[int, int]:
