@@ -21,6 +21,7 @@ import numpy.typing as npt
 from cjllm.cj.grades import project_grades
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.population import fit_population, profile_lapse
+from cjllm.cj.posterior import SAMPLER_LIMIT, sample_posterior
 from cjllm.cj.records import EssayRecord, EssayResult, PairOutcome
 from cjllm.cj.reliability import (
     scale_separation_reliability,
@@ -59,6 +60,7 @@ class BatchFit:
     population_sd: float | None = None
     lapse_rate: float | None = None
     lapse_interval: tuple[float, float] | None = None
+    order_estimate: tuple[float, float] | None = None
 
     @property
     def successes(self) -> int:
@@ -67,9 +69,12 @@ class BatchFit:
     def order_effect(self) -> OrderEffect | None:
         """δ with its SE and the raw share of decisive comparisons Essay A won."""
         model = self.model
-        if model is None or model.order_effect is None or model.order_effect_se is None:
+        if self.order_estimate is not None:
+            delta, se = self.order_estimate
+        elif model is None or model.order_effect is None or model.order_effect_se is None:
             return None
-        delta, se = model.order_effect, model.order_effect_se
+        else:
+            delta, se = model.order_effect, model.order_effect_se
         return OrderEffect(
             logit=delta,
             se=se,
@@ -124,13 +129,38 @@ def final_fit(
     """The fit a ranking is published from: :func:`fit_outcomes`, plus the judge's lapse rate
     profiled by the evidence (:func:`~cjllm.cj.population.profile_lapse`)."""
     fit = fit_outcomes(essays, outcomes, options)
-    if fit.model is None or fit.population_sd is None:  # nothing judged, or too many essays
+    model, tau = fit.model, fit.population_sd
+    if model is None or tau is None:  # nothing judged, or too many essays
         return fit
+    n = len(essays)
     profile = profile_lapse(
-        len(essays), fit.first, fit.second, fit.first_won, order_prior=options.bt_prior,
-        initial=fit.model,
+        n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior, initial=model
+    )
+    fit = replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
+    if n > SAMPLER_LIMIT:
+        return fit
+    post = sample_posterior(
+        n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior,
+        start_theta=np.asarray(model.theta), start_order=model.order_effect or 0.0,
+        start_tau=tau, seed=_data_seed(fit),
     )  # fmt: skip
-    return replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
+    return replace(
+        fit,
+        theta=post.theta,
+        se=post.se,
+        reliability=post.reliability,
+        mean_se=float(np.mean(post.se)),
+        population_sd=post.tau,
+        order_estimate=(post.order_effect, post.order_effect_se),
+    )
+
+
+def _data_seed(fit: BatchFit) -> list[int]:
+    """A seed from the comparisons themselves: the same outcomes give the same draws."""
+    digest = hashlib.sha256()
+    for array in (fit.first, fit.second, fit.first_won):
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return [int.from_bytes(digest.digest()[:8], "big")]
 
 
 def classical_ssr(fit: BatchFit, n_essays: int, prior: float) -> float | None:
