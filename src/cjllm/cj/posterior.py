@@ -43,6 +43,8 @@ from cjllm.cj.likelihood import BoolArray, FloatArray, sum_by
 SAMPLER_LIMIT = 400  # essays up to which the final fit is sampled (above: the Laplace fit)
 BURN_IN = 150
 DRAWS = 600
+LAPSE_GRID = np.round(np.arange(0.0, 0.501, 0.05), 2)  # ε's prior: half on 0, half spread
+_LAPSE_LOG_PRIOR = np.log(np.where(LAPSE_GRID == 0.0, 0.5, 0.5 / (LAPSE_GRID.size - 1)))
 TAU_SCALE = 3.0  # half-normal prior scale of τ, logits
 _PG_TERMS = 8  # terms of the Pólya-Gamma series drawn; the rest enters as its mean
 
@@ -98,7 +100,7 @@ def sample_posterior(
     seed: Sequence[int] | int,
     draws: int = DRAWS,
     burn_in: int = BURN_IN,
-    lapse_prior: tuple[float, float] | None = None,
+    lapse: bool = False,
     tau_scale: float = TAU_SCALE,
 ) -> Posterior:
     """Sample the posterior (module docstring) from a starting point (a Laplace fit)."""
@@ -122,18 +124,22 @@ def sample_posterior(
                             np.ones(m)])  # fmt: skip
     theta = np.asarray(start_theta, dtype=np.float64).copy()
     delta, tau2 = float(start_order), max(start_tau, 0.05) ** 2
-    eps = 0.0 if lapse_prior is None else 0.05
+    eps = 0.0
     lapsed: BoolArray = np.zeros(m, dtype=bool)
     kept_theta = np.empty((draws, n))
     kept = np.empty((draws, 3))  # δ, ε, τ
-    items = np.arange(n)
+    items, grid = np.arange(n), LAPSE_GRID
     for sweep in range(burn_in + draws):
         eta = theta[f] - theta[s] + delta
-        if lapse_prior is not None:
-            informed_p = (1.0 - eps) * expit(np.where(y, eta, -eta))
+        if lapse:
+            sig = expit(np.where(y, eta, -eta))
+            log_post = _LAPSE_LOG_PRIOR + np.log(
+                grid[:, None] / 2.0 + (1.0 - grid[:, None]) * sig[None, :]
+            ).sum(axis=1)
+            prob = np.exp(log_post - log_post.max())
+            eps = float(grid[rng.choice(grid.size, p=prob / prob.sum())])
+            informed_p = (1.0 - eps) * sig
             lapsed = rng.random(m) < (eps / 2.0) / (eps / 2.0 + informed_p)
-            n_lapsed = int(lapsed.sum())
-            eps = float(rng.beta(lapse_prior[0] + n_lapsed, lapse_prior[1] + m - n_lapsed))
         omega = np.where(lapsed, 0.0, pg_draw(eta, rng))
         weights = np.tile(omega, 9) * signs
         q = sum_by(index, weights, size * size).reshape(size, size)

@@ -133,25 +133,37 @@ def final_fit(
     if model is None or tau is None:  # nothing judged, or too many essays
         return fit
     n = len(essays)
-    profile = profile_lapse(
-        n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior, initial=model
-    )
-    fit = replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
     if n > SAMPLER_LIMIT:
-        return fit
-    post = sample_posterior(
-        n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior,
-        start_theta=np.asarray(model.theta), start_order=model.order_effect or 0.0,
-        start_tau=tau, seed=_data_seed(fit),
-    )  # fmt: skip
+        profile = profile_lapse(
+            n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior, initial=model
+        )
+        return replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
+    seed = _data_seed(fit)
+    scores, judge = (
+        sample_posterior(
+            n,
+            fit.first,
+            fit.second,
+            fit.first_won,
+            order_prior=options.bt_prior,
+            start_theta=np.asarray(model.theta),
+            start_order=model.order_effect or 0.0,
+            start_tau=tau,
+            seed=seed,
+            lapse=lapse,
+        )
+        for lapse in (False, True)
+    )
     return replace(
         fit,
-        theta=post.theta,
-        se=post.se,
-        reliability=post.reliability,
-        mean_se=float(np.mean(post.se)),
-        population_sd=post.tau,
-        order_estimate=(post.order_effect, post.order_effect_se),
+        theta=scores.theta,
+        se=scores.se,
+        reliability=scores.reliability,
+        mean_se=float(np.mean(scores.se)),
+        population_sd=scores.tau,
+        order_estimate=(scores.order_effect, scores.order_effect_se),
+        lapse_rate=judge.lapse,
+        lapse_interval=judge.lapse_interval,
     )
 
 
