@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+from threadpoolctl import threadpool_limits
 
 from cjllm.bus import MemoryBus
 from cjllm.cj.service import cj_service
@@ -20,6 +21,14 @@ from cjllm.settings import CJSettings
 from tests.cj.stub_provider import StubProvider, judge_for
 
 TOPIC = "cj.test.callbacks"
+
+
+@pytest.fixture(autouse=True)
+def single_threaded_blas() -> Iterator[None]:
+    """Fits run with one BLAS thread, as the CJ service runs them (``cj_service``): on a busy
+    machine a threaded BLAS stalls for milliseconds on every small dense solve."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @dataclass

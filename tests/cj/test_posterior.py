@@ -1,0 +1,82 @@
+"""The sampled posterior the final ranking is published from (cj/posterior.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cjllm.cj.population import fit_population
+from cjllm.cj.posterior import Posterior, pg_draw, sample_posterior
+
+
+def simulated(n: int, per_essay: int, flip: float, bias: float, seed: int) -> tuple[
+    np.ndarray, np.ndarray, np.ndarray, np.ndarray
+]:  # fmt: skip
+    """Random pairs judged by a logistic judge over abilities N(0, 1.5²) that prefers Essay
+    A by ``bias`` logits and flips a share ``flip`` of its decisions."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0.0, 1.5, n)
+    m = n * per_essay // 2
+    first = rng.integers(0, n, m)
+    second = (first + rng.integers(1, n, m)) % n
+    won = rng.random(m) < 1.0 / (1.0 + np.exp(truth[second] - truth[first] - bias))
+    won = np.where(rng.random(m) < flip, ~won, won)
+    return truth, first, second, won
+
+
+def sample(n: int, first: np.ndarray, second: np.ndarray, won: np.ndarray, *, lapse: bool
+           ) -> Posterior:  # fmt: skip
+    start = fit_population(n, first, second, won, order_prior=0.1)
+    return sample_posterior(
+        n, first, second, won, order_prior=0.1, start_theta=np.asarray(start.theta),
+        start_order=start.fit.order_effect or 0.0, start_tau=start.tau or 1.0, seed=[5, 1],
+        lapse=lapse,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("c", [0.0, 0.5, 2.0, 6.0])
+def test_polya_gamma_draws_have_the_exact_mean_and_variance(c: float) -> None:
+    draws = pg_draw(np.full(200_000, c), np.random.default_rng(3))
+    if c == 0.0:
+        mean, variance = 0.25, 1.0 / 24.0
+    else:
+        mean = np.tanh(c / 2.0) / (2.0 * c)
+        variance = (np.sinh(c) - c) / (4.0 * c**3 * np.cosh(c / 2.0) ** 2)
+    assert draws.mean() == pytest.approx(mean, rel=0.01)
+    assert draws.var() == pytest.approx(variance, rel=0.03)
+
+
+def test_intervals_cover_the_truth_and_reliability_is_the_actual_r2() -> None:
+    truth, first, second, won = simulated(60, 10, flip=0.0, bias=0.0, seed=21)
+    post = sample(60, first, second, won, lapse=False)
+    centred = truth - truth.mean()
+    coverage = np.mean(np.abs(post.theta - centred) <= 1.959964 * post.se)
+    r2 = np.corrcoef(post.theta, truth)[0, 1] ** 2
+    assert 0.85 <= coverage <= 1.0
+    assert abs(post.reliability - r2) < 0.08
+    assert 1.0 < post.tau < 2.2
+
+
+def test_a_biased_judge_order_effect_is_recovered_within_its_sd() -> None:
+    _, first, second, won = simulated(40, 16, flip=0.0, bias=1.0, seed=8)
+    post = sample(40, first, second, won, lapse=False)
+    assert abs(post.order_effect - 1.0) <= 1.96 * post.order_effect_se
+    assert post.order_effect > 1.96 * post.order_effect_se
+
+
+def test_a_flipping_judge_lapse_rate_is_recovered_and_a_clean_one_is_not_accused() -> None:
+    _, first, second, won = simulated(60, 20, flip=0.2, bias=0.0, seed=4)
+    noisy = sample(60, first, second, won, lapse=True)
+    low, high = noisy.lapse_interval
+    assert noisy.lapse >= 0.25 and low <= 0.4 <= high
+    _, first, second, won = simulated(60, 20, flip=0.0, bias=0.0, seed=4)
+    clean = sample(60, first, second, won, lapse=True)
+    assert clean.lapse_interval[0] == 0.0
+    assert clean.lapse <= 0.1
+
+
+def test_the_same_comparisons_give_the_same_posterior() -> None:
+    _, first, second, won = simulated(30, 8, flip=0.0, bias=0.0, seed=2)
+    one, two = (sample(30, first, second, won, lapse=True) for _ in range(2))
+    assert np.array_equal(one.theta, two.theta) and np.array_equal(one.se, two.se)
+    assert (one.lapse, one.lapse_interval, one.tau) == (two.lapse, two.lapse_interval, two.tau)
