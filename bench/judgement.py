@@ -108,7 +108,8 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
     assert final.model is not None and final.reliability is not None
     centred = truth - truth.mean()
     model, (low, high) = final.model, final.lapse_interval or (0.0, 0.0)
-    delta, delta_se = model.order_effect or 0.0, model.order_effect_se or 0.0
+    order = final.order_effect()
+    delta, delta_se = (order.logit, order.se) if order is not None else (0.0, 0.0)
     split = split_half(final, n, model.prior, options.split_half_splits, seed_for(batch_id, 0))
     return {
         "rho": float(spearmanr(final.theta, truth).statistic),
@@ -122,6 +123,7 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
         "lapse": final.lapse_rate or 0.0,
         "lapse_covered": float(low <= 2 * flip <= high),
         "comparisons": float(final.successes),
+        "scored_with_lapse": float(final.scored_with_lapse),
     }
 
 

@@ -151,15 +151,28 @@ def order_warning(effect: OrderEffect | None) -> str | None:
 
 
 def lapse_warning(fit: BatchFit) -> str | None:
-    """A sentence when the evidence says the judge decides at random now and then."""
-    if fit.lapse_interval is None or fit.lapse_rate is None or fit.lapse_interval[0] <= 0.0:
+    """A sentence when the comparisons say the judge decides at random now and then: the
+    lapse model was the more probable one (and scored the essays), or, above the sampler's
+    limit, the profiled interval of ε excludes 0."""
+    if fit.lapse_interval is None or fit.lapse_rate is None:
         return None
     low, high = fit.lapse_interval
-    return (
+    said = (
         f"Warning: the judge seems to decide at random in about {fit.lapse_rate:.0%} of "
-        f"comparisons (95% interval {low:.0%} to {high:.0%}). The scores treat every decision "
-        "as informed: the ranking is as good as the reliability says or better, but the scale "
-        "is narrower than the essays' true differences."
+        f"comparisons (95% interval {low:.0%} to {high:.0%})."
+    )
+    if fit.scored_with_lapse:
+        return (
+            f"{said} The scores and their intervals account for it: they are on the scale of "
+            "the judge's informed decisions, with wider intervals than a consistent judge "
+            "would give."
+        )
+    if low <= 0.0 or fit.sampled:
+        return None
+    return (
+        f"{said} The scores treat every decision as informed: the ranking is as good as the "
+        "reliability says or better, but the scale is narrower than the essays' true "
+        "differences."
     )
 
 

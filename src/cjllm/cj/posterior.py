@@ -67,6 +67,7 @@ class Posterior:
     order_effect_se: float
     lapse: float
     lapse_interval: tuple[float, float]
+    lapse_probability: float
     tau: float
 
 
@@ -169,6 +170,7 @@ def sample_posterior(
         order_effect_se=float(kept[:, 0].std(ddof=1)),
         lapse=float(np.median(kept[:, 1])),
         lapse_interval=highest_density(kept[:, 1]),
+        lapse_probability=float(np.mean(kept[:, 1] > 0.0)),
         tau=float(np.median(kept[:, 2])),
     )
 

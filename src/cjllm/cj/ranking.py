@@ -45,8 +45,10 @@ class BatchFit:
 
     ``theta``/``se`` are averaged over the plausible τ; ``model`` is the fit at the best τ
     (None before the first success); ``population_sd`` is τ (None when not fitted: above
-    ``uncertainty.EXACT_LIMIT`` essays). ``lapse_rate`` and ``lapse_interval`` (the judge's
-    estimated lapse rate) are set by the final fit only.
+    ``uncertainty.EXACT_LIMIT`` essays). The final fit sets the rest: ``lapse_rate`` and
+    ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
+    posterior (:mod:`cjllm.cj.posterior`), ``order_estimate`` (δ and its posterior SD) and
+    ``scored_with_lapse`` (the scores come from the lapse model, the more probable one).
     """
 
     theta: FloatArray
@@ -61,6 +63,8 @@ class BatchFit:
     lapse_rate: float | None = None
     lapse_interval: tuple[float, float] | None = None
     order_estimate: tuple[float, float] | None = None
+    sampled: bool = False
+    scored_with_lapse: bool = False
 
     @property
     def successes(self) -> int:
@@ -126,8 +130,12 @@ def fit_outcomes(
 def final_fit(
     essays: Sequence[EssayRecord], outcomes: Sequence[PairOutcome], options: BatchOptions
 ) -> BatchFit:
-    """The fit a ranking is published from: :func:`fit_outcomes`, plus the judge's lapse rate
-    profiled by the evidence (:func:`~cjllm.cj.population.profile_lapse`)."""
+    """The fit a ranking is published from: the posterior of the judge model sampled
+    (:mod:`cjllm.cj.posterior`) from :func:`fit_outcomes`' fit, once with ε = 0 and once with
+    ε sampled. The scores, SDs, reliability and order effect come from the more probable of
+    the two models (the lapse model when P(ε > 0) > 1/2: the median probability model), the
+    lapse rate from the second run. Above ``SAMPLER_LIMIT`` essays: :func:`fit_outcomes`,
+    with the lapse rate profiled by the evidence (:func:`~cjllm.cj.population.profile_lapse`)."""
     fit = fit_outcomes(essays, outcomes, options)
     model, tau = fit.model, fit.population_sd
     if model is None or tau is None:  # nothing judged, or too many essays
@@ -139,7 +147,7 @@ def final_fit(
         )
         return replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
     seed = _data_seed(fit)
-    scores, judge = (
+    clean, lapsing = (
         sample_posterior(
             n,
             fit.first,
@@ -154,6 +162,8 @@ def final_fit(
         )
         for lapse in (False, True)
     )
+    # the median probability model: the lapse model's scores when it is the more probable one
+    scores = lapsing if lapsing.lapse_probability > 0.5 else clean
     return replace(
         fit,
         theta=scores.theta,
@@ -162,8 +172,10 @@ def final_fit(
         mean_se=float(np.mean(scores.se)),
         population_sd=scores.tau,
         order_estimate=(scores.order_effect, scores.order_effect_se),
-        lapse_rate=judge.lapse,
-        lapse_interval=judge.lapse_interval,
+        lapse_rate=lapsing.lapse,
+        lapse_interval=lapsing.lapse_interval,
+        sampled=True,
+        scored_with_lapse=scores is lapsing,
     )
 
 
