@@ -32,6 +32,7 @@ PROVIDER_FAILING = "every_comparison_failed"
 RELIABILITY_TARGET = "reliability_target_met"
 SE_TARGET = "se_target_met"
 NO_USEFUL_PAIRS = "no_useful_pairs"
+TARGETS = (RELIABILITY_TARGET, SE_TARGET)  # checked on the round's fit, confirmed on the final
 TOO_FEW_SUCCEEDED = "too_few_comparisons_succeeded"
 DISCONNECTED = "disconnected_comparison_graph"
 SCORING_FAILED = "scoring_failed"

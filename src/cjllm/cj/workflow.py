@@ -28,7 +28,7 @@ from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.ranking import BatchFit, final_fit, fit_outcomes
-from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison
+from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison, PairOutcome
 from cjllm.cj.store import RoundExists, Store
 from cjllm.cj.tables import Batch, BatchStatus, ComparisonStatus, RoundStatus
 from cjllm.contracts import CJAssessmentCompletedV1, EventEnvelope
@@ -316,6 +316,13 @@ class CJWorkflow:
         if closed_round is not None:
             await self.store.record_fit(batch_id, closed_round, fit.reliability, fit.mean_se)
         reason = stopping.reason_to_stop(options, len(essays), counts, fit)
+        final: BatchFit | None = None
+        if reason is not None:
+            final = await self._final_fit(batch, options, essays, outcomes, counts)
+            if final is None:
+                return None
+            if reason in stopping.TARGETS:  # a target counts as met on the published figures
+                reason = stopping.reason_to_stop(options, len(essays), counts, final)
         number = (closed_round or 0) + 1
         pairs: list[NewComparison] = []
         if reason is None:
@@ -324,15 +331,28 @@ class CJWorkflow:
             )
             reason = None if pairs else stopping.NO_USEFUL_PAIRS
         if reason is not None:
-            try:
-                fit = await asyncio.to_thread(final_fit, essays, outcomes, options)
-            except (ValueError, np.linalg.LinAlgError) as exc:
-                await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
-                return None
-            await self._finish(batch, options, fit, counts, reason, None)
+            final = final or await self._final_fit(batch, options, essays, outcomes, counts)
+            if final is not None:
+                await self._finish(batch, options, final, counts, reason, None)
             return None
         job = await self._submission(batch, options.preferred_bundle_size(len(pairs)))
         return job, number, pairs
+
+    async def _final_fit(
+        self,
+        batch: BatchRecord,
+        options: BatchOptions,
+        essays: list[EssayRecord],
+        outcomes: list[PairOutcome],
+        counts: stopping.Tally,
+    ) -> BatchFit | None:
+        """The fit a ranking is published from, or None (the batch failed) when the
+        comparisons cannot be scored."""
+        try:
+            return await asyncio.to_thread(final_fit, essays, outcomes, options)
+        except (ValueError, np.linalg.LinAlgError) as exc:
+            await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
+            return None
 
     async def _fail(self, batch_id: str, reason: str, error: str) -> None:
         batch = await self.store.batch(batch_id)
