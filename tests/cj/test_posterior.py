@@ -5,8 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from cjllm.cj.options import BatchOptions
 from cjllm.cj.population import fit_population
 from cjllm.cj.posterior import Posterior, pg_draw, sample_posterior
+from cjllm.cj.ranking import final_fit
+from cjllm.cj.records import EssayRecord, PairOutcome
+from cjllm.cj.tables import ComparisonStatus
 
 
 def simulated(n: int, per_essay: int, flip: float, bias: float, seed: int) -> tuple[
@@ -80,3 +84,20 @@ def test_the_same_comparisons_give_the_same_posterior() -> None:
     one, two = (sample(30, first, second, won, lapse=True) for _ in range(2))
     assert np.array_equal(one.theta, two.theta) and np.array_equal(one.se, two.se)
     assert (one.lapse, one.lapse_interval, one.tau) == (two.lapse, two.lapse_interval, two.tau)
+
+
+def test_a_flipping_judge_is_scored_with_the_lapse_and_its_intervals_cover_the_truth() -> None:
+    n = 40
+    truth, first, second, won = simulated(n, 20, flip=0.2, bias=0.0, seed=9)
+    essays = [EssayRecord(f"e{i:02d}", i, "", None) for i in range(n)]
+    done = ComparisonStatus.SUCCEEDED
+    outcomes = [
+        PairOutcome(f"e{a:02d}", f"e{b:02d}", done, "Essay A" if w else "Essay B", 1, 1)
+        for a, b, w in zip(first, second, won, strict=True)
+    ]
+    fit = final_fit(essays, outcomes, BatchOptions())
+    assert fit.scored_with_lapse and fit.lapse_interval is not None
+    assert fit.lapse_interval[0] <= 0.4 <= fit.lapse_interval[1]
+    centred = truth - truth.mean()
+    assert np.mean(np.abs(fit.theta - centred) <= 1.959964 * fit.se) >= 0.9
+    assert final_fit(essays, outcomes, BatchOptions()).theta.tolist() == fit.theta.tolist()
