@@ -4,7 +4,9 @@ Abilities are modelled as drawn from N(0, τ²): τ says how different the essay
 are on the judge's logit scale. It is chosen to maximise the Laplace approximation to the
 marginal likelihood of the comparisons (the evidence,
 :attr:`cjllm.cj.scoring.BTFit.log_evidence`), and the scores are the MAP estimates under it,
-averaged over the plausible τ for the final ranking.
+averaged over the plausible τ. These are the round fits (pairing, stopping checks); the
+ranking is published from the sampled posterior (:mod:`cjllm.cj.posterior`), which the
+Laplace evidence approximates poorly in sparse adaptive designs and for ε > 0.
 
 Why: a fixed weak prior leaves maximum likelihood's finite-sample spread in the scores, which
 adaptive pairing amplifies, so intervals come out too narrow and scale-separation reliability
@@ -13,8 +15,8 @@ earlier outcomes), so its intervals and the reliability derived from them stay h
 any pairing. The EM update τ² = mean(θ̂² + se²) is not used: with ~10 binary outcomes per essay
 it underestimates τ badly (the PQL bias).
 
-The lapse rate ε (the share of decisions that are a coin toss whatever the essays) is profiled
-by the same evidence and reported with an interval, as a property of the judge. It is weakly
+The lapse rate ε (the share of decisions that are a coin toss whatever the essays) can be
+profiled by the same evidence (used above the sampler's limit only; it underrates ε). It is weakly
 identified (a judge that errs at random looks like essays that are closer together, except on
 pairs far apart) and chosen by the evidence rather than jointly with θ, whose many abilities
 bias a joint maximum towards 0.

@@ -1,29 +1,28 @@
-"""The posterior of the judge model by Gibbs sampling: the scores a ranking is published with.
+"""The posterior of the judge model, sampled: what a ranking is published from.
 
 Model (:mod:`cjllm.cj.scoring`): P(Essay A wins) = ε/2 + (1 − ε)·σ(θ_a − θ_b + δ), with
-abilities θ_i ~ N(0, τ²), a flat prior on τ, δ ~ N(0, 1/order_prior) and ε ~ Uniform(0, 1).
-Everything is sampled jointly, so the scores, their SDs, the reliability, the order effect
-and the lapse rate all account for each other's uncertainty: a judge that decides at random
-now and then widens the intervals (on the noise-free scale) instead of shrinking the scale.
+abilities θ_i ~ N(0, τ²), τ ~ half-normal(0, :data:`TAU_SCALE`), δ ~ N(0, 1/order_prior),
+and either ε = 0 or ε sampled with the prior :data:`LAPSE_GRID` (half the mass on 0, half
+spread evenly over 0.05–0.5). The scores, their SDs, the reliability and the order effect
+all carry each other's uncertainty (and τ's, and ε's when it is sampled).
 
-Why a sampler and not the Laplace evidence of :mod:`cjllm.cj.population` for the final fit:
-with ε > 0 the likelihood of an essay is bounded below (an upset costs at most log(ε/2)),
-the posterior has flat shoulders the Gaussian approximation misses, and the Laplace evidence
-puts τ too low, so ε came out ≈ 0 for a judge flipping 20% of its decisions; with ε = 0 it
-still puts τ too low in sparse adaptive designs. Exact conditionals avoid both.
+Why a sampler and not the Laplace evidence of :mod:`cjllm.cj.population` (which the round
+fits keep, to steer the pairing): the Laplace evidence puts τ too low in sparse adaptive
+designs, and with ε > 0 an essay's likelihood is bounded below (an upset costs at most
+log(ε/2)), so the posterior has flat shoulders the Gaussian approximation misses. The τ
+prior must be proper: with ε > 0 the likelihood stays bounded away from 0 as τ → ∞.
 
-The sampler (data augmentation, every step an exact conditional draw):
+One sweep, every step an exact conditional draw (data augmentation):
 
-1. lapse indicators: comparison k was a coin toss with probability
-   (ε/2) / (ε/2 + (1 − ε)·σ(±η_k));
-2. ε | indicators ~ Beta(1 + lapses, 1 + others);
-3. Pólya-Gamma variables ω_k ~ PG(1, η_k) for the informed comparisons (Polson, Scott &
-   Windle 2013), which make the logistic likelihood Gaussian in (θ, δ);
-4. (θ, δ) | ω ~ N(Q⁻¹b, Q⁻¹), Q = Xᵀ diag(ω) X + prior precisions, b = Xᵀ(y − ½);
-5. τ² | θ ~ Inverse-Gamma((n − 1)/2, Σθ²/2) (flat prior on τ).
+1. with ε sampled: ε from its grid posterior given (θ, δ), then which comparisons were coin
+   tosses: each with probability (ε/2) / (ε/2 + (1 − ε)·σ(±η_k));
+2. Pólya-Gamma variables ω_k ~ PG(1, η_k) for the others (Polson, Scott & Windle 2013),
+   which make the logistic likelihood Gaussian in (θ, δ);
+3. (θ, δ) | ω ~ N(Q⁻¹b, Q⁻¹), Q = Xᵀ diag(ω) X + prior precisions, b = Xᵀ(y − ½);
+4. τ | θ by Metropolis steps on log τ.
 
-It starts from the Laplace fit, so a short burn-in suffices. Draws are reproducible from the
-seed. Cost per sweep: one dense Cholesky of n + 1 parameters, so O(n³); used up to
+It starts from the round fit, so a short burn-in suffices; the draws are reproducible from
+the seed. Cost per sweep: one dense Cholesky of n + 1 parameters (O(n³)), so it is used up to
 :data:`SAMPLER_LIMIT` essays.
 """
 
