@@ -132,10 +132,11 @@ def final_fit(
 ) -> BatchFit:
     """The fit a ranking is published from: the posterior of the judge model sampled
     (:mod:`cjllm.cj.posterior`) from :func:`fit_outcomes`' fit, once with ε = 0 and once with
-    ε sampled. The scores, SDs, reliability and order effect come from the more probable of
-    the two models (the lapse model when P(ε > 0) > 1/2: the median probability model), the
-    lapse rate from the second run. Above ``SAMPLER_LIMIT`` essays: :func:`fit_outcomes`,
-    with the lapse rate profiled by the evidence (:func:`~cjllm.cj.population.profile_lapse`)."""
+    ε sampled. The scores, SDs and reliability come from the more probable of the two models
+    (the lapse model when P(ε > 0) > 1/2: the median probability model), the order effect
+    from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays:
+    :func:`fit_outcomes`, with the lapse rate profiled by the evidence
+    (:func:`~cjllm.cj.population.profile_lapse`)."""
     fit = fit_outcomes(essays, outcomes, options)
     model, tau = fit.model, fit.population_sd
     if model is None or tau is None:  # nothing judged, or too many essays
@@ -162,7 +163,9 @@ def final_fit(
         )
         for lapse in (False, True)
     )
-    # the median probability model: the lapse model's scores when it is the more probable one
+    # the median probability model: the lapse model's scores when it is the more probable one;
+    # the order effect as a shift of the observed decisions (ε = 0): under the lapse model it
+    # is on the informed decisions' scale, which the comparisons pin down poorly
     scores = lapsing if lapsing.lapse_probability > 0.5 else clean
     return replace(
         fit,
@@ -171,7 +174,7 @@ def final_fit(
         reliability=scores.reliability,
         mean_se=float(np.mean(scores.se)),
         population_sd=scores.tau,
-        order_estimate=(scores.order_effect, scores.order_effect_se),
+        order_estimate=(clean.order_effect, clean.order_effect_se),
         lapse_rate=lapsing.lapse,
         lapse_interval=lapsing.lapse_interval,
         sampled=True,
