@@ -4,8 +4,8 @@ Run: python bench/judgement.py [--reps 100] [--jobs 2] [--results judgement.json
 
 Whole batches go through the code the CJ service runs between callbacks — round planning
 (``rounds.plan_next_round``), the per-round fit (``ranking.fit_outcomes``), the stopping rules
-(``stopping.reason_to_stop``), the final fit (``ranking.final_fit``) and the completion's
-split-half and classical SSR — with only the provider replaced by a judge with known truth:
+(``stopping.reason_to_stop``), the final fit (``ranking.final_fit``: the sampled posterior)
+and the completion's split-half and classical SSR — with only the provider replaced by a judge with known truth:
 essay abilities drawn from N(0, 1.5²) logits, and P(Essay A wins) = σ(θ_A − θ_B + bias):
 
 - ``clean``: bias 0;
@@ -21,7 +21,8 @@ switched off, so every batch spends its budget. Per condition: median Spearman �
 truth; mean reported reliability, split-half and classical SSR; mean actual r² (squared
 Pearson correlation of the scores with the truth); the share of 95% intervals (score ±
 1.96·SE) covering the truth (centred); the mean order-effect and lapse estimates with the
-share of their 95% intervals covering the true value.
+share of their 95% intervals covering the true value; the share of batches the final fit
+scored with the lapse model.
 Then the targets: coverage within 0.92–0.97 and |reliability − r²| ≤ 0.05 in every condition;
 adaptive beats random by ≥ 0.015 median ρ at 10 per essay with the clean judge, and does not
 lose with the noisy ones.
@@ -168,9 +169,9 @@ def table(results: Results) -> list[str]:
     head = (
         "| n | K | judge | pairing | median ρ | reliability | split-half | classical SSR | "
         "actual r² | reliability − r² | 95% coverage | order effect (true) | "
-        "lapse ε (true) |"
+        "lapse ε (true) | scored with ε |"
     )
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for c, reps in results.items():
         rows = list(reps.values())
         m = {key: nanmean([r[key] for r in rows]) for key in rows[0]}
@@ -180,7 +181,8 @@ def table(results: Results) -> list[str]:
             f"| {m['reliability']:.3f} | {m['split_half']:.3f} | {m['ssr']:.3f} | {m['r2']:.3f} "
             f"| {m['reliability'] - m['r2']:+.3f} | {m['coverage']:.3f} "
             f"| {m['order']:+.2f} ({bias:.1f}; covered {m['order_covered']:.0%}) "
-            f"| {m['lapse']:.2f} ({2 * flip:.1f}; covered {m['lapse_covered']:.0%}) |"
+            f"| {m['lapse']:.2f} ({2 * flip:.1f}; covered {m['lapse_covered']:.0%}) "
+            f"| {m.get('scored_with_lapse', float('nan')):.0%} |"
         )
     return lines
 
