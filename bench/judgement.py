@@ -5,8 +5,9 @@ Run: python bench/judgement.py [--reps 100] [--jobs 2] [--results judgement.json
 Whole batches go through the code the CJ service runs between callbacks — round planning
 (``rounds.plan_next_round``), the per-round fit (``ranking.fit_outcomes``), the stopping rules
 (``stopping.reason_to_stop``), the final fit (``ranking.final_fit``: the sampled posterior)
-and the completion's split-half and classical SSR — with only the provider replaced by a judge with known truth:
-essay abilities drawn from N(0, 1.5²) logits, and P(Essay A wins) = σ(θ_A − θ_B + bias):
+and the completion's split-half and classical SSR — with only the provider replaced by a
+judge with known truth: essay abilities drawn from N(0, 1.5²) logits, and
+P(Essay A wins) = σ(θ_A − θ_B + bias):
 
 - ``clean``: bias 0;
 - ``position``: bias +1.0 (the judge favours whichever essay it reads first);
