@@ -39,6 +39,7 @@ the group boundaries, so a batch's comparison graph becomes connected.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Collection, Sequence
@@ -58,9 +59,10 @@ class _Round:
     """History counts plus the pairs planned so far in this round."""
 
     def __init__(self, n: int, first: IntArray, second: IntArray, cap: int | None) -> None:
-        self.seen = np.zeros((n, n), dtype=np.int32)
-        np.add.at(self.seen, (first, second), 1)
-        self.seen += self.seen.T
+        # times each pair has been compared, by (lower, higher) index: only pairs that were
+        # (an n × n matrix would not fit at 100,000 essays)
+        low, high = np.minimum(first, second).tolist(), np.maximum(first, second).tolist()
+        self.seen: Counter[Pair] = Counter(zip(low, high, strict=True))
         self.count = np.bincount(first, minlength=n) + np.bincount(second, minlength=n)
         self.balance = np.bincount(first, minlength=n) - np.bincount(second, minlength=n)
         self.degree = np.zeros(n, dtype=np.int64)  # comparisons planned in this round
@@ -69,12 +71,16 @@ class _Round:
 
     def apply(self, a: int, b: int, sign: int = 1) -> None:
         """Add (sign = 1) or remove (sign = −1) the comparison Essay A = a, Essay B = b."""
-        self.seen[a, b] += sign
-        self.seen[b, a] += sign
+        self.seen[(a, b) if a < b else (b, a)] += sign
         self.degree[[a, b]] += sign
         self.room[[a, b]] -= sign
         self.balance[a] += sign
         self.balance[b] -= sign
+
+    def times_seen(self, i: IntArray, j: IntArray) -> IntArray:
+        """How often each pair (i[k], j[k]) has been compared, this round's plan included."""
+        pairs = zip(np.minimum(i, j).tolist(), np.maximum(i, j).tolist(), strict=True)
+        return np.fromiter((self.seen[p] for p in pairs), dtype=np.intp, count=i.size)
 
     def orient(self, i: int, j: int, rng: np.random.Generator) -> Pair:
         """(Essay A, Essay B): whoever has been Essay A more often goes second."""
@@ -196,7 +202,10 @@ def _bridge(
         return
     main = set(sorted(_components(history).values(), key=len)[-1])
     links = history + [(g[0], e) for g in groups for e in g[1:]]
-    component = {e: frozenset(c) for c in _components(links).values() for e in c}
+    # one frozenset per component, shared by its essays (one each would be n² at scale)
+    component = {
+        e: members for c in _components(links).values() for members in [frozenset(c)] for e in c
+    }
     joined = set(component[next(iter(main))])
     grouped = {e for g in groups for e in g}
     for group in groups:
@@ -239,12 +248,15 @@ def _capacity(state: _Round, group: list[int]) -> int:
 def _share(total: int, capacities: Sequence[int], weights: Sequence[int]) -> list[int]:
     """Split ``total`` in proportion to ``weights`` (highest averages), none over capacity."""
     shares = [0] * len(weights)
+    # the groups under capacity by their next average, highest first (the lowest index on a
+    # tie): one heap step per comparison, not a scan of every group
+    heap = [(-(w / 1), g) for g, w in enumerate(weights) if capacities[g] > 0]
+    heapq.heapify(heap)
     for _ in range(min(total, sum(capacities))):
-        g = max(
-            (g for g in range(len(weights)) if shares[g] < capacities[g]),
-            key=lambda g: weights[g] / (shares[g] + 1),
-        )
+        _, g = heapq.heappop(heap)
         shares[g] += 1
+        if shares[g] < capacities[g]:
+            heapq.heappush(heap, (-(weights[g] / (shares[g] + 1)), g))
     return shares
 
 
@@ -270,6 +282,8 @@ def _pairs_within(
     random_slots = set(rng.permutation(target)[: round(random_fraction * target)].tolist())
     plan: list[Pair] = []
     fresh = np.ones(i.size, dtype=bool)  # not yet planned in this round
+    # read once: planning a pair changes only its own count, and a planned pair is not open
+    seen = state.times_seen(i, j)
     for slot in range(target):
         open_ = np.flatnonzero(fresh & (state.room[i] > 0) & (state.room[j] > 0))
         if open_.size == 0:
@@ -280,7 +294,7 @@ def _pairs_within(
             last,
             di + dj,
             np.maximum(di, dj),
-            state.seen[i, j],
+            seen,
             np.maximum(di, dj) >= share,
         )
         best = open_[np.lexsort(tuple(k[open_] for k in keys))[0]]
