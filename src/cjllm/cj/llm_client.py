@@ -132,30 +132,22 @@ class ProviderClient:
         """A client for ``settings.provider_url`` (through ``transport`` if given, e.g. an
         ``httpx.ASGITransport`` over the provider app), or for the in-process ``direct``
         provider."""
-        if direct is not None:
-            return cls(
-                None,
-                max_concurrency=settings.submit_concurrency,
-                retries=settings.submit_retries,
-                backoff_seconds=settings.submit_backoff_seconds,
-                max_backoff_seconds=settings.submit_max_backoff_seconds,
-                direct=direct,
+        http = None
+        if direct is None:
+            token = settings.provider_api_token
+            http = httpx.AsyncClient(
+                base_url=settings.provider_url,
+                transport=transport,
+                headers={"Authorization": f"Bearer {token}"} if token else {},
+                timeout=settings.submit_timeout_seconds,
             )
-        headers = {}
-        if settings.provider_api_token:
-            headers["Authorization"] = f"Bearer {settings.provider_api_token}"
-        http = httpx.AsyncClient(
-            base_url=settings.provider_url,
-            transport=transport,
-            headers=headers,
-            timeout=settings.submit_timeout_seconds,
-        )
         return cls(
             http,
             max_concurrency=settings.submit_concurrency,
             retries=settings.submit_retries,
             backoff_seconds=settings.submit_backoff_seconds,
             max_backoff_seconds=settings.submit_max_backoff_seconds,
+            direct=direct,
         )
 
     async def aclose(self) -> None:
