@@ -338,7 +338,7 @@ def _connect(state: _Round, pairs: list[Pair], rng: np.random.Generator) -> list
     """
     pairs = list(pairs)
     while True:
-        parts = _component_lists(pairs)
+        parts = [set(c) for c in _components(pairs).values()]
         if len(parts) <= 1:
             return pairs
         mended = _mend(pairs, parts, len(parts))
@@ -367,17 +367,9 @@ def _mend(
                 if any(frozenset(p) in planned for p in added):
                     continue
                 trial = [p for p in pairs if p not in (ab, cd)] + added
-                if len(_component_lists(trial)) < count:
+                if len(_components(trial)) < count:
                     return [ab, cd], added
     return None
-
-
-def _component_lists(pairs: Sequence[tuple[int, int]]) -> list[set[int]]:
-    labels = group_labels(pairs)
-    parts: dict[int, set[int]] = {}
-    for (a, b), label in zip(pairs, labels, strict=True):
-        parts.setdefault(label, set()).update((a, b))
-    return list(parts.values())
 
 
 def group_labels(pairs: Sequence[tuple[Essay, Essay]]) -> list[Essay]:
