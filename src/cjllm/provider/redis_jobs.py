@@ -33,7 +33,7 @@ from cjllm.provider.jobs import (
 )
 from cjllm.provider.queue import QueuedItem
 from cjllm.provider.redis_job_scripts import JOB_SCRIPTS
-from cjllm.provider.redis_queue import RedisQueue, _item_from_hash, _num, _unavailable
+from cjllm.provider.redis_queue import RedisQueue, item_from_hash, redis_number, unavailable
 
 
 def _encode(name: str, value: Any) -> str:
@@ -46,7 +46,7 @@ def _encode(name: str, value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float):
-        return _num(value)
+        return redis_number(value)
     if isinstance(value, JobState):
         return value.value
     return str(value)
@@ -106,7 +106,7 @@ class RedisJobs:
         try:
             return await self._scripts[name](args=[self.prefix, *args])
         except RedisError as exc:
-            raise _unavailable(f"job table: {name}", exc) from exc
+            raise unavailable(f"job table: {name}", exc) from exc
 
     async def _hashes(self, keys: Sequence[str]) -> list[dict[bytes, bytes]]:
         try:
@@ -115,7 +115,7 @@ class RedisJobs:
                     pipe.hgetall(key)
                 found: list[dict[bytes, bytes]] = await pipe.execute()
         except RedisError as exc:
-            raise _unavailable("job table: read", exc) from exc
+            raise unavailable("job table: read", exc) from exc
         return found
 
     @staticmethod
@@ -125,7 +125,7 @@ class RedisJobs:
     # ------------------------------------------------------------------ the batch lane
 
     async def lane_groups(self, now: float) -> list[LaneGroup]:
-        reply = await self._call("lane_groups", _num(now), LANE_PREFIX)
+        reply = await self._call("lane_groups", redis_number(now), LANE_PREFIX)
         return [
             LaneGroup(g.decode(), int(n), float(oldest), float(newest))
             for g, n, oldest, newest in reply
@@ -136,10 +136,10 @@ class RedisJobs:
     ) -> list[QueuedItem]:
         prefix = LANE_PREFIX if group is None else group + ":"
         reply = await self._call(
-            "lane_items", _num(now), limit, "1" if available_only else "0", prefix
+            "lane_items", redis_number(now), limit, "1" if available_only else "0", prefix
         )
         items = sorted(
-            (_item_from_hash(flat) for flat in reply), key=lambda i: (i.enqueued_at, i.queue_id)
+            (item_from_hash(flat) for flat in reply), key=lambda i: (i.enqueued_at, i.queue_id)
         )
         return items[:limit]
 
@@ -166,9 +166,9 @@ class RedisJobs:
         for name, value in values.items():
             fields += [name, _encode(name, value)]
         args: list[Any] = [
-            _num(now),
+            redis_number(now),
             item_owner(job.job_id),
-            _num(job.hold_until),
+            redis_number(job.hold_until),
             job.job_id,
             len(fields),
             *fields,
@@ -184,13 +184,17 @@ class RedisJobs:
     ) -> list[QueuedItem]:
         if not queue_ids:
             return []
-        reply = await self._call("take", _num(now), owner, _num(lease_until), *queue_ids)
-        return [_item_from_hash(flat) for flat in reply]
+        reply = await self._call(
+            "take", redis_number(now), owner, redis_number(lease_until), *queue_ids
+        )
+        return [item_from_hash(flat) for flat in reply]
 
     # ------------------------------------------------------------------ claiming and updating
 
     async def claim(self, owner: str, now: float, lease_until: float, limit: int) -> list[BatchJob]:
-        reply = await self._call("claim", _num(now), owner, _num(lease_until), limit)
+        reply = await self._call(
+            "claim", redis_number(now), owner, redis_number(lease_until), limit
+        )
         return [_job(flat) for flat in reply]
 
     async def update(
@@ -209,7 +213,7 @@ class RedisJobs:
 
     async def request_cancel(self, job_ids: Sequence[str], now: float) -> None:
         if job_ids:
-            await self._call("request_cancel", _num(now), *job_ids)
+            await self._call("request_cancel", redis_number(now), *job_ids)
 
     # ------------------------------------------------------------------ reads and upkeep
 
@@ -217,7 +221,7 @@ class RedisJobs:
         try:
             raw = await self._r.lrange(f"{self.prefix}:job:{job_id}:lines", 0, -1)
         except RedisError as exc:
-            raise _unavailable("job table: lines", exc) from exc
+            raise unavailable("job table: lines", exc) from exc
         out = []
         for entry in raw:
             custom_id, _, ids = _str(entry).partition(" ")
@@ -226,7 +230,7 @@ class RedisJobs:
 
     async def items(self, queue_ids: Sequence[str]) -> list[QueuedItem]:
         found = await self._hashes([f"{self.prefix}:item:{q}" for q in queue_ids])
-        return [_item_from_hash(self._flat(fields)) for fields in found if fields]
+        return [item_from_hash(self._flat(fields)) for fields in found if fields]
 
     async def get(self, job_id: str) -> BatchJob | None:
         (fields,) = await self._hashes([f"{self.prefix}:job:{job_id}"])
@@ -241,7 +245,7 @@ class RedisJobs:
             else:
                 ids = list(await self._r.smembers(f"{self.prefix}:jobs:cj:{cj_batch_id}"))
         except RedisError as exc:
-            raise _unavailable("job table: jobs", exc) from exc
+            raise unavailable("job table: jobs", exc) from exc
         found = await self._hashes([f"{self.prefix}:job:{_str(i)}" for i in ids])
         jobs = [_job(self._flat(fields)) for fields in found if fields]
         if open_only:
@@ -252,7 +256,7 @@ class RedisJobs:
         try:
             keys = await self._r.hkeys(f"{self.prefix}:jobs:vendor")
         except RedisError as exc:
-            raise _unavailable("job table: vendor ids", exc) from exc
+            raise unavailable("job table: vendor ids", exc) from exc
         return {_str(k) for k in keys}
 
     async def counts(self) -> dict[JobState, int]:
@@ -262,4 +266,4 @@ class RedisJobs:
         return out
 
     async def purge(self, before: float) -> int:
-        return int(await self._call("purge", _num(before)))
+        return int(await self._call("purge", redis_number(before)))

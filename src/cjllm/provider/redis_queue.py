@@ -52,7 +52,7 @@ MAX_SCAN_PER_KEY = 1000
 TIMEOUT_SECONDS = 5.0
 
 
-def _unavailable(what: str, exc: RedisError) -> QueueUnavailable:
+def unavailable(what: str, exc: RedisError) -> QueueUnavailable:
     """A failed step: Redis may still run a script it received, so it may have applied."""
     return QueueUnavailable(f"Redis queue ({what}): {exc}", may_have_applied=True)
 
@@ -97,13 +97,14 @@ def _item(values: Sequence[bytes | None]) -> QueuedItem:
     )
 
 
-def _item_from_hash(flat: Sequence[bytes]) -> QueuedItem:
+def item_from_hash(flat: Sequence[bytes]) -> QueuedItem:
     """An item from a flat ``HGETALL`` reply (the batch-job scripts return those)."""
     found = dict(zip(flat[::2], flat[1::2], strict=True))
     return _item([found.get(name.encode()) for name in ITEM_FIELDS])
 
 
-def _num(x: float) -> str:
+def redis_number(x: float) -> str:
+    """A float as Redis takes it in a script argument or a sorted-set score."""
     return repr(float(x))
 
 
@@ -157,7 +158,7 @@ class RedisQueue:
         try:
             return await self._scripts[name](args=[self.prefix, *args])
         except RedisError as exc:
-            raise _unavailable(name, exc) from exc
+            raise unavailable(name, exc) from exc
 
     async def enqueue(self, item: NewItem) -> tuple[str, bool]:
         (answer,) = await self.enqueue_many([item])
@@ -178,8 +179,8 @@ class RedisQueue:
                 it.tokens,
                 it.budget,
                 it.payload,
-                _num(it.enqueued_at),
-                _num(it.expires_at),
+                redis_number(it.enqueued_at),
+                redis_number(it.expires_at),
             ]
         answers: list[tuple[str, bool] | QueueFull] = []
         for reply in await self._call("enqueue", *args):
@@ -197,10 +198,10 @@ class RedisQueue:
     ) -> list[QueuedItem]:
         reply = await self._call(
             "claim",
-            _num(now),
-            _num(linger),
+            redis_number(now),
+            redis_number(linger),
             owner,
-            _num(lease_until),
+            redis_number(lease_until),
             bundle_id,
             MAX_KEYS_PER_CLAIM,
             MAX_SCAN_PER_KEY,
@@ -210,12 +211,12 @@ class RedisQueue:
     async def extend(self, owner: str, queue_ids: Sequence[str], lease_until: float) -> int:
         if not queue_ids:
             return 0
-        return int(await self._call("extend", owner, _num(lease_until), *queue_ids))
+        return int(await self._call("extend", owner, redis_number(lease_until), *queue_ids))
 
     async def finish(self, finished: Sequence[Finished], now: float) -> list[str]:
         if not finished:
             return []
-        args: list[Any] = [_num(now), math.ceil(self.retention_seconds)]
+        args: list[Any] = [redis_number(now), math.ceil(self.retention_seconds)]
         for f in finished:
             args += [f.queue_id, f.state.value, f.topic, f.message_key, f.envelope]
         return [qid.decode() for qid in await self._call("finish", *args)]
@@ -223,31 +224,35 @@ class RedisQueue:
     async def retry(self, owner: str, retries: Sequence[Retry], now: float) -> list[str]:
         if not retries:
             return []
-        args: list[Any] = [_num(now), owner]
+        args: list[Any] = [redis_number(now), owner]
         for r in retries:
             args += [
                 r.queue_id,
-                _num(r.available_at),
+                redis_number(r.available_at),
                 r.hint,
                 int(r.count_attempt),
                 r.error,
                 r.spent.prompt_tokens,
                 r.spent.completion_tokens,
-                _num(r.spent.cost),
+                redis_number(r.spent.cost),
             ]
         return [qid.decode() for qid in await self._call("retry", *args)]
 
     async def recover_leases(self, now: float) -> int:
-        return int(await self._call("recover", _num(now)))
+        return int(await self._call("recover", redis_number(now)))
 
     async def claim_expired(
         self, owner: str, now: float, lease_until: float, limit: int
     ) -> list[QueuedItem]:
-        reply = await self._call("claim_expired", _num(now), owner, _num(lease_until), limit)
+        reply = await self._call(
+            "claim_expired", redis_number(now), owner, redis_number(lease_until), limit
+        )
         return [_item(flat) for flat in reply]
 
     async def claim_outbox(self, now: float, visible_until: float, limit: int) -> list[OutboxEntry]:
-        reply = await self._call("claim_outbox", _num(now), _num(visible_until), limit)
+        reply = await self._call(
+            "claim_outbox", redis_number(now), redis_number(visible_until), limit
+        )
         return [
             OutboxEntry(oid.decode(), topic.decode(), key.decode(), bytes(env))
             for oid, topic, key, env in reply
@@ -262,12 +267,12 @@ class RedisQueue:
                 pipe.zrem(f"{self.prefix}:outbox", *entry_ids)
                 await pipe.execute()
         except RedisError as exc:
-            raise _unavailable("delete_outbox", exc) from exc
+            raise unavailable("delete_outbox", exc) from exc
 
     async def dead_letter_outbox(self, reasons: Mapping[str, str], now: float) -> None:
         if not reasons:
             return
-        args: list[Any] = [_num(now)]
+        args: list[Any] = [redis_number(now)]
         for entry_id, reason in reasons.items():
             args += [entry_id, reason]
         await self._call("dead_letter_outbox", *args)
@@ -288,7 +293,7 @@ class RedisQueue:
                     )
                 rows = await pipe.execute()
         except RedisError as exc:
-            raise _unavailable("dead_letters", exc) from exc
+            raise unavailable("dead_letters", exc) from exc
         return [
             DeadLetter(oid, t.decode(), k.decode(), bytes(e), r.decode(), float(at))
             for oid, (t, k, e, r, at) in zip(ids, rows, strict=True)
@@ -298,7 +303,7 @@ class RedisQueue:
         try:
             values = await self._r.hmget(f"{self.prefix}:item:{queue_id}", ITEM_FIELDS)
         except RedisError as exc:
-            raise _unavailable("get", exc) from exc
+            raise unavailable("get", exc) from exc
         if values[0] is None:
             return None
         return _item(cast(list[bytes | None], values))
@@ -307,13 +312,13 @@ class RedisQueue:
         try:
             await self._r.hset(f"{self.prefix}:learned", key, value)
         except RedisError as exc:
-            raise _unavailable("remember", exc) from exc
+            raise unavailable("remember", exc) from exc
 
     async def recall(self, key: str) -> str | None:
         try:
             value = await self._r.hget(f"{self.prefix}:learned", key)
         except RedisError as exc:
-            raise _unavailable("recall", exc) from exc
+            raise unavailable("recall", exc) from exc
         return _text(cast(bytes | None, value))
 
     async def depth(self, now: float) -> Depth:
@@ -321,12 +326,12 @@ class RedisQueue:
         try:
             async with self._r.pipeline(transaction=False) as pipe:
                 pipe.hmget(f"{p}:stats", "queued", "processing", "bytes")
-                pipe.zcount(f"{p}:delayed", f"({_num(now)}", "+inf")
+                pipe.zcount(f"{p}:delayed", f"({redis_number(now)}", "+inf")
                 pipe.zcard(f"{p}:outbox")
                 pipe.zcard(f"{p}:outbox:dead")
                 stats, delayed, outbox, dead = await pipe.execute()
         except RedisError as exc:
-            raise _unavailable("depth", exc) from exc
+            raise unavailable("depth", exc) from exc
         queued, processing, size = (int(x or 0) for x in stats)
         return Depth(queued, int(delayed), processing, size, int(outbox), int(dead))
 
