@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 import numpy.typing as npt
-from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg import lapack
 from scipy.sparse import coo_array, csr_array
 from scipy.special import expit, xlogy
 
@@ -72,6 +72,7 @@ class LogPosterior:
         self.free[0], self.free[n] = prior > 0.0, order  # ML: reference coding θ_0 = 0
         self.precision = np.full(n + 1, prior)
         self.precision[n] = order_prior
+        self._cells: IntArray | None = None  # flat cells of the dense information (lazily)
 
     def eta(self, z: FloatArray) -> FloatArray:
         eta: FloatArray = z[self.gf] - z[self.gs] + z[self.n]
@@ -140,6 +141,25 @@ class LogPosterior:
         vals = np.concatenate([-w, -w, diagonal, order, order])
         return csr_array(coo_array((vals, (rows, cols)), shape=(size, size)))
 
+    def dense_information(self, w: FloatArray, keep: BoolArray | None = None) -> FloatArray:
+        """:meth:`information` as a dense array, restricted to the coordinates ``keep``
+        (all when None): built by one scatter-add, no sparse matrix in between."""
+        n, size = self.n, self.n + 1
+        if self._cells is None:  # x_k = e_f − e_s + e_δ: nine cells of x_k x_kᵀ per group
+            gf, gs, d = self.gf, self.gs, n
+            rows = (gf, gs, gf, gs, gf, d, gs, d, d)
+            cols = (gf, gs, gs, gf, d, gf, d, gs, d)
+            self._cells = np.concatenate(
+                [np.broadcast_to(r * size + c, gf.shape) for r, c in zip(rows, cols, strict=True)]
+            )
+        signed = np.concatenate([w, w, -w, -w, w, w, -w, -w, w])
+        dense = sum_by(self._cells, signed, size * size).reshape(size, size)
+        dense[np.diag_indices(size)] += self.precision
+        if keep is None or keep.all():
+            return dense
+        kept: FloatArray = dense[np.ix_(keep, keep)]
+        return kept
+
     def newton_step(self, z: FloatArray, tol: float) -> FloatArray:
         """Solve I(z)·step = ∇objective(z) on the free coordinates: observed information
         first, expected where the observed one is not positive definite."""
@@ -154,15 +174,14 @@ class LogPosterior:
                 solved = _pcg(self._matvec(w), grad, diag, tol)
                 if solved is not None and dot(grad, solved) >= 0.0:  # an ascent direction
                     return solved
-            info = self.information(w)[self.free][:, self.free].toarray()
+            info = self.dense_information(w, self.free)
             if not observed:  # positive semi-definite in theory: a jitter covers rounding
                 info[np.diag_indices_from(info)] += 1e-10 * (1.0 + float(np.max(np.diag(info))))
-            try:
-                factor = cho_factor(info)
-            except np.linalg.LinAlgError:
+            factor, code = lapack.dpotrf(info.T, lower=True, overwrite_a=True, clean=False)
+            if code != 0:
                 continue
             step = np.zeros(self.n + 1)
-            step[self.free] = cho_solve(factor, grad[self.free])
+            step[self.free], code = lapack.dpotrs(factor, grad[self.free], lower=True)
             return step
         raise np.linalg.LinAlgError("information matrix is not positive definite")
 

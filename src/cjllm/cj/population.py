@@ -54,6 +54,7 @@ def fit_spread(
     initial: BTFit | None = None,
     tau_bounds: tuple[float, float] = TAU_BOUNDS,
     xtol: float = 0.01,
+    standard_errors: bool = True,
 ) -> BTFit:
     """MAP fit under θ ~ N(0, τ²) with τ chosen by maximum evidence, for a given ``lapse``.
 
@@ -61,7 +62,8 @@ def fit_spread(
     :func:`~cjllm.cj.scoring.fit_bradley_terry`; δ keeps its own fixed prior (its estimate
     must not collapse when the essays happen to be alike). τ is searched on log τ within
     ``tau_bounds`` by bounded Brent to within ``xtol``; each fit starts from the previous one
-    (the first from ``initial``). The returned fit has ``prior`` = 1/τ².
+    (the first from ``initial``) and computes the evidence only (no SEs); the returned fit
+    has ``prior`` = 1/τ² and, when ``standard_errors``, its SEs.
     """
     low, high = tau_bounds
     if not 0.0 < low < high:
@@ -83,6 +85,7 @@ def fit_spread(
                 order_prior=order_prior,
                 lapse=lapse,
                 initial=start,
+                standard_errors="evidence",
             )
             fits[log_tau] = start = fit
         assert fit.log_evidence is not None  # prior > 0 always here
@@ -95,7 +98,13 @@ def fit_spread(
         options={"xatol": xtol},
     )
     negative_evidence(float(best.x))
-    return fits[float(best.x)]
+    found = fits[float(best.x)]
+    if not standard_errors:
+        return found
+    return fit_bradley_terry(
+        n_items, first, second, first_won, prior=found.prior, order_effect=order_effect,
+        order_prior=order_prior, lapse=lapse, initial=found,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -156,10 +165,11 @@ def fit_population(
         initial=initial,
     )  # fmt: skip
 
-    def fit_at(log_tau: float) -> BTFit:
+    def fit_at(log_tau: float, standard_errors: bool) -> BTFit:
         return fit_bradley_terry(
             n_items, first, second, first_won, prior=math.exp(-2.0 * log_tau),
             order_effect=order_effect, order_prior=order_prior, initial=best,
+            standard_errors="auto" if standard_errors else "evidence",
         )  # fmt: skip
 
     nodes = _tau_quadrature(best, fit_at)
@@ -216,7 +226,7 @@ def profile_lapse(
     for eps in grid:
         start = fit_spread(
             n_items, first, second, first_won, lapse=eps, order_effect=order_effect,
-            order_prior=order_prior, initial=start,
+            order_prior=order_prior, initial=start, standard_errors=False,
         )  # fmt: skip
         evidence.append(_evidence(start))
         if len(evidence) > 1 and evidence[-1] < min(evidence[-2], max(evidence) - _NEGLIGIBLE):
@@ -229,13 +239,16 @@ _GAUSS_HERMITE = ((-math.sqrt(3.0), 1 / 6), (0.0, 2 / 3), (math.sqrt(3.0), 1 / 6
 _STEP = 0.2
 
 
-def _tau_quadrature(best: BTFit, fit_at: Callable[[float], BTFit]) -> list[tuple[BTFit, float]]:
-    """Fits at the Gauss-Hermite nodes of log τ around ``best``, with their weights."""
+def _tau_quadrature(
+    best: BTFit, fit_at: Callable[[float, bool], BTFit]
+) -> list[tuple[BTFit, float]]:
+    """Fits at the Gauss-Hermite nodes of log τ around ``best``, with their weights
+    (``fit_at(log τ, standard_errors)``: SEs only at the nodes, the evidence everywhere)."""
     centre = -0.5 * math.log(best.prior)
     lowest, highest = (math.log(t) for t in TAU_BOUNDS)
     if not lowest + _STEP < centre < highest - _STEP:  # on a bound: nothing to integrate
         return [(best, 1.0)]
-    low, high = (_evidence(fit_at(centre + h)) for h in (-_STEP, _STEP))
+    low, high = (_evidence(fit_at(centre + h, False)) for h in (-_STEP, _STEP))
     curvature = (low + high - 2.0 * _evidence(best)) / _STEP**2
     if not curvature < 0.0:  # flat: no spread to integrate over
         return [(best, 1.0)]
@@ -243,7 +256,7 @@ def _tau_quadrature(best: BTFit, fit_at: Callable[[float], BTFit]) -> list[tuple
     nodes = []
     for node, share in _GAUSS_HERMITE:
         log_tau = min(max(centre + node * sd, lowest), highest)
-        nodes.append((best if node == 0.0 else fit_at(log_tau), share))
+        nodes.append((best if node == 0.0 else fit_at(log_tau, True), share))
     return nodes
 
 

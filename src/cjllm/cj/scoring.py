@@ -16,17 +16,19 @@ and ε are chosen in :mod:`cjllm.cj.population`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy.sparse import coo_matrix
+from scipy.linalg import lapack
+from scipy.sparse import coo_matrix, csr_array
 from scipy.sparse.csgraph import connected_components as _csgraph_components
 
 from cjllm.cj.likelihood import BoolArray, FloatArray, IntArray, LogPosterior, newton
-from cjllm.cj.uncertainty import sum_to_zero_variances
+from cjllm.cj.uncertainty import EXACT_LIMIT, sum_to_zero_variances
 
 RngLike = np.random.Generator | np.random.SeedSequence | int | Sequence[int] | None
 
@@ -178,7 +180,7 @@ def fit_bradley_terry(
     initial: BTFit | None = None,
     max_iter: int = 100,
     tol: float = 1e-9,
-    standard_errors: Literal["auto", "exact", "estimated", "none"] = "auto",
+    standard_errors: Literal["auto", "exact", "estimated", "evidence", "none"] = "auto",
 ) -> BTFit:
     """Fit the Bradley-Terry model (module docstring) by Newton's method.
 
@@ -201,7 +203,9 @@ def fit_bradley_terry(
     P = I − 11ᵀ/n; ``order_effect_se`` = sqrt(Σ_δδ) (the same under any coding).
     ``standard_errors``: "exact" inverts the information matrix densely (O(n²) memory),
     "estimated" estimates diag(covariance) without it (``se_error`` says how well), "auto"
-    is exact up to ``uncertainty.EXACT_LIMIT`` items, "none" skips them (``se`` NaN).
+    is exact up to ``uncertainty.EXACT_LIMIT`` items, "none" skips them (``se`` NaN), and
+    "evidence" skips them but keeps ``log_evidence`` where "auto" has it (one Cholesky
+    factorisation, no inverse: what a search over the prior needs at each step).
     Raises ``DisconnectedGraphError`` (ML on a disconnected comparison graph) and
     ``UnboundedEstimateError`` (ML when some split of the items has wins only one way, when
     Essay A always or never won with ``order_effect``, or when the fit still diverges).
@@ -232,20 +236,25 @@ def fit_bradley_terry(
     theta = z[:n_items] - z[:n_items].mean()
     se, covariance, se_error, order_var = np.full(n_items, np.nan), None, 0.0, np.nan
     evidence = None
-    if standard_errors != "none":
-        keep = problem.free.copy()
-        keep[:n_items] = True  # J over all abilities (singular along 1 for ML) and δ if fitted
+    keep = problem.free.copy()
+    keep[:n_items] = True  # J over all abilities (singular along 1 for ML) and δ if fitted
+    if standard_errors == "evidence":
+        if prior > 0.0 and n_items <= EXACT_LIMIT:  # as "auto": no evidence above
+            evidence = _laplace_evidence(problem, z, keep, prior)
+    elif standard_errors != "none":
         exact = {"auto": None, "exact": True, "estimated": False}[standard_errors]
+        dense = exact if exact is not None else n_items <= EXACT_LIMIT
+
+        def information(observed: bool) -> FloatArray | csr_array:
+            w = problem.weights(z, observed)
+            if dense:  # the exact path inverts it densely anyway
+                return problem.dense_information(w, keep)
+            return problem.information(w)[keep][:, keep]
+
         try:
-            variances = sum_to_zero_variances(
-                problem.information(problem.weights(z))[keep][:, keep], n_items, exact=exact
-            )
+            variances = sum_to_zero_variances(information(True), n_items, exact=exact)
         except np.linalg.LinAlgError:  # observed information not positive definite (ε > 0)
-            variances = sum_to_zero_variances(
-                problem.information(problem.weights(z, observed=False))[keep][:, keep],
-                n_items,
-                exact=exact,
-            )
+            variances = sum_to_zero_variances(information(False), n_items, exact=exact)
         se, covariance, se_error = np.sqrt(variances.theta), variances.covariance, variances.error
         order_var = float(variances.other[0]) if order_effect else np.nan
         if prior > 0.0 and variances.log_det is not None:
@@ -273,6 +282,20 @@ def fit_bradley_terry(
         prior=float(prior),
         n_comparisons=int(f.size),
     )
+
+
+def _laplace_evidence(problem: LogPosterior, z: FloatArray, keep: BoolArray, prior: float) -> float:
+    """:attr:`BTFit.log_evidence` from one Cholesky factorisation of the information (the
+    expected one where the observed one is not positive definite), no inverse."""
+    for observed in (True, False):
+        factor, code = lapack.dpotrf(
+            problem.dense_information(problem.weights(z, observed), keep).T,
+            lower=True, overwrite_a=True, clean=False,
+        )  # fmt: skip
+        if code == 0:
+            log_det = 2.0 * float(np.sum(np.log(np.diag(factor))))
+            return problem.objective(z) + 0.5 * problem.n * math.log(prior) - 0.5 * log_det
+    raise np.linalg.LinAlgError("information matrix is not positive definite")
 
 
 def _coordinates(fit: BTFit, problem: LogPosterior) -> FloatArray:

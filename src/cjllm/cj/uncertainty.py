@@ -71,7 +71,7 @@ class Variances:
 
 
 def sum_to_zero_variances(
-    information: sp.sparray | sp.spmatrix,
+    information: sp.sparray | sp.spmatrix | FloatArray,
     n_items: int,
     *,
     exact: bool | None = None,
@@ -81,8 +81,8 @@ def sum_to_zero_variances(
 ) -> Variances:
     """Variances of sum-to-zero abilities (module docstring), exact or estimated.
 
-    ``information``: J, symmetric (m × m), the n_items abilities first. ``exact``: ``None``
-    inverts K densely up to ``EXACT_LIMIT`` abilities and estimates above
+    ``information``: J, symmetric (m × m, sparse or dense), the n_items abilities first.
+    ``exact``: ``None`` inverts K densely up to ``EXACT_LIMIT`` abilities and estimates above
     (:func:`_estimated_variances` with ``target``, ``max_probes`` and ``rng``; the default
     seed makes repeated calls agree); ``True``/``False`` forces a path. Raises
     ``ValueError`` when J breaks the shift invariant, ``np.linalg.LinAlgError`` or
@@ -96,17 +96,21 @@ def sum_to_zero_variances(
         log_det = log_det_k - np.log(mu) + np.log(lam) if lam > 0.0 else None
         return Variances(np.diag(covariance).copy(), other, covariance, 0.0, 0, log_det)
     theta, other, error, probes = _estimated_variances(
-        j, n_items, lam, mu, target=target, max_probes=max_probes, rng=rng
+        sp.csr_array(j), n_items, lam, mu, target=target, max_probes=max_probes, rng=rng
     )
     return Variances(theta, other, None, error, probes)
 
 
 def _checked(
-    information: sp.sparray | sp.spmatrix, n_items: int
-) -> tuple[sp.csr_array, float, float]:
-    """J as CSR, its eigenvalue λ along e, and μ = the mean ability diagonal (a scale at
-    which K is well conditioned)."""
-    j = sp.csr_array(information, dtype=np.float64)
+    information: sp.sparray | sp.spmatrix | FloatArray, n_items: int
+) -> tuple[sp.csr_array | FloatArray, float, float]:
+    """J (CSR, or dense as given), its eigenvalue λ along e, and μ = the mean ability diagonal
+    (a scale at which K is well conditioned)."""
+    j: sp.csr_array | FloatArray
+    if isinstance(information, np.ndarray):
+        j = np.asarray(information, dtype=np.float64)
+    else:
+        j = sp.csr_array(information, dtype=np.float64)
     m = j.shape[0]
     if j.shape != (m, m) or not 2 <= n_items <= m:
         raise ValueError(f"information must be square with at least n_items={n_items} rows")
@@ -120,19 +124,20 @@ def _checked(
             "information matrix is not invariant to shifting all abilities by one constant "
             "(J·e ≠ λ·e): pass the information of all n abilities, not a reference-coded block"
         )
-    mu = float(j.diagonal()[:n_items].mean())
+    diagonal = np.diagonal(j) if isinstance(j, np.ndarray) else j.diagonal()
+    mu = float(diagonal[:n_items].mean())
     if not mu > 0.0:
         raise ValueError("information matrix has no positive ability diagonal")
     return j, lam, mu
 
 
 def _exact_covariance(
-    j: sp.csr_array, n_items: int, lam: float, mu: float
+    j: sp.csr_array | FloatArray, n_items: int, lam: float, mu: float
 ) -> tuple[FloatArray, FloatArray, float]:
     """(C, other variances, log det K) from a dense Cholesky inverse of K: O(m²) memory,
     O(m³) time."""
     n = n_items
-    k = j.toarray()
+    k = j.copy() if isinstance(j, np.ndarray) else j.toarray()
     k[:n, :n] += (mu - lam) / n
     inverse, log_det = _inverse_spd(k)
     covariance = inverse[:n, :n].copy()

@@ -1,0 +1,106 @@
+"""The cheap fit paths give what the reference paths give: dense information equals the sparse
+one, the evidence-only fit equals the full fit's evidence, dense and sparse variances agree,
+and the round fit reproduces the figures the previous implementation produced."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cjllm.cj.likelihood import LogPosterior
+from cjllm.cj.population import fit_population, fit_spread, profile_lapse
+from cjllm.cj.scoring import fit_bradley_terry
+from cjllm.cj.uncertainty import sum_to_zero_variances
+
+Data = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def judged(n: int, per_item: int, seed: int, lapse: float = 0.0) -> Data:
+    """Balanced random pairs, abilities N(0, 1.5²), a +0.4 first-position effect."""
+    rng = np.random.default_rng(seed)
+    truth = rng.normal(0.0, 1.5, n)
+    pairs = np.concatenate([rng.permutation(n) for _ in range(per_item)]).reshape(-1, 2)
+    eta = truth[pairs[:, 0]] - truth[pairs[:, 1]] + 0.4
+    p_first = lapse / 2 + (1 - lapse) / (1.0 + np.exp(-eta))
+    return pairs[:, 0], pairs[:, 1], rng.random(len(pairs)) < p_first
+
+
+@pytest.mark.parametrize(("prior", "order", "lapse"), [(0.0, True, 0.0), (0.3, False, 0.0),
+                                                       (0.3, True, 0.2)])  # fmt: skip
+def test_dense_information_equals_the_sparse_one(prior: float, order: bool, lapse: float) -> None:
+    f, s, y = judged(25, 6, seed=1, lapse=lapse)
+    problem = LogPosterior(25, f, s, y, order=order, prior=prior, order_prior=0.1, lapse=lapse)
+    z = np.random.default_rng(2).normal(0.0, 1.0, 26)
+    for observed in (True, False):
+        w = problem.weights(z, observed)
+        sparse = problem.information(w).toarray()
+        assert np.allclose(problem.dense_information(w), sparse, rtol=0, atol=1e-12)
+        kept = problem.dense_information(w, problem.free)
+        assert np.allclose(kept, sparse[np.ix_(problem.free, problem.free)], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("lapse", [0.0, 0.2])
+def test_evidence_only_fit_has_the_full_fits_estimates_and_evidence(lapse: float) -> None:
+    data = judged(40, 8, seed=3, lapse=lapse)
+    full = fit_bradley_terry(40, *data, prior=0.5, order_effect=True, order_prior=0.1, lapse=lapse)
+    cheap = fit_bradley_terry(
+        40, *data, prior=0.5, order_effect=True, order_prior=0.1, lapse=lapse,
+        standard_errors="evidence",
+    )  # fmt: skip
+    assert full.log_evidence is not None and cheap.log_evidence is not None
+    assert cheap.log_evidence == pytest.approx(full.log_evidence, abs=1e-9)
+    assert np.allclose(cheap.theta, full.theta, rtol=0, atol=1e-12)
+    assert np.isnan(cheap.se).all() and cheap.covariance is None
+
+
+def test_dense_and_sparse_information_give_the_same_variances() -> None:
+    f, s, y = judged(30, 6, seed=4)
+    problem = LogPosterior(30, f, s, y, order=True, prior=0.2, order_prior=0.1)
+    w = problem.weights(np.zeros(31))
+    dense = sum_to_zero_variances(problem.dense_information(w), 30)
+    sparse = sum_to_zero_variances(problem.information(w), 30)
+    assert dense.covariance is not None and sparse.covariance is not None
+    assert np.allclose(dense.covariance, sparse.covariance, rtol=0, atol=1e-13)
+    assert np.allclose(dense.other, sparse.other, rtol=0, atol=1e-13)
+    assert dense.log_det == pytest.approx(sparse.log_det, abs=1e-10)
+    with pytest.raises(ValueError, match="not invariant"):
+        sum_to_zero_variances(problem.dense_information(w)[:, ::-1].copy(), 30)
+
+
+def test_spread_fit_carries_the_standard_errors_of_a_full_fit_at_its_prior() -> None:
+    data = judged(40, 6, seed=5)
+    best = fit_spread(40, *data)
+    direct = fit_bradley_terry(40, *data, prior=best.prior, order_effect=True, order_prior=0.1)
+    assert np.allclose(best.theta, direct.theta, rtol=0, atol=1e-9)
+    assert np.allclose(best.se, direct.se, rtol=0, atol=1e-9)
+    assert best.log_evidence == pytest.approx(direct.log_evidence, abs=1e-9)
+
+
+# fit_population and profile_lapse on these data, as computed by the implementation before the
+# round fits were made cheap (sparse information, full SEs at every step of the τ search)
+REFERENCE_THETA = [
+    0.0879043210026, 1.65988244778, 3.33916580988, -0.336375968706, -2.62556301463,
+    -1.60670406133, -0.625582620983, -0.396972417963, 0.609067323721, -3.14086361105,
+    3.2857880244, -0.249746232129,
+]  # fmt: skip
+REFERENCE_SE = [
+    1.12401419896, 2.03880702956, 2.20910915267, 1.37085621801, 1.98897003172, 1.9329224103,
+    1.2490796239, 1.20084469709, 1.24604155227, 2.45439178612, 2.36468876156, 1.13406517949,
+]  # fmt: skip
+REFERENCE_PROFILE = [
+    -80.5051357102, -80.68763869, -80.8868661833, -81.1048923838, -81.3438656666,
+    -81.6056259821, -81.8907836266, -82.1969186202, -82.5152403963, -82.8265611703,
+    -83.1006830524,
+]  # fmt: skip
+
+
+def test_round_fit_reproduces_the_previous_implementation() -> None:
+    fit = fit_population(12, *judged(12, 6, seed=11), order_prior=0.1)
+    assert np.allclose(fit.theta, REFERENCE_THETA, rtol=1e-9, atol=1e-10)
+    assert np.allclose(fit.se, REFERENCE_SE, rtol=1e-9, atol=1e-10)
+    assert fit.reliability == pytest.approx(0.764174829405526, abs=1e-10)
+    assert fit.tau == pytest.approx(2.803025570170704, abs=1e-10)
+    assert fit.fit.order_effect == pytest.approx(1.2441409846227292, abs=1e-10)
+    assert fit.fit.order_effect_se == pytest.approx(0.6289966571265869, abs=1e-10)
+    profile = profile_lapse(30, *judged(30, 8, seed=12, lapse=0.3), order_prior=0.1)
+    assert np.allclose(profile.evidence, REFERENCE_PROFILE, rtol=0, atol=1e-8)
