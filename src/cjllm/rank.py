@@ -429,7 +429,9 @@ async def _poll(
 def run_until_done(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
     """Run the job in a fresh event loop; SIGTERM stops it as cleanly as Ctrl-C does."""
 
-    async def main() -> RankOutcome:
+    outcome: list[RankOutcome] = []
+
+    async def main() -> None:
         task = asyncio.current_task()
         loop = asyncio.get_running_loop()
         if task is not None:
@@ -437,9 +439,13 @@ def run_until_done(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
                 loop.add_signal_handler(signal.SIGTERM, task.cancel)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
-        return await run_rank(run, hooks)
+        # handed out through ``outcome``, not as the task's result: on the way out
+        # asyncio.run reprs the main task (inside its SIGINT handler) and with it the
+        # result — seconds of CPU for a large run's outcome
+        outcome.append(await run_rank(run, hooks))
 
     try:
-        return asyncio.run(main())
+        asyncio.run(main())
     except asyncio.CancelledError:
         raise KeyboardInterrupt from None
+    return outcome[0]

@@ -72,13 +72,12 @@ def create_app(
     metrics: ProviderMetrics,
     *,
     jobs: BatchJobs | None = None,
-    on_enqueue: Callable[[], None] | None = None,
+    on_enqueue: Callable[[str, PlannedComparison], None] | None = None,
     limiter: Limiter | None = None,
 ) -> FastAPI:
     """The API over ``queue``. ``jobs`` serves the batch-job endpoints (absent without it);
-    ``on_enqueue`` wakes an in-process worker (optional); ``limiter`` gives
-    ``estimated_wait_minutes`` from the key's rate limits (else null; always null for a
-    batch-mode comparison: a job's turnaround is the vendor's to decide)."""
+    ``on_enqueue`` hands an in-process worker what was queued and ``limiter`` gives
+    ``estimated_wait_minutes`` (both optional, see :class:`Intake`)."""
     intake = Intake(queue, providers, settings, metrics, on_enqueue=on_enqueue, limiter=limiter)
     max_bytes, read_timeout = settings.max_request_bytes, settings.request_read_timeout_seconds
     setting = "CJLLM_MAX_REQUEST_BYTES"

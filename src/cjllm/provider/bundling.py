@@ -20,6 +20,7 @@ The rules (docs/bundling.md has the reasoning):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -159,18 +160,44 @@ def compatibility_key(planned: PlannedComparison, hints: BundleHints | None = No
     if hints is None:
         hints = BundleHints.model_validate(planned.request.metadata)
     overrides = planned.request.llm_config_overrides
-    shared = hashlib.sha256()
-    for block in planned.shared_blocks():
-        shared.update(f"{block.ttl}\x00{block.content}\x00".encode())
-    parts: list[Any] = [
+    return _key(
         planned.provider,
         planned.model,
         overrides.temperature_override,
         overrides.max_tokens_override,
-        [(b.content, b.cacheable, b.ttl) for b in planned.system_blocks()],
-        shared.hexdigest(),
+        planned.system_blocks(),
+        planned.shared_blocks(),
         hints.bundle_group,
-        *([planned.layout.value] if planned.layout is not BundleLayout.ITEMS else []),
+        planned.layout,
+    )
+
+
+@functools.lru_cache(maxsize=1024, typed=True)
+def _key(
+    provider: str,
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    system: tuple[SharedBlock, ...],
+    shared: tuple[SharedBlock, ...],
+    bundle_group: str | None,
+    layout: BundleLayout,
+) -> str:
+    """The key's digest, remembered: the comparisons of a round share one prefix, which
+    is hashed once instead of once per comparison (a lookup hashes the prefix's strings
+    once per string object and compares equal objects by identity)."""
+    digest = hashlib.sha256()
+    for block in shared:
+        digest.update(f"{block.ttl}\x00{block.content}\x00".encode())
+    parts: list[Any] = [
+        provider,
+        model,
+        temperature,
+        max_tokens,
+        [(b.content, b.cacheable, b.ttl) for b in system],
+        digest.hexdigest(),
+        bundle_group,
+        *([layout.value] if layout is not BundleLayout.ITEMS else []),
     ]
     return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
 

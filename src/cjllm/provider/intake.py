@@ -92,10 +92,11 @@ def _invalid(exc: ValidationError, prefix: Sequence[str | int] = ()) -> NoReturn
 
 
 class Intake:
-    """Accepts comparisons into ``queue`` (see the module docstring). ``on_enqueue`` wakes an
-    in-process worker; ``limiter`` gives ``estimated_wait_minutes`` from the key's rate
-    limits (else null; always null for a batch-mode comparison: a job's turnaround is the
-    vendor's to decide)."""
+    """Accepts comparisons into ``queue`` (see the module docstring). ``on_enqueue`` hands
+    an in-process worker each newly queued comparison (its queue id and plan);
+    ``limiter`` gives ``estimated_wait_minutes`` from the key's rate limits (else null;
+    always null for a batch-mode comparison: a job's turnaround is the vendor's to
+    decide)."""
 
     def __init__(
         self,
@@ -104,7 +105,7 @@ class Intake:
         settings: ProviderSettings,
         metrics: ProviderMetrics,
         *,
-        on_enqueue: Callable[[], None] | None = None,
+        on_enqueue: Callable[[str, PlannedComparison], None] | None = None,
         limiter: Limiter | None = None,
     ) -> None:
         self.queue = queue
@@ -149,8 +150,8 @@ class Intake:
                 headers={"Retry-After": retry_after},
             ) from exc
         self._counted["queued" if created else "duplicate"].inc()
-        if self._on_enqueue is not None:
-            self._on_enqueue()
+        if self._on_enqueue is not None and created:
+            self._on_enqueue(queue_id, plan)
         wait = await self.wait_minutes(plan, item.tokens, item.hint)
         return Accepted(queue_id, item.correlation_id, created, wait)
 
@@ -278,14 +279,36 @@ def _plan(
         resolved_provider=None,
         resolved_model=None,
     )
-    try:
-        MetadataSpine.model_validate(metadata)
-    except ValidationError as exc:
-        _invalid(exc, ["metadata"])
+    if not _spine_of_right_types(metadata):
+        try:
+            MetadataSpine.model_validate(metadata)
+        except ValidationError as exc:
+            _invalid(exc, ["metadata"])
     request = comparison.model_copy(update={"correlation_id": correlation_id, "metadata": metadata})
     model = comparison.llm_config_overrides.model_override or adapter.default_model
     layout = hints.bundle_layout or default_layout
     return PlannedComparison(request, provider, model, layout), hints
+
+
+# the spine keys :func:`_plan` sets itself, valid by construction
+_SET_BY_PLAN = frozenset(
+    {"request_correlation_id", "prompt_sha256", "batching_strategy", "bundle_id"}
+    | {"bundle_index", "bundle_size", "resolved_provider", "resolved_model"}
+)
+_CALLER_KEYS = tuple(k for k in SPINE_KEYS if k not in _SET_BY_PLAN)
+_CALLER_KEYS_ARE_TEXT = all(
+    MetadataSpine.model_fields[k].annotation == (str | None) for k in _CALLER_KEYS
+)
+
+
+def _spine_of_right_types(metadata: dict[str, Any]) -> bool:
+    """True when :class:`MetadataSpine` would accept ``metadata`` as it is (checked without
+    pydantic, a tenth of accepting a comparison): the keys :func:`_plan` set are valid, and
+    the caller's are plain strings or null (what the CJ service sends). Anything else goes
+    to pydantic, for its answer."""
+    return _CALLER_KEYS_ARE_TEXT and all(
+        type(v) is str or v is None for v in map(metadata.get, _CALLER_KEYS)
+    )
 
 
 def _correlation_id(comparison: ComparisonRequest) -> uuid.UUID:

@@ -99,7 +99,7 @@ class ProviderService:
             settings,
             self.metrics,
             jobs=self.jobs,
-            on_enqueue=self.worker.notify,
+            on_enqueue=self.worker.queued,
             limiter=self.limiter,
         )
         self._tasks: list[asyncio.Task[None]] = []
