@@ -57,7 +57,7 @@ from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
 from cjllm.provider.providers import Providers, ProviderUnavailable
 from cjllm.provider.queue import Queue, QueueUnavailable
-from cjllm.provider.settle import Settlement, Settler
+from cjllm.provider.settle import OnRecorded, Settlement, Settler
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ class BatchJobs:
         metrics: ProviderMetrics,
         *,
         owner: str | None = None,
-        on_recorded: Callable[[], None] | None = None,
+        on_recorded: OnRecorded | None = None,
         batch_api: Callable[[LLMAdapter], BatchAPI] = batch_api_for,
     ) -> None:
         """``batch_api`` builds a vendor's batch API over its adapter (a test may wrap it)."""

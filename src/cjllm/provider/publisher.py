@@ -22,17 +22,21 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 from cjllm.bus import BusError, EventBus, EventRejected
 from cjllm.contracts import EventEnvelope
 from cjllm.provider.loops import nap
 from cjllm.provider.metrics import ProviderMetrics
-from cjllm.provider.queue import OutboxEntry, Queue
+from cjllm.provider.queue import Finished, OutboxEntry, Queue
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_SECONDS = 5.0
+MAX_HANDED_OVER = 8_192
+"""Envelopes this process's settler hands the publisher at most (the oldest go first: their
+entries are read back from their bytes, as another process's are)."""
 
 
 class Publisher:
@@ -44,9 +48,18 @@ class Publisher:
         self.settings = settings
         self.metrics = metrics
         self._wakeup = asyncio.Event()
+        self._handed_over: dict[bytes, EventEnvelope] = {}
 
-    def notify(self) -> None:
-        """Callbacks were recorded: publish now rather than at the next poll."""
+    def notify(self, recorded: Iterable[Finished] = ()) -> None:
+        """Callbacks were recorded: publish now rather than at the next poll. The envelopes
+        of ``recorded`` that come as models are kept for their outbox entries (matched on
+        their bytes), so the publish need not parse them back."""
+        handed = self._handed_over
+        for finished in recorded:
+            if finished.parsed is not None:
+                handed[finished.envelope] = finished.parsed
+        while len(handed) > MAX_HANDED_OVER:
+            del handed[next(iter(handed))]
         self._wakeup.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -89,9 +102,13 @@ class Publisher:
         aside (entry id → reason)."""
         dead: dict[str, str] = {}
         by_topic: dict[str, list[tuple[OutboxEntry, EventEnvelope]]] = defaultdict(list)
+        handed = self._handed_over
         for entry in entries:
             try:
-                by_topic[entry.topic].append((entry, EventEnvelope.from_bytes(entry.envelope)))
+                envelope = handed.pop(entry.envelope, None) or EventEnvelope.from_bytes(
+                    entry.envelope
+                )
+                by_topic[entry.topic].append((entry, envelope))
             except ValueError as exc:
                 dead[entry.entry_id] = f"not a readable callback envelope: {exc}"[:2000]
                 log.error("callback %s set aside: %s", entry.message_key, dead[entry.entry_id])

@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlparse
 
-from cjllm.contracts import QueueItemState
+from cjllm.contracts import EventEnvelope, QueueItemState
 
 ACTIVE_STATES = (QueueItemState.QUEUED, QueueItemState.PROCESSING)
 TERMINAL_STATES = (QueueItemState.COMPLETED, QueueItemState.FAILED, QueueItemState.EXPIRED)
@@ -148,13 +148,15 @@ class QueuedItem:
 
 @dataclass(frozen=True)
 class Finished:
-    """One item's terminal state and the callback envelope recorded with it."""
+    """One item's terminal state and the callback envelope recorded with it (``parsed``:
+    the envelope as a model, when the caller has it, for an in-process publisher)."""
 
     queue_id: str
     state: QueueItemState
     topic: str
     message_key: str
     envelope: bytes
+    parsed: EventEnvelope | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

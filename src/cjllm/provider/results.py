@@ -135,6 +135,7 @@ def finished(
         topic=plan.request.callback_topic,
         message_key=str(result.correlation_id),
         envelope=envelope.to_bytes(),
+        parsed=envelope,
     )
 
 

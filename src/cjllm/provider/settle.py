@@ -31,6 +31,8 @@ from cjllm.settings import ProviderSettings
 log = logging.getLogger(__name__)
 
 Entry = tuple[QueuedItem, PlannedComparison]
+OnRecorded = Callable[[Sequence[Finished]], None]
+"""Told of the items just finished (their callbacks are in the outbox)."""
 
 
 def _jitter() -> float:
@@ -74,7 +76,7 @@ class Settler:
         settings: ProviderSettings,
         metrics: ProviderMetrics,
         owner: str,
-        on_recorded: Callable[[], None] | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> None:
         self.queue = queue
         self.settings = settings
@@ -230,7 +232,7 @@ class Settler:
                 if f.queue_id in changed:
                     self.metrics.callbacks.labels(label).inc()
             if changed and self._on_recorded is not None:
-                self._on_recorded()
+                self._on_recorded([f for f, _ in settled.done if f.queue_id in changed])
         if settled.retries:
             retries = [r for r, _ in settled.retries]
             changed = set(await self.queue.retry(self.owner, retries, now))

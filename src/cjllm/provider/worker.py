@@ -42,7 +42,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 from cjllm.provider import results
 from cjllm.provider.answers import MalformedOutput
@@ -61,7 +61,7 @@ from cjllm.provider.queue import (
     Retry,
     Spent,
 )
-from cjllm.provider.settle import Entry, Settlement, Settler
+from cjllm.provider.settle import Entry, OnRecorded, Settlement, Settler
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Worker:
         *,
         limiter: Limiter | None = None,
         owner: str | None = None,
-        on_recorded: Callable[[], None] | None = None,
+        on_recorded: OnRecorded | None = None,
     ) -> None:
         self.queue = queue
         self.providers = providers
