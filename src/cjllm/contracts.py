@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from cjllm.strategies import BATCH_JOB_STRATEGIES as BATCH_JOB_STRATEGIES
 from cjllm.strategies import BatchingStrategy as BatchingStrategy
@@ -258,6 +258,12 @@ class LLMComparisonResultV1(BaseModel):
 
 
 class EventEnvelope(BaseModel):
+    """A bus event. One built by :meth:`for_result` keeps the result model it was made
+    from with the ``data`` it dumped it to (neither part of the event nor of its JSON): an
+    in-process consumer's :meth:`result` returns it while ``data`` is that same dict,
+    rather than validating again what the provider validated (a copy, or an envelope
+    given other ``data``, validates its own)."""
+
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     event_type: str = RESULT_EVENT_TYPE
     event_timestamp: datetime = Field(default_factory=utcnow)
@@ -267,6 +273,13 @@ class EventEnvelope(BaseModel):
     data_schema_uri: str | None = None
     data: dict[str, Any]
     metadata: dict[str, Any] | None = None
+    _result: tuple[dict[str, Any], LLMComparisonResultV1] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the events are: the kept result model is no part of one."""
+        if not isinstance(other, EventEnvelope):
+            return NotImplemented
+        return type(self) is type(other) and self.__dict__ == other.__dict__
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")
@@ -277,15 +290,19 @@ class EventEnvelope(BaseModel):
 
     @classmethod
     def for_result(cls, result: LLMComparisonResultV1, source_service: str) -> EventEnvelope:
-        return cls(
+        envelope = cls(
             source_service=source_service,
             correlation_id=result.correlation_id,
             data=result.model_dump(mode="json"),
         )
+        envelope._result = (envelope.data, result)
+        return envelope
 
     def result(self) -> LLMComparisonResultV1:
         if self.event_type != RESULT_EVENT_TYPE:
             raise ValueError(f"envelope holds {self.event_type}, not {RESULT_EVENT_TYPE}")
+        if self._result is not None and self._result[0] is self.data:
+            return self._result[1]
         return LLMComparisonResultV1.model_validate(self.data)
 
 
