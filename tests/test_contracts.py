@@ -308,3 +308,15 @@ def test_metadata_limits_hold_for_flat_metadata_too() -> None:
         ComparisonRequest.model_validate({**base, "metadata": {"k": "\u0001" * 3_000}})
     with pytest.raises(ValidationError, match="keys in all"):
         ComparisonRequest.model_validate({**base, "metadata": {f"k{i}": i for i in range(65)}})
+
+
+def test_an_envelope_given_other_data_reads_its_own_not_the_result_it_was_built_from() -> None:
+    result = LLMComparisonResultV1.model_validate(result_body())
+    env = EventEnvelope.for_result(result, "llm_provider_service")
+    assert env.result() == result
+    bad = env.model_copy(update={"data": {**env.data, "winner": "Essay C"}})
+    with pytest.raises(ValidationError):
+        bad.result()
+    other = env.model_copy(update={"data": {**env.data, "winner": "Essay B"}})
+    assert other.result().winner == "Essay B" != result.winner
+    assert env.model_copy(deep=True).result() == result
