@@ -9,11 +9,13 @@ essay is an anchor: ids travel in request metadata, which the provider does not 
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.records import BatchRecord, PendingComparison
 from cjllm.contracts import (
+    BatchingStrategy,
     BundleHints,
     BundleLayout,
     ComparisonRequest,
@@ -78,6 +80,20 @@ def bundle_group(batch_id: str, round_number: int, group: str | None = None) -> 
     return f"{batch_id}:{round_number}" if group is None else f"{batch_id}:{round_number}:{group}"
 
 
+@functools.lru_cache(maxsize=256)
+def _hints(
+    strategy: BatchingStrategy, size: int, group: str, layout: BundleLayout | None
+) -> dict[str, object]:
+    """The bundle hints as metadata (the same for a round's comparisons; read-only)."""
+    hints = BundleHints(
+        batching_strategy=strategy,
+        preferred_bundle_size=size,
+        bundle_group=group,
+        bundle_layout=layout,
+    )
+    return hints.model_dump(mode="json", exclude_none=True)
+
+
 def comparison_request(
     batch: BatchRecord,
     options: BatchOptions,
@@ -93,18 +109,17 @@ def comparison_request(
     ``group``: the comparison's group in a grouped round (its own bundle). The ``pool``
     layout is asked for only when the batch uses it; otherwise the provider's default holds.
     """
-    hints = BundleHints(
-        batching_strategy=options.batching_strategy,
-        preferred_bundle_size=preferred_bundle_size,
-        bundle_group=bundle_group(batch.id, comparison.round_number, group),
-        bundle_layout=options.bundle_layout if options.bundle_layout is BundleLayout.POOL else None,
-    )
     metadata: dict[str, object] = {
         "request_correlation_id": str(comparison.request_correlation_id),
         "essay_a_id": comparison.essay_a_id,
         "essay_b_id": comparison.essay_b_id,
         "cj_batch_id": batch.id,
-        **hints.model_dump(mode="json", exclude_none=True),
+        **_hints(
+            options.batching_strategy,
+            preferred_bundle_size,
+            bundle_group(batch.id, comparison.round_number, group),
+            options.bundle_layout if options.bundle_layout is BundleLayout.POOL else None,
+        ),
     }
     if batch.bos_batch_id is not None:
         metadata["bos_batch_id"] = batch.bos_batch_id

@@ -107,22 +107,20 @@ class PlannedComparison:
 
     def system_blocks(self) -> tuple[SharedBlock, ...]:
         """The system prompt: the override first, then ``system`` blocks in order."""
-        out: list[SharedBlock] = []
-        override = self.request.llm_config_overrides.system_prompt_override
-        if override:
-            out.append(SharedBlock(override, cacheable=True))
-        for block in self.request.prompt_blocks or ():
-            if block.target == "system":
-                out.append(SharedBlock(block.content, block.cacheable, block.ttl))
-        return tuple(out)
+        return self._prefix()[0]
 
     def shared_blocks(self) -> tuple[SharedBlock, ...]:
         """The cacheable ``user_content`` blocks: the shared prefix sent once per call."""
-        return tuple(
-            SharedBlock(b.content, True, b.ttl)
+        return self._prefix()[1]
+
+    def _prefix(self) -> tuple[tuple[SharedBlock, ...], tuple[SharedBlock, ...]]:
+        """The system and shared blocks, built once for the comparisons that share them."""
+        blocks = tuple(
+            (b.target == "system", b.content, b.cacheable, b.ttl)
             for b in self.request.prompt_blocks or ()
-            if b.target == "user_content" and b.cacheable
+            if b.target == "system" or (b.target == "user_content" and b.cacheable)
         )
+        return _prefix_blocks(self.request.llm_config_overrides.system_prompt_override, blocks)
 
     def bundle_item(self) -> BundleItem:
         return BundleItem(self.correlation_id, tuple(self.request.per_comparison_parts()))
@@ -152,6 +150,20 @@ def call_input_tokens(call: BundleCall, *, cached: bool = False) -> int:
     for block in (*call.system, *call.shared):
         chars += 0 if cached and block.cacheable else len(block.content)
     return estimate_tokens(chars)
+
+
+@functools.lru_cache(maxsize=256)
+def _prefix_blocks(
+    override: str | None, blocks: tuple[tuple[bool, str, bool, str], ...]
+) -> tuple[tuple[SharedBlock, ...], tuple[SharedBlock, ...]]:
+    system = [SharedBlock(override, cacheable=True)] if override else []
+    system += [
+        SharedBlock(text, cacheable, ttl) for is_system, text, cacheable, ttl in blocks if is_system
+    ]
+    shared = tuple(
+        SharedBlock(text, True, ttl) for is_system, text, _, ttl in blocks if not is_system
+    )
+    return tuple(system), shared
 
 
 def compatibility_key(planned: PlannedComparison, hints: BundleHints | None = None) -> str:
