@@ -45,10 +45,10 @@ from scipy.special import expit
 from cjllm.cj.likelihood import BoolArray, FloatArray
 
 SAMPLER_LIMIT = 400  # essays up to which the final fit is sampled (above: the Laplace fit)
-# sweeps of burn-in and kept, with ε = 0 and with ε sampled (which mixes ~4× slower even with
-# the scale moves): docs/performance.md, "The CJ service's fits"
+# sweeps of burn-in (with ε = 0, with ε sampled: it mixes ~4× slower even with the scale
+# moves) and kept: docs/performance.md, "The CJ service's fits"
 BURN_IN = {False: 50, True: 100}
-DRAWS = {False: 400, True: 600}
+DRAWS = 600
 RESCALES = {False: 2, True: 4}  # scale moves per sweep, with ε = 0 and with ε sampled
 _RESCALE_STEP = 8.0  # SD of a scale move's log c, times √(comparisons)
 LAPSE_GRID = np.round(np.arange(0.0, 0.501, 0.05), 2)  # ε's prior: half on 0, half spread
@@ -107,17 +107,15 @@ def sample_posterior(
     start_order: float,
     start_tau: float,
     seed: Sequence[int] | int,
-    draws: int | None = None,
+    draws: int = DRAWS,
     burn_in: int | None = None,
     lapse: bool = False,
     tau_scale: float = TAU_SCALE,
     rescales: int | None = None,
 ) -> Posterior:
     """Sample the posterior (module docstring) from a starting point (a Laplace fit).
-    ``draws``/``burn_in``/``rescales`` (scale moves per sweep; 0: the plain Gibbs sampler,
-    which mixes slowly along the scale): :data:`DRAWS`/:data:`BURN_IN`/:data:`RESCALES` for
-    the model when None."""
-    draws = DRAWS[lapse] if draws is None else draws
+    ``burn_in``/``rescales`` (scale moves per sweep; 0: the plain Gibbs sampler, which mixes
+    slowly along the scale): :data:`BURN_IN`/:data:`RESCALES` for the model when None."""
     burn_in = BURN_IN[lapse] if burn_in is None else burn_in
     rescales = RESCALES[lapse] if rescales is None else rescales
     kept_theta, kept = _chain(
