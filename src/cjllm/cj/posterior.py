@@ -23,8 +23,8 @@ One sweep, every step an exact conditional draw (data augmentation):
 5. a few Metropolis-Hastings moves of the whole scale, c·(θ, δ, τ), with ε moved along
    when it is sampled (:func:`_rescale`): steps 1–4 alone crawl along that direction (τ and
    θ's spread constrain each other, and so do ε and the spread), and with ε sampled the
-   plain sampler had an effective sample size of about 1% of its draws for the SDs and ε;
-   these moves raise it 5–10 fold (docs/performance.md).
+   plain sampler had an effective sample size of 1–4% of its draws for the SDs; these moves
+   raise it 6–18 fold (docs/performance.md).
 
 It starts from the round fit, so a short burn-in suffices; the draws are reproducible from
 the seed. Cost per sweep: one dense Cholesky of n + 1 parameters (O(n³)), a few O(m)
