@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from cjllm.cj.pairing import plan_round, random_round
+from cjllm.cj.pairing import plan_round, random_round, rank_weights
 from cjllm.cj.population import fit_spread, population_sd
 from cjllm.cj.reliability import population_reliability
 
@@ -148,3 +148,14 @@ def test_simulated_judge_is_ranked_well_with_honest_reliability(adaptive: bool) 
     rho, gap = simulate_judging(adaptive, seed=11)
     assert rho >= 0.85
     assert abs(gap) < 0.1
+
+
+def test_rank_weights_follow_the_density_of_abilities_squared() -> None:
+    theta = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0])
+    weights = rank_weights(theta, np.eye(6) * 0.25)
+    assert weights.mean() == pytest.approx(1.0)
+    distance = np.abs(theta - theta.mean())
+    assert np.all(np.diff(weights[np.argsort(distance)]) <= 0.0)  # the further, the less
+    spread = np.var(theta) + 0.25
+    expected = np.exp(-((theta - theta.mean()) ** 2) / spread)
+    assert weights == pytest.approx(expected / expected.mean())
