@@ -126,6 +126,7 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
         "lapse_covered": float(low <= 2 * flip <= high),
         "comparisons": float(final.successes),
         "scored_with_lapse": float(final.scored_with_lapse),
+        "lapse_probability": final.lapse_probability or 0.0,
     }
 
 

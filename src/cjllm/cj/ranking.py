@@ -48,7 +48,8 @@ class BatchFit:
     ``uncertainty.EXACT_LIMIT`` essays). The final fit sets the rest: ``lapse_rate`` and
     ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
     posterior (:mod:`cjllm.cj.posterior`), ``order_estimate`` (δ and its posterior SD) and
-    ``scored_with_lapse`` (the scores come from the lapse model, the more probable one).
+    ``scored_with_lapse`` (the scores come from the lapse model, the more probable one) with
+    ``lapse_probability``, the posterior probability of ε > 0.
     """
 
     theta: FloatArray
@@ -65,6 +66,7 @@ class BatchFit:
     order_estimate: tuple[float, float] | None = None
     sampled: bool = False
     scored_with_lapse: bool = False
+    lapse_probability: float | None = None
 
     @property
     def successes(self) -> int:
@@ -179,6 +181,7 @@ def final_fit(
         lapse_interval=lapsing.lapse_interval,
         sampled=True,
         scored_with_lapse=scores is lapsing,
+        lapse_probability=lapsing.lapse_probability,
     )
 
 
