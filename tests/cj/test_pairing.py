@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from cjllm.cj.pairing import plan_round, random_round, rank_weights
+from cjllm.cj.pairing import plan_round, random_round
 from cjllm.cj.population import fit_spread, population_sd
 from cjllm.cj.reliability import population_reliability
 
@@ -150,12 +150,11 @@ def test_simulated_judge_is_ranked_well_with_honest_reliability(adaptive: bool) 
     assert abs(gap) < 0.1
 
 
-def test_rank_weights_follow_the_density_of_abilities_squared() -> None:
-    theta = np.array([-3.0, -1.0, 0.0, 0.5, 1.0, 3.0])
-    weights = rank_weights(theta, np.eye(6) * 0.25)
-    assert weights.mean() == pytest.approx(1.0)
-    distance = np.abs(theta - theta.mean())
-    assert np.all(np.diff(weights[np.argsort(distance)]) <= 0.0)  # the further, the less
-    spread = np.var(theta) + 0.25
-    expected = np.exp(-((theta - theta.mean()) ** 2) / spread)
-    assert weights == pytest.approx(expected / expected.mean())
+def test_an_uncertain_partner_is_worth_more_than_its_point_score_says() -> None:
+    # item 0 chooses between item 2 (same score, both fairly certain: var of the difference
+    # 1) and item 1 (4 logits above, but uncertain: var 3). At the point scores the far pair
+    # is nearly decided (p(1 − p) = 0.018); averaged over the uncertain difference it is not
+    theta = [0.0, 4.0, 0.0]
+    se = np.sqrt([0.5, 2.5, 0.5])
+    pairs = plan_round(3, [1], [2], theta, se, 1, 0, random_fraction=0.0)
+    assert [frozenset(p) for p in pairs] == [frozenset((0, 1))]

@@ -13,20 +13,17 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    item's A − B leaves [−1, 1] when that is possible.
 5. Within those rules a ``random_fraction`` of each round's pairs picks the partner uniformly
    at random (a share of pairs far apart, whose outcome shows how often the judge decides
-   at random); the rest pick the partner maximising the expected reduction of the rank
-   errors from one comparison: Σ_k w_k var(θ_k), w_k the squared density of abilities at
-   θ_k (:func:`rank_weights`: an error in a crowded part of the scale moves a rank further,
-   and squared rank errors are what Spearman's ρ counts). With the posterior covariance C,
-   d = e_i − e_j, v = dᵀC d and the expected information I of the comparison, that is
-   I·dᵀC W C d / (1 + I·v) (a rank-one update of C); I = κ·p(1 − p), p = σ(κ(θ_i − θ_j)),
-   κ = (1 + πv/8)^(−1/2): p(1 − p) averaged over the uncertain difference (the probit
-   approximation), so an uncertain pair is worth more than its point scores say. Without C
-   (``covariance`` None) it is the reduction of var(θ_i − θ_j) alone, v²·I / (1 + v·I),
-   v = se_i² + se_j². Close scores in the crowded middle, high uncertainty and items not yet
-   linked through common opponents are preferred; an essay at the ends of the scale is
-   often paired with one nearer the middle, which also shows whether the judge lapses.
+   at random); the rest pick the partner maximising the expected reduction of the total
+   posterior variance Σ_k var(θ_k) from one comparison (so the expected gain in reliability,
+   1 − mean(se²)/τ²): with the posterior covariance C, d = e_i − e_j, v = dᵀC d and the
+   expected information I of the comparison, that is I·‖C d‖² / (1 + I·v) (a rank-one update
+   of C); I = κ·p(1 − p), p = σ(κ(θ_i − θ_j)), κ = (1 + πv/8)^(−1/2): p(1 − p) averaged over
+   the uncertain difference (the probit approximation), so an uncertain pair is worth more
+   than its point scores say. Without C (``covariance`` None) it is the reduction of
+   var(θ_i − θ_j) alone, v²·I / (1 + v·I), v = se_i² + se_j². Close scores, high
+   uncertainty and items not yet linked through common opponents are preferred.
 
-The planner keeps the pair counts sparse (one dict of partners per item) and, given C, C W C
+The planner keeps the pair counts sparse (one dict of partners per item) and, given C, C²
 (one O(n³) product per round, so C is given only up to the exact-SE limit): a round of m
 pairs costs O(m · n) after one sort of the items per pass.
 """
@@ -41,18 +38,6 @@ from cjllm.cj.scoring import RngLike, _indexes
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _REPAIR_ITEMS = 6  # unused items tried when swapping partners with an already planned pair
-
-
-def rank_weights(theta: FloatArray, covariance: FloatArray) -> FloatArray:
-    """How much each essay's variance matters for the ranking: an error e in θ_i moves its
-    rank by about n·f(θ_i)·e, f the density of abilities, so the expected squared rank errors
-    (what Spearman's ρ counts) are Σ_i f(θ_i)²·var(θ_i). f is the population N(0, s²), s²
-    the spread of the scores plus their mean variance (about τ²); scaled to mean 1."""
-    centred = theta - theta.mean()
-    spread = float(centred @ centred) / max(theta.size, 1) + float(np.mean(np.diag(covariance)))
-    weights: FloatArray = np.exp(-(centred**2) / max(spread, 1e-12))
-    weights /= weights.mean()
-    return weights
 
 
 class _Planner:
@@ -70,12 +55,9 @@ class _Planner:
         covariance: FloatArray | None = None,
     ) -> None:
         self.n, self.theta, self.se, self.rng = n, theta, se, rng
-        # with the posterior covariance C, the gain of a pair needs dᵀC W C d: C W C once
+        # with the posterior covariance C, the gain of a pair needs ‖C(e_i − e_j)‖²: C² once
         self.covariance = covariance
-        self.covariance_sq = None
-        if covariance is not None:
-            weights = rank_weights(theta, covariance)
-            self.covariance_sq = covariance @ (weights[:, None] * covariance)
+        self.covariance_sq = None if covariance is None else covariance @ covariance
         # pair counts, sparse: met[i][j] = times i and j met (an n × n matrix is 400 MB at
         # 10,000 items, and a round of ⌊n/2⌋ pairs reads only n rows of it)
         self.met: list[dict[int, int]] = [{} for _ in range(n)]
