@@ -148,13 +148,3 @@ def test_simulated_judge_is_ranked_well_with_honest_reliability(adaptive: bool) 
     rho, gap = simulate_judging(adaptive, seed=11)
     assert rho >= 0.85
     assert abs(gap) < 0.1
-
-
-def test_an_uncertain_partner_is_worth_more_than_its_point_score_says() -> None:
-    # item 0 chooses between item 2 (same score, both fairly certain: var of the difference
-    # 1) and item 1 (4 logits above, but uncertain: var 3). At the point scores the far pair
-    # is nearly decided (p(1 − p) = 0.018); averaged over the uncertain difference it is not
-    theta = [0.0, 4.0, 0.0]
-    se = np.sqrt([0.5, 2.5, 0.5])
-    pairs = plan_round(3, [1], [2], theta, se, 1, 0, random_fraction=0.0)
-    assert [frozenset(p) for p in pairs] == [frozenset((0, 1))]

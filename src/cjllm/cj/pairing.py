@@ -13,15 +13,13 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    item's A − B leaves [−1, 1] when that is possible.
 5. Within those rules a ``random_fraction`` of each round's pairs picks the partner uniformly
    at random (a share of pairs far apart, whose outcome shows how often the judge decides
-   at random); the rest pick the partner maximising the expected reduction of the total
-   posterior variance Σ_k var(θ_k) from one comparison (so the expected gain in reliability,
-   1 − mean(se²)/τ²): with the posterior covariance C, d = e_i − e_j, v = dᵀC d and the
-   expected information I of the comparison, that is I·‖C d‖² / (1 + I·v) (a rank-one update
-   of C); I = κ·p(1 − p), p = σ(κ(θ_i − θ_j)), κ = (1 + πv/8)^(−1/2): p(1 − p) averaged over
-   the uncertain difference (the probit approximation), so an uncertain pair is worth more
-   than its point scores say. Without C (``covariance`` None) it is the reduction of
-   var(θ_i − θ_j) alone, v²·I / (1 + v·I), v = se_i² + se_j². Close scores, high
-   uncertainty and items not yet linked through common opponents are preferred.
+   at random); the rest pick the
+   partner maximising the expected reduction of the total posterior variance Σ_k var(θ_k)
+   from one comparison (so the expected gain in reliability, 1 − mean(se²)/τ²): with the
+   posterior covariance C, d = e_i − e_j and I = p(1 − p), p = σ(θ_i − θ_j), that is
+   I·‖C d‖² / (1 + I·dᵀC d) (a rank-one update of C). Close scores, high uncertainty and
+   items not yet linked through common opponents are preferred. Without C (``covariance``
+   None) it is the reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
 
 The planner keeps the pair counts sparse (one dict of partners per item) and, given C, C²
 (one O(n³) product per round, so C is given only up to the exact-SE limit): a round of m
@@ -149,17 +147,14 @@ class _Planner:
         """Partner of ``i`` among those of ``partners`` with the fewest comparisons."""
         partners = partners[self.count[partners] == self.count[partners].min()]
         if adaptive:
+            p = 1.0 / (1.0 + np.exp(self.theta[partners] - self.theta[i]))
+            info = p * (1.0 - p)
             c, c2 = self.covariance, self.covariance_sq
             if c is None or c2 is None:
                 var = self.se[i] ** 2 + self.se[partners] ** 2
-            else:
-                var = c[i, i] + c[partners, partners] - 2.0 * c[i, partners]
-            kappa = 1.0 / np.sqrt(1.0 + np.pi * var / 8.0)  # the expected information
-            p = 1.0 / (1.0 + np.exp(kappa * (self.theta[partners] - self.theta[i])))
-            info = kappa * p * (1.0 - p)
-            if c is None or c2 is None:
                 gain = var**2 * info / (1.0 + var * info)
             else:
+                var = c[i, i] + c[partners, partners] - 2.0 * c[i, partners]
                 shrink = c2[i, i] + c2[partners, partners] - 2.0 * c2[i, partners]
                 gain = shrink * info / (1.0 + var * info)
             partners = partners[gain >= gain.max() * (1.0 - 1e-9)]
