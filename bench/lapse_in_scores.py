@@ -28,8 +28,10 @@ from cjllm.cj.posterior import sample_posterior
 Z95 = 1.959963984540054
 
 
-def batch(n: int, k: int, flip: float, rep: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng([rep, n, k, 7])
+def batch(n: int, k: int, flip: float, rep: int, stream: int = 7) -> tuple[np.ndarray, ...]:
+    """Truth and ``n·k/2`` random comparisons judged by a logistic judge that flips a share
+    ``flip`` of its decisions (``stream`` keeps different benches' draws apart)."""
+    rng = np.random.default_rng([rep, n, k, stream])
     truth = rng.normal(0.0, 1.5, n)
     m = n * k // 2
     first = rng.integers(0, n, m)

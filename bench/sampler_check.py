@@ -28,21 +28,10 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small solves: threads
 import time
 
 import numpy as np
+from lapse_in_scores import Z95, batch  # bench/lapse_in_scores.py: the same simulated batches
 
 from cjllm.cj.population import fit_population
 from cjllm.cj.posterior import RESCALES, Posterior, _chain, sample_posterior
-
-Z95 = 1.959963984540054
-
-
-def batch(n: int, k: int, flip: float, rep: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng([rep, n, k, 9])
-    truth = rng.normal(0.0, 1.5, n)
-    m = n * k // 2
-    first = rng.integers(0, n, m)
-    second = (first + rng.integers(1, n, m)) % n
-    won = rng.random(m) < 1.0 / (1.0 + np.exp(truth[second] - truth[first]))
-    return truth, first, second, np.where(rng.random(m) < flip, ~won, won)
 
 
 def effective_size(series: np.ndarray) -> float:
@@ -83,7 +72,7 @@ def main() -> None:
         for lapse in (False, True):
             rows: dict[str, list[tuple[float, ...]]] = {name: [] for name in samplers}
             for rep in range(args.reps):
-                truth, first, second, won = batch(args.n, args.k, flip, rep)
+                truth, first, second, won = batch(args.n, args.k, flip, rep, stream=9)
                 start = fit_population(args.n, first, second, won, order_prior=0.1)
                 common = {
                     "order_prior": 0.1, "start_theta": np.asarray(start.theta),
