@@ -195,6 +195,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--section", choices=SECTIONS, action="append")
     parser.add_argument("--rank-sizes", default="200,10000", help="essays, comma-separated")
+    parser.add_argument(
+        "--rank-baseline",
+        type=Path,
+        help="another checkout's src/ folder: each rank size runs with it, then with this one",
+    )
     parser.add_argument("--serve-posts", type=int, default=20_000)
     parser.add_argument("--serve-concurrency", type=int, default=64)
     parser.add_argument("--tier4-essays", type=int, default=1_000)
@@ -224,7 +229,9 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="cjllm-bench-scale-"))
         try:
             if "rank" in throughput:
-                bench.rank_section([int(n) for n in args.rank_sizes.split(",")], work)
+                bench.rank_section(
+                    [int(n) for n in args.rank_sizes.split(",")], work, args.rank_baseline
+                )
             if "serve" in throughput:
                 bench.serve_section(args.serve_posts, args.serve_concurrency, work)
             if "tier4" in throughput:

@@ -84,46 +84,57 @@ def _job_seconds(out: Path) -> tuple[dict[str, Any], float]:
 # --------------------------------------------------------------------------- rank
 
 
-def rank_section(sizes: Sequence[int], work: Path) -> None:
+def rank_section(sizes: Sequence[int], work: Path, baseline: Path | None = None) -> None:
+    """``baseline``: another checkout's ``src`` folder; each size then runs with it first
+    and with this checkout right after (the ``code`` column), so their ratio is fair."""
     print(f"\n== cjllm rank, embedded, zero-latency mock, {PER_ESSAY} comparisons per essay ==")
     print(
-        f"{'essays':>8}{'made':>8}{'rounds':>8}{'calls':>7}{'job s':>8}{'cmp/s':>8}"
+        f"{'code':>9}{'essays':>8}{'made':>8}{'rounds':>8}{'calls':>7}{'job s':>8}{'cmp/s':>8}"
         f"{'process s':>11}{'cmp/s (process)':>17}{'CPU s':>8}{'CPU ms/cmp':>12}"
         f"{'job CPU s':>11}{'job CPU ms/cmp':>16}"
     )
+    codes: list[tuple[str, Path | None]] = [("this", None)]
+    if baseline is not None:
+        codes.insert(0, ("baseline", baseline.resolve()))
     for n in sizes:
         essays = work / f"rank-{n}"
         write_essays(essays, n, seed=n)
-        out = work / f"rank-{n}-out"
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
-            "CJLLM_TARGET_RELIABILITY": "0.9999",  # spend the whole budget
-            "COLUMNS": "120",
-        }
-        cpu_before = _children_cpu()
-        start = time.perf_counter()
-        proc, job_cpu = _run_watching_job(
-            [*CJLLM, "rank", str(essays), "--out", str(out), "--provider", "mock",
-             "--comparisons-per-essay", str(PER_ESSAY)],
-            env, out,
-        )  # fmt: skip
-        wall = time.perf_counter() - start
-        cpu = _children_cpu() - cpu_before
-        if proc.returncode != 0:
-            raise RuntimeError(f"cjllm rank failed:\n{proc.stdout[-3000:]}\n{proc.stderr}")
-        summary, seconds = _job_seconds(out)
-        made = summary["comparisons_made"]
-        assert summary["comparisons_failed"] == 0, summary
-        print(
-            f"{n:>8}{made:>8}{summary['rounds']:>8}{summary['provider_calls']:>7}"
-            f"{seconds:>8.1f}{made / seconds:>8.0f}{wall:>11.1f}{made / wall:>17.0f}"
-            f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}{job_cpu:>11.1f}{1000 * job_cpu / made:>16.2f}"
-        )
+        for code, src in codes:
+            _rank_once(essays, n, work / f"rank-{n}-{code}", code, src)
     print(
         "CPU s: the rank process's user + system time (start-up and report included); job "
         "CPU s: the same from run.json's appearance to ranking.json's (the job's span, read "
         "from /proc every 20 ms); on an idle machine the job could run at most at "
         "1 / (job CPU ms/cmp) — one process, mostly one thread"
+    )
+
+
+def _rank_once(essays: Path, n: int, out: Path, code: str, src: Path | None) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
+        "CJLLM_TARGET_RELIABILITY": "0.9999",  # spend the whole budget
+        "COLUMNS": "120",
+    }
+    if src is not None:  # ahead of the installed (editable) package
+        env["PYTHONPATH"] = str(src)
+    cpu_before = _children_cpu()
+    start = time.perf_counter()
+    proc, job_cpu = _run_watching_job(
+        [*CJLLM, "rank", str(essays), "--out", str(out), "--provider", "mock",
+         "--comparisons-per-essay", str(PER_ESSAY)],
+        env, out,
+    )  # fmt: skip
+    wall = time.perf_counter() - start
+    cpu = _children_cpu() - cpu_before
+    if proc.returncode != 0:
+        raise RuntimeError(f"cjllm rank failed:\n{proc.stdout[-3000:]}\n{proc.stderr}")
+    summary, seconds = _job_seconds(out)
+    made = summary["comparisons_made"]
+    assert summary["comparisons_failed"] == 0, summary
+    print(
+        f"{code:>9}{n:>8}{made:>8}{summary['rounds']:>8}{summary['provider_calls']:>7}"
+        f"{seconds:>8.1f}{made / seconds:>8.0f}{wall:>11.1f}{made / wall:>17.0f}"
+        f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}{job_cpu:>11.1f}{1000 * job_cpu / made:>16.2f}"
     )
 
 

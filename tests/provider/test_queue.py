@@ -129,6 +129,29 @@ async def test_finish_records_one_callback_even_when_two_workers_finish(queue: Q
     assert stored is not None and stored.state is QueueItemState.COMPLETED
 
 
+async def test_a_finished_group_records_each_item_once_in_its_first_state(queue: Queue) -> None:
+    a, b, c = await put(queue, *(item(at=T0 + i) for i in range(3)))
+    await claim(queue, T0 + 3)
+    group = [
+        Finished(b, QueueItemState.FAILED, "topic", "b-first", b"b1"),
+        done(a, 1),
+        Finished(b, QueueItemState.COMPLETED, "topic", "b-again", b"b2"),  # a repeat
+    ]
+    assert await queue.finish(group, T0 + 4) == [b, a]
+    assert await queue.finish(group, T0 + 5) == []  # all final already: no callbacks
+    entries = await queue.claim_outbox(T0 + 6, T0 + 36, 10)
+    assert [(e.message_key, e.envelope) for e in entries] == [
+        ("b-first", b"b1"),
+        ("key-1", b"env-1"),
+    ]
+    states = {q: stored.state for q in (a, b, c) if (stored := await queue.get(q)) is not None}
+    assert states == {
+        a: QueueItemState.COMPLETED,
+        b: QueueItemState.FAILED,
+        c: QueueItemState.PROCESSING,
+    }
+
+
 async def test_only_the_lease_owner_can_requeue(queue: Queue) -> None:
     (qid,) = await put(queue, item(hint=1))
     await claim(queue, T0, owner="w1")

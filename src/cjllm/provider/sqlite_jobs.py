@@ -26,7 +26,7 @@ from cjllm.provider.jobs import (
 )
 from cjllm.provider.queue import QueuedItem
 from cjllm.provider.sqlite_queue import SQLiteQueue
-from cjllm.provider.sqlite_schema import items_from_rows
+from cjllm.provider.sqlite_schema import item_from_row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batch_jobs (
@@ -175,7 +175,7 @@ class SQLiteJobs:
                 f"{when} ORDER BY enqueued_at, seq LIMIT ?",
                 (*args, limit),
             ).fetchall()
-            return items_from_rows(c, rows)
+            return [item_from_row(r) for r in rows]
 
         return await self.queue._run(lambda: self.queue._read(items))
 
@@ -245,7 +245,7 @@ class SQLiteJobs:
                     " RETURNING *",
                     (owner, lease_until, now, *ids),
                 ).fetchall()
-                out += items_from_rows(c, rows)
+                out += [item_from_row(r) for r in rows]
             return out
 
         return await self.queue._run(lambda: self.queue._write(take))
@@ -328,7 +328,7 @@ class SQLiteJobs:
                 rows = c.execute(
                     f"SELECT * FROM items WHERE queue_id IN ({_marks(ids)})", tuple(ids)
                 ).fetchall()
-                out += items_from_rows(c, rows)
+                out += [item_from_row(r) for r in rows]
             return out
 
         return await self.queue._run(lambda: self.queue._read(items))

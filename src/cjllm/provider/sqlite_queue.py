@@ -29,19 +29,14 @@ from cjllm.provider.queue import (
     QueueUnavailable,
     Retry,
 )
-from cjllm.provider.sqlite_schema import (
-    ACTIVE,
-    IN_CHUNK,
-    SCHEMA,
-    count_totals_once,
-    items_from_rows,
-)
+from cjllm.provider.sqlite_schema import ACTIVE, SCHEMA, count_totals_once, item_from_row
 
 T = TypeVar("T")
 
 # keys tried per claim (oldest heads first) and items read per key at most
 MAX_KEYS_PER_CLAIM = 100
 MAX_SCAN_PER_KEY = 1000
+_IN_CHUNK = 500  # ids per ``IN (…)`` list, well below SQLite's variable limit
 
 
 class SQLiteQueue:
@@ -121,7 +116,6 @@ class SQLiteQueue:
         count, size = conn.execute("SELECT items, bytes FROM totals WHERE id = 1").fetchone()
         answers: list[tuple[str, bool] | QueueFull] = []
         rows = []
-        payloads = []
         for item in items:
             if item.correlation_id in known:
                 answers.append((known[item.correlation_id], False))
@@ -133,7 +127,6 @@ class SQLiteQueue:
                 known[item.correlation_id] = item.queue_id
                 count, size = count + 1, size + item.size_bytes
                 answers.append((item.queue_id, True))
-                payloads.append((item.payload, item.queue_id))
                 at = item.enqueued_at
                 rows.append(
                     (
@@ -143,6 +136,7 @@ class SQLiteQueue:
                         item.hint,
                         item.tokens,
                         item.budget,
+                        item.payload,
                         item.size_bytes,
                         at,
                         at,
@@ -153,12 +147,8 @@ class SQLiteQueue:
         conn.executemany(
             "INSERT INTO items (queue_id, correlation_id, key, hint, tokens, budget, payload,"
             " size_bytes, state, enqueued_at, available_at, expires_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, '', ?, 'queued', ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
             rows,
-        )
-        conn.executemany(
-            "INSERT INTO payloads (seq, payload) SELECT seq, ? FROM items WHERE queue_id = ?",
-            payloads,
         )
         return answers
 
@@ -219,7 +209,7 @@ class SQLiteQueue:
             (owner, lease_until, bundle_id, now, *queue_ids),
         ).fetchall()
         order = {qid: i for i, qid in enumerate(queue_ids)}
-        return sorted(items_from_rows(c, rows), key=lambda it: order[it.queue_id])
+        return sorted((item_from_row(r) for r in rows), key=lambda it: order[it.queue_id])
 
     async def extend(self, owner: str, queue_ids: Sequence[str], lease_until: float) -> int:
         marks = ",".join("?" * len(queue_ids))
@@ -244,21 +234,21 @@ class SQLiteQueue:
             by_state: dict[str, list[str]] = {}
             for f in first.values():
                 by_state.setdefault(f.state.value, []).append(f.queue_id)
-            seqs: dict[str, int] = {}  # the items still active, now final
+            live: set[str] = set()  # the items still active, now final
             for state, ids in by_state.items():
-                for k in range(0, len(ids), IN_CHUNK):
-                    chunk = ids[k : k + IN_CHUNK]
+                for k in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[k : k + _IN_CHUNK]
                     marks = ",".join("?" * len(chunk))
-                    seqs.update(
-                        c.execute(
+                    live.update(
+                        r[0]
+                        for r in c.execute(
                             "UPDATE items SET state = ?, updated_at = ?, lease_until = NULL,"
                             f" payload = '' WHERE queue_id IN ({marks}) AND state IN (?, ?)"
-                            " RETURNING queue_id, seq",
+                            " RETURNING queue_id",
                             (state, now, *chunk, *ACTIVE),
                         )
                     )
-            done = [f for q, f in first.items() if q in seqs]
-            c.executemany("DELETE FROM payloads WHERE seq = ?", [(seqs[f.queue_id],) for f in done])
+            done = [f for q, f in first.items() if q in live]
             c.executemany(
                 "INSERT INTO outbox (topic, message_key, envelope, visible_at) VALUES (?, ?, ?, ?)",
                 [(f.topic, f.message_key, f.envelope, now) for f in done],
@@ -381,8 +371,8 @@ class SQLiteQueue:
 
     async def get(self, queue_id: str) -> QueuedItem | None:
         def get(c: sqlite3.Connection) -> QueuedItem | None:
-            rows = c.execute("SELECT * FROM items WHERE queue_id = ?", (queue_id,)).fetchall()
-            return items_from_rows(c, rows)[0] if rows else None
+            row = c.execute("SELECT * FROM items WHERE queue_id = ?", (queue_id,)).fetchone()
+            return None if row is None else item_from_row(row)
 
         return await self._run(lambda: self._read(get))
 
@@ -435,11 +425,6 @@ class SQLiteQueue:
 
     async def purge(self, before: float) -> int:
         def purge(c: sqlite3.Connection) -> int:
-            c.execute(  # none expected: an item's payload goes when it becomes final
-                "DELETE FROM payloads WHERE seq IN (SELECT seq FROM items WHERE state IN"
-                " ('completed', 'failed', 'expired') AND updated_at < ?)",
-                (before,),
-            )
             cur = c.execute(
                 "DELETE FROM items WHERE state IN ('completed', 'failed', 'expired')"
                 " AND updated_at < ?",

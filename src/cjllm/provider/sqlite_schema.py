@@ -1,11 +1,6 @@
 """The SQLite queue's tables, and how a row becomes a :class:`QueuedItem`.
 
 - ``items``: one row per comparison (its state, lease, tries and what they spent);
-- ``payloads``: the planned comparison of each active item, by ``items.seq``, apart from
-  its row: a claim or a finish rewrites the item's row, and a row that carried its
-  payload (two essays, kilobytes on overflow pages) would be copied whole at each change.
-  The payload row goes when its item becomes final. (``items.payload`` is empty for items
-  queued since; files from before keep theirs there, and both are read.)
 - ``totals``: one row with the count and bytes of *active* (queued or processing) items,
   kept by triggers in the same transaction as every change to ``items``, so the capacity
   check at enqueue reads two numbers instead of counting the queue;
@@ -19,13 +14,11 @@ made before ``totals`` existed gets its totals counted once, then kept.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider.queue import QueuedItem, Spent
 
 ACTIVE = ("queued", "processing")
-IN_CHUNK = 500  # ids per ``IN (…)`` list, well below SQLite's variable limit
 
 SCHEMA = """
 BEGIN IMMEDIATE;
@@ -59,10 +52,6 @@ CREATE INDEX IF NOT EXISTS items_by_age
 CREATE INDEX IF NOT EXISTS items_by_lease ON items (state, lease_until);
 CREATE INDEX IF NOT EXISTS items_by_expiry ON items (state, expires_at);
 CREATE INDEX IF NOT EXISTS items_by_update ON items (state, updated_at);
-CREATE TABLE IF NOT EXISTS payloads (
-    seq INTEGER PRIMARY KEY,
-    payload TEXT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS totals (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     items INTEGER NOT NULL,
@@ -122,21 +111,7 @@ def count_totals_once(conn: sqlite3.Connection) -> None:
         )
 
 
-def items_from_rows(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row]) -> list[QueuedItem]:
-    """Items from full ``items`` rows, each with its payload (from ``payloads``, or from
-    the row itself in a file written before that table existed)."""
-    payloads: dict[int, str] = {}
-    for k in range(0, len(rows), IN_CHUNK):
-        seqs = [row["seq"] for row in rows[k : k + IN_CHUNK]]
-        marks = ",".join("?" * len(seqs))
-        payloads.update(
-            conn.execute(f"SELECT seq, payload FROM payloads WHERE seq IN ({marks})", seqs)
-        )
-    return [item_from_row(row, payloads.get(row["seq"])) for row in rows]
-
-
-def item_from_row(row: sqlite3.Row, payload: str | None = None) -> QueuedItem:
-    """The item of a full ``items`` row; ``payload`` when it is kept in ``payloads``."""
+def item_from_row(row: sqlite3.Row) -> QueuedItem:
     return QueuedItem(
         queue_id=row["queue_id"],
         correlation_id=row["correlation_id"],
@@ -144,7 +119,7 @@ def item_from_row(row: sqlite3.Row, payload: str | None = None) -> QueuedItem:
         hint=row["hint"],
         tokens=row["tokens"],
         budget=row["budget"],
-        payload=row["payload"] if payload is None else payload,
+        payload=row["payload"],
         state=QueueItemState(row["state"]),
         attempts=row["attempts"],
         enqueued_at=row["enqueued_at"],
