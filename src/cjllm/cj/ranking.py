@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -130,7 +132,12 @@ def fit_outcomes(
 
 
 def final_fit(
-    essays: Sequence[EssayRecord], outcomes: Sequence[PairOutcome], options: BatchOptions
+    essays: Sequence[EssayRecord],
+    outcomes: Sequence[PairOutcome],
+    options: BatchOptions,
+    *,
+    fit: BatchFit | None = None,
+    executor: Executor | None = None,
 ) -> BatchFit:
     """The fit a ranking is published from: the posterior of the judge model sampled
     (:mod:`cjllm.cj.posterior`) from :func:`fit_outcomes`' fit, once with ε = 0 and once with
@@ -138,8 +145,16 @@ def final_fit(
     (the lapse model when P(ε > 0) > 1/2: the median probability model), the order effect
     from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays:
     :func:`fit_outcomes`, with the lapse rate profiled by the evidence
-    (:func:`~cjllm.cj.population.profile_lapse`)."""
-    fit = fit_outcomes(essays, outcomes, options)
+    (:func:`~cjllm.cj.population.profile_lapse`).
+
+    ``fit``: :func:`fit_outcomes` of these outcomes when the caller has it already (the
+    workflow's round fit); ``executor``: runs the ε-sampled chain while this thread runs the
+    other (:mod:`cjllm.cj.chain_process`); the draws are the same either way, and an error
+    of the executor (its process died) is raised, never replaced by a run here."""
+    if fit is None:
+        fit = fit_outcomes(essays, outcomes, options)
+    elif not _same_successes(fit, *_successes(essays, outcomes)):
+        raise ValueError("final_fit was given the fit of other comparisons")
     model, tau = fit.model, fit.population_sd
     if model is None or tau is None:  # nothing judged, or too many essays
         return fit
@@ -149,22 +164,21 @@ def final_fit(
             n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior, initial=model
         )
         return replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
-    seed = _data_seed(fit)
-    clean, lapsing = (
-        sample_posterior(
-            n,
-            fit.first,
-            fit.second,
-            fit.first_won,
-            order_prior=options.bt_prior,
-            start_theta=np.asarray(model.theta),
-            start_order=model.order_effect or 0.0,
-            start_tau=tau,
-            seed=seed,
-            lapse=lapse,
-        )
-        for lapse in (False, True)
+    chain = partial(
+        sample_posterior,
+        n,
+        fit.first,
+        fit.second,
+        fit.first_won,
+        order_prior=options.bt_prior,
+        start_theta=np.asarray(model.theta),
+        start_order=model.order_effect or 0.0,
+        start_tau=tau,
+        seed=_data_seed(fit),
     )
+    elsewhere = executor.submit(chain, lapse=True) if executor is not None else None
+    clean = chain(lapse=False)
+    lapsing = elsewhere.result() if elsewhere is not None else chain(lapse=True)
     # the median probability model: the lapse model's scores when it is the more probable one;
     # the order effect as a shift of the observed decisions (ε = 0): under the lapse model it
     # is on the informed decisions' scale, which the comparisons pin down poorly
@@ -182,6 +196,16 @@ def final_fit(
         sampled=True,
         scored_with_lapse=scores is lapsing,
         lapse_probability=lapsing.lapse_probability,
+    )
+
+
+def _same_successes(
+    fit: BatchFit, first: IntArray, second: IntArray, won: npt.NDArray[np.bool_]
+) -> bool:
+    return (
+        np.array_equal(fit.first, first)
+        and np.array_equal(fit.second, second)
+        and np.array_equal(fit.first_won, won)
     )
 
 

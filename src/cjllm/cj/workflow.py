@@ -14,6 +14,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -21,12 +22,13 @@ import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from cjllm.bus import BusError, EventBus
-from cjllm.cj import rounds, stopping
+from cjllm.cj import chain_process, rounds, stopping
 from cjllm.cj.callbacks import CallbackCounts, apply_callbacks
 from cjllm.cj.completion import build_completion, completion_envelope
 from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
+from cjllm.cj.posterior import SAMPLER_LIMIT
 from cjllm.cj.ranking import BatchFit, final_fit, fit_outcomes
 from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison, PairOutcome
 from cjllm.cj.store import RoundExists, Store
@@ -274,12 +276,14 @@ class CJWorkflow:
 
         If deciding fails on the database or the bus (or is cancelled), the round is reopened
         and the error raised, so the redelivered callback, or :meth:`resume`, tries again.
-        Any other error would fail the same way on every retry (a redelivery loop), so the
+        A dead helper process of the final fit (:mod:`cjllm.cj.chain_process`) counts as
+        such a failure: the retry starts a fresh one. Any other error would fail the same way
+        on every retry (a redelivery loop), so the
         batch is failed at once with the error as its message.
         """
         try:
             plan = await self._decide(batch_id, closed_round)
-        except (SQLAlchemyError, BusError, OSError, asyncio.CancelledError):
+        except (SQLAlchemyError, BusError, OSError, BrokenExecutor, asyncio.CancelledError):
             if closed_round is not None:
                 await self.store.reopen_round(batch_id, closed_round)
             raise
@@ -318,7 +322,7 @@ class CJWorkflow:
         reason = stopping.reason_to_stop(options, len(essays), counts, fit)
         final: BatchFit | None = None
         if reason is not None:
-            final = await self._final_fit(batch, options, essays, outcomes, counts)
+            final = await self._final_fit(batch, options, essays, outcomes, counts, fit)
             if final is None:
                 return None
             if reason in stopping.TARGETS:  # a target counts as met on the published figures
@@ -326,12 +330,14 @@ class CJWorkflow:
         number = (closed_round or 0) + 1
         pairs: list[NewComparison] = []
         if reason is None:
+            if len(essays) <= SAMPLER_LIMIT:  # its final fit will want the helper process
+                chain_process.executor()
             pairs = await asyncio.to_thread(
                 rounds.plan_next_round, batch_id, number, options, essays, outcomes, fit
             )
             reason = None if pairs else stopping.NO_USEFUL_PAIRS
         if reason is not None:
-            final = final or await self._final_fit(batch, options, essays, outcomes, counts)
+            final = final or await self._final_fit(batch, options, essays, outcomes, counts, fit)
             if final is not None:
                 await self._finish(batch, options, final, counts, reason, None)
             return None
@@ -345,11 +351,21 @@ class CJWorkflow:
         essays: list[EssayRecord],
         outcomes: list[PairOutcome],
         counts: stopping.Tally,
+        fit: BatchFit,
     ) -> BatchFit | None:
-        """The fit a ranking is published from, or None (the batch failed) when the
-        comparisons cannot be scored."""
+        """The fit a ranking is published from (``fit``: the round fit of ``outcomes``), or
+        None (the batch failed) when the comparisons cannot be scored. Its two chains run
+        side by side, one in the helper process; if that process died, the error is raised
+        (and the helper replaced) so the caller retries."""
+        pool = chain_process.executor() if len(essays) <= SAMPLER_LIMIT else None
         try:
-            return await asyncio.to_thread(final_fit, essays, outcomes, options)
+            return await asyncio.to_thread(
+                final_fit, essays, outcomes, options, fit=fit, executor=pool
+            )
+        except BrokenExecutor:
+            if pool is not None:
+                chain_process.discard(pool)
+            raise
         except (ValueError, np.linalg.LinAlgError) as exc:
             await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
             return None
