@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from cjllm.cj import chain_process
 from cjllm.cj.options import BatchOptions
@@ -115,3 +116,10 @@ async def test_a_batch_whose_helper_process_dies_is_retried_to_the_same_ranking(
         assert (ignored > 0) == kill  # the failed final fit was retried by redelivery
         rankings.append([(e.essay_id, e.score, e.se) for e in result.ranking])
     assert rankings[0] == rankings[1]
+
+
+@pytest.mark.usefixtures("fresh_helper")
+def test_the_helper_process_runs_its_blas_on_one_thread() -> None:
+    libraries = chain_process.executor().submit(threadpool_info).result(timeout=60)
+    blas = [lib for lib in libraries if lib["user_api"] == "blas"]
+    assert blas and all(lib["num_threads"] == 1 for lib in blas)

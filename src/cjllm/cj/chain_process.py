@@ -23,6 +23,8 @@ import signal
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
+from threadpoolctl import threadpool_limits
+
 __all__ = ["discard", "executor"]
 
 _lock = threading.Lock()
@@ -38,7 +40,7 @@ def executor() -> ProcessPoolExecutor:
             _pool = ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_ignore_interrupts,
+                initializer=_prepare,
             )
             _pool.submit(_ready)  # start it now, not when the final fit needs it
         return _pool
@@ -54,12 +56,21 @@ def discard(pool: ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _ignore_interrupts() -> None:
+_blas_limits: object = None  # held for the process's life
+
+
+def _prepare() -> None:
+    """Set the helper process up: the chain's code loaded and its BLAS on one thread, as the
+    CJ service runs its fits (``cj_service``; a threaded BLAS stalls on small dense solves
+    when the machine is busy, and the other core is the caller's)."""
+    global _blas_limits
     # Ctrl-C reaches the whole process group: the parent stops the run and then this process
     # (a KeyboardInterrupt here would only print a second traceback)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import cjllm.cj.posterior  # noqa: F401  (loads numpy and scipy's BLAS before the limit)
+
+    _blas_limits = threadpool_limits(limits=1, user_api="blas")
 
 
 def _ready() -> None:
-    """Run first in the process: importing this module's dependencies for the chain."""
-    import cjllm.cj.posterior  # noqa: F401  (the chain's code, loaded before it is needed)
+    """The first task: it makes the pool start its process now (and run :func:`_prepare`)."""
