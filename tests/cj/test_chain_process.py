@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import BrokenExecutor, ProcessPoolExecutor
 from dataclasses import asdict
@@ -123,3 +126,37 @@ def test_the_helper_process_runs_its_blas_on_one_thread() -> None:
     libraries = chain_process.executor().submit(threadpool_info).result(timeout=60)
     blas = [lib for lib in libraries if lib["user_api"] == "blas"]
     assert blas and all(lib["num_threads"] == 1 for lib in blas)
+
+
+PARENT = """
+from cjllm.cj import chain_process
+pool = chain_process.executor()
+print(pool.submit(os.getpid).result(timeout=60), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_helper_process_leaves_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import os, time\n" + PARENT], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        helper = int(parent.stdout.readline())
+        os.kill(parent.pid, signal.SIGKILL)  # no shutdown of the pool: the parent just dies
+        parent.wait(timeout=60)
+        for _ in range(600):
+            if not _alive(helper):
+                break
+            time.sleep(0.1)
+        assert not _alive(helper)
+    finally:
+        parent.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return status.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has left already

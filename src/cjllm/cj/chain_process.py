@@ -19,8 +19,10 @@ again): there is no silent fallback. :func:`discard` drops a broken executor, so
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from threadpoolctl import threadpool_limits
@@ -67,9 +69,22 @@ def _prepare() -> None:
     # Ctrl-C reaches the whole process group: the parent stops the run and then this process
     # (a KeyboardInterrupt here would only print a second traceback)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a parent killed outright (SIGKILL, OOM) never shuts the pool down, and this process
+    # would wait on its task pipe forever: it leaves when it is orphaned instead
+    parent = os.getppid()
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     import cjllm.cj.posterior  # noqa: F401  (loads numpy and scipy's BLAS before the limit)
 
     _blas_limits = threadpool_limits(limits=1, user_api="blas")
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_ORPHAN_CHECK_SECONDS)
+    os._exit(0)
+
+
+_ORPHAN_CHECK_SECONDS = 1.0
 
 
 def _ready() -> None:
