@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from cjllm.cj.pairing import plan_round, random_round
+from cjllm.cj.pairing import FLOOR_SHARE, ROUND_MAX, plan_round, random_round, rank_weights
 from cjllm.cj.population import fit_spread, population_sd
 from cjllm.cj.reliability import population_reliability
 
@@ -109,6 +109,69 @@ def test_bad_scores_are_rejected() -> None:
         plan_round(4, [], [], [0.0, 1.0], None, 1, 0)
     with pytest.raises(ValueError, match="se"):
         plan_round(4, [], [], None, [1.0, np.nan, 1.0, 1.0], 1, 0)
+
+
+def posterior_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores spread N(0, 1.5²) and a posterior covariance, equal SEs and a shared shift."""
+    theta = np.sort(np.random.default_rng(seed).normal(0.0, 1.5, n))
+    return theta, np.eye(n) * 0.3 + 0.02
+
+
+def plan_with_covariance(
+    n: int, n_pairs: int, rounds: int, seed: int, **kwargs: int
+) -> tuple[list[list[Pair]], np.ndarray]:
+    theta, covariance = posterior_like(n, seed)
+    first: list[int] = []
+    second: list[int] = []
+    planned = []
+    for number in range(rounds):
+        pairs = plan_round(
+            n, first, second, theta, np.sqrt(np.diag(covariance)), n_pairs, [seed, number],
+            covariance=covariance, **kwargs,
+        )  # fmt: skip
+        planned.append(pairs)
+        first += [a for a, _ in pairs]
+        second += [b for _, b in pairs]
+    return planned, theta
+
+
+@pytest.mark.parametrize(("n", "n_pairs"), [(40, 25), (100, 50), (21, 10)])
+def test_unequal_allocation_keeps_the_floor_and_spends_the_budget(n: int, n_pairs: int) -> None:
+    for seed in range(3):
+        history: list[Pair] = []
+        for pairs in plan_with_covariance(n, n_pairs, 8, seed)[0]:
+            assert len(pairs) == n_pairs  # the budget is spent exactly
+            assert np.bincount([i for p in pairs for i in p]).max() <= ROUND_MAX
+            history += pairs
+            assert len({frozenset(p) for p in history}) == len(history)  # no repeats
+            assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1
+            counts = np.bincount([i for p in history for i in p], minlength=n)
+            assert counts.min() >= FLOOR_SHARE * counts.mean() - 1  # nobody starves
+        assert counts.max() - counts.min() > 2  # the allocation is unequal
+
+
+def test_crowded_essays_get_more_comparisons_than_the_ends() -> None:
+    n = 100
+    rounds, theta = plan_with_covariance(n, 50, 10, 4, random_fraction=0)
+    counts = np.bincount([i for r in rounds for p in r for i in p], minlength=n)
+    middle = np.abs(theta) < 0.5
+    ends = np.abs(theta) > 2.5
+    assert counts[middle].mean() > counts[ends].mean() + 3
+
+
+def test_floor_holds_against_the_cap() -> None:
+    rounds, _ = plan_with_covariance(30, 15, 12, 2, max_per_item=9)
+    counts = np.bincount([i for r in rounds for p in r for i in p], minlength=30)
+    assert counts.max() <= 9
+    assert sum(len(r) for r in rounds) < 12 * 15  # stops only when budgets run out
+    assert (counts < 9).sum() <= 1
+
+
+def test_rank_weights_favour_crowded_scores() -> None:
+    theta = np.array([-6.0, -0.2, 0.0, 0.1, 0.3, 5.0])
+    weights = rank_weights(theta, np.eye(6) * 0.25)
+    assert weights.mean() == pytest.approx(1.0)
+    assert weights[[1, 2, 3, 4]].min() > 10 * weights[[0, 5]].max()
 
 
 def simulate_judging(adaptive: bool, seed: int) -> tuple[float, float]:

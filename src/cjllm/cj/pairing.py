@@ -6,24 +6,34 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
 1. No unordered pair is repeated while an unseen pair remains among the items still within
    budget; once every such pair has been seen, only the least-seen pairs are repeated.
 2. ``max_per_item`` (if given) caps each item's total comparisons, history included.
-3. Each item appears at most once per round while two or more unused items remain (larger
-   rounds take further passes over the items); items with fewest comparisons go first.
+3. Allocation. Without the posterior covariance (``covariance`` None: nothing fitted yet,
+   random pairing, or more items than the exact-SE limit) each item appears at most once
+   per round while two or more unused items remain (larger rounds take further passes),
+   items with fewest comparisons first: every item gets the same number of comparisons.
+   With it, the budget goes where it changes the ranking: an item plays 0 to
+   :data:`ROUND_MAX` times in a round, but an item whose comparisons would fall below the
+   **floor** — :data:`FLOOR_SHARE` of the mean comparisons per item after the round — plays
+   first (fewest comparisons first, while the round has room), so nobody starves.
 4. Positions stay balanced: of the two items, the one that has been Essay A more often
    (A count − B count) becomes Essay B, ties broken at random; partners are chosen so that no
    item's A − B leaves [−1, 1] when that is possible.
-5. Within those rules a ``random_fraction`` of each round's pairs picks the partner uniformly
-   at random (a share of pairs far apart, whose outcome shows how often the judge decides
-   at random); the rest pick the
-   partner maximising the expected reduction of the total posterior variance Σ_k var(θ_k)
-   from one comparison (so the expected gain in reliability, 1 − mean(se²)/τ²): with the
-   posterior covariance C, d = e_i − e_j and I = p(1 − p), p = σ(θ_i − θ_j), that is
-   I·‖C d‖² / (1 + I·dᵀC d) (a rank-one update of C). Close scores, high uncertainty and
-   items not yet linked through common opponents are preferred. Without C (``covariance``
-   None) it is the reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
+5. Within those rules a ``random_fraction`` of each round's pairs is drawn at random (a
+   share of pairs far apart, whose outcome shows how often the judge decides at random); the
+   rest maximise the expected reduction of the **squared rank errors** from one comparison.
+   With the posterior covariance C, d = e_i − e_j and I = p(1 − p), p = σ(θ_i − θ_j), a
+   comparison shrinks C by the rank-one I·C d dᵀC / (1 + I·dᵀC d); an item's rank error is
+   about its score error times the density f_k of the other items' scores at its own (how
+   many it would pass by moving: f_k = Σ_l φ((θ_k − θ_l)/s_kl)/s_kl, s_kl² = C_kk + C_ll),
+   so the gain is I·(C d)ᵀ W (C d) / (1 + I·dᵀC d), W = diag(f_k²). Items crowded together
+   with uncertain order gain most; items already far from their neighbours (the ends of the
+   scale) little, and under rule 3 they sit out more rounds. With C, the round takes the
+   pairs in order of gain over all pairs (a greedy matching: the floor's items first, each
+   with its best partner). Without C, each item in turn takes the partner maximising the
+   reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
 
-The planner keeps the pair counts sparse (one dict of partners per item) and, given C, C²
-(one O(n³) product per round, so C is given only up to the exact-SE limit): a round of m
-pairs costs O(m · n) after one sort of the items per pass.
+Given C the planner forms C W C and the n × n gains once per round (O(n³), as the fit
+itself); a round walks the pairs sorted by gain. Without it the pair counts stay sparse (one
+dict of partners per item) and a round of m pairs costs O(m · n) after one sort per pass.
 """
 
 from __future__ import annotations
@@ -36,6 +46,8 @@ from cjllm.cj.scoring import RngLike, _indexes
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 _REPAIR_ITEMS = 6  # unused items tried when swapping partners with an already planned pair
+ROUND_MAX = 2  # with the covariance: the most comparisons an item gets in one round (rule 3)
+FLOOR_SHARE = 0.5  # ... and the floor, as a share of the mean comparisons per item (rule 3)
 
 
 class _Planner:
@@ -53,9 +65,11 @@ class _Planner:
         covariance: FloatArray | None = None,
     ) -> None:
         self.n, self.theta, self.se, self.rng = n, theta, se, rng
-        # with the posterior covariance C, the gain of a pair needs ‖C(e_i − e_j)‖²: C² once
+        # with the posterior covariance C, the gain of a pair needs (C d)ᵀW(C d): C W C once
         self.covariance = covariance
-        self.covariance_sq = None if covariance is None else covariance @ covariance
+        self.weighted = None
+        if covariance is not None:
+            self.weighted = covariance @ (rank_weights(theta, covariance)[:, None] * covariance)
         # pair counts, sparse: met[i][j] = times i and j met (an n × n matrix is 400 MB at
         # 10,000 items, and a round of ⌊n/2⌋ pairs reads only n rows of it)
         self.met: list[dict[int, int]] = [{} for _ in range(n)]
@@ -65,6 +79,7 @@ class _Planner:
         self.count = np.bincount(first, minlength=n) + np.bincount(second, minlength=n)
         self.balance = np.bincount(first, minlength=n) - np.bincount(second, minlength=n)
         self.used = np.zeros(n, dtype=bool)
+        self.degree = np.zeros(n, dtype=np.int64)  # comparisons planned in this round
         self.cap = np.iinfo(np.int64).max if cap is None else cap
         self.plan: list[tuple[int, int]] = []
         self.pass_start = 0
@@ -83,6 +98,7 @@ class _Planner:
         self.balance[a] += sign
         self.balance[b] -= sign
         self.used[[a, b]] = sign > 0
+        self.degree[[a, b]] += sign
 
     def seen(self, i: int) -> npt.NDArray[np.int32]:
         """Row ``i`` of the pair counts: how often ``i`` met each item."""
@@ -149,16 +165,76 @@ class _Planner:
         if adaptive:
             p = 1.0 / (1.0 + np.exp(self.theta[partners] - self.theta[i]))
             info = p * (1.0 - p)
-            c, c2 = self.covariance, self.covariance_sq
-            if c is None or c2 is None:
+            c, m = self.covariance, self.weighted
+            if c is None or m is None:
                 var = self.se[i] ** 2 + self.se[partners] ** 2
                 gain = var**2 * info / (1.0 + var * info)
             else:
                 var = c[i, i] + c[partners, partners] - 2.0 * c[i, partners]
-                shrink = c2[i, i] + c2[partners, partners] - 2.0 * c2[i, partners]
+                shrink = m[i, i] + m[partners, partners] - 2.0 * m[i, partners]
                 gain = shrink * info / (1.0 + var * info)
             partners = partners[gain >= gain.max() * (1.0 - 1e-9)]
         return int(self.rng.choice(partners))
+
+    def gains(self) -> FloatArray:
+        """Rule 5's gain of every pair (n × n), from C and C W C."""
+        c, m = self.covariance, self.weighted
+        assert c is not None and m is not None
+        var = np.add.outer(np.diag(c), np.diag(c)) - 2.0 * c
+        shrink = np.add.outer(np.diag(m), np.diag(m)) - 2.0 * m
+        p = 1.0 / (1.0 + np.exp(np.subtract.outer(self.theta, self.theta)))
+        info = p * (1.0 - p)
+        gain: FloatArray = shrink * info / (1.0 + var * info)
+        return gain
+
+    def allocate(self, n_pairs: int, random_slots: set[int]) -> None:
+        """Rule 3 with the covariance: plan up to ``n_pairs`` unseen pairs, the floor's items
+        first, then every pair in order of gain, at most :data:`ROUND_MAX` per item (the
+        caller's :meth:`next_pair` fills whatever this leaves, e.g. repeats)."""
+        gain, n = self.gains(), self.n
+        floor = FLOOR_SHARE * (self.count.sum() + 2 * n_pairs) / n
+
+        def partners(i: int) -> npt.NDArray[np.intp]:
+            ok = (self.count < self.cap) & (self.degree < ROUND_MAX) & (self.seen(i) == 0)
+            ok &= self.compatible(i)
+            ok[i] = False
+            return np.flatnonzero(ok)
+
+        def pick(i: int, js: npt.NDArray[np.intp]) -> None:
+            random = len(self.plan) in random_slots
+            self.add(i, int(self.rng.choice(js) if random else js[np.argmax(gain[i, js])]))
+
+        below = np.flatnonzero((self.count < floor) & (self.count < self.cap))
+        for i in below[np.lexsort((self.rng.random(below.size), self.count[below]))].tolist():
+            if len(self.plan) < n_pairs and self.degree[i] == 0 and (js := partners(i)).size:
+                pick(i, js)
+        upper = np.triu_indices(n, 1)
+        order = np.argsort(-gain[upper], kind="stable")
+        walk = zip(upper[0][order].tolist(), upper[1][order].tolist(), strict=True)
+        while len(self.plan) < n_pairs:
+            open_ = self.count < self.cap
+            if open_.sum() < 2:
+                return
+            if len(self.plan) in random_slots:  # a random partner for a least-used item
+                items = np.flatnonzero(open_ & (self.degree == self.degree[open_].min()))
+                found = next(((i, js) for i in self.rng.permutation(items).tolist()
+                              if (js := partners(i)).size), None)  # fmt: skip
+                if found is None:
+                    return
+                pick(*found)
+                continue
+            for i, j in walk:
+                low, high = sorted((self.balance[i], self.balance[j]))
+                if (
+                    max(self.degree[i], self.degree[j]) < ROUND_MAX
+                    and max(self.count[i], self.count[j]) < self.cap
+                    and j not in self.met[i]
+                    and low <= 0 <= high
+                ):
+                    self.add(i, j)
+                    break
+            else:
+                return
 
     def add(self, i: int, j: int) -> None:
         a, b = self.orient(i, j)
@@ -258,7 +334,9 @@ def plan_round(
         raise ValueError(f"covariance must be a finite {n_items} × {n_items} matrix")
     planner = _Planner(n_items, first, second, values[0], values[1], gen, max_per_item, cov)
     random_slots = set(gen.permutation(n_pairs)[: round(random_fraction * n_pairs)].tolist())
-    for slot in range(n_pairs):
+    if cov is not None:
+        planner.allocate(n_pairs, random_slots)
+    for slot in range(len(planner.plan), n_pairs):
         if not planner.next_pair(adaptive=slot not in random_slots):
             break
     return planner.plan
@@ -289,3 +367,15 @@ def random_round(
         random_fraction=1.0,
         max_per_item=max_per_item,
     )
+
+
+def rank_weights(theta: FloatArray, covariance: FloatArray) -> FloatArray:
+    """Rule 5's W: f_k², f_k the density of the other items' scores at item k's own (each
+    blurred by the two items' uncertainty), scaled to mean 1: an error e in θ_k moves k's
+    rank by about f_k·e, so Σ_k f_k² var(θ_k) is the expected sum of squared rank errors."""
+    var = np.diag(covariance)
+    s = np.sqrt(np.add.outer(var, var))
+    density = np.exp(-0.5 * (np.subtract.outer(theta, theta) / s) ** 2) / (s * np.sqrt(2 * np.pi))
+    np.fill_diagonal(density, 0.0)
+    weight: FloatArray = density.sum(axis=1) ** 2
+    return weight / weight.mean() if weight.mean() > 0 else np.ones_like(theta)
