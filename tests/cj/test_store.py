@@ -10,9 +10,12 @@ from pathlib import Path
 import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.script import ScriptDirectory
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, inspect
 
+from cjllm.cj.database import HEAD, MIGRATIONS, create_engine, upgrade_to_head
 from cjllm.cj.records import NewComparison, NewEssay
 from cjllm.cj.store import RoundExists, Store
 from cjllm.cj.tables import Base, Batch, ComparisonStatus
@@ -123,3 +126,43 @@ async def test_unsubmitted_rows_are_found_until_accepted(store: Store) -> None:
     await store.mark_submitted([(rows[0].request_correlation_id, str(uuid.uuid4()))])
     (left,) = await store.unsubmitted(batch_id)
     assert left.request_correlation_id == rows[1].request_correlation_id
+
+
+def _sqlite_schema(connection: Connection) -> list[tuple[str, str, str]]:
+    """Every table and index of a SQLite database as SQLite stores its definition
+    (whitespace normalised), so two databases compare by their exact DDL."""
+    rows = connection.exec_driver_sql(
+        "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name"
+    ).all()
+    return [(kind, name, " ".join((sql or "").split())) for kind, name, sql in rows]
+
+
+async def test_a_new_sqlite_database_gets_the_schema_the_migrations_build(tmp_path: Path) -> None:
+    fresh = await Store.open(f"sqlite+aiosqlite:///{tmp_path}/fresh.sqlite")  # no alembic
+    migrated = create_engine(f"sqlite+aiosqlite:///{tmp_path}/migrated.sqlite")
+    try:
+        async with migrated.begin() as conn:
+            await conn.run_sync(upgrade_to_head)  # what alembic builds, migration by migration
+        async with migrated.connect() as conn:
+            expected = await conn.run_sync(_sqlite_schema)
+            head = await conn.exec_driver_sql("SELECT version_num FROM cj_alembic_version")
+            assert head.scalar_one() == HEAD  # HEAD names the newest migration
+        async with fresh.engine.connect() as conn:
+            assert await conn.run_sync(_sqlite_schema) == expected
+            stamped = await conn.exec_driver_sql("SELECT version_num FROM cj_alembic_version")
+            assert stamped.scalars().all() == [HEAD]
+        assert len(expected) >= 8  # five tables, alembic's version table and the indexes
+    finally:
+        await fresh.close()
+        await migrated.dispose()
+
+
+def test_head_is_the_newest_migration() -> None:
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    assert scripts.get_heads() == [HEAD]
+
+
+def _alembic_config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config

@@ -14,9 +14,8 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from cjllm.cj.database import VERSION_TABLE
 from cjllm.cj.tables import Base
-
-VERSION_TABLE = "cj_alembic_version"
 
 config = context.config
 target_metadata = Base.metadata
