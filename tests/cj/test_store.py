@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
-from alembic.script import ScriptDirectory
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
 from cjllm.cj.database import HEAD, MIGRATIONS, create_engine, upgrade_to_head
