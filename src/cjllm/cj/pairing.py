@@ -30,6 +30,15 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    pairs in order of gain over all pairs (a greedy matching: the floor's items first, each
    with its best partner). Without C, each item in turn takes the partner maximising the
    reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
+6. Lapse probes (with C only): a ``probe_fraction`` of each round's pairs, planned first,
+   pair the top :data:`PROBE_PART` of the items by current score with the bottom one — the
+   item of those parts with fewest comparisons, with the partner in the opposite part that
+   has fewest comparisons, farthest in score among those. Rules 1, 2, 4 and the per-round
+   :data:`ROUND_MAX` hold for them as for any pair. A judge that knows which essay is better
+   almost never reverses such a pair; one that decides at random a share ε of the time
+   reverses ε/2 of them, and close pairs (which rule 5 chooses) cannot tell a lapse from a
+   narrower scale, so without these the lapse rate stays at its prior (the share:
+   :data:`PROBE_SHARE`, derived in docs/judgement.md).
 
 Given C the planner forms C W C and the n × n gains once per round (O(n³), as the fit
 itself); a round walks the pairs sorted by gain. Without it the pair counts stay sparse (one
@@ -37,6 +46,8 @@ dict of partners per item) and a round of m pairs costs O(m · n) after one sort
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +59,8 @@ BoolArray = npt.NDArray[np.bool_]
 _REPAIR_ITEMS = 6  # unused items tried when swapping partners with an already planned pair
 ROUND_MAX = 2  # with the covariance: the most comparisons an item gets in one round (rule 3)
 FLOOR_SHARE = 0.5  # ... and the floor, as a share of the mean comparisons per item (rule 3)
+PROBE_SHARE = 0.1  # rule 6: the share of a round's pairs that are lapse probes
+PROBE_PART = 0.25  # ... drawn between the top and the bottom quarter by current score
 
 
 class _Planner:
@@ -192,7 +205,7 @@ class _Planner:
         first, then every pair in order of gain, at most :data:`ROUND_MAX` per item (the
         caller's :meth:`next_pair` fills whatever this leaves, e.g. repeats)."""
         gain, n = self.gains(), self.n
-        floor = FLOOR_SHARE * (self.count.sum() + 2 * n_pairs) / n
+        floor = FLOOR_SHARE * (self.count.sum() + 2 * (n_pairs - len(self.plan))) / n
 
         def partners(i: int) -> npt.NDArray[np.intp]:
             ok = (self.count < self.cap) & (self.degree < ROUND_MAX) & (self.seen(i) == 0)
@@ -232,6 +245,29 @@ class _Planner:
                     and low <= 0 <= high
                 ):
                     self.add(i, j)
+                    break
+            else:
+                return
+
+    def probe(self, n_probes: int) -> None:
+        """Rule 6: plan up to ``n_probes`` pairs between the top and the bottom
+        :data:`PROBE_PART` of the items by score (fewer when no such pair is left)."""
+        part = max(1, math.ceil(PROBE_PART * self.n))
+        if 2 * part > self.n:
+            return
+        order = np.argsort(self.theta, kind="stable")
+        side = np.zeros(self.n, dtype=np.int64)
+        side[order[:part]], side[order[-part:]] = -1, 1
+        for _ in range(n_probes):
+            ok = (side != 0) & (self.count < self.cap) & (self.degree < ROUND_MAX)
+            items = np.flatnonzero(ok)
+            keys = (self.rng.random(items.size), self.count[items])
+            for i in items[np.lexsort(keys)].tolist():
+                js = np.flatnonzero(ok & (side == -side[i]) & (self.seen(i) == 0))
+                js = js[self.compatible(i)[js]]
+                if js.size:
+                    far = -np.abs(self.theta[js] - self.theta[i])
+                    self.add(i, int(js[np.lexsort((far, self.count[js]))[0]]))
                     break
             else:
                 return
@@ -303,6 +339,7 @@ def plan_round(
     random_fraction: float = 0.1,
     max_per_item: int | None = None,
     covariance: npt.ArrayLike | None = None,
+    probe_fraction: float = PROBE_SHARE,
 ) -> list[tuple[int, int]]:
     """Plan one round of up to ``n_pairs`` comparisons by the module rules.
 
@@ -311,7 +348,9 @@ def plan_round(
     ``theta``/``se``: current ability estimates and standard errors (``None``: all 0 and all 1,
     i.e. nothing known yet); ``covariance``: their posterior covariance (n × n), for rule 5.
     ``random_fraction`` of the pairs (rounded, at random positions in the round) choose
-    partners uniformly at random, the rest adaptively. ``rng``: anything
+    partners uniformly at random, the rest adaptively; with ``covariance``, a
+    ``probe_fraction`` of the pairs (rounded) are rule 6's lapse probes, planned first
+    (``random_fraction`` then applies to the rest). ``rng``: anything
     ``np.random.default_rng`` accepts. Returns ``(essay_a, essay_b)`` pairs in presented
     order; fewer than ``n_pairs`` only when ``max_per_item`` leaves fewer than two items with
     budget. Planning is greedy (with a partner-swap repair at the end of a pass), so close to
@@ -324,8 +363,8 @@ def plan_round(
         if array.shape != (n_items,) or not np.all(np.isfinite(array)):
             raise ValueError(f"{name} must hold {n_items} finite values, got shape {array.shape}")
         values.append(array)
-    if n_pairs < 0 or not 0.0 <= random_fraction <= 1.0:
-        raise ValueError("n_pairs must be >= 0 and random_fraction within [0, 1]")
+    if n_pairs < 0 or not 0.0 <= random_fraction <= 1.0 or not 0.0 <= probe_fraction <= 1.0:
+        raise ValueError("n_pairs must be >= 0, random_fraction and probe_fraction in [0, 1]")
     if max_per_item is not None and max_per_item < 1:
         raise ValueError(f"max_per_item must be >= 1, got {max_per_item}")
     gen = np.random.default_rng(rng)
@@ -333,8 +372,11 @@ def plan_round(
     if cov is not None and (cov.shape != (n_items, n_items) or not np.all(np.isfinite(cov))):
         raise ValueError(f"covariance must be a finite {n_items} × {n_items} matrix")
     planner = _Planner(n_items, first, second, values[0], values[1], gen, max_per_item, cov)
-    random_slots = set(gen.permutation(n_pairs)[: round(random_fraction * n_pairs)].tolist())
+    probes = round(probe_fraction * n_pairs) if cov is not None else 0
+    rest = n_pairs - probes
+    random_slots = set((gen.permutation(rest)[: round(random_fraction * rest)] + probes).tolist())
     if cov is not None:
+        planner.probe(probes)
         planner.allocate(n_pairs, random_slots)
     for slot in range(len(planner.plan), n_pairs):
         if not planner.next_pair(adaptive=slot not in random_slots):
