@@ -59,7 +59,7 @@ BoolArray = npt.NDArray[np.bool_]
 _REPAIR_ITEMS = 6  # unused items tried when swapping partners with an already planned pair
 ROUND_MAX = 2  # with the covariance: the most comparisons an item gets in one round (rule 3)
 FLOOR_SHARE = 0.5  # ... and the floor, as a share of the mean comparisons per item (rule 3)
-PROBE_SHARE = 0.1  # rule 6: the share of a round's pairs that are lapse probes
+PROBE_SHARE = 0.2  # rule 6: the share of a round's pairs that are lapse probes
 PROBE_PART = 0.25  # ... drawn between the top and the bottom quarter by current score
 
 
