@@ -1,27 +1,27 @@
 """How many lapse probes? The information about ε of the pairs each design plans, per comparison.
 
-Run: python bench/lapse_information.py [--reps 6] [--n 40,100] [--k 10] [--lapse 0.4]
+Run: python bench/lapse_information.py [--reps 6] [--n 40,100] [--k 10] [--share 0.2]
 
 Batches of ``bench/judgement.py`` (the flipping judge; abilities N(0, 1.5²)) planned with
-adaptive pairing without probes, with probes (``pairing.PROBE_SHARE``) and with balanced
-random pairing. For every comparison asked, the Fisher information of one decision about
-(ε, log c) at the true abilities, P(stronger wins) = ε/2 + (1 − ε)·σ(c·|θ_a − θ_b|), c = 1:
-c is the scale, which ε trades off against (a judge that errs at random looks like essays
-closer together), so what identifies ε is its **efficient** information, I_εε − I_εc²/I_cc,
-of the design's mean information matrix. Printed per n: the median true gap of each kind of
-pair; the efficient information per comparison of adaptive pairs (E_A), of the probes alone
-(E_P) and of random pairing (E_R); the share s* = (E_R − E_A)/(E_P − E_A) of probes that
-gives an adaptive round the ε-information per comparison of a random one (linear in s, as
-the mean information matrix is); and, from the planner's own rule-5 gains in the rounds with
-probes, the probes' mean gain as a share of the round's other pairs' (what a probe costs in
-ranking information: the adaptive pair it displaces, less its own gain). docs/judgement.md
-("Lapse probes") says what the figures decided.
+adaptive pairing whose share of far pairs (``--share``; the service's is
+``CJLLM_PAIRING_RANDOM_FRACTION``) goes to lapse probes, and with balanced random pairing.
+For every comparison asked, the Fisher information of one decision about (ε, log c) at the
+true abilities, P(stronger wins) = ε/2 + (1 − ε)·σ(c·|θ_a − θ_b|), c = 1: c is the scale,
+which ε trades off against (a judge that errs at random looks like essays closer together),
+so what identifies ε is its **efficient** information, I_εε − I_εc²/I_cc, of a design's
+mean information matrix. Printed per n: the median true gap of the adaptive batches' pairs,
+of their probes and of random pairing's; the efficient information per comparison of the
+adaptive pairs other than probes (E_A), of the probes (E_P) and of random pairing (E_R);
+s* = (E_R − E_A)/(E_P − E_A), the probe share that gives an adaptive round the
+ε-information per comparison of random pairing (the mean information matrix is linear in
+the share); and the probes' rule-5 gain (the planner's own measure of ranking information)
+as a share of the round's best adaptive pairs'. docs/judgement.md ("Lapse probes") says
+what the figures decided.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small fits: threads only contend
@@ -48,48 +48,48 @@ def efficient(m: FloatArray) -> float:
     return float(m[0, 0] - m[0, 1] ** 2 / m[1, 1])
 
 
-def designs(n: int, k: int, reps: int) -> dict[str, list[float]]:
-    """True gaps of the pairs asked, per kind, and probe gain shares of the rounds."""
-    found: dict[str, list[float]] = {"adaptive": [], "probes": [], "random": [], "cost": []}
+def designs(n: int, k: int, reps: int, share: float) -> dict[str, list[float]]:
+    """True gaps of the pairs asked (all of the adaptive batches, their probes, random
+    pairing's) and, per round with probes, the probes' rule-5 gain share."""
+    found: dict[str, list[float]] = {"asked": [], "probes": [], "random": [], "cost": []}
     truth: FloatArray = np.zeros(n)
-    probe = pairing._Planner.probe
+    probe, decide, plan = pairing._Planner.probe, judgement.decide, rounds.plan_round
+    sink = found["asked"]
 
     def recording(self: pairing._Planner, n_probes: int) -> None:
         before = len(self.plan)
         probe(self, n_probes)
         planned = self.plan[before:]
         found["probes"] += [truth[a] - truth[b] for a, b in planned]
-        if planned and self.covariance is not None:  # the probes' rule-5 gain vs the rest
+        if planned:  # the probes' rule-5 gain against the round's best adaptive pairs
             gain = self.gains()
-            rest = pairing.plan_round(
-                self.n, [], [], self.theta, self.se, 2 * len(planned) * 5, 0,
-                covariance=self.covariance, probe_fraction=0.0, random_fraction=0.0,
+            best = pairing.plan_round(
+                self.n, [], [], self.theta, self.se, 10 * len(planned), 0,
+                covariance=self.covariance, random_fraction=0.0,
             )  # fmt: skip
             ours = np.mean([gain[a, b] for a, b in planned])
-            found["cost"].append(float(ours / np.mean([gain[a, b] for a, b in rest])))
-
-    decide = judgement.decide
+            found["cost"].append(float(ours / np.mean([gain[a, b] for a, b in best])))
 
     def asked(rep: int, a: int, b: int, *args: object) -> bool:
-        kind["gaps"].append(truth[a] - truth[b])
+        sink.append(truth[a] - truth[b])
         return decide(rep, a, b, *args)  # type: ignore[arg-type]
+
+    def planned(*args: object, **kwargs: object) -> list[tuple[int, int]]:
+        if kwargs.get("random_fraction") != 1.0:
+            kwargs["random_fraction"] = share
+        return plan(*args, **kwargs)  # type: ignore[arg-type]
 
     judgement.decide = asked  # type: ignore[assignment]
     pairing._Planner.probe = recording  # type: ignore[method-assign]
+    rounds.plan_round = planned  # type: ignore[assignment]
     try:
-        for name, mode, share in (
-            ("adaptive", "adaptive", 0.0),
-            ("with probes", "adaptive", pairing.PROBE_SHARE),
-            ("random", "random", 0.0),
-        ):
-            rounds.plan_round = functools.partial(pairing.plan_round, probe_fraction=share)  # type: ignore[assignment]
-            kind = {"gaps": found.setdefault(name, [])}
+        for mode in ("adaptive", "random"):
+            sink = found["asked" if mode == "adaptive" else "random"]
             for rep in range(reps):
                 truth[:] = np.random.default_rng([rep, n, 1]).normal(0.0, judgement.SD, n)
                 judgement.run_batch(judgement.Condition(n, k, "flip", mode), rep)
     finally:
-        judgement.decide, pairing._Planner.probe = decide, probe  # type: ignore[method-assign]
-        rounds.plan_round = pairing.plan_round
+        judgement.decide, pairing._Planner.probe, rounds.plan_round = decide, probe, plan  # type: ignore[method-assign]
     return found
 
 
@@ -99,6 +99,7 @@ def main() -> None:
     parser.add_argument("--n", default="40,100")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--lapse", type=float, default=0.4)
+    parser.add_argument("--share", type=float, default=0.2, help="probe share of the runs")
     args = parser.parse_args()
     print(f"flipping judge, K = {args.k}, {args.reps} batches per design, ε = {args.lapse}")
     print(
@@ -106,14 +107,18 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|")
     for n in (int(x) for x in args.n.split(",")):
-        found = designs(n, args.k, args.reps)
-        gaps = {name: np.asarray(found[name]) for name in ("adaptive", "probes", "random")}
-        e = {name: efficient(information(g, args.lapse)) for name, g in gaps.items()}
-        share = (e["random"] - e["adaptive"]) / (e["probes"] - e["adaptive"])
-        medians = " / ".join(f"{np.median(np.abs(g)):.2f}" for g in gaps.values())
+        found = designs(n, args.k, args.reps, args.share)
+        asked, probes = np.asarray(found["asked"]), np.asarray(found["probes"])
+        # the adaptive pairs' information: all asked minus the probes (matrices add up)
+        total = information(asked, args.lapse) * asked.size
+        gain_pairs = total - information(probes, args.lapse) * probes.size
+        e_a = efficient(gain_pairs / (asked.size - probes.size))
+        e_p = efficient(information(probes, args.lapse))
+        e_r = efficient(information(np.asarray(found["random"]), args.lapse))
+        gaps = (np.median(np.abs(g)) for g in (asked, probes, np.asarray(found["random"])))
         print(
-            f"| {n} | {medians} | {e['adaptive']:.3f} | {e['probes']:.3f} | {e['random']:.3f} "
-            f"| {share:.2f} | {np.mean(found['cost']):.3f} |"
+            f"| {n} | {' / '.join(f'{g:.2f}' for g in gaps)} | {e_a:.3f} | {e_p:.3f} | {e_r:.3f} "
+            f"| {(e_r - e_a) / (e_p - e_a):.2f} | {np.mean(found['cost']):.2f} |"
         )
 
 
