@@ -3,8 +3,8 @@
 Run: python bench/lapse_information.py [--reps 6] [--n 40,100] [--k 10] [--share 0.2]
 
 Batches of ``bench/judgement.py`` (the flipping judge; abilities N(0, 1.5²)) planned with
-adaptive pairing whose share of far pairs (``--share``; the service's is
-``CJLLM_PAIRING_RANDOM_FRACTION``) goes to lapse probes, and with balanced random pairing.
+adaptive pairing with a share ``--share`` of lapse probes (``CJLLM_PAIRING_PROBE_FRACTION``)
+besides its random share, and with balanced random pairing.
 For every comparison asked, the Fisher information of one decision about (ε, log c) at the
 true abilities, P(stronger wins) = ε/2 + (1 − ε)·σ(c·|θ_a − θ_b|), c = 1: c is the scale,
 which ε trades off against (a judge that errs at random looks like essays closer together),
@@ -75,9 +75,7 @@ def designs(n: int, k: int, reps: int, share: float) -> dict[str, list[float]]:
         return decide(rep, a, b, *args)  # type: ignore[arg-type]
 
     def planned(*args: object, **kwargs: object) -> list[tuple[int, int]]:
-        if kwargs.get("random_fraction") != 1.0:
-            kwargs["random_fraction"] = share
-        return plan(*args, **kwargs)  # type: ignore[arg-type]
+        return plan(*args, **{**kwargs, "probe_fraction": share})  # type: ignore[arg-type]
 
     judgement.decide = asked  # type: ignore[assignment]
     pairing._Planner.probe = recording  # type: ignore[method-assign]

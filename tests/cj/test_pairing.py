@@ -185,9 +185,11 @@ def outer_sides(theta: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize(("n", "n_pairs"), [(40, 25), (100, 50)])
 def test_each_round_spends_its_probe_share_on_pairs_far_apart(n: int, n_pairs: int) -> None:
-    # with the covariance the random share goes to probes: only they pair top with bottom
+    # no random share: only the probe rule pairs the top quarter with the bottom one
     for seed in range(3):
-        rounds, theta = plan_with_covariance(n, n_pairs, 6, seed, random_fraction=0.2)
+        rounds, theta = plan_with_covariance(
+            n, n_pairs, 6, seed, random_fraction=0, probe_fraction=0.2
+        )
         side = outer_sides(theta)
         probes = round(0.2 * n_pairs)
         for pairs in rounds:
@@ -200,7 +202,7 @@ def test_each_round_spends_its_probe_share_on_pairs_far_apart(n: int, n_pairs: i
 
 
 def test_without_probes_no_round_pairs_the_top_with_the_bottom() -> None:
-    rounds, theta = plan_with_covariance(40, 25, 6, 0, random_fraction=0)
+    rounds, theta = plan_with_covariance(40, 25, 6, 0, random_fraction=0)  # probes off
     side = outer_sides(theta)
     assert not [p for r in rounds for p in r if side[p[0]] * side[p[1]] == -1]
 
@@ -208,21 +210,31 @@ def test_without_probes_no_round_pairs_the_top_with_the_bottom() -> None:
 def test_probes_keep_caps_balance_and_no_repeats() -> None:
     n, cap = 40, 8
     history: list[Pair] = []
-    rounds, theta = plan_with_covariance(n, 20, 12, 5, random_fraction=0.5, max_per_item=cap)
+    rounds, theta = plan_with_covariance(n, 20, 12, 5, probe_fraction=0.5, max_per_item=cap)
     side = outer_sides(theta)
     for number, pairs in enumerate(rounds):
         probes = [i for p in pairs[:10] for i in p]  # 0.5 of 20: planned first
-        history += pairs
-        if number < 6:  # (when the caps leave few items, the last rounds may repeat them)
+        if number < 6:  # (when the caps leave few items, the last round may repeat them)
             assert len(pairs) == 20 and np.bincount(probes).max() <= ROUND_MAX
             assert np.bincount([i for p in pairs for i in p]).max() <= ROUND_MAX
-            assert len({frozenset(p) for p in history}) == len(history)  # no repeats
+        history += pairs
+        assert len({frozenset(p) for p in history}) == len(history)  # no repeats
         assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1
     counts = np.bincount([i for p in history for i in p], minlength=n)
     assert counts.max() <= cap
     assert (counts < cap).sum() <= 1  # the budget is spent up to the caps
     # the outer quarters' budgets went largely to probes, each at most cap
     assert sum(side[a] * side[b] == -1 for a, b in history) >= 40
+
+
+def test_probes_need_the_covariance() -> None:
+    theta, covariance = posterior_like(40, 1)
+    side = outer_sides(theta)
+    pairs = plan_round(40, [], [], theta, np.sqrt(np.diag(covariance)), 20, 1,
+                       random_fraction=0, probe_fraction=0.5)  # fmt: skip
+    assert not [p for p in pairs if side[p[0]] * side[p[1]] == -1]
+    with pytest.raises(ValueError, match="probe_fraction"):
+        plan_round(40, [], [], None, None, 2, 1, probe_fraction=1.5)
 
 
 def test_rank_weights_favour_crowded_scores() -> None:

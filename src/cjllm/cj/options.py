@@ -48,6 +48,7 @@ class BatchOptions:
     split_half_splits: int = 10
     pairing: str = "adaptive"
     pairing_random_fraction: float = 0.1
+    pairing_probe_fraction: float = 0.0
     both_orders_fraction: float = 0.0
     bundle_layout: BundleLayout = BundleLayout.ITEMS
     pool_group_size: int = 10
@@ -90,6 +91,7 @@ class BatchOptions:
             "max_pair_retries": self.max_pair_retries >= 0,
             "bt_prior": self.bt_prior > 0,
             "both_orders_fraction": 0.0 <= self.both_orders_fraction <= 1.0,
+            "pairing_probe_fraction": 0.0 <= self.pairing_probe_fraction <= 1.0,
             "pairing": self.pairing in PAIRINGS,
             "pool_group_size": self.pool_group_size >= 2,
             "pool_pairs_per_essay": self.pool_pairs_per_essay >= 1,

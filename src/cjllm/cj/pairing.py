@@ -17,10 +17,9 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
 4. Positions stay balanced: of the two items, the one that has been Essay A more often
    (A count − B count) becomes Essay B, ties broken at random; partners are chosen so that no
    item's A − B leaves [−1, 1] when that is possible.
-5. Within those rules a ``random_fraction`` of each round's pairs is set aside for pairs far
-   apart, whose outcomes show how often the judge decides at random (without the
-   covariance: random partners; with it: rule 6's probes); the rest maximise the expected
-   reduction of the **squared rank errors** from one comparison.
+5. Within those rules a ``random_fraction`` of each round's pairs is drawn at random (a
+   share of pairs far apart, whose outcome shows how often the judge decides at random); the
+   rest maximise the expected reduction of the **squared rank errors** from one comparison.
    With the posterior covariance C, d = e_i − e_j and I = p(1 − p), p = σ(θ_i − θ_j), a
    comparison shrinks C by the rank-one I·C d dᵀC / (1 + I·dᵀC d); an item's rank error is
    about its score error times the density f_k of the other items' scores at its own (how
@@ -31,19 +30,15 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    pairs in order of gain over all pairs (a greedy matching: the floor's items first, each
    with its best partner). Without C, each item in turn takes the partner maximising the
    reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
-6. Lapse probes (with C): the ``random_fraction`` share of the round, planned first, pairs
-   the top :data:`PROBE_PART` of the items by current score with the bottom one — the item
-   of those parts with fewest comparisons, with the partner in the opposite part that has
-   fewest comparisons, farthest in score among those. Rules 1, 2, 4 and the per-round
-   :data:`ROUND_MAX` hold for them as for any pair. A judge that knows which essay is better
-   almost never reverses such a pair; one that decides at random a share ε of the time
-   reverses ε/2 of them, while close pairs (which rule 5 chooses) cannot tell a lapse from
-   a narrower scale. Per comparison a probe carries about twice the information about ε of
-   a random pair, and as little rank gain (docs/judgement.md, "Lapse probes").
-
-Given C the planner forms C W C and the n × n gains once per round (O(n³), as the fit
-itself); a round walks the pairs sorted by gain. Without it the pair counts stay sparse (one
-dict of partners per item) and a round of m pairs costs O(m · n) after one sort per pass.
+6. Lapse probes (with C only, off unless asked for): a ``probe_fraction`` of each round's
+   pairs, planned first, pair the top :data:`PROBE_PART` of the items by current score with
+   the bottom one — the item of those parts with fewest comparisons, with the partner in
+   the opposite part that has fewest comparisons, farthest in score among those. Rules 1,
+   2, 4 and the per-round :data:`ROUND_MAX` hold for them as for any pair. A judge that
+   knows which essay is better almost never reverses such a pair; one that decides at
+   random a share ε of the time reverses ε/2 of them, while close pairs (which rule 5
+   chooses) cannot tell a lapse from a narrower scale. The trade-off (more honest intervals
+   under a lapsing judge, less accurate ranks) is measured in docs/judgement.md.
 """
 
 from __future__ import annotations
@@ -200,7 +195,7 @@ class _Planner:
         gain: FloatArray = shrink * info / (1.0 + var * info)
         return gain
 
-    def allocate(self, n_pairs: int) -> None:
+    def allocate(self, n_pairs: int, random_slots: set[int]) -> None:
         """Rule 3 with the covariance: plan up to ``n_pairs`` unseen pairs, the floor's items
         first, then every pair in order of gain, at most :data:`ROUND_MAX` per item (the
         caller's :meth:`next_pair` fills whatever this leaves, e.g. repeats)."""
@@ -213,10 +208,14 @@ class _Planner:
             ok[i] = False
             return np.flatnonzero(ok)
 
+        def pick(i: int, js: npt.NDArray[np.intp]) -> None:
+            random = len(self.plan) in random_slots
+            self.add(i, int(self.rng.choice(js) if random else js[np.argmax(gain[i, js])]))
+
         below = np.flatnonzero((self.count < floor) & (self.count < self.cap))
         for i in below[np.lexsort((self.rng.random(below.size), self.count[below]))].tolist():
             if len(self.plan) < n_pairs and self.degree[i] == 0 and (js := partners(i)).size:
-                self.add(i, int(js[np.argmax(gain[i, js])]))
+                pick(i, js)
         upper = np.triu_indices(n, 1)
         order = np.argsort(-gain[upper], kind="stable")
         walk = zip(upper[0][order].tolist(), upper[1][order].tolist(), strict=True)
@@ -224,6 +223,14 @@ class _Planner:
             open_ = self.count < self.cap
             if open_.sum() < 2:
                 return
+            if len(self.plan) in random_slots:  # a random partner for a least-used item
+                items = np.flatnonzero(open_ & (self.degree == self.degree[open_].min()))
+                found = next(((i, js) for i in self.rng.permutation(items).tolist()
+                              if (js := partners(i)).size), None)  # fmt: skip
+                if found is None:
+                    return
+                pick(*found)
+                continue
             for i, j in walk:
                 low, high = sorted((self.balance[i], self.balance[j]))
                 if (
@@ -327,6 +334,7 @@ def plan_round(
     random_fraction: float = 0.1,
     max_per_item: int | None = None,
     covariance: npt.ArrayLike | None = None,
+    probe_fraction: float = 0.0,
 ) -> list[tuple[int, int]]:
     """Plan one round of up to ``n_pairs`` comparisons by the module rules.
 
@@ -334,9 +342,10 @@ def plan_round(
     planned (answered or pending), which fix pair counts, comparison counts and A/B balance.
     ``theta``/``se``: current ability estimates and standard errors (``None``: all 0 and all 1,
     i.e. nothing known yet); ``covariance``: their posterior covariance (n × n), for rule 5.
-    ``random_fraction`` of the pairs (rounded): without ``covariance``, partners drawn
-    uniformly at random (at random positions in the round); with it, rule 6's lapse probes,
-    planned first. The rest are chosen adaptively. ``rng``: anything
+    ``random_fraction`` of the pairs (rounded, at random positions in the round) choose
+    partners uniformly at random, the rest adaptively; with ``covariance``, a
+    ``probe_fraction`` of the pairs (rounded) are rule 6's lapse probes, planned first
+    (``random_fraction`` then applies to the rest). ``rng``: anything
     ``np.random.default_rng`` accepts. Returns ``(essay_a, essay_b)`` pairs in presented
     order; fewer than ``n_pairs`` only when ``max_per_item`` leaves fewer than two items with
     budget. Planning is greedy (with a partner-swap repair at the end of a pass), so close to
@@ -349,8 +358,8 @@ def plan_round(
         if array.shape != (n_items,) or not np.all(np.isfinite(array)):
             raise ValueError(f"{name} must hold {n_items} finite values, got shape {array.shape}")
         values.append(array)
-    if n_pairs < 0 or not 0.0 <= random_fraction <= 1.0:
-        raise ValueError("n_pairs must be >= 0 and random_fraction within [0, 1]")
+    if n_pairs < 0 or not 0.0 <= random_fraction <= 1.0 or not 0.0 <= probe_fraction <= 1.0:
+        raise ValueError("n_pairs must be >= 0, random_fraction and probe_fraction in [0, 1]")
     if max_per_item is not None and max_per_item < 1:
         raise ValueError(f"max_per_item must be >= 1, got {max_per_item}")
     gen = np.random.default_rng(rng)
@@ -358,12 +367,12 @@ def plan_round(
     if cov is not None and (cov.shape != (n_items, n_items) or not np.all(np.isfinite(cov))):
         raise ValueError(f"covariance must be a finite {n_items} × {n_items} matrix")
     planner = _Planner(n_items, first, second, values[0], values[1], gen, max_per_item, cov)
-    random_slots: set[int] = set()
+    probes = round(probe_fraction * n_pairs) if cov is not None else 0
+    rest = n_pairs - probes
+    random_slots = set((gen.permutation(rest)[: round(random_fraction * rest)] + probes).tolist())
     if cov is not None:
-        planner.probe(round(random_fraction * n_pairs))
-        planner.allocate(n_pairs)
-    else:
-        random_slots = set(gen.permutation(n_pairs)[: round(random_fraction * n_pairs)].tolist())
+        planner.probe(probes)
+        planner.allocate(n_pairs, random_slots)
     for slot in range(len(planner.plan), n_pairs):
         if not planner.next_pair(adaptive=slot not in random_slots):
             break

@@ -199,6 +199,7 @@ def plan_next_round(
             random_fraction=random_fraction,
             max_per_item=options.max_comparisons_per_essay,
             covariance=fit.model.covariance if known and fit.model is not None else None,
+            probe_fraction=options.pairing_probe_fraction,
         )
     return [*retries, *(NewComparison(ids[a], ids[b]) for a, b in planned)]
 
