@@ -1,6 +1,7 @@
 """Can the ranking be trusted? Accuracy, reliability, interval coverage, order effect, lapse.
 
 Run: python bench/judgement.py [--reps 100] [--jobs 2] [--results judgement.jsonl]
+[--probe-fraction 0.2]
 
 Whole batches go through the code the CJ service runs between callbacks — round planning
 (``rounds.plan_next_round``), the per-round fit (``ranking.fit_outcomes``), the stopping rules
@@ -74,6 +75,7 @@ class Condition:
     k: int
     judge: str
     pairing: str
+    probes: float = 0.0  # adaptive only: CJLLM_PAIRING_PROBE_FRACTION (lapse probes)
 
 
 Results = dict[Condition, dict[int, dict[str, float]]]  # condition → repetition → figures
@@ -87,7 +89,10 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
     met: dict[tuple[int, int], int] = {}
     essays = [EssayRecord(f"e{i:03d}", i, "", None) for i in range(n)]
     options = BatchOptions(
-        comparisons_per_essay=condition.k, target_reliability=2.0, pairing=condition.pairing
+        comparisons_per_essay=condition.k,
+        target_reliability=2.0,
+        pairing=condition.pairing,
+        pairing_probe_fraction=condition.probes,
     )
     batch_id = str(uuid.uuid5(NAMESPACE, f"{rep}:{n}:{condition.k}:{judge}:{condition.pairing}"))
     outcomes: list[PairOutcome] = []
@@ -158,8 +163,18 @@ def _task(args: tuple[Condition, int]) -> tuple[Condition, int, dict[str, float]
     return condition, rep, run_batch(condition, rep)
 
 
-def conditions(ns: Iterable[int], ks: Iterable[int], judges: Iterable[str]) -> list[Condition]:
-    return [Condition(n, k, j, p) for n in ns for k in ks for j in judges for p in PAIRINGS]
+def conditions(
+    ns: Iterable[int], ks: Iterable[int], judges: Iterable[str], probes: float = 0.0
+) -> list[Condition]:
+    """Every condition, both pairings; ``probes`` applies to adaptive pairing only, so the
+    random-pairing batches of a run with probes are those of one without."""
+    return [
+        Condition(n, k, j, p, probes if p == "adaptive" else 0.0)
+        for n in ns
+        for k in ks
+        for j in judges
+        for p in PAIRINGS
+    ]
 
 
 def nanmean(values: list[float]) -> float:
@@ -178,8 +193,10 @@ def table(results: Results) -> list[str]:
         rows = list(reps.values())
         m = {key: nanmean([r[key] for r in rows]) for key in rows[0]}
         bias, flip = JUDGES[c.judge]
+        pairing = f"{c.pairing} + probes {c.probes:g}" if c.probes else c.pairing
         lines.append(
-            f"| {c.n} | {c.k} | {c.judge} | {c.pairing} | {median(r['rho'] for r in rows):.3f} "
+            f"| {c.n} | {c.k} | {c.judge} | {pairing} "
+            f"| {median(r['rho'] for r in rows):.3f} "
             f"| {m['reliability']:.3f} | {m['split_half']:.3f} | {m['ssr']:.3f} | {m['r2']:.3f} "
             f"| {m['reliability'] - m['r2']:+.3f} | {m['coverage']:.3f} "
             f"| {m['order']:+.2f} ({bias:.1f}; covered {m['order_covered']:.0%}) "
@@ -242,12 +259,16 @@ def main() -> None:
     parser.add_argument("--k", default="6,10,20")
     parser.add_argument("--judges", default="clean,position,flip")
     parser.add_argument("--results", type=Path, default=Path("judgement.jsonl"))
+    parser.add_argument(
+        "--probe-fraction", type=float, default=0.0, help="adaptive rounds' lapse-probe share"
+    )
     parser.add_argument("--table", action="store_true", help="tabulate the results file only")
     args = parser.parse_args()
     todo = conditions(
         [int(x) for x in args.n.split(",")],
         [int(x) for x in args.k.split(",")],
         args.judges.split(","),
+        args.probe_fraction,
     )
     results = load(args.results, todo, args.reps)
     tasks = [(c, rep) for rep in range(args.reps) for c in todo if rep not in results[c]]
