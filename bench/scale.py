@@ -200,6 +200,11 @@ def main() -> None:
         type=Path,
         help="another checkout's src/ folder: each rank size runs with it, then with this one",
     )
+    parser.add_argument(
+        "--rank-workers",
+        default="in_process,child_process",
+        help="CJLLM_EMBEDDED_WORKER modes this checkout's rank runs in, comma-separated",
+    )
     parser.add_argument("--serve-posts", type=int, default=20_000)
     parser.add_argument("--serve-concurrency", type=int, default=64)
     parser.add_argument("--tier4-essays", type=int, default=1_000)
@@ -230,7 +235,10 @@ def main() -> None:
         try:
             if "rank" in throughput:
                 bench.rank_section(
-                    [int(n) for n in args.rank_sizes.split(",")], work, args.rank_baseline
+                    [int(n) for n in args.rank_sizes.split(",")],
+                    work,
+                    args.rank_baseline,
+                    args.rank_workers.split(","),
                 )
             if "serve" in throughput:
                 bench.serve_section(args.serve_posts, args.serve_concurrency, work)

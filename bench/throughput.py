@@ -67,9 +67,17 @@ def _children_cpu() -> float:
 
 
 def _cpu_of(pid: int) -> float:
-    """User + system CPU seconds of a running process (Linux /proc)."""
+    """User + system CPU seconds of a running process and of all its descendants, running
+    (the embedded worker process, the chain helper) or reaped (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+    seconds = ticks / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError, ValueError):
+                    seconds += _cpu_of(int(child))
+    return seconds
 
 
 def _job_seconds(out: Path) -> tuple[dict[str, Any], float]:
@@ -84,36 +92,48 @@ def _job_seconds(out: Path) -> tuple[dict[str, Any], float]:
 # --------------------------------------------------------------------------- rank
 
 
-def rank_section(sizes: Sequence[int], work: Path, baseline: Path | None = None) -> None:
+def rank_section(
+    sizes: Sequence[int],
+    work: Path,
+    baseline: Path | None = None,
+    workers: Sequence[str] = ("in_process", "child_process"),
+) -> None:
     """``baseline``: another checkout's ``src`` folder; each size then runs with it first
-    and with this checkout right after (the ``code`` column), so their ratio is fair."""
+    and with this checkout right after (the ``code`` column), so their ratio is fair.
+    ``workers``: the ``CJLLM_EMBEDDED_WORKER`` modes this checkout runs in, one after the
+    other (the baseline runs with its default)."""
     print(f"\n== cjllm rank, embedded, zero-latency mock, {PER_ESSAY} comparisons per essay ==")
     print(
-        f"{'code':>9}{'essays':>8}{'made':>8}{'rounds':>8}{'calls':>7}{'job s':>8}{'cmp/s':>8}"
+        f"{'code':>15}{'essays':>8}{'made':>8}{'rounds':>8}{'calls':>7}{'job s':>8}{'cmp/s':>8}"
         f"{'process s':>11}{'cmp/s (process)':>17}{'CPU s':>8}{'CPU ms/cmp':>12}"
         f"{'job CPU s':>11}{'job CPU ms/cmp':>16}"
     )
-    codes: list[tuple[str, Path | None]] = [("this", None)]
+    codes: list[tuple[str, Path | None, dict[str, str]]] = [
+        (f"this/{mode.split('_')[0]}", None, {"CJLLM_EMBEDDED_WORKER": mode}) for mode in workers
+    ]
     if baseline is not None:
-        codes.insert(0, ("baseline", baseline.resolve()))
+        codes.insert(0, ("baseline", baseline.resolve(), {}))
     for n in sizes:
         essays = work / f"rank-{n}"
         write_essays(essays, n, seed=n)
-        for code, src in codes:
-            _rank_once(essays, n, work / f"rank-{n}-{code}", code, src)
+        for code, src, extra in codes:
+            _rank_once(essays, n, work / f"rank-{n}-{code.replace('/', '-')}", code, src, extra)
     print(
-        "CPU s: the rank process's user + system time (start-up and report included); job "
-        "CPU s: the same from run.json's appearance to ranking.json's (the job's span, read "
-        "from /proc every 20 ms); on an idle machine the job could run at most at "
-        "1 / (job CPU ms/cmp) — one process, mostly one thread"
+        "CPU s: user + system time of the rank process and its children (start-up and report "
+        "included); job CPU s: the same from run.json's appearance to ranking.json's (the "
+        "job's span, read from /proc every 20 ms); this/in: the provider's worker in the rank "
+        "process, this/child: in a child process (CJLLM_EMBEDDED_WORKER)"
     )
 
 
-def _rank_once(essays: Path, n: int, out: Path, code: str, src: Path | None) -> None:
+def _rank_once(
+    essays: Path, n: int, out: Path, code: str, src: Path | None, extra: dict[str, str]
+) -> None:
     env = {
         **{k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")},
         "CJLLM_TARGET_RELIABILITY": "0.9999",  # spend the whole budget
         "COLUMNS": "120",
+        **extra,
     }
     if src is not None:  # ahead of the installed (editable) package
         env["PYTHONPATH"] = str(src)
@@ -132,9 +152,10 @@ def _rank_once(essays: Path, n: int, out: Path, code: str, src: Path | None) -> 
     made = summary["comparisons_made"]
     assert summary["comparisons_failed"] == 0, summary
     print(
-        f"{code:>9}{n:>8}{made:>8}{summary['rounds']:>8}{summary['provider_calls']:>7}"
+        f"{code:>15}{n:>8}{made:>8}{summary['rounds']:>8}{summary['provider_calls']:>7}"
         f"{seconds:>8.1f}{made / seconds:>8.0f}{wall:>11.1f}{made / wall:>17.0f}"
-        f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}{job_cpu:>11.1f}{1000 * job_cpu / made:>16.2f}"
+        f"{cpu:>8.1f}{1000 * cpu / made:>12.2f}{job_cpu:>11.1f}{1000 * job_cpu / made:>16.2f}",
+        flush=True,
     )
 
 

@@ -23,10 +23,11 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cjllm.bus import BatchHandler, BusError, Handler, Message, one_at_a_time
 from cjllm.cj.llm_client import Direct, Reply, retry_after_seconds
@@ -35,11 +36,15 @@ from cjllm.cj.workflow import CJWorkflow, ProgressHook
 from cjllm.contracts import ComparisonRequest, EventEnvelope
 from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.intake import Intake, Refused
+from cjllm.provider.limiter import Pacing
 from cjllm.provider.queue import QueueUnavailable
 from cjllm.provider.service import ProviderService, embedded_provider
+from cjllm.provider.worker_process import WorkerProcess
 from cjllm.settings import CJSettings, ProviderSettings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 QUEUE_FILE = "queue.sqlite"
 DATABASE_FILE = "cj.sqlite"
@@ -187,6 +192,20 @@ class EmbeddedServices:
     cj: CJWorkflow
     provider: ProviderService
 
+    def pacing(self, remaining_items: int | None = None) -> Pacing:
+        """The limiter's state: the worker process's as it last reported it, else this
+        process's (``remaining_items`` is only used by the latter)."""
+        process = self.provider.worker_process
+        if process is not None:
+            return process.pacing()
+        return self.provider.limiter.pacing(remaining_items)
+
+    async def until(self, work: Awaitable[T]) -> T:
+        """``work``'s result; fails with :class:`WorkerProcessFailed` if the worker process
+        died too often first."""
+        process = self.provider.worker_process
+        return await (work if process is None else process.until(work))
+
 
 @asynccontextmanager
 async def embedded_services(
@@ -222,12 +241,17 @@ async def embedded_services(
                 resume=True,
             ) as cj:
                 stale_before = time.time() + psettings.lease_seconds + 1.0
-                recovered = await provider.queue.recover_leases(stale_before)
+                recovered = await provider.queue.recover_leases(time.time(), stale_before)
                 if recovered:
                     log.info("requeued %d comparisons left in flight by an earlier run", recovered)
                 # batch jobs an earlier run was moving on: watch (or submit) them again now
                 await provider.jobs.table.release_leases()
-                provider.start_work()
+                process = None
+                if psettings.embedded_worker == "child_process":
+                    process = WorkerProcess(
+                        psettings, provider.queue, provider.worker.sizes, adapters
+                    )
+                provider.start_work(process)
                 try:
                     yield EmbeddedServices(cj=cj, provider=provider)
                 finally:

@@ -37,7 +37,7 @@ from cjllm.contracts import (
     BundleLayout,
     CJAssessmentCompletedV1,
 )
-from cjllm.embedded import embedded_services
+from cjllm.embedded import EmbeddedServices, embedded_services
 from cjllm.essays import essay_set_digest
 from cjllm.judges import JudgeUnavailable, Judging, make_judge
 from cjllm.out_dir import (
@@ -50,7 +50,8 @@ from cjllm.out_dir import (
 )
 from cjllm.preflight import Checked, RankError, RankInputs, RankRequest, preflight
 from cjllm.provider.jobs import BatchJob, JobTable
-from cjllm.provider.limiter import Limiter, Pacing
+from cjllm.provider.limiter import Pacing
+from cjllm.provider.worker_process import WorkerProcessFailed
 from cjllm.report import Evidence, ReportFiles, RunContext, write_report
 from cjllm.settings import CJSettings, ProviderSettings
 
@@ -341,14 +342,13 @@ async def _drive(
         adapters={judging.provider: judging.adapter},
         on_progress=hooks.on_event,
     ) as services:
-        limiter = services.provider.limiter
         try:
             jobs = services.provider.jobs.table
             result, resumed, pacing, evidence = await _until_done(
-                run, out_dir, batch_id, hooks, services.cj, limiter, jobs
+                run, out_dir, batch_id, hooks, services, jobs
             )
         finally:
-            _add_usage(out_dir, limiter.pacing())
+            _add_usage(out_dir, services.pacing())
         facts = JudgeFacts(
             output_mode=judging.adapter.output_mode(judging.model),
             bundle_size=services.provider.worker.sizes.known(judging.provider, judging.model),
@@ -361,11 +361,10 @@ async def _until_done(
     out_dir: Path,
     batch_id: str,
     hooks: Hooks,
-    cj: CJWorkflow,
-    limiter: Limiter,
+    services: EmbeddedServices,
     jobs: JobTable,
 ) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence]:
-    inputs, judging = run.inputs, run.judging
+    inputs, judging, cj = run.inputs, run.judging, services.cj
     try:
         await cj.store.batch(batch_id)
         resumed = True
@@ -388,12 +387,14 @@ async def _until_done(
             raise RankError(str(exc)) from exc
     tick = hooks.on_tick
     poller = (
-        asyncio.create_task(_poll(tick, hooks, cj, limiter, jobs, batch_id))
+        asyncio.create_task(_poll(tick, hooks, cj, services.pacing, jobs, batch_id))
         if tick is not None
         else None
     )
     try:
-        result = await cj.wait_for_completion(batch_id, check_every=0.5)
+        result = await services.until(cj.wait_for_completion(batch_id, check_every=0.5))
+    except WorkerProcessFailed as exc:
+        raise RankError(str(exc)) from exc
     finally:
         if poller is not None:
             poller.cancel()
@@ -404,14 +405,14 @@ async def _until_done(
         hooks.on_jobs(await jobs.jobs(cj_batch_id=batch_id))
     texts = {e.essay_id: e.text for e in (*inputs.essays, *inputs.anchors)}
     evidence = Evidence(texts=texts, judgements=await judgements(cj.store, batch_id))
-    return result, resumed, limiter.pacing(), evidence
+    return result, resumed, services.pacing(), evidence
 
 
 async def _poll(
     tick: Callable[[BatchProgress], None],
     hooks: Hooks,
     cj: CJWorkflow,
-    limiter: Limiter,
+    pacing: Callable[[int | None], Pacing],
     jobs: JobTable,
     batch_id: str,
 ) -> None:
@@ -419,7 +420,7 @@ async def _poll(
         progress = await cj.progress(batch_id)
         if hooks.on_pacing is not None:  # before the tick, which draws both
             left = (progress.budget or 0) - progress.succeeded - progress.failed
-            hooks.on_pacing(limiter.pacing(max(progress.pending, left)))
+            hooks.on_pacing(pacing(max(progress.pending, left)))
         tick(progress)
         if hooks.on_jobs is not None:
             hooks.on_jobs(await jobs.jobs(cj_batch_id=batch_id))

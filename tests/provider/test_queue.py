@@ -106,6 +106,14 @@ async def test_an_expired_lease_makes_items_claimable_again(queue: Queue) -> Non
     assert [it.attempts for it in again] == [1, 1, 1]
 
 
+async def test_leases_a_dead_process_held_come_back_ready_now(queue: Queue) -> None:
+    ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
+    await queue.claim("crashed", "b1", T0 + 3, T0 + 33, 10)
+    assert await queue.recover_leases(T0 + 4, expired_by=T0 + 40) == 3
+    again = await queue.claim("w2", "b2", T0 + 4, T0 + 34, 10)  # not only after T0 + 40
+    assert [it.queue_id for it in again] == ids
+
+
 async def test_extending_a_lease_keeps_it(queue: Queue) -> None:
     ids = await put(queue, *(item(at=T0 + i) for i in range(3)))
     await claim(queue, T0 + 3, owner="w1")

@@ -20,6 +20,7 @@ its answers.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cjllm.provider.metrics import ProviderMetrics
@@ -53,6 +54,16 @@ class BundleSizes:
         """The limit learned for ``model`` (``None`` when it was never called)."""
         learned = self._learned.get((provider, model))
         return None if learned is None else learned.limit
+
+    def learned(self) -> dict[tuple[str, str], int]:
+        """Every limit learned so far, by (provider, model)."""
+        return {key: learned.limit for key, learned in self._learned.items()}
+
+    def adopt(self, limits: Mapping[tuple[str, str], int]) -> None:
+        """Take the limits another process learned (the embedded worker process's), so
+        :meth:`known` answers for the job's one worker."""
+        for key, limit in limits.items():
+            self._learned.setdefault(key, _Learned(limit)).limit = limit
 
     def observe(self, provider: str, model: str, sent: int, valid: int, broken: bool) -> int:
         """Learn from one answer: ``sent`` items, ``valid`` of them answered and valid;

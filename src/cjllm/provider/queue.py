@@ -246,8 +246,10 @@ class Queue(Protocol):
         """Return items leased by ``owner`` to the queue; return the ids that changed."""
         ...
 
-    async def recover_leases(self, now: float) -> int:
-        """Requeue items whose lease expired; return how many."""
+    async def recover_leases(self, now: float, expired_by: float | None = None) -> int:
+        """Requeue items whose lease ended by ``expired_by`` (default ``now``: it expired),
+        ready at ``now``; return how many. A later ``expired_by`` takes back leases a dead
+        process still held (the embedded start-up, a crashed worker process)."""
         ...
 
     async def claim_expired(

@@ -238,8 +238,9 @@ class RedisQueue:
             ]
         return [qid.decode() for qid in await self._call("retry", *args)]
 
-    async def recover_leases(self, now: float) -> int:
-        return int(await self._call("recover", redis_number(now)))
+    async def recover_leases(self, now: float, expired_by: float | None = None) -> int:
+        cutoff = now if expired_by is None else expired_by
+        return int(await self._call("recover", redis_number(now), redis_number(cutoff)))
 
     async def claim_expired(
         self, owner: str, now: float, lease_until: float, limit: int

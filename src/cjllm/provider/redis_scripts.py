@@ -171,8 +171,8 @@ return done
 """
 
 _RECOVER = """
-local P, now, n = ARGV[1], ARGV[2], 0
-for _, qid in ipairs(redis.call('ZRANGEBYSCORE', P..':leases', '-inf', now)) do
+local P, now, cutoff, n = ARGV[1], ARGV[2], ARGV[3], 0
+for _, qid in ipairs(redis.call('ZRANGEBYSCORE', P..':leases', '-inf', cutoff)) do
   redis.call('ZREM', P..':leases', qid)
   local ik = P..':item:'..qid
   local f = redis.call('HMGET', ik, 'state', 'key', 'enq')

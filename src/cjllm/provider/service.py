@@ -26,6 +26,7 @@ from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
 from cjllm.provider.batch_jobs import BatchJobs
+from cjllm.provider.bundling import PlannedComparison
 from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.jobs import job_table_for
 from cjllm.provider.limiter import Limiter
@@ -39,6 +40,7 @@ from cjllm.provider.rate_limits import model_class
 from cjllm.provider.redis_limits import buckets_for
 from cjllm.provider.sweeper import Sweeper
 from cjllm.provider.worker import Worker
+from cjllm.provider.worker_process import WorkerProcess
 from cjllm.settings import ProviderSettings
 
 log = logging.getLogger(__name__)
@@ -99,22 +101,35 @@ class ProviderService:
             settings,
             self.metrics,
             jobs=self.jobs,
-            on_enqueue=self.worker.queued,
+            on_enqueue=self._queued,
             limiter=self.limiter,
         )
+        self.worker_process: WorkerProcess | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
 
-    def start_work(self) -> None:
+    def _queued(self, queue_id: str, plan: PlannedComparison) -> None:
+        if self.worker_process is not None:
+            self.worker_process.notify()
+        else:
+            self.worker.queued(queue_id, plan)
+
+    def start_work(self, worker_process: WorkerProcess | None = None) -> None:
         """Start the worker, the sweeper, the batch jobs and the outbox publisher in this
-        event loop."""
+        event loop; with ``worker_process``, the worker runs in that child process instead
+        (:mod:`cjllm.provider.worker_process`)."""
         if self._tasks:
             return
         self._stop = asyncio.Event()
+        self.worker_process = worker_process
+        working = self.worker.run
+        if worker_process is not None:
+            worker_process.on_recorded = self.publisher.notify
+            working = worker_process.run
         self._tasks = [
             asyncio.create_task(supervise(name, loop, self._stop))
             for name, loop in (
-                ("worker", self.worker.run),
+                ("worker", working),
                 ("sweeper", self.sweeper.run),
                 ("batch jobs", self.jobs.run),
                 ("publisher", self.publisher.run),  # last: stop_work lets it finish

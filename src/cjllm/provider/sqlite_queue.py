@@ -286,13 +286,13 @@ class SQLiteQueue:
 
         return await self._run(lambda: self._write(retry))
 
-    async def recover_leases(self, now: float) -> int:
+    async def recover_leases(self, now: float, expired_by: float | None = None) -> int:
         def recover(c: sqlite3.Connection) -> int:
             cur = c.execute(
                 "UPDATE items SET state = 'queued', lease_owner = NULL, lease_until = NULL,"
                 " attempts = attempts + 1, last_error = 'lease expired (worker lost)',"
                 " available_at = ?, updated_at = ? WHERE state = 'processing' AND lease_until <= ?",
-                (now, now, now),
+                (now, now, now if expired_by is None else expired_by),
             )
             return cur.rowcount
 
