@@ -96,7 +96,9 @@ async def test_a_killed_worker_process_is_replaced_and_every_comparison_judged_o
         ) as services:
             batch_id = await _start(run, services)
             killed = await _kill_worker_mid_run(services, batch_id)
-            result = await services.until(services.cj.wait_for_completion(batch_id, check_every=0.2))
+            result = await services.until(
+                services.cj.wait_for_completion(batch_id, check_every=0.2)
+            )
             process = services.provider.worker_process
             assert process is not None and process.restarts == 1
             assert process.pid not in (None, killed)
@@ -122,9 +124,26 @@ async def test_a_worker_process_that_keeps_dying_fails_the_job_with_the_reason(
         ) as services:
             batch_id = await _start(run, services)
             await _kill_worker_mid_run(services, batch_id)
+            waiting = services.cj.wait_for_completion(batch_id, check_every=0.2)
             with pytest.raises(WorkerProcessFailed, match="run the same command again"):
-                await services.until(services.cj.wait_for_completion(batch_id, check_every=0.2))
+                await services.until(waiting)
     # nothing was lost: what was not judged is still queued for the resumed run
     states, _ = queue_states(out)
     assert sum(states.values()) >= 20 and set(states) <= {"completed", "queued"}
     assert states["queued"] > 0
+
+
+def test_auto_runs_the_worker_in_a_child_process_only_for_large_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cjllm.rank
+
+    monkeypatch.delenv("CJLLM_EMBEDDED_WORKER", raising=False)  # auto
+    small = prepare(RankRequest(EXAMPLES, tmp_path / "a", provider="mock"))
+    assert small.provider_settings.embedded_worker == "in_process"
+    monkeypatch.setattr(cjllm.rank, "CHILD_WORKER_FROM_ESSAYS", 18)  # the examples count
+    large = prepare(RankRequest(EXAMPLES, tmp_path / "b", provider="mock"))
+    assert large.provider_settings.embedded_worker == "child_process"
+    monkeypatch.setenv("CJLLM_EMBEDDED_WORKER", "in_process")  # a setting wins over auto
+    chosen = prepare(RankRequest(EXAMPLES, tmp_path / "c", provider="mock"))
+    assert chosen.provider_settings.embedded_worker == "in_process"

@@ -152,6 +152,12 @@ def budget_note(run: PreparedRun) -> str:
     return BatchOptions.from_settings(run.cj_settings).budget_note(n)
 
 
+CHILD_WORKER_FROM_ESSAYS = 1_000
+"""From this many essays ``CJLLM_EMBEDDED_WORKER=auto`` runs the provider's worker in a child
+process (the second core pays off; below it the child's start-up does not: docs/performance.md,
+issue 15)."""
+
+
 def provider_settings_for(request: RankRequest) -> ProviderSettings:
     update: dict[str, Any] = {"mock_seed": request.seed}
     if request.bundle_size is not None and request.strategy in BATCH_JOB_STRATEGIES:
@@ -179,6 +185,10 @@ def prepare(request: RankRequest | Checked) -> PreparedRun:
     checked = request if isinstance(request, Checked) else preflight(request)
     request, inputs, provider = checked.request, checked.inputs, checked.provider
     psettings = provider_settings_for(request)
+    if psettings.embedded_worker == "auto":
+        large = len(inputs.essays) >= CHILD_WORKER_FROM_ESSAYS
+        worker = "child_process" if large else "in_process"
+        psettings = psettings.model_copy(update={"embedded_worker": worker})
     try:
         judging = make_judge(
             provider,

@@ -61,8 +61,9 @@ class ProviderSettings(BackendSettings):
     worker_concurrency: int | None = Field(default=None, gt=0)
     poll_interval_seconds: float = 0.05
     # where `cjllm rank` runs the provider's worker (claim, call, settle): in its own event
-    # loop, or in a child process over the same SQLite queue (cjllm.provider.worker_process)
-    embedded_worker: Literal["in_process", "child_process"] = "in_process"
+    # loop, or in a child process over the same SQLite queue (cjllm.provider.worker_process);
+    # auto: the child from cjllm.rank.CHILD_WORKER_FROM_ESSAYS essays on
+    embedded_worker: Literal["auto", "in_process", "child_process"] = "auto"
     sweep_interval_seconds: float = 1.0
     outbox_lease_seconds: float = 30.0
     publish_batch_size: int = 100

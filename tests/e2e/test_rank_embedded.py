@@ -249,13 +249,37 @@ def _succeeded(database: Path) -> dict[str, str | None]:
     return {cid: winner for cid, status, winner in rows if status == "succeeded"}
 
 
-def _interrupt_and_resume(tmp_path: Path, sig: signal.Signals) -> None:
+def _descendants(pid: int) -> set[int]:
+    """The running processes below ``pid`` (Linux /proc)."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found |= {child} | _descendants(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _interrupt_and_resume(
+    tmp_path: Path, sig: signal.Signals, extra: dict[str, str] | None = None
+) -> None:
     out = tmp_path / "results"
     args = ["rank", str(EXAMPLES), "--out", str(out), "--comparisons-per-essay", "16"]
     slow = {
         "CJLLM_MOCK_LATENCY_SECONDS": "0.4",
         "MAX_CONCURRENT_COMPARISONS": "24",
         "CJLLM_TARGET_RELIABILITY": "0.999",
+        **(extra or {}),
     }
     child = subprocess.Popen(
         [*INTERRUPTIBLE_CJLLM, *args],
@@ -271,8 +295,16 @@ def _interrupt_and_resume(tmp_path: Path, sig: signal.Signals) -> None:
             assert child.poll() is None, child.communicate()[0]
             assert time.monotonic() < deadline, "no progress within 120 s"
             time.sleep(0.1)
+        helpers = _descendants(child.pid)
+        if extra:  # the worker process is one of them
+            assert helpers, "no worker process"
         child.send_signal(sig)
         output, _ = child.communicate(timeout=60)
+        # no helper process (the worker process, the chain helper) outlives the run
+        deadline = time.monotonic() + 30
+        while any(_alive(p) for p in helpers):
+            assert time.monotonic() < deadline, f"left running: {helpers}"
+            time.sleep(0.1)
     finally:
         if child.poll() is None:
             child.kill()
@@ -286,7 +318,7 @@ def _interrupt_and_resume(tmp_path: Path, sig: signal.Signals) -> None:
         assert child.returncode == -signal.SIGKILL
     assert not (out / "ranking.json").exists()
 
-    resumed = run(*args, extra_env={"CJLLM_TARGET_RELIABILITY": "0.999"})
+    resumed = run(*args, extra_env={"CJLLM_TARGET_RELIABILITY": "0.999", **(extra or {})})
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Resuming batch" in resumed.stdout
     rows = comparison_rows(out / "cj.sqlite")
@@ -308,6 +340,13 @@ def test_interrupted_run_resumes_without_redoing_comparisons(tmp_path: Path) -> 
 @pytest.mark.slow
 def test_killed_run_resumes_with_every_comparison_accounted_for(tmp_path: Path) -> None:
     _interrupt_and_resume(tmp_path, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_a_run_with_the_worker_process_stops_leaves_no_helper_and_resumes(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    _interrupt_and_resume(tmp_path, sig, {"CJLLM_EMBEDDED_WORKER": "child_process"})
 
 
 def test_the_same_command_and_seed_give_the_same_ranking(tmp_path: Path) -> None:
