@@ -1,7 +1,7 @@
 """Where the final fit's intervals and reliability come from: its two chains taken apart.
 
 Run: python bench/final_fit_parts.py [--reps 20] [--n 40] [--k 6] [--judges clean,position,flip]
-     [--results parts.jsonl]
+     [--results parts.jsonl] [--lapse-grid 0.39,0.4,0.41]
 
 Each batch is one of ``bench/judgement.py``'s (same essays, judge, pairing and seeds: its
 ``run_batch``), run to its budget; then the final fit's two posterior runs are repeated on the
@@ -13,7 +13,9 @@ intervals holding the truth, reliability (posterior mean of corr(scores, θ)²) 
 the slope of the scores on the truth and the mean SD. Also: the mean P(ε > 0); reliability
 re-estimated against the other half of the draws (a Monte Carlo check: a draw is part of the
 mean it is correlated with); and the share of batches where WAIC, the predictive criterion,
-prefers the lapse model. Figures and what they decided: docs/performance.md, "Judgement".
+prefers the lapse model. ``--lapse-grid``: the lapse run's ε only on these values, equally
+likely a priori (e.g. held near a flipping judge's true 0.4, to see what the rest of the model
+does once ε is known). Figures and what they decided: docs/performance.md, "Judgement".
 """
 
 from __future__ import annotations
@@ -157,7 +159,14 @@ def main() -> None:
     parser.add_argument("--judges", default="clean,position,flip")
     parser.add_argument("--results", type=Path, default=Path("final_fit_parts.jsonl"))
     parser.add_argument("--table", action="store_true", help="tabulate the results file only")
+    parser.add_argument(
+        "--lapse-grid", help="comma-separated ε values (flat prior) for the lapse run"
+    )
     args = parser.parse_args()
+    if args.lapse_grid:  # the module's grid and prior are read at each call: replaced for this run
+        grid = np.array([float(x) for x in args.lapse_grid.split(",")])
+        posterior.LAPSE_GRID = grid  # type: ignore[misc]
+        posterior._LAPSE_LOG_PRIOR = np.full(grid.size, -math.log(grid.size))
     todo = judgement.conditions(
         [int(x) for x in args.n.split(",")], [int(x) for x in args.k.split(",")],
         args.judges.split(","),
