@@ -1,7 +1,7 @@
 """Where the final fit's intervals and reliability come from: its two chains taken apart.
 
 Run: python bench/final_fit_parts.py [--reps 20] [--n 40] [--k 6] [--judges clean,position,flip]
-     [--results parts.jsonl] [--lapse-grid 0.39,0.4,0.41]
+     [--results parts.jsonl] [--lapse-grid 0.39,0.4,0.41] [--tau-prior 1.5,1]
 
 Each batch is one of ``bench/judgement.py``'s (same essays, judge, pairing and seeds: its
 ``run_batch``), run to its budget; then the final fit's two posterior runs are repeated on the
@@ -15,7 +15,9 @@ re-estimated against the other half of the draws (a Monte Carlo check: a draw is
 mean it is correlated with); and the share of batches where WAIC, the predictive criterion,
 prefers the lapse model. ``--lapse-grid``: the lapse run's ε only on these values, equally
 likely a priori (e.g. held near a flipping judge's true 0.4, to see what the rest of the model
-does once ε is known). Figures and what they decided: docs/performance.md, "Judgement".
+does once ε is known). ``--tau-prior SCALE,SHAPE``: τ's prior in the re-sampled runs (shape 1
+a half-normal, 2 a Rayleigh; for checkouts whose posterior takes a shape). Figures and what
+they decided: docs/performance.md, "Judgement".
 """
 
 from __future__ import annotations
@@ -162,7 +164,11 @@ def main() -> None:
     parser.add_argument(
         "--lapse-grid", help="comma-separated ε values (flat prior) for the lapse run"
     )
+    parser.add_argument("--tau-prior", help="SCALE,SHAPE of τ's prior in the re-sampled runs")
     args = parser.parse_args()
+    if args.tau_prior:  # read at each call of parts(): replaced for this run
+        scale, shape = args.tau_prior.split(",")
+        posterior.TAU_SCALE, posterior.TAU_SHAPE = float(scale), int(shape)  # type: ignore[misc]
     if args.lapse_grid:  # the module's grid and prior are read at each call: replaced for this run
         grid = np.array([float(x) for x in args.lapse_grid.split(",")])
         posterior.LAPSE_GRID = grid  # type: ignore[misc]
