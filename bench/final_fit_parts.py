@@ -1,7 +1,7 @@
 """Where the final fit's intervals and reliability come from: its two chains taken apart.
 
 Run: python bench/final_fit_parts.py [--reps 20] [--n 40] [--k 6] [--judges clean,position,flip]
-     [--results parts.jsonl] [--lapse-grid 0.39,0.4,0.41] [--tau-prior 1.5,1]
+     [--results parts.jsonl] [--lapse-grid 0.39,0.4,0.41] [--tau-prior 1.5,1] [--probes 0.2]
 
 Each batch is one of ``bench/judgement.py``'s (same essays, judge, pairing and seeds: its
 ``run_batch``), run to its budget; then the final fit's two posterior runs are repeated on the
@@ -126,7 +126,8 @@ def parts(condition: judgement.Condition, rep: int) -> dict[str, object]:
 def table(rows: list[dict[str, object]]) -> list[str]:
     groups: dict[tuple[object, ...], list[dict[str, object]]] = defaultdict(list)
     for row in rows:
-        groups[tuple(row["condition"].values())].append(row)  # type: ignore[attr-defined]
+        c = row["condition"]
+        groups[(c["n"], c["k"], c["judge"], c["pairing"])].append(row)  # type: ignore[index]
     lines = [
         "| n | K | judge | pairing | part | batches | 95% coverage | reliability − r² "
         "| (crossed halves) | slope on truth | mean SD | P(ε > 0) | WAIC prefers ε |",
@@ -164,6 +165,7 @@ def main() -> None:
     parser.add_argument(
         "--lapse-grid", help="comma-separated ε values (flat prior) for the lapse run"
     )
+    parser.add_argument("--probes", type=float, default=0.0, help="lapse-probe share (adaptive)")
     parser.add_argument("--tau-prior", help="SCALE,SHAPE of τ's prior in the re-sampled runs")
     args = parser.parse_args()
     if args.tau_prior:  # read at each call of parts(): replaced for this run
@@ -175,7 +177,7 @@ def main() -> None:
         posterior._LAPSE_LOG_PRIOR = np.full(grid.size, -math.log(grid.size))
     todo = judgement.conditions(
         [int(x) for x in args.n.split(",")], [int(x) for x in args.k.split(",")],
-        args.judges.split(","),
+        args.judges.split(","), args.probes,
     )  # fmt: skip
     done = set()
     if args.results.exists():
@@ -190,8 +192,10 @@ def main() -> None:
                         out.write(json.dumps(parts(condition, rep)) + "\n")
                         out.flush()
     rows = [json.loads(line) for line in args.results.read_text(encoding="utf-8").splitlines()]
-    wanted = {(vars(c)["n"], c.k, c.judge, c.pairing) for c in todo}
-    rows = [r for r in rows if tuple(r["condition"].values()) in wanted and r["rep"] < args.reps]
+    wanted = set(todo)
+    rows = [
+        r for r in rows if judgement.Condition(**r["condition"]) in wanted and r["rep"] < args.reps
+    ]
     print("\n".join(table(rows)))
 
 
