@@ -5,6 +5,7 @@ dying, and the run summary's calls and bundle sizes as with the worker in-proces
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from cjllm.out_dir import locked_out_dir
 from cjllm.preflight import RankRequest
 from cjllm.provider import worker_process
 from cjllm.provider.worker_process import WorkerProcessFailed
-from cjllm.rank import PreparedRun, prepare, run_until_done
+from cjllm.rank import prepare, run_until_done
 from tests.e2e.cli import EXAMPLES, comparison_rows
 
 BUDGET = 90  # 18 example essays × 10 comparisons each (two per comparison)
@@ -59,12 +61,21 @@ def test_a_rank_with_the_worker_in_a_child_process_reports_its_calls_and_bundle_
     assert states == Counter({"completed": BUDGET}) and outbox == 0
 
 
-async def _start(run: PreparedRun, services: EmbeddedServices) -> str:
-    return await services.cj.start_batch(
-        [EssayInput(e.essay_id, e.text) for e in run.inputs.essays],
-        instructions=run.inputs.instructions,
-        batch_id=str(uuid.uuid4()),
-    )
+@contextlib.asynccontextmanager
+async def _started(out: Path) -> AsyncIterator[tuple[EmbeddedServices, str]]:
+    """The embedded services of a mock rank in ``out`` with its batch started."""
+    run = prepare(RankRequest(EXAMPLES, out, provider="mock"))
+    adapters = {run.judging.provider: run.judging.adapter}
+    with locked_out_dir(out):
+        async with embedded_services(
+            out, run.provider_settings, run.cj_settings, adapters=adapters
+        ) as services:
+            batch_id = await services.cj.start_batch(
+                [EssayInput(e.essay_id, e.text) for e in run.inputs.essays],
+                instructions=run.inputs.instructions,
+                batch_id=str(uuid.uuid4()),
+            )
+            yield services, batch_id
 
 
 async def _kill_worker_mid_run(services: EmbeddedServices, batch_id: str) -> int:
@@ -88,20 +99,12 @@ async def test_a_killed_worker_process_is_replaced_and_every_comparison_judged_o
 ) -> None:
     monkeypatch.setenv("CJLLM_MOCK_LATENCY_SECONDS", "0.3")  # bundles in flight when killed
     out = tmp_path / "run"
-    run = prepare(RankRequest(EXAMPLES, out, provider="mock"))
-    adapters = {run.judging.provider: run.judging.adapter}
-    with locked_out_dir(out):
-        async with embedded_services(
-            out, run.provider_settings, run.cj_settings, adapters=adapters
-        ) as services:
-            batch_id = await _start(run, services)
-            killed = await _kill_worker_mid_run(services, batch_id)
-            result = await services.until(
-                services.cj.wait_for_completion(batch_id, check_every=0.2)
-            )
-            process = services.provider.worker_process
-            assert process is not None and process.restarts == 1
-            assert process.pid not in (None, killed)
+    async with _started(out) as (services, batch_id):
+        killed = await _kill_worker_mid_run(services, batch_id)
+        result = await services.until(services.cj.wait_for_completion(batch_id, check_every=0.2))
+        process = services.provider.worker_process
+        assert process is not None and process.restarts == 1
+        assert process.pid not in (None, killed)
     assert (result.comparisons_succeeded, result.comparisons_failed) == (BUDGET, 0)
     rows = comparison_rows(out / "cj.sqlite")
     assert len(rows) == BUDGET and {status for _, status, _ in rows} == {"succeeded"}
@@ -116,17 +119,11 @@ async def test_a_worker_process_that_keeps_dying_fails_the_job_with_the_reason(
     monkeypatch.setenv("CJLLM_MOCK_LATENCY_SECONDS", "0.3")
     monkeypatch.setattr(worker_process, "MAX_RESTARTS", 0)
     out = tmp_path / "run"
-    run = prepare(RankRequest(EXAMPLES, out, provider="mock"))
-    adapters = {run.judging.provider: run.judging.adapter}
-    with locked_out_dir(out):
-        async with embedded_services(
-            out, run.provider_settings, run.cj_settings, adapters=adapters
-        ) as services:
-            batch_id = await _start(run, services)
-            await _kill_worker_mid_run(services, batch_id)
-            waiting = services.cj.wait_for_completion(batch_id, check_every=0.2)
-            with pytest.raises(WorkerProcessFailed, match="run the same command again"):
-                await services.until(waiting)
+    async with _started(out) as (services, batch_id):
+        await _kill_worker_mid_run(services, batch_id)
+        waiting = services.cj.wait_for_completion(batch_id, check_every=0.2)
+        with pytest.raises(WorkerProcessFailed, match="run the same command again"):
+            await services.until(waiting)
     # nothing was lost: what was not judged is still queued for the resumed run
     states, _ = queue_states(out)
     assert sum(states.values()) >= 20 and set(states) <= {"completed", "queued"}
