@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from cjllm.cj.options import BatchOptions
 from cjllm.cj.pairing import (
     FLOOR_SHARE,
     PROBE_PART,
@@ -17,7 +18,12 @@ from cjllm.cj.pairing import (
     rank_weights,
 )
 from cjllm.cj.population import fit_spread, population_sd
+from cjllm.cj.ranking import fit_outcomes
+from cjllm.cj.records import EssayRecord, PairOutcome
 from cjllm.cj.reliability import population_reliability
+from cjllm.cj.rounds import plan_next_round
+from cjllm.cj.tables import ComparisonStatus
+from cjllm.settings import CJSettings
 
 Pair = tuple[int, int]
 
@@ -281,3 +287,39 @@ def test_simulated_judge_is_ranked_well_with_honest_reliability(adaptive: bool) 
     rho, gap = simulate_judging(adaptive, seed=11)
     assert rho >= 0.85
     assert abs(gap) < 0.1
+
+
+def test_the_probe_setting_reaches_the_rounds_the_service_plans() -> None:
+    """CJLLM_PAIRING_PROBE_FRACTION → BatchOptions → plan_next_round → rule 6's probes."""
+    n = 40
+    essays = [EssayRecord(f"e{i:02d}", i, f"essay {i}", None) for i in range(n)]
+    rng = np.random.default_rng(3)
+    order = rng.permutation(n)
+    outcomes = [  # one round of random pairs, the higher position always winning
+        PairOutcome(
+            essays[a].essay_id,
+            essays[b].essay_id,
+            ComparisonStatus.SUCCEEDED,
+            essays[max(a, b)].essay_id,
+            1,
+            1,
+        )
+        for a, b in zip(order[::2].tolist(), order[1::2].tolist(), strict=True)
+    ]
+
+    def top_bottom_pairs(probe_fraction: float) -> tuple[int, int]:
+        settings = CJSettings(pairing_probe_fraction=probe_fraction)
+        options = BatchOptions.from_settings(settings)
+        fit = fit_outcomes(essays, outcomes, options)
+        planned = plan_next_round("probe-batch", 2, options, essays, outcomes, fit)
+        ranks = np.argsort(np.argsort(fit.theta, kind="stable"), kind="stable")
+        side = {
+            e.essay_id: int(ranks[i] < n // 4) - int(ranks[i] >= n - n // 4)
+            for i, e in enumerate(essays)
+        }
+        across = sum(side[p.essay_a_id] * side[p.essay_b_id] == -1 for p in planned)
+        return across, len(planned)
+
+    across, size = top_bottom_pairs(0.5)
+    assert across >= round(0.5 * size) - 1
+    assert top_bottom_pairs(0.0)[0] < across
