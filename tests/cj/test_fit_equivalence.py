@@ -97,15 +97,21 @@ REFERENCE_PROFILE = [
 
 
 def test_round_fit_reproduces_the_previous_implementation() -> None:
+    """Since the τ search follows the evidence's slope (:mod:`cjllm.cj.tau_search`) the τ is
+    the previous bounded Brent search's to within its tolerance (0.01 in log τ): scores move
+    by less than 0.005 SE, SEs by less than 0.5% (tests/cj/test_tau_search.py)."""
     fit = fit_population(12, *judged(12, 6, seed=11), order_prior=0.1)
-    assert np.allclose(fit.theta, REFERENCE_THETA, rtol=1e-9, atol=1e-10)
-    assert np.allclose(fit.se, REFERENCE_SE, rtol=1e-9, atol=1e-10)
-    assert fit.reliability == pytest.approx(0.764174829405526, abs=1e-10)
-    assert fit.tau == pytest.approx(2.803025570170704, abs=1e-10)
-    assert fit.fit.order_effect == pytest.approx(1.2441409846227292, abs=1e-10)
-    assert fit.fit.order_effect_se == pytest.approx(0.6289966571265869, abs=1e-10)
+    se = np.asarray(REFERENCE_SE)
+    assert np.all(np.abs(fit.theta - REFERENCE_THETA) <= 0.005 * se)
+    assert np.allclose(fit.se, REFERENCE_SE, rtol=0.005, atol=0)
+    assert fit.reliability == pytest.approx(0.764174829405526, abs=0.001)
+    assert fit.tau is not None and abs(np.log(fit.tau / 2.803025570170704)) <= 0.01
+    assert fit.fit.order_effect == pytest.approx(1.2441409846227292, abs=0.005 * 0.629)
+    assert fit.fit.order_effect_se == pytest.approx(0.6289966571265869, rel=0.005)
     profile = profile_lapse(30, *judged(30, 8, seed=12, lapse=0.3), order_prior=0.1)
-    assert np.allclose(profile.evidence, REFERENCE_PROFILE, rtol=0, atol=1e-8)
+    assert np.allclose(profile.evidence[1:], REFERENCE_PROFILE[1:], rtol=0, atol=1e-8)
+    # ε = 0 follows the slope: a maximum at least as high, found to a tighter tolerance
+    assert REFERENCE_PROFILE[0] - 1e-9 <= profile.evidence[0] <= REFERENCE_PROFILE[0] + 1e-5
 
 
 @pytest.mark.parametrize("lapse", [False, True])

@@ -32,9 +32,10 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 
-from cjllm.cj.likelihood import FloatArray
+from cjllm.cj.likelihood import FloatArray, LogPosterior
 from cjllm.cj.reliability import scale_separation_reliability
-from cjllm.cj.scoring import BTFit, fit_bradley_terry
+from cjllm.cj.scoring import BTFit, _comparisons, _coordinates, fit_bradley_terry
+from cjllm.cj.tau_search import Slope, evidence_slope, search_log_tau
 from cjllm.cj.uncertainty import EXACT_LIMIT
 
 TAU_BOUNDS = (0.05, 10.0)  # logits: from "all essays alike" to "every comparison certain"
@@ -68,6 +69,17 @@ def fit_spread(
     low, high = tau_bounds
     if not 0.0 < low < high:
         raise ValueError(f"tau_bounds must satisfy 0 < low < high, got {tau_bounds}")
+    if lapse == 0.0:
+        searched = _slope_search(
+            n_items, first, second, first_won, order_effect=order_effect,
+            order_prior=order_prior, initial=initial, tau_bounds=tau_bounds, xtol=xtol,
+        )  # fmt: skip
+        if searched is not None:
+            return fit_bradley_terry(
+                n_items, first, second, first_won, prior=math.exp(-2.0 * searched[0]),
+                order_effect=order_effect, order_prior=order_prior, initial=searched[1],
+                standard_errors="auto" if standard_errors else "evidence",
+            )  # fmt: skip
     start = initial
     fits: dict[float, BTFit] = {}
 
@@ -105,6 +117,46 @@ def fit_spread(
         n_items, first, second, first_won, prior=found.prior, order_effect=order_effect,
         order_prior=order_prior, lapse=lapse, initial=found,
     )  # fmt: skip
+
+
+def _slope_search(
+    n_items: int,
+    first: npt.ArrayLike,
+    second: npt.ArrayLike,
+    first_won: npt.ArrayLike,
+    *,
+    order_effect: bool,
+    order_prior: float,
+    initial: BTFit | None,
+    tau_bounds: tuple[float, float],
+    xtol: float,
+) -> tuple[float, BTFit] | None:
+    """:func:`~cjllm.cj.tau_search.search_log_tau` (ε = 0, each fit from the previous one):
+    the log τ it finds and the fit nearest it, or None when it did not settle (the caller falls back
+    to Brent)."""
+    nearest = initial
+
+    def evaluate(log_tau: float) -> Slope:
+        nonlocal nearest
+        nearest = fit_bradley_terry(
+            n_items, first, second, first_won, prior=math.exp(-2.0 * log_tau),
+            order_effect=order_effect, order_prior=order_prior, initial=nearest,
+            standard_errors="none",
+        )  # fmt: skip
+        problem = LogPosterior(
+            n_items, *_comparisons(n_items, first, second, first_won), order=order_effect,
+            prior=nearest.prior, order_prior=order_prior,
+        )  # fmt: skip
+        return evidence_slope(problem, _coordinates(nearest, problem))
+
+    start = 0.0  # τ = 1 (abilities a logit apart) unless the initial fit has a prior
+    if initial is not None and initial.prior > 0.0:
+        start = -0.5 * math.log(initial.prior)
+    bounds = (math.log(tau_bounds[0]), math.log(tau_bounds[1]))
+    log_tau = search_log_tau(evaluate, start, bounds, xtol)
+    if log_tau is None or nearest is None:
+        return None
+    return log_tau, nearest
 
 
 @dataclass(frozen=True)
