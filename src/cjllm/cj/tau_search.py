@@ -34,6 +34,7 @@ from cjllm.cj.likelihood import FloatArray, LogPosterior
 
 MAX_STEPS = 40  # evaluations at most (each one Newton fit); the search returns None beyond
 _LARGEST_STEP = 1.5  # in log τ: a secant step through a poorly curved region is cut to this
+_FIRST_STEP = 0.5  # in log τ, the slope's way, when there is nothing better to go by
 
 
 @dataclass(frozen=True)
@@ -114,9 +115,10 @@ def search_log_tau(
             above, seen_above = log_tau, True
         step = _secant(here, previous)
         if step is None and previous is None and here.proposal is not None:
-            step = here.proposal - log_tau
+            step = here.proposal - log_tau  # MacKay's, if it goes the slope's way
+            step = step if step * here.slope > 0.0 else None
         if step is None or not math.isfinite(step):
-            step = _LARGEST_STEP if here.slope >= 0.0 else -_LARGEST_STEP
+            step = _FIRST_STEP if here.slope >= 0.0 else -_FIRST_STEP
         step = max(-_LARGEST_STEP, min(_LARGEST_STEP, step))
         proposed = min(max(log_tau + step, low), high)
         if (seen_below and proposed <= below) or (seen_above and proposed >= above):
