@@ -5,6 +5,7 @@ previous search (reproduced here) within its tolerance, 0.01 in log τ."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -30,7 +31,7 @@ def design(kind: str, n: int, per_item: int, seed: int) -> Data:
         pairs = []
         for _ in range(per_item // 2):
             order = np.argsort(truth + rng.normal(0.0, 0.7, n))
-            pairs.extend(zip(order[:-1], order[1:], strict=True))
+            pairs.extend(itertools.pairwise(order))
             pairs.extend(zip(order[:-2:2], order[2::2], strict=True))
         pairs_array = rng.permutation(np.array(pairs))
     else:
