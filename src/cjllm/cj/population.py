@@ -62,9 +62,11 @@ def fit_spread(
     ``order_effect``/``order_prior``/``lapse`` are passed to
     :func:`~cjllm.cj.scoring.fit_bradley_terry`; δ keeps its own fixed prior (its estimate
     must not collapse when the essays happen to be alike). τ is searched on log τ within
-    ``tau_bounds`` by bounded Brent to within ``xtol``; each fit starts from the previous one
-    (the first from ``initial``) and computes the evidence only (no SEs); the returned fit
-    has ``prior`` = 1/τ² and, when ``standard_errors``, its SEs.
+    ``tau_bounds`` to within ``xtol``: with ε = 0 by secant steps on the evidence's exact
+    slope (:mod:`cjllm.cj.tau_search`, ~4 fits), otherwise (or if that does not settle) by
+    bounded Brent on the evidence itself (~9); each fit starts from the previous one (the
+    first from ``initial``, whose τ also starts the slope search) and computes no SEs; the
+    returned fit has ``prior`` = 1/τ² and, when ``standard_errors``, its SEs.
     """
     low, high = tau_bounds
     if not 0.0 < low < high:
@@ -132,8 +134,8 @@ def _slope_search(
     xtol: float,
 ) -> tuple[float, BTFit] | None:
     """:func:`~cjllm.cj.tau_search.search_log_tau` (ε = 0, each fit from the previous one):
-    the log τ it finds and the fit nearest it, or None when it did not settle (the caller falls back
-    to Brent)."""
+    the log τ it finds and the fit nearest it, or None when it did not settle (the caller
+    falls back to Brent)."""
     nearest = initial
 
     def evaluate(log_tau: float) -> Slope:

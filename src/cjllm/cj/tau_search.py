@@ -15,9 +15,11 @@ Cholesky factor the log-determinant needs anyway) and ż = dẑ/dλ = −S·(θ�
 w'_g = c_g·p_g(1 − p_g)(1 − 2p_g) (the envelope theorem removes Φ's dependence through ẑ; the
 last sum is H's dependence through ẑ). dE/d log τ = −2λ·dE/dλ. :func:`search_log_tau` finds
 its zero by secant steps kept inside the bracket found so far (bisection when a step would
-leave it), the first step MacKay's fixed point τ² = |θ̂|²/(n − λ·tr S_θθ); each fit starts
-from the previous one. This replaces a derivative-free bounded Brent search (~9 fits a round
-fit) by ~4 (docs/decisions.md; equivalence in ``tests/cj/test_tau_search.py``).
+leave it); the first step is MacKay's fixed point τ² = |θ̂|²/(n − λ·tr S_θθ) when it goes the
+slope's way (it is biased low, so often it does not), else 0.5. Each fit starts from the
+previous one. This replaces a derivative-free bounded Brent search on the evidence (~9 fits
+a round fit) by ~4, each with one more O(n³) step (the inverse from the Cholesky factor);
+docs/decisions.md, equivalence in ``tests/cj/test_tau_search.py``.
 """
 
 from __future__ import annotations
