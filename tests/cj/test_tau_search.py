@@ -1,7 +1,8 @@
 """The τ search on the evidence's slope finds what the bounded Brent search on the evidence
 found: the slope is the evidence's derivative, and on random, adaptive and sparse designs of
 40, 200 and 1,000 essays the chosen τ, the round fit's scores and SEs equal those of the
-previous search (reproduced here) within its tolerance, 0.01 in log τ."""
+previous search (reproduced here) within its tolerance, 0.01 in log τ. Above
+``SLOPE_LIMIT`` essays the default is still the Brent search, unchanged."""
 
 from __future__ import annotations
 
@@ -97,7 +98,7 @@ DESIGNS = [("random", 40, 10), ("adaptive", 40, 10), ("sparse", 40, 2), ("random
 @pytest.mark.parametrize(("kind", "n", "per_item"), DESIGNS)
 def test_slope_search_finds_the_tau_of_the_brent_search(kind: str, n: int, per_item: int) -> None:
     data = design(kind, n, per_item, seed=n + per_item)
-    previous, found = brent_spread(n, data), fit_spread(n, *data)
+    previous, found = brent_spread(n, data), fit_spread(n, *data, search="slope")
     tight = brent_spread(n, data, xtol=1e-6)
     log_tau = -0.5 * math.log(found.prior)
     assert abs(log_tau + 0.5 * math.log(previous.prior)) <= 0.01  # the previous tolerance
@@ -124,6 +125,14 @@ def test_round_fit_equals_the_one_from_the_brent_search(
     assert np.all(np.abs(found.theta - previous.theta) <= 0.01 * previous.se)
     assert np.allclose(found.se, previous.se, rtol=0.005, atol=0)
     assert found.reliability == pytest.approx(previous.reliability, abs=0.002)
+
+
+def test_above_the_slope_limit_the_search_is_brents() -> None:
+    n = population.SLOPE_LIMIT + 1
+    data = design("random", n, 4, seed=9)
+    assert fit_spread(n, *data).prior == brent_spread(n, data).prior
+    with pytest.raises(ValueError, match="lapse 0"):
+        fit_spread(40, *design("random", 40, 4, seed=9), lapse=0.1, search="slope")
 
 
 def test_slope_search_stops_at_the_bound_the_evidence_rises_towards() -> None:

@@ -27,12 +27,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 
-from cjllm.cj.likelihood import FloatArray, LogPosterior
+from cjllm.cj.likelihood import DENSE_LIMIT, FloatArray, LogPosterior
 from cjllm.cj.reliability import scale_separation_reliability
 from cjllm.cj.scoring import BTFit, _comparisons, _coordinates, fit_bradley_terry
 from cjllm.cj.tau_search import Slope, evidence_slope, search_log_tau
@@ -41,6 +42,12 @@ from cjllm.cj.uncertainty import EXACT_LIMIT
 TAU_BOUNDS = (0.05, 10.0)  # logits: from "all essays alike" to "every comparison certain"
 LAPSE_GRID = tuple(round(0.05 * k, 2) for k in range(11))  # 0, 0.05, ..., 0.5
 PROFILE_DROP = 1.92  # half the 95% chi-square(1) quantile: a likelihood-ratio interval
+# Essays up to which τ is searched on the evidence's slope: while Newton's steps are dense
+# Cholesky solves, one inverse more per fit costs less than the ~5 fits it saves; above,
+# Newton runs on sparse conjugate gradients, the evidence's dense factorisation dominates
+# a fit and the inverse (~2 factorisations) costs more than the fits saved (measured:
+# docs/performance.md, issue 15's round fits).
+SLOPE_LIMIT = DENSE_LIMIT - 1
 
 
 def fit_spread(
@@ -56,22 +63,29 @@ def fit_spread(
     tau_bounds: tuple[float, float] = TAU_BOUNDS,
     xtol: float = 0.01,
     standard_errors: bool = True,
+    search: Literal["slope", "brent"] | None = None,
 ) -> BTFit:
     """MAP fit under θ ~ N(0, τ²) with τ chosen by maximum evidence, for a given ``lapse``.
 
     ``order_effect``/``order_prior``/``lapse`` are passed to
     :func:`~cjllm.cj.scoring.fit_bradley_terry`; δ keeps its own fixed prior (its estimate
     must not collapse when the essays happen to be alike). τ is searched on log τ within
-    ``tau_bounds`` to within ``xtol``: with ε = 0 by secant steps on the evidence's exact
-    slope (:mod:`cjllm.cj.tau_search`, ~4 fits), otherwise (or if that does not settle) by
-    bounded Brent on the evidence itself (~9); each fit starts from the previous one (the
-    first from ``initial``, whose τ also starts the slope search) and computes no SEs; the
-    returned fit has ``prior`` = 1/τ² and, when ``standard_errors``, its SEs.
+    ``tau_bounds`` to within ``xtol``: ``search`` "slope" by secant steps on the evidence's
+    exact slope (:mod:`cjllm.cj.tau_search`, ~4 fits; ε = 0 only), "brent" by bounded Brent
+    on the evidence itself (~9 fits; also where the slope search does not settle); None:
+    "slope" for ε = 0 up to :data:`SLOPE_LIMIT` essays, else "brent". Each fit starts from
+    the previous one (the first from ``initial``, whose τ also starts the slope search) and
+    computes no SEs; the returned fit has ``prior`` = 1/τ² and, when ``standard_errors``,
+    its SEs.
     """
     low, high = tau_bounds
     if not 0.0 < low < high:
         raise ValueError(f"tau_bounds must satisfy 0 < low < high, got {tau_bounds}")
-    if lapse == 0.0:
+    if search is None:
+        search = "slope" if lapse == 0.0 and n_items <= SLOPE_LIMIT else "brent"
+    if search == "slope" and lapse != 0.0:
+        raise ValueError(f"the slope search needs lapse 0, got {lapse}")
+    if search == "slope":
         searched = _slope_search(
             n_items, first, second, first_won, order_effect=order_effect,
             order_prior=order_prior, initial=initial, tau_bounds=tau_bounds, xtol=xtol,
