@@ -122,7 +122,7 @@ def direct_to(provider: ProviderService) -> Direct:
 
     async def submit(request: ComparisonRequest) -> Reply:
         try:
-            accepted = await intake.accept(request)
+            accepted = await intake.accept(request, estimate_wait=False)  # a Reply has no wait
         except Refused as refused:
             return Reply(
                 refused.status_code,

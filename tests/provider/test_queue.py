@@ -357,3 +357,68 @@ async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: P
         assert depth.queued == 5012 and depth.active_bytes == 5012 * len(b'{"p": 1}')
     finally:
         await q.close()
+
+
+# ---------------------------------------------------------------------- writers' turns (SQLite)
+
+_HOLD_TURN = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-writer", os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+time.sleep(3600)
+"""
+
+
+async def test_a_writer_waits_for_the_turn_another_process_holds(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.sqlite")
+    q = SQLiteQueue(path, max_items=100, max_bytes=10**6)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_TURN, path, stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None
+    assert await holder.stdout.readline() == b"holding\n"
+    new = item()
+    writing = asyncio.ensure_future(q.enqueue(new))
+    await asyncio.sleep(0.3)  # (no claim on time: the write must still be waiting)
+    assert not writing.done()
+    holder.terminate()
+    await holder.wait()
+    assert await writing == (new.queue_id, True)
+    assert (await q.depth(T0)).queued == 1
+    await q.close()
+
+
+async def test_a_writer_killed_holding_its_turn_does_not_block_the_queue(tmp_path: Path) -> None:
+    """SIGKILL mid-transaction: the kernel drops the dead process's turn and SQLite rolls its
+    transaction back, so the survivor writes and nothing of the dead one's step is kept."""
+    path = str(tmp_path / "q.sqlite")
+    q = SQLiteQueue(path, max_items=100, max_bytes=10**6)
+    kept = item()
+    await q.enqueue(kept)
+    killed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _DIE_MID_WRITE, path, stdout=subprocess.PIPE, cwd=REPO
+    )
+    assert killed.stdout is not None
+    assert await killed.stdout.readline() == b"mid-write\n"
+    killed.kill()
+    await killed.wait()
+    new = item()
+    assert await q.enqueue(new) == (new.queue_id, True)
+    depth = await q.depth(T0)
+    assert depth.queued == 2  # the killed process's uncommitted item is not there
+    await q.close()
+
+
+_DIE_MID_WRITE = """
+import sys, time, uuid
+from cjllm.provider.queue import NewItem
+from cjllm.provider.sqlite_queue import SQLiteQueue
+q = SQLiteQueue(sys.argv[1], max_items=100, max_bytes=10**6)
+def step(conn):
+    q._enqueue(conn, [NewItem(str(uuid.uuid4()), str(uuid.uuid4()), "k1", 3, 10, 10_000,
+                              "{}", 1_000_000.0, 1_000_000.0 + 3600)])
+    print("mid-write", flush=True)
+    time.sleep(3600)
+q._write(step)
+"""

@@ -129,8 +129,12 @@ class Intake:
             _invalid(exc)
         return await self.accept(comparison)
 
-    async def accept(self, comparison: ComparisonRequest) -> Accepted:
-        """Accept a validated request; raises :class:`Refused`."""
+    async def accept(
+        self, comparison: ComparisonRequest, *, estimate_wait: bool = True
+    ) -> Accepted:
+        """Accept a validated request; raises :class:`Refused`. ``estimate_wait=False``
+        leaves ``estimated_wait_minutes`` null, for a caller that never reads it (the
+        embedded CJ service: a tenth of accepting a comparison)."""
         try:
             _check_sizes(comparison, self.settings)
             plan, hints = _plan(comparison, self.providers, self.settings.bundle_layout)
@@ -152,7 +156,7 @@ class Intake:
         self._counted["queued" if created else "duplicate"].inc()
         if self._on_enqueue is not None and created:
             self._on_enqueue(queue_id, plan)
-        wait = await self.wait_minutes(plan, item.tokens, item.hint)
+        wait = await self.wait_minutes(plan, item.tokens, item.hint) if estimate_wait else None
         return Accepted(queue_id, item.correlation_id, created, wait)
 
     def _item(self, plan: PlannedComparison, hints: BundleHints) -> NewItem:

@@ -6,15 +6,28 @@ database's write lock up front: a claim reads the ready key's oldest items and l
 with one ``UPDATE … WHERE seq IN (…) RETURNING`` before any other writer can look, so two
 processes never get the same item. Finishing an item and recording its callback in the
 ``outbox`` table happen in one transaction. The tables are in :mod:`cjllm.provider.sqlite_schema`.
+
+Taking turns: before its ``BEGIN IMMEDIATE`` a writer takes an exclusive ``flock`` on the
+side file ``<queue>-writer`` and holds it to the ``COMMIT``, so a process that finds the
+write lock taken sleeps in the kernel and wakes the moment the holder commits. SQLite's own
+busy handler, which the lock would otherwise fall back to, polls with sleeps that grow to
+100 ms: with the embedded worker in a child process, the two processes spent more time in
+those sleeps than in their transactions (docs/performance.md, issue 15). The side lock is
+only about waiting; SQLite's lock still decides who writes (a writer that does not take
+the side lock, or a file system without ``flock``, is as safe as before), and the kernel
+drops a dead process's ``flock``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cjllm.provider.bundling import Candidate, pick_bundle
@@ -47,6 +60,7 @@ class SQLiteQueue:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._turns = _writer_turns(path)
         self._conn = sqlite3.connect(
             path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -63,7 +77,7 @@ class SQLiteQueue:
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction (the database write lock is taken first)."""
-        with self._lock:
+        with self._lock, self._turn():
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -73,6 +87,19 @@ class SQLiteQueue:
                 raise
             conn.execute("COMMIT")
             return result
+
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This writer's turn among the processes on the file (see the module docstring)."""
+        fd = self._turns
+        if fd is None:
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -437,3 +464,18 @@ class SQLiteQueue:
     async def close(self) -> None:
         with self._lock:
             self._conn.close()
+            if self._turns is not None:
+                os.close(self._turns)
+                self._turns = None
+
+
+def _writer_turns(path: str) -> int | None:
+    """The descriptor of the side file writers take turns on (None for an in-memory
+    database, or where the file cannot be opened: SQLite's busy handler then does the
+    waiting alone)."""
+    if path == ":memory:" or path.startswith("file:"):
+        return None
+    try:
+        return os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
