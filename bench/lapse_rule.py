@@ -132,11 +132,12 @@ def evaluate(rows: list[Record], choose: Callable[[Record], str]) -> tuple[list[
     groups: dict[tuple[object, ...], dict[int, dict[str, float]]] = defaultdict(dict)
     for row in rows:
         c = row["condition"]
-        part = row["parts"][choose(row)]  # type: ignore[index]
+        chosen = choose(row)
+        part = row["parts"][chosen]  # type: ignore[index]
         if part is None:  # too few draws for the cut: the whole run
             part = row["parts"]["lapse"]  # type: ignore[index]
         key = (c["n"], c["k"], c["judge"], c["pairing"])  # type: ignore[index]
-        groups[key][row["rep"]] = part  # type: ignore[index]
+        groups[key][row["rep"]] = {**part, "lapse model": float(chosen != "clean")}  # type: ignore[index,dict-item]
     lines, misses = [], []
     for key in sorted(groups):
         reps = groups[key]
@@ -144,7 +145,11 @@ def evaluate(rows: list[Record], choose: Callable[[Record], str]) -> tuple[list[
         cover = float(np.mean([g["coverage"] for g in got]))
         gap = float(np.mean([g["reliability"] for g in got]) - np.mean([g["r2"] for g in got]))
         cell = f"{key[0]}/{key[1]}/{key[2]}/{key[3]}"
-        lines.append(f"{cell}: {len(got)} batches, coverage {cover:.3f}, rel−r² {gap:+.3f}")
+        chose = np.mean([g["lapse model"] for g in got])
+        lines.append(
+            f"{cell}: {len(got)} batches, coverage {cover:.3f}, rel−r² {gap:+.3f}, "
+            f"lapse model chosen in {chose:.0%}"
+        )
         if not 0.92 <= cover <= 0.97:
             misses.append(f"coverage {cover:.3f} {cell}")
         if abs(gap) > 0.05:
