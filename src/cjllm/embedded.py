@@ -117,19 +117,24 @@ class DirectBus:
 def direct_to(provider: ProviderService) -> Direct:
     """The in-process hop from the CJ service to ``provider``: each comparison goes through
     the provider's :meth:`~cjllm.provider.intake.Intake.accept` (what the HTTP endpoint
-    calls), a refusal comes back as the status and message the API would answer with."""
+    calls), a round's through :meth:`~cjllm.provider.intake.Intake.accept_many` (the same
+    checks and answers, one hand-over); a refusal comes back as the status and message the
+    API would answer with."""
     intake: Intake = provider.app.state.intake
 
     async def submit(request: ComparisonRequest) -> Reply:
         try:
             accepted = await intake.accept(request, estimate_wait=False)  # a Reply has no wait
         except Refused as refused:
-            return Reply(
-                refused.status_code,
-                detail=_messages(refused.detail),
-                retry_after=retry_after_seconds((refused.headers or {}).get("Retry-After")),
-            )
+            return _reply(refused)
         return Reply(202, queue_id=accepted.queue_id)
+
+    async def submit_many(requests: Sequence[ComparisonRequest]) -> list[Reply]:
+        answers = await intake.accept_many(requests, estimate_wait=False)
+        return [
+            _reply(a) if isinstance(a, Refused) else Reply(202, queue_id=a.queue_id)
+            for a in answers
+        ]
 
     async def cancel(cj_batch_id: str) -> bool:
         try:
@@ -139,7 +144,16 @@ def direct_to(provider: ProviderService) -> Direct:
             return False
         return True
 
-    return Direct(submit, cancel)
+    return Direct(submit, cancel, submit_many)
+
+
+def _reply(refused: Refused) -> Reply:
+    """A refusal as the status, message and ``Retry-After`` the API would answer with."""
+    return Reply(
+        refused.status_code,
+        detail=_messages(refused.detail),
+        retry_after=retry_after_seconds((refused.headers or {}).get("Retry-After")),
+    )
 
 
 def _messages(detail: object) -> str:

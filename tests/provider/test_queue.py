@@ -18,6 +18,7 @@ import pytest
 
 from cjllm.contracts import QueueItemState
 from cjllm.provider.queue import Finished, NewItem, Queue, QueueFull, Retry, Spent, queue_from_url
+from cjllm.provider.sqlite_enqueue import enqueue
 from cjllm.provider.sqlite_queue import SQLiteQueue
 
 T0 = 1_000_000.0
@@ -336,7 +337,7 @@ def _enqueue_work(q: SQLiteQueue, new: NewItem) -> int:
 
     q._conn.set_progress_handler(count, 1)
     try:
-        q._write(lambda c: q._enqueue(c, [new]))
+        q._write(lambda c: enqueue(c, [new], q.max_items, q.max_bytes))
     finally:
         q._conn.set_progress_handler(None, 1)
     return steps
@@ -349,12 +350,59 @@ async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: P
         await put(q, *(item(f"key-{i % 7}", at=T0 + i) for i in range(10)))
         early = _enqueue_work(q, item(at=T0 + 10))
         q._write(
-            lambda c: [q._enqueue(c, [item(f"key-{i % 7}", at=T0 + 11 + i)]) for i in range(5000)]
+            lambda c: [
+                enqueue(c, [item(f"key-{i % 7}", at=T0 + 11 + i)], q.max_items, q.max_bytes)
+                for i in range(5000)
+            ]
         )
         late = _enqueue_work(q, item(at=T0 + 6000))
         assert late < 1.5 * early, (early, late)
         depth = await q.depth(T0 + 6000)
         assert depth.queued == 5012 and depth.active_bytes == 5012 * len(b'{"p": 1}')
+    finally:
+        await q.close()
+
+
+def _totals(q: SQLiteQueue) -> tuple[int, int]:
+    counted = q._read(
+        lambda c: c.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM items"
+            " WHERE state IN ('queued', 'processing')"
+        ).fetchone()
+    )
+    kept = q._read(lambda c: c.execute("SELECT items, bytes FROM totals").fetchone())
+    assert tuple(kept) == tuple(counted)
+    return int(kept[0]), int(kept[1])
+
+
+async def test_sqlite_totals_follow_a_group_enqueue_with_repeats_and_refusals(
+    tmp_path: Path,
+) -> None:
+    """The enqueue step moves the totals once for what it inserted (no insert trigger):
+    repeats and items over capacity add nothing; a file made when an insert trigger kept
+    them has it dropped on open, so nothing is counted twice."""
+    path = str(tmp_path / "q.sqlite")
+    q = SQLiteQueue(path, max_items=4, max_bytes=10**6)
+    first = [item(at=T0 + i) for i in range(3)]
+    await q.enqueue_many(first)
+    q._write(  # the trigger an older version of the schema had
+        lambda c: c.execute(
+            "CREATE TRIGGER totals_on_insert AFTER INSERT ON items"
+            " WHEN new.state IN ('queued', 'processing') BEGIN UPDATE totals SET"
+            " items = items + 1, bytes = bytes + new.size_bytes WHERE id = 1; END"
+        )
+    )
+    await q.close()
+    q = SQLiteQueue(path, max_items=4, max_bytes=10**6)
+    try:
+        answers = await q.enqueue_many([first[0], item(at=T0 + 5), item(at=T0 + 6), first[1]])
+        assert [type(a) for a in answers] == [tuple, tuple, QueueFull, tuple]
+        assert _totals(q) == (4, 4 * len(b'{"p": 1}'))
+        claimed = await claim(q, T0 + 10, linger=0.0)
+        assert 0 < len(claimed) < 4
+        await q.finish([done(queue_id) for queue_id in claimed], T0 + 10)
+        left = 4 - len(claimed)
+        assert _totals(q) == (left, left * len(b'{"p": 1}'))
     finally:
         await q.close()
 
@@ -413,11 +461,12 @@ async def test_a_writer_killed_holding_its_turn_does_not_block_the_queue(tmp_pat
 _DIE_MID_WRITE = """
 import sys, time, uuid
 from cjllm.provider.queue import NewItem
+from cjllm.provider.sqlite_enqueue import enqueue
 from cjllm.provider.sqlite_queue import SQLiteQueue
 q = SQLiteQueue(sys.argv[1], max_items=100, max_bytes=10**6)
 def step(conn):
-    q._enqueue(conn, [NewItem(str(uuid.uuid4()), str(uuid.uuid4()), "k1", 3, 10, 10_000,
-                              "{}", 1_000_000.0, 1_000_000.0 + 3600)])
+    enqueue(conn, [NewItem(str(uuid.uuid4()), str(uuid.uuid4()), "k1", 3, 10, 10_000,
+                           "{}", 1_000_000.0, 1_000_000.0 + 3600)], 100, 10**6)
     print("mid-write", flush=True)
     time.sleep(3600)
 q._write(step)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Self
@@ -37,6 +37,9 @@ COMPARISON_PATH = "/api/v1/comparison"
 CANCEL_PATH = "/api/v1/comparison/cancel"
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 _JSON = {"Content-Type": "application/json"}
+HAND_OVER = 500
+"""Comparisons per in-process hand-over (:meth:`ProviderClient.submit_many`): one group
+commit step (:data:`cjllm.provider.group_commit.MAX_GROUP`)."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +68,13 @@ class Reply:
 class Direct:
     """The provider reached in-process: ``submit`` queues one comparison (a :class:`Reply`,
     never an exception for a refusal); ``cancel`` cancels a CJ batch's batch-mode work
-    (False, logged, when the provider could not be told), as :meth:`ProviderClient.cancel`."""
+    (False, logged, when the provider could not be told), as :meth:`ProviderClient.cancel`;
+    ``submit_many``, if given, queues a group of comparisons with one call."""
 
     submit: Callable[[ComparisonRequest], Awaitable[Reply]]
     cancel: Callable[[str], Awaitable[bool]]
+    submit_many: Callable[[Sequence[ComparisonRequest]], Awaitable[list[Reply]]] | None = None
+    """Queues several comparisons in one hand-over, each answered as ``submit`` would."""
 
 
 def retry_after_seconds(header: str | None) -> float | None:
@@ -162,14 +168,50 @@ class ProviderClient:
 
     async def submit(self, request: ComparisonRequest) -> Accepted | Refused:
         """Send one comparison; retry transient failures; never raise for HTTP problems."""
+        return await self._submit(request, None)
+
+    async def submit_many(self, requests: Sequence[ComparisonRequest]) -> list[Accepted | Refused]:
+        """Send each comparison as :meth:`submit` would, answers in order. In process (a
+        :class:`Direct` with ``submit_many``) each comparison's first try is part of one
+        hand-over of up to :data:`HAND_OVER` comparisons (two hand-overs in flight, so one
+        is planned while the queue writes the other); a comparison answered with a status
+        worth retrying goes on alone through :meth:`submit`'s retries from there."""
+        direct = self._direct
+        if direct is None or direct.submit_many is None:
+            return list(await asyncio.gather(*(self.submit(r) for r in requests)))
+        submit_many, in_flight = direct.submit_many, asyncio.Semaphore(2)
+
+        async def hand_over(group: Sequence[ComparisonRequest]) -> list[Accepted | Refused]:
+            async with in_flight:
+                self.requests_sent += len(group)
+                replies = await submit_many(group)
+            answers: list[Accepted | Refused | None] = [
+                Accepted(y.queue_id) if y.status == 202 and y.queue_id is not None else None
+                for y in replies
+            ]
+            again = [n for n, answer in enumerate(answers) if answer is None]
+            retried = await asyncio.gather(*(self._submit(group[n], replies[n]) for n in again))
+            for n, answer in zip(again, retried, strict=True):
+                answers[n] = answer
+            return [answer for answer in answers if answer is not None]
+
+        groups = [requests[k : k + HAND_OVER] for k in range(0, len(requests), HAND_OVER)]
+        answers = await asyncio.gather(*(hand_over(g) for g in groups))
+        return [answer for group in answers for answer in group]
+
+    async def _submit(self, request: ComparisonRequest, first: Reply | None) -> Accepted | Refused:
+        """:meth:`submit`, its first try's reply ``first`` when already sent."""
         body = (
             b"" if self._direct is not None else request.model_dump_json(exclude_none=True).encode()
         )
         async with self._gate:
             last = "no attempt made"
             for attempt in range(self._retries + 1):
-                self.requests_sent += 1
-                reply = await self._send(request, body)
+                if attempt == 0 and first is not None:
+                    reply = first
+                else:
+                    self.requests_sent += 1
+                    reply = await self._send(request, body)
                 if reply.status == 202 and reply.queue_id is not None:
                     return Accepted(reply.queue_id)
                 last = reply.detail if reply.status == 0 else f"HTTP {reply.status}: {reply.detail}"

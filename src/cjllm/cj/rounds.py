@@ -8,7 +8,6 @@ callback that can never come.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -218,7 +217,8 @@ class Submission:
 async def submit(
     store: Store, client: ProviderClient, job: Submission, rows: Sequence[PendingComparison]
 ) -> int:
-    """Send one request per row, concurrently (bounded by the client), then record every
+    """Send one request per row (:meth:`~cjllm.cj.llm_client.ProviderClient.submit_many`:
+    concurrently over HTTP, in hand-overs of a few hundred in process), then record every
     queue id in one transaction; returns how many were refused (their rows fail at once).
 
     In a grouped round each group (a connected component of the rows' pairs, see
@@ -232,9 +232,9 @@ async def submit(
         labels = list(group_labels([(r.essay_a_id, r.essay_b_id) for r in rows]))
     sizes = Counter(labels)
 
-    async def one(row: PendingComparison, group: str | None) -> Accepted | Refused:
-        size = job.preferred_bundle_size
-        request = comparison_request(
+    size = job.preferred_bundle_size
+    requests = [
+        comparison_request(
             job.batch,
             job.options,
             row,
@@ -244,9 +244,9 @@ async def submit(
             job.callback_topic,
             group,
         )
-        return await client.submit(request)
-
-    outcomes = await asyncio.gather(*(one(r, g) for r, g in zip(rows, labels, strict=True)))
+        for row, group in zip(rows, labels, strict=True)
+    ]
+    outcomes = await client.submit_many(requests)
     await store.mark_submitted(
         [
             (row.request_correlation_id, outcome.queue_id)

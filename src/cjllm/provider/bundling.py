@@ -72,9 +72,7 @@ class PlannedComparison:
 
     def to_json(self) -> str:
         # pydantic serialises the request itself (3x faster than a dict through json.dumps)
-        head = json.dumps(
-            {"provider": self.provider, "model": self.model, "layout": self.layout.value}
-        )[:-1]
+        head = _json_head(self.provider, self.model, self.layout)
         return f'{head}, "request": {self.request.model_dump_json()}}}'
 
     @classmethod
@@ -138,6 +136,12 @@ class PlannedComparison:
     def prefix_tokens(self) -> int:
         chars = sum(len(b.content) for b in (*self.system_blocks(), *self.shared_blocks()))
         return estimate_tokens(chars + INSTRUCTIONS_CHARS)
+
+
+@functools.lru_cache(maxsize=256)
+def _json_head(provider: str, model: str, layout: BundleLayout) -> str:
+    """The start of :meth:`PlannedComparison.to_json`, the same for a round's comparisons."""
+    return json.dumps({"provider": provider, "model": model, "layout": layout.value})[:-1]
 
 
 def call_input_tokens(call: BundleCall, *, cached: bool = False) -> int:

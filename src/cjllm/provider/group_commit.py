@@ -45,6 +45,28 @@ class GroupCommit:
             self._step = asyncio.create_task(self._commit())
         return await answer
 
+    async def enqueue_many(self, items: Sequence[NewItem]) -> list[tuple[str, bool] | Exception]:
+        """Queue ``items`` with whatever else is waiting (in order, in as few steps as
+        :attr:`max_group` allows); each its answer as :meth:`enqueue` would give it, a
+        refusal (:class:`QueueFull`, :class:`~cjllm.provider.queue.QueueUnavailable`) as the
+        exception itself. For an in-process caller with a whole round in hand: one future
+        per item instead of one task."""
+        loop = asyncio.get_running_loop()
+        answers: list[asyncio.Future[tuple[str, bool]]] = []
+        for item in items:
+            answer: asyncio.Future[tuple[str, bool]] = loop.create_future()
+            self._waiting.append((item, answer))
+            answers.append(answer)
+        if self._step is None and answers:
+            self._step = asyncio.create_task(self._commit())
+        results = await asyncio.gather(*answers, return_exceptions=True)
+        out: list[tuple[str, bool] | Exception] = []
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result  # cancelled
+            out.append(result)
+        return out
+
     async def _commit(self) -> None:
         try:
             while self._waiting:

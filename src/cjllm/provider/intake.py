@@ -1,13 +1,17 @@
-"""Accepting one comparison: validate it, plan it and queue it — or refuse it, queueing nothing.
+"""Accepting comparisons: validate, plan and queue each — or refuse it, queueing nothing.
 
     body ──> ComparisonRequest ──> sizes ──> plan ──> NewItem ──> group commit ──> Accepted
              (validated once)                (provider, model, layout,          (queue_id,
                                               correlation id, metadata spine)    created, wait)
 
-One place for both ways in: the HTTP route (``POST /api/v1/comparison``,
+One place for every way in: the HTTP route (``POST /api/v1/comparison``,
 :mod:`cjllm.provider.api`) hands :meth:`Intake.accept_json` the raw body; an in-process
 caller (the CJ service in the embedded shape) hands :meth:`Intake.accept` a request it
-built. Either way the same checks run and the same answer comes back.
+built, or :meth:`Intake.accept_many` a round's requests at once. Every way runs the same
+checks (:mod:`cjllm.provider.intake_plan`) on each request and gives each the answer it
+would get alone; ``accept_many`` only works out once what a round's requests share (the
+bundle hints, the compatibility key, the token budget) and hands the group commit the
+round in one go instead of one task per request.
 
 Invariants: a refusal (:class:`Refused`, FastAPI's error shape in ``detail``) queues nothing
 — except ``queue_unavailable``, where the queue may have taken the step and the error says
@@ -23,27 +27,14 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
-from fastapi import HTTPException
 from pydantic import ValidationError
 
-from cjllm.contracts import (
-    SPINE_KEYS,
-    BundleHints,
-    BundleLayout,
-    ComparisonRequest,
-    MetadataSpine,
-)
-from cjllm.provider.adapters import batch_api_for
-from cjllm.provider.batch_calls import NoBatchAPI
-from cjllm.provider.bundling import (
-    PlannedComparison,
-    compatibility_key,
-    size_hint,
-    token_budget,
-)
+from cjllm.contracts import BundleHints, ComparisonRequest
+from cjllm.provider.bundling import PlannedComparison, compatibility_key, size_hint, token_budget
 from cjllm.provider.group_commit import GroupCommit
+from cjllm.provider.intake_plan import Derived, Refused, check_sizes, invalid, plan
 from cjllm.provider.job_plan import BATCH_STRATEGIES, lane_key
 from cjllm.provider.limiter import Limiter
 from cjllm.provider.metrics import ProviderMetrics
@@ -51,14 +42,10 @@ from cjllm.provider.providers import Providers, ProviderUnavailable
 from cjllm.provider.queue import NewItem, Queue, QueueFull, QueueUnavailable
 from cjllm.settings import ProviderSettings
 
+__all__ = ["Accepted", "Intake", "Refused"]
+
 QUEUED_MESSAGE = "queued; the result will be published to the callback topic"
 DUPLICATE_MESSAGE = "this correlation_id is already queued; no second comparison was made"
-
-
-class Refused(HTTPException):
-    """A comparison not accepted: ``status_code`` and ``detail`` (a list of errors in
-    FastAPI's shape, ``{"loc", "msg", "type"[, "ctx"]}``) are the HTTP answer; ``headers``
-    carry ``Retry-After`` for a 503."""
 
 
 @dataclass(frozen=True)
@@ -78,17 +65,6 @@ class Accepted:
             "message": QUEUED_MESSAGE if self.created else DUPLICATE_MESSAGE,
             "estimated_wait_minutes": self.estimated_wait_minutes,
         }
-
-
-def _refuse(status: int, loc: Sequence[str | int], msg: str, kind: str) -> NoReturn:
-    raise Refused(status, detail=[{"loc": ["body", *loc], "msg": msg, "type": kind}])
-
-
-def _invalid(exc: ValidationError, prefix: Sequence[str | int] = ()) -> NoReturn:
-    """A 422 naming every bad field, in FastAPI's error shape."""
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    detail = [{**e, "loc": ["body", *prefix, *e["loc"]]} for e in errors]
-    raise Refused(422, detail=detail)
 
 
 class Intake:
@@ -126,7 +102,7 @@ class Intake:
             comparison = ComparisonRequest.model_validate_json(body)
         except ValidationError as exc:
             self._counted["rejected"].inc()
-            _invalid(exc)
+            invalid(exc)
         return await self.accept(comparison)
 
     async def accept(
@@ -135,45 +111,114 @@ class Intake:
         """Accept a validated request; raises :class:`Refused`. ``estimate_wait=False``
         leaves ``estimated_wait_minutes`` null, for a caller that never reads it (the
         embedded CJ service: a tenth of accepting a comparison)."""
-        try:
-            _check_sizes(comparison, self.settings)
-            plan, hints = _plan(comparison, self.providers, self.settings.bundle_layout)
-        except Refused:
-            self._counted["rejected"].inc()
-            raise
-        item = self._item(plan, hints)
+        planned, item = self._planned(comparison, Derived())
         try:
             queue_id, created = await self.enqueuer.enqueue(item)
         except (QueueFull, QueueUnavailable) as exc:
-            kind = "queue_full" if isinstance(exc, QueueFull) else "queue_unavailable"
-            self._counted[kind].inc()
-            retry_after = str(self.settings.queue_full_retry_after_seconds)
-            raise Refused(
-                503,
-                detail=[_refusal(exc, kind, item.correlation_id)],
-                headers={"Retry-After": retry_after},
-            ) from exc
+            raise self._full(exc, item) from exc
+        return await self._accepted(planned, item, queue_id, created, estimate_wait)
+
+    async def accept_many(
+        self, comparisons: Sequence[ComparisonRequest], *, estimate_wait: bool = True
+    ) -> list[Accepted | Refused]:
+        """Accept validated requests together, each answered as :meth:`accept` would answer
+        it alone (an :class:`Accepted`, or the :class:`Refused` it would raise), in order.
+        What they share is worked out once (:class:`~cjllm.provider.intake_plan.Derived`)
+        and the group commit gets them all at once."""
+        derived = Derived()
+        answers: list[Accepted | Refused | None] = [None] * len(comparisons)
+        queued: list[tuple[int, PlannedComparison, NewItem]] = []
+        for n, comparison in enumerate(comparisons):
+            try:
+                planned, item = self._planned(comparison, derived)
+            except Refused as refused:
+                answers[n] = refused
+                continue
+            queued.append((n, planned, item))
+        results = await self.enqueuer.enqueue_many([item for _, _, item in queued])
+        for (n, planned, item), result in zip(queued, results, strict=True):
+            if isinstance(result, QueueFull | QueueUnavailable):
+                answers[n] = self._full(result, item)
+            elif isinstance(result, Exception):  # a bug: as accept would, it raises
+                raise result
+            else:
+                answers[n] = await self._accepted(planned, item, *result, estimate_wait)
+        return [answer for answer in answers if answer is not None]
+
+    def _planned(
+        self, comparison: ComparisonRequest, derived: Derived
+    ) -> tuple[PlannedComparison, NewItem]:
+        try:
+            check_sizes(comparison, self.settings)
+            planned, hints = plan(comparison, self.providers, self.settings.bundle_layout, derived)
+        except Refused:
+            self._counted["rejected"].inc()
+            raise
+        return planned, self._item(planned, hints, derived)
+
+    def _full(self, exc: QueueFull | QueueUnavailable, item: NewItem) -> Refused:
+        """The 503 for a comparison the queue did not take (or may not have)."""
+        kind = "queue_full" if isinstance(exc, QueueFull) else "queue_unavailable"
+        self._counted[kind].inc()
+        retry_after = str(self.settings.queue_full_retry_after_seconds)
+        return Refused(
+            503,
+            detail=[_refusal(exc, kind, item.correlation_id)],
+            headers={"Retry-After": retry_after},
+        )
+
+    async def _accepted(
+        self,
+        planned: PlannedComparison,
+        item: NewItem,
+        queue_id: str,
+        created: bool,
+        estimate_wait: bool,
+    ) -> Accepted:
         self._counted["queued" if created else "duplicate"].inc()
         if self._on_enqueue is not None and created:
-            self._on_enqueue(queue_id, plan)
-        wait = await self.wait_minutes(plan, item.tokens, item.hint) if estimate_wait else None
+            self._on_enqueue(queue_id, planned)
+        wait = await self.wait_minutes(planned, item.tokens, item.hint) if estimate_wait else None
         return Accepted(queue_id, item.correlation_id, created, wait)
 
-    def _item(self, plan: PlannedComparison, hints: BundleHints) -> NewItem:
+    def _item(self, planned: PlannedComparison, hints: BundleHints, derived: Derived) -> NewItem:
         settings, now = self.settings, time.time()
-        key = compatibility_key(plan, hints)
-        cap, ttl = settings.max_items_per_call, settings.item_ttl_seconds
-        if hints.batching_strategy in BATCH_STRATEGIES:  # to a provider batch job
-            key = lane_key(plan, hints.batching_strategy, key)
-            cap, ttl = settings.batch_items_per_line, settings.batch_item_ttl_seconds
+        overrides = planned.request.llm_config_overrides
+        prefix = tuple(
+            b for b in planned.request.prompt_blocks or () if b.target == "system" or b.cacheable
+        )
+        shared = (  # everything the key, hint and budget depend on besides the prefix
+            planned.provider,
+            planned.model,
+            planned.layout,
+            overrides.temperature_override,
+            overrides.max_tokens_override,
+            overrides.system_prompt_override,
+            hints.batching_strategy,
+            hints.preferred_bundle_size,
+            hints.bundle_group,
+            *map(id, prefix),  # the blocks are held by the requests (and below) meanwhile
+        )
+        known = derived.items.get(shared)
+        if known is None:
+            key = compatibility_key(planned, hints)
+            cap, ttl = settings.max_items_per_call, settings.item_ttl_seconds
+            if hints.batching_strategy in BATCH_STRATEGIES:  # to a provider batch job
+                key = lane_key(planned, hints.batching_strategy, key)
+                cap, ttl = settings.batch_items_per_line, settings.batch_item_ttl_seconds
+            budget = token_budget(planned, settings.max_input_tokens_per_call)
+            known = (key, size_hint(hints, cap), budget, ttl)
+            derived.items[shared] = known
+            derived.held.append(prefix)
+        key, hint, budget, ttl = known
         return NewItem(
             queue_id=str(uuid.uuid4()),
-            correlation_id=plan.correlation_id,
+            correlation_id=planned.correlation_id,
             key=key,
-            hint=size_hint(hints, cap),
-            tokens=plan.item_tokens(),
-            budget=token_budget(plan, settings.max_input_tokens_per_call),
-            payload=plan.to_json(),
+            hint=hint,
+            tokens=planned.item_tokens(),
+            budget=budget,
+            payload=planned.to_json(),
             enqueued_at=now,
             expires_at=now + ttl,
         )
@@ -214,128 +259,3 @@ def _refusal(exc: QueueFull | QueueUnavailable, kind: str, correlation_id: str) 
     if isinstance(exc, QueueUnavailable):
         ctx["may_have_been_queued"] = exc.may_have_applied
     return {"loc": [], "msg": msg, "type": kind, "ctx": ctx}
-
-
-def _check_sizes(comparison: ComparisonRequest, settings: ProviderSettings) -> None:
-    limit = settings.max_prompt_chars
-    blocks = comparison.prompt_blocks or []
-    if len(blocks) > settings.max_blocks:
-        _refuse(
-            413,
-            ["prompt_blocks"],
-            f"{len(blocks)} blocks; the limit is {settings.max_blocks} (CJLLM_MAX_BLOCKS)",
-            "too_many_blocks",
-        )
-    fields: list[tuple[list[str | int], int]] = [
-        (["prompt_blocks", i, "content"], len(b.content)) for i, b in enumerate(blocks)
-    ]
-    if comparison.user_prompt is not None:
-        fields.append((["user_prompt"], len(comparison.user_prompt)))
-    for loc, chars in fields:
-        if chars > limit:
-            _refuse(
-                413,
-                loc,
-                f"{chars} characters; the limit is {limit} (CJLLM_MAX_PROMPT_CHARS)",
-                "prompt_too_large",
-            )
-    total = sum(chars for _, chars in fields)
-    if total > limit:
-        _refuse(
-            413,
-            ["prompt_blocks" if blocks else "user_prompt"],
-            f"the prompt is {total} characters in all; the limit is {limit} "
-            "(CJLLM_MAX_PROMPT_CHARS)",
-            "prompt_too_large",
-        )
-
-
-def _plan(
-    comparison: ComparisonRequest, providers: Providers, default_layout: BundleLayout
-) -> tuple[PlannedComparison, BundleHints]:
-    """Resolve provider, model and prompt layout, fix the correlation id, and complete the
-    metadata spine."""
-    try:
-        hints = BundleHints.model_validate(comparison.metadata)
-    except ValidationError as exc:
-        _invalid(exc, ["metadata"])
-    provider = comparison.llm_config_overrides.provider_override
-    try:
-        adapter = providers.get(provider)
-    except ProviderUnavailable as exc:
-        _refuse(400, ["llm_config_overrides", "provider_override"], str(exc), "unknown_provider")
-    if hints.batching_strategy in BATCH_STRATEGIES:
-        try:
-            batch_api_for(adapter)
-        except NoBatchAPI as exc:
-            _refuse(400, ["metadata", "batching_strategy"], str(exc), "no_batch_api")
-    correlation_id = _correlation_id(comparison)
-    metadata = dict(comparison.metadata)
-    for key in SPINE_KEYS:
-        metadata.setdefault(key, None)
-    metadata.update(
-        request_correlation_id=str(correlation_id),
-        prompt_sha256=comparison.prompt_sha256(),
-        batching_strategy=hints.batching_strategy.value,
-        bundle_id=None,
-        bundle_index=None,
-        bundle_size=None,
-        resolved_provider=None,
-        resolved_model=None,
-    )
-    if not _spine_of_right_types(metadata):
-        try:
-            MetadataSpine.model_validate(metadata)
-        except ValidationError as exc:
-            _invalid(exc, ["metadata"])
-    request = comparison.model_copy(update={"correlation_id": correlation_id, "metadata": metadata})
-    model = comparison.llm_config_overrides.model_override or adapter.default_model
-    layout = hints.bundle_layout or default_layout
-    return PlannedComparison(request, provider, model, layout), hints
-
-
-# the spine keys :func:`_plan` sets itself, valid by construction
-_SET_BY_PLAN = frozenset(
-    {"request_correlation_id", "prompt_sha256", "batching_strategy", "bundle_id"}
-    | {"bundle_index", "bundle_size", "resolved_provider", "resolved_model"}
-)
-_CALLER_KEYS = tuple(k for k in SPINE_KEYS if k not in _SET_BY_PLAN)
-_CALLER_KEYS_ARE_TEXT = all(
-    MetadataSpine.model_fields[k].annotation == (str | None) for k in _CALLER_KEYS
-)
-
-
-def _spine_of_right_types(metadata: dict[str, Any]) -> bool:
-    """True when :class:`MetadataSpine` would accept ``metadata`` as it is (checked without
-    pydantic, a tenth of accepting a comparison): the keys :func:`_plan` set are valid, and
-    the caller's are plain strings or null (what the CJ service sends). Anything else goes
-    to pydantic, for its answer."""
-    return _CALLER_KEYS_ARE_TEXT and all(
-        type(v) is str or v is None for v in map(metadata.get, _CALLER_KEYS)
-    )
-
-
-def _correlation_id(comparison: ComparisonRequest) -> uuid.UUID:
-    """``correlation_id``, else ``metadata.request_correlation_id``, else a new one."""
-    given = comparison.metadata.get("request_correlation_id")
-    from_metadata: uuid.UUID | None = None
-    if given is not None:
-        try:
-            from_metadata = uuid.UUID(str(given))
-        except ValueError:
-            _refuse(
-                422,
-                ["metadata", "request_correlation_id"],
-                f"not a UUID: {given!r}",
-                "uuid_parsing",
-            )
-    if comparison.correlation_id is None:
-        return from_metadata or uuid.uuid4()
-    if from_metadata is not None and from_metadata != comparison.correlation_id:
-        _refuse(
-            400,
-            ["metadata", "request_correlation_id"],
-            "differs from correlation_id; they name the same comparison and must agree",
-            "correlation_mismatch",
-        )
-    return comparison.correlation_id

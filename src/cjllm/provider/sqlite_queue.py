@@ -7,27 +7,17 @@ with one ``UPDATE … WHERE seq IN (…) RETURNING`` before any other writer can
 processes never get the same item. Finishing an item and recording its callback in the
 ``outbox`` table happen in one transaction. The tables are in :mod:`cjllm.provider.sqlite_schema`.
 
-Taking turns: before its ``BEGIN IMMEDIATE`` a writer takes an exclusive ``flock`` on the
-side file ``<queue>-writer`` and holds it to the ``COMMIT``, so a process that finds the
-write lock taken sleeps in the kernel and wakes the moment the holder commits. SQLite's own
-busy handler, which the lock would otherwise fall back to, polls with sleeps that grow to
-100 ms: with the embedded worker in a child process, the two processes spent more time in
-those sleeps than in their transactions (docs/performance.md, issue 15). The side lock is
-only about waiting; SQLite's lock still decides who writes (a writer that does not take
-the side lock, or a file system without ``flock``, is as safe as before), and the kernel
-drops a dead process's ``flock``.
+Writers take turns on a side lock as well (:mod:`cjllm.provider.sqlite_turns`); the enqueue
+step is :mod:`cjllm.provider.sqlite_enqueue`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
-import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from cjllm.provider.bundling import Candidate, pick_bundle
@@ -42,7 +32,9 @@ from cjllm.provider.queue import (
     QueueUnavailable,
     Retry,
 )
+from cjllm.provider.sqlite_enqueue import enqueue
 from cjllm.provider.sqlite_schema import ACTIVE, SCHEMA, count_totals_once, item_from_row
+from cjllm.provider.sqlite_turns import WriterTurns
 
 T = TypeVar("T")
 
@@ -60,7 +52,7 @@ class SQLiteQueue:
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._turns = _writer_turns(path)
+        self._turns = WriterTurns(path)
         self._conn = sqlite3.connect(
             path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -77,7 +69,7 @@ class SQLiteQueue:
 
     def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in one write transaction (the database write lock is taken first)."""
-        with self._lock, self._turn():
+        with self._lock, self._turns.hold():
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -87,19 +79,6 @@ class SQLiteQueue:
                 raise
             conn.execute("COMMIT")
             return result
-
-    @contextlib.contextmanager
-    def _turn(self) -> Iterator[None]:
-        """This writer's turn among the processes on the file (see the module docstring)."""
-        fd = self._turns
-        if fd is None:
-            yield
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -125,59 +104,9 @@ class SQLiteQueue:
     async def enqueue_many(self, items: Sequence[NewItem]) -> list[tuple[str, bool] | QueueFull]:
         if not items:
             return []
-        return await self._run(lambda: self._write(lambda c: self._enqueue(c, items)))
-
-    def _enqueue(
-        self, conn: sqlite3.Connection, items: Sequence[NewItem]
-    ) -> list[tuple[str, bool] | QueueFull]:
-        """Queue ``items`` in order inside the caller's transaction: duplicates and
-        capacity are checked per item (the totals row is read once and kept in step)."""
-        marks = ",".join("?" * len(items))
-        known: dict[str, str] = {
-            cid: qid
-            for cid, qid in conn.execute(
-                f"SELECT correlation_id, queue_id FROM items WHERE correlation_id IN ({marks})",
-                [it.correlation_id for it in items],
-            )
-        }
-        count, size = conn.execute("SELECT items, bytes FROM totals WHERE id = 1").fetchone()
-        answers: list[tuple[str, bool] | QueueFull] = []
-        rows = []
-        for item in items:
-            if item.correlation_id in known:
-                answers.append((known[item.correlation_id], False))
-            elif count + 1 > self.max_items:
-                answers.append(QueueFull("items", count, self.max_items))
-            elif size + item.size_bytes > self.max_bytes:
-                answers.append(QueueFull("bytes", size, self.max_bytes))
-            else:
-                known[item.correlation_id] = item.queue_id
-                count, size = count + 1, size + item.size_bytes
-                answers.append((item.queue_id, True))
-                at = item.enqueued_at
-                rows.append(
-                    (
-                        item.queue_id,
-                        item.correlation_id,
-                        item.key,
-                        item.hint,
-                        item.tokens,
-                        item.budget,
-                        item.payload,
-                        item.size_bytes,
-                        at,
-                        at,
-                        item.expires_at,
-                        at,
-                    )
-                )
-        conn.executemany(
-            "INSERT INTO items (queue_id, correlation_id, key, hint, tokens, budget, payload,"
-            " size_bytes, state, enqueued_at, available_at, expires_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)",
-            rows,
+        return await self._run(
+            lambda: self._write(lambda c: enqueue(c, items, self.max_items, self.max_bytes))
         )
-        return answers
 
     # ------------------------------------------------------------------ claim
 
@@ -464,18 +393,4 @@ class SQLiteQueue:
     async def close(self) -> None:
         with self._lock:
             self._conn.close()
-            if self._turns is not None:
-                os.close(self._turns)
-                self._turns = None
-
-
-def _writer_turns(path: str) -> int | None:
-    """The descriptor of the side file writers take turns on (None for an in-memory
-    database, or where the file cannot be opened: SQLite's busy handler then does the
-    waiting alone)."""
-    if path == ":memory:" or path.startswith("file:"):
-        return None
-    try:
-        return os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError:
-        return None
+            self._turns.close()

@@ -2,8 +2,9 @@
 
 - ``items``: one row per comparison (its state, lease, tries and what they spent);
 - ``totals``: one row with the count and bytes of *active* (queued or processing) items,
-  kept by triggers in the same transaction as every change to ``items``, so the capacity
-  check at enqueue reads two numbers instead of counting the queue;
+  kept in the same transaction as every change to ``items`` (by triggers, and by the
+  enqueue step for the rows it inserts: :mod:`cjllm.provider.sqlite_enqueue`), so the
+  capacity check at enqueue reads two numbers instead of counting the queue;
 - ``outbox``: callbacks recorded with their item's final state, until the bus takes them;
 - ``outbox_dead``: outbox entries that can never be published, with the reason.
 
@@ -57,11 +58,7 @@ CREATE TABLE IF NOT EXISTS totals (
     items INTEGER NOT NULL,
     bytes INTEGER NOT NULL
 );
-CREATE TRIGGER IF NOT EXISTS totals_on_insert AFTER INSERT ON items
-    WHEN new.state IN ('queued', 'processing')
-BEGIN
-    UPDATE totals SET items = items + 1, bytes = bytes + new.size_bytes WHERE id = 1;
-END;
+DROP TRIGGER IF EXISTS totals_on_insert;  -- inserts move the totals themselves, once a step
 CREATE TRIGGER IF NOT EXISTS totals_on_delete AFTER DELETE ON items
     WHEN old.state IN ('queued', 'processing')
 BEGIN
