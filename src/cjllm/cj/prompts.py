@@ -128,11 +128,19 @@ def comparison_request(
             shared, texts[comparison.essay_a_id], texts[comparison.essay_b_id]
         ),
         callback_topic=callback_topic,
-        correlation_id=uuid.UUID(str(comparison.request_correlation_id)),
-        llm_config_overrides=LLMConfigOverrides(
-            provider_override=batch.provider,
-            model_override=batch.model,
-            temperature_override=batch.temperature,
-        ),
+        correlation_id=_uuid(comparison.request_correlation_id),
+        llm_config_overrides=_overrides(batch.provider, batch.model, batch.temperature),
         metadata=metadata,
+    )
+
+
+def _uuid(value: object) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+@functools.lru_cache(maxsize=64)
+def _overrides(provider: str, model: str | None, temperature: float | None) -> LLMConfigOverrides:
+    """A batch's overrides, the same for its comparisons (shared by its requests: read-only)."""
+    return LLMConfigOverrides(
+        provider_override=provider, model_override=model, temperature_override=temperature
     )
