@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 from pydantic import ValidationError
@@ -163,7 +163,29 @@ async def record_results(
                 .where(Batch.id == batch_id)
                 .values(ignored_callbacks=Batch.ignored_callbacks + n)
             )
-    return outcomes
+        still_open = {
+            where: await _has_pending(s, *where)
+            for where in {(o.batch_id, o.round_number) for o in outcomes if o.batch_id}
+        }
+    return [
+        replace(o, round_open=still_open[(o.batch_id, o.round_number)]) if o.batch_id else o
+        for o in outcomes
+    ]
+
+
+async def _has_pending(s: AsyncSession, batch_id: str | None, round_number: int | None) -> bool:
+    """Whether the round has a pending comparison (one index probe, not a count): read in
+    the transaction that recorded the group, so False means its close is due now."""
+    found = await s.scalar(
+        select(Comparison.id)
+        .where(
+            Comparison.batch_id == batch_id,
+            Comparison.round_number == round_number,
+            Comparison.status == ComparisonStatus.PENDING,
+        )
+        .limit(1)
+    )
+    return found is not None
 
 
 class CallbackRace(RuntimeError):

@@ -88,12 +88,15 @@ class PairOutcome:
 class CallbackOutcome:
     """What recording one callback did: ``applied`` changed the row; ``ignored`` was a
     duplicate or late callback (row already final); ``unknown`` matched no row;
-    ``mismatch`` named a row whose pair it contradicts (row failed, envelope dead-lettered)."""
+    ``mismatch`` named a row whose pair it contradicts (row failed, envelope dead-lettered).
+    ``round_open``: True when the row's round still had a pending comparison at the commit
+    that recorded it (so this callback cannot be the one that closes it), None if unchecked."""
 
     kind: Literal["applied", "ignored", "unknown", "mismatch"]
     batch_id: str | None = None
     round_number: int | None = None
     status: ComparisonStatus | None = None
+    round_open: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -190,8 +190,11 @@ class CJWorkflow:
                     )
                 )
             # also after an ignored (e.g. redelivered) callback: if an earlier attempt to move
-            # the batch on failed, this retries it; the conditional close keeps it single
-            touched[(outcome.batch_id, outcome.round_number)] = None
+            # the batch on failed, this retries it; the conditional close keeps it single.
+            # A round seen with a pending row at the group's commit is not due yet (the
+            # callback that resolves its last row will see none).
+            if outcome.round_open is not True:
+                touched[(outcome.batch_id, outcome.round_number)] = None
         for batch_id, round_number in touched:
             await self._drive(batch_id, round_number)
 
