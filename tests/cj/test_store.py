@@ -17,7 +17,8 @@ from sqlalchemy import Connection, inspect
 
 from cjllm.cj.database import HEAD, MIGRATIONS, create_engine, upgrade_to_head
 from cjllm.cj.records import NewComparison, NewEssay
-from cjllm.cj.store import RoundExists, Store
+from cjllm.cj.round_rows import RoundExists
+from cjllm.cj.store import Store
 from cjllm.cj.tables import Base, Batch, ComparisonStatus
 
 

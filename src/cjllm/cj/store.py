@@ -1,4 +1,5 @@
-"""Every read and write the CJ workflow makes (engine and migrations: :mod:`.database`).
+"""Every read and write the CJ workflow makes: batches and comparisons here, rounds in
+:mod:`.round_rows`, transactions in :mod:`.sessions`, engine and migrations in :mod:`.database`.
 
 State changes that must happen once are conditional updates:
 a comparison changes only ``WHERE status = 'pending'``, a round closes only ``WHERE status =
@@ -8,28 +9,25 @@ key, so two workers can never both start round N+1 (docs/architecture.md, "The h
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager, nullcontext
+from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cjllm.cj.database import WRITE_OPTION, create_engine, migrate
+from cjllm.cj.progress_counts import SettledRounds
 from cjllm.cj.records import (
     BatchProgress,
     BatchRecord,
     EssayRecord,
     EssayResult,
-    NewComparison,
     NewEssay,
     PairOutcome,
     PendingComparison,
-    RoundRecord,
 )
+from cjllm.cj.round_rows import RoundRows
 from cjllm.cj.tables import (
     Batch,
     BatchStatus,
@@ -37,7 +35,6 @@ from cjllm.cj.tables import (
     ComparisonStatus,
     Essay,
     Round,
-    RoundStatus,
 )
 from cjllm.contracts import utcnow
 
@@ -48,20 +45,10 @@ class BatchNotFound(LookupError):
         self.batch_id = batch_id
 
 
-def correlation_id(batch_id: str, round_number: int, index: int) -> uuid.UUID:
-    """The comparison's id: a UUID5 in the batch's namespace, unique within the batch (one
-    round number is written once) and across batches (batch ids are unique UUIDs)."""
-    return uuid.uuid5(uuid.UUID(batch_id), f"round {round_number} comparison {index}")
-
-
 class BatchExists(ValueError):
     def __init__(self, batch_id: str) -> None:
         super().__init__(f"a CJ batch with id {batch_id!r} already exists")
         self.batch_id = batch_id
-
-
-class RoundExists(RuntimeError):
-    """Another worker already started this round number (the loser simply stops)."""
 
 
 def _int(value: Any) -> int | None:
@@ -71,39 +58,13 @@ def _int(value: Any) -> int | None:
 # --------------------------------------------------------------------------- store
 
 
-class Store:
-    """Reads and writes of the CJ database. Each method is one short transaction.
-
-    On SQLite, writes from this process take turns on an asyncio lock, so they never fall
-    into SQLite's sleeping busy handler; other processes are held off by ``BEGIN IMMEDIATE``.
-    """
+class Store(RoundRows):
+    """Reads and writes of the CJ database (transactions: :class:`~cjllm.cj.sessions.Sessions`;
+    rounds: :class:`~cjllm.cj.round_rows.RoundRows`). Each method is one short transaction."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        writer = engine.execution_options(**{WRITE_OPTION: True})
-        self._writer = async_sessionmaker(writer, expire_on_commit=False)
-        self._reader = async_sessionmaker(engine, expire_on_commit=False)
-        self._lock = asyncio.Lock() if engine.dialect.name == "sqlite" else None
-
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A write transaction, committed when the block ends without an exception."""
-        async with self._lock or nullcontext(), self._writer.begin() as session:
-            yield session
-
-    def read(self) -> AsyncSession:
-        """A session for reads (use as ``async with store.read() as s``)."""
-        return self._reader()
-
-    @classmethod
-    async def open(cls, url: str, *, run_migrations: bool = True) -> Store:
-        engine = create_engine(url)
-        if run_migrations:
-            await migrate(engine)
-        return cls(engine)
-
-    async def close(self) -> None:
-        await self.engine.dispose()
+        super().__init__(engine)
+        self._settled = SettledRounds()  # progress counters of settled rounds, read once
 
     # ---------------------------------------------------------------- batches
 
@@ -229,116 +190,6 @@ class Store:
                 update(Batch).where(Batch.id == batch_id).values(completion_published=True)
             )
 
-    # ---------------------------------------------------------------- rounds
-
-    async def add_round(
-        self,
-        batch_id: str,
-        round_number: int,
-        preferred_bundle_size: int,
-        pairs: Sequence[NewComparison],
-    ) -> list[PendingComparison]:
-        """Write a round and its comparison rows (status ``pending``, not yet submitted).
-
-        A row's ``request_correlation_id`` is derived from the batch id, the round and its
-        place in the round (:func:`correlation_id`), so a batch replayed with the same id asks
-        the same questions under the same ids (a seeded judge then gives the same answers).
-        """
-        ids = [correlation_id(batch_id, round_number, k) for k in range(len(pairs))]
-        now = utcnow()
-        rows = [
-            {
-                "batch_id": batch_id,
-                "round_number": round_number,
-                "request_correlation_id": cid,
-                "essay_a_id": p.essay_a_id,
-                "essay_b_id": p.essay_b_id,
-                "attempt": p.attempt,
-                "status": ComparisonStatus.PENDING,
-                "created_at": now,
-            }
-            for cid, p in zip(ids, pairs, strict=True)
-        ]
-        try:
-            async with self.write() as s:
-                s.add(
-                    Round(
-                        batch_id=batch_id,
-                        round_number=round_number,
-                        status=RoundStatus.OPEN,
-                        planned=len(rows),
-                        preferred_bundle_size=preferred_bundle_size,
-                    )
-                )
-                await s.flush()
-                if rows:  # one executemany, not an ORM object per row
-                    await s.execute(insert(cast(Table, Comparison.__table__)), rows)
-        except IntegrityError as exc:
-            raise RoundExists(f"batch {batch_id} already has round {round_number}") from exc
-        return [
-            PendingComparison(cid, p.essay_a_id, p.essay_b_id, round_number)
-            for cid, p in zip(ids, pairs, strict=True)
-        ]
-
-    async def latest_round(self, batch_id: str) -> RoundRecord | None:
-        async with self.read() as s:
-            row = await s.scalar(
-                select(Round)
-                .where(Round.batch_id == batch_id)
-                .order_by(Round.round_number.desc())
-                .limit(1)
-            )
-            if row is None:
-                return None
-            return RoundRecord(
-                row.round_number, RoundStatus(row.status), row.planned, row.preferred_bundle_size
-            )
-
-    async def close_round_if_done(self, batch_id: str, round_number: int) -> bool:
-        """Close the round when none of its comparisons is pending. True for the one caller
-        whose conditional update closed it; everyone else (and any earlier call) gets False."""
-        async with self.write() as s:
-            pending = await s.scalar(
-                select(func.count())
-                .select_from(Comparison)
-                .where(
-                    Comparison.batch_id == batch_id,
-                    Comparison.round_number == round_number,
-                    Comparison.status == ComparisonStatus.PENDING,
-                )
-            )
-            if pending:
-                return False
-            closed = await s.execute(
-                update(Round)
-                .where(
-                    Round.batch_id == batch_id,
-                    Round.round_number == round_number,
-                    Round.status == RoundStatus.OPEN,
-                )
-                .values(status=RoundStatus.CLOSED, closed_at=utcnow())
-            )
-            return bool(closed.rowcount == 1)  # type: ignore[attr-defined]
-
-    async def reopen_round(self, batch_id: str, round_number: int) -> None:
-        """Undo a close whose follow-up failed, so the next callback or resume retries it."""
-        async with self.write() as s:
-            await s.execute(
-                update(Round)
-                .where(Round.batch_id == batch_id, Round.round_number == round_number)
-                .values(status=RoundStatus.OPEN, closed_at=None)
-            )
-
-    async def record_fit(
-        self, batch_id: str, round_number: int, reliability: float | None, mean_se: float | None
-    ) -> None:
-        async with self.write() as s:
-            await s.execute(
-                update(Round)
-                .where(Round.batch_id == batch_id, Round.round_number == round_number)
-                .values(reliability=reliability, mean_se=mean_se)
-            )
-
     # ---------------------------------------------------------------- comparisons
 
     async def unsubmitted(self, batch_id: str) -> list[PendingComparison]:
@@ -440,30 +291,7 @@ class Store:
     async def progress(self, batch_id: str) -> BatchProgress:
         batch = await self.batch(batch_id)
         async with self.read() as s:
-            by_status = await s.execute(
-                select(
-                    Comparison.status,
-                    func.count(),
-                    func.coalesce(func.sum(Comparison.prompt_tokens), 0),
-                    func.coalesce(func.sum(Comparison.completion_tokens), 0),
-                    func.coalesce(func.sum(Comparison.total_tokens), 0),
-                    func.coalesce(func.sum(Comparison.cost_estimate), 0.0),
-                )
-                .where(Comparison.batch_id == batch_id)
-                .group_by(Comparison.status)
-            )
-            counts = {st: 0 for st in ComparisonStatus}
-            tokens = [0, 0, 0]
-            cost = 0.0
-            for st, n, pt, ct, tt, c in by_status:
-                counts[ComparisonStatus(st)] = int(n)
-                tokens = [tokens[0] + int(pt), tokens[1] + int(ct), tokens[2] + int(tt)]
-                cost += float(c)
-            calls = await s.scalar(
-                select(func.count(func.distinct(Comparison.bundle_id))).where(
-                    Comparison.batch_id == batch_id, Comparison.bundle_id.is_not(None)
-                )
-            )
+            sums = await self._settled.sums(s, batch_id)
             last = (
                 await s.execute(
                     select(Round.round_number, Round.reliability, Round.mean_se)
@@ -479,16 +307,16 @@ class Store:
             batch_id=batch_id,
             status=batch.status,
             rounds=int(rounds or 0),
-            requested=sum(counts.values()),
-            pending=counts[ComparisonStatus.PENDING],
-            succeeded=counts[ComparisonStatus.SUCCEEDED],
-            failed=counts[ComparisonStatus.FAILED],
+            requested=sum(sums.counts.values()),
+            pending=sums.counts[ComparisonStatus.PENDING],
+            succeeded=sums.counts[ComparisonStatus.SUCCEEDED],
+            failed=sums.counts[ComparisonStatus.FAILED],
             ignored_callbacks=batch.ignored_callbacks,
-            provider_calls=int(calls or 0),
-            prompt_tokens=tokens[0],
-            completion_tokens=tokens[1],
-            total_tokens=tokens[2],
-            cost_estimate=cost,
+            provider_calls=len(sums.bundles),
+            prompt_tokens=sums.prompt_tokens,
+            completion_tokens=sums.completion_tokens,
+            total_tokens=sums.total_tokens,
+            cost_estimate=sums.cost,
             reliability=last[1] if last else None,
             mean_se=last[2] if last else None,
             budget=_int(batch.options.get("budget")),

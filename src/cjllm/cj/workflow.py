@@ -31,7 +31,8 @@ from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.posterior import SAMPLER_LIMIT
 from cjllm.cj.ranking import BatchFit, final_fit, fit_outcomes
 from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison, PairOutcome
-from cjllm.cj.store import RoundExists, Store
+from cjllm.cj.round_rows import RoundExists
+from cjllm.cj.store import Store
 from cjllm.cj.tables import Batch, BatchStatus, ComparisonStatus, RoundStatus
 from cjllm.contracts import CJAssessmentCompletedV1, EventEnvelope
 from cjllm.settings import CJSettings

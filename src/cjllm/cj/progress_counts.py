@@ -1,0 +1,97 @@
+"""A batch's comparison counters, read from its rows without re-reading settled rounds.
+
+A round none of whose comparisons is pending never changes again: a row changes only
+``WHERE status = 'pending'`` and a round's rows are written in one transaction. So the
+counts, token and cost sums and bundle ids of the leading run of settled rounds are read
+once and kept, and each later read scans only the rounds after it (through the
+``(batch_id, round_number, status)`` index). The counters stay measured from the rows, never
+estimated; a progress display polls them several times a second, and reading every row each
+time cost O(comparisons) a poll (~90 ms of CPU at 50,000 comparisons).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from cjllm.cj.tables import Comparison, ComparisonStatus
+
+
+@dataclass
+class ComparisonSums:
+    """Counts by status, token and cost sums, and the bundle ids (provider calls) of rows."""
+
+    counts: dict[ComparisonStatus, int] = field(
+        default_factory=lambda: {st: 0 for st in ComparisonStatus}
+    )
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cost: float = 0.0
+    bundles: set[str] = field(default_factory=set)
+
+    def add(self, other: ComparisonSums) -> None:
+        for st, n in other.counts.items():
+            self.counts[st] += n
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.total_tokens += other.total_tokens
+        self.cost += other.cost
+        self.bundles |= other.bundles
+
+    def copy(self) -> ComparisonSums:
+        out = ComparisonSums()
+        out.add(self)
+        return out
+
+
+class SettledRounds:
+    """Per batch, the sums of rounds 1..k, every one of them settled when it was read."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[int, ComparisonSums]] = {}
+
+    async def sums(self, s: AsyncSession, batch_id: str) -> ComparisonSums:
+        """The sums over all the batch's rows: the kept ones plus a read of the rest."""
+        through, kept = self._kept.get(batch_id, (0, ComparisonSums()))
+        later = (Comparison.batch_id == batch_id, Comparison.round_number > through)
+        rounds: dict[int, ComparisonSums] = {}
+        for rn, st, n, pt, ct, tt, c in await s.execute(
+            select(
+                Comparison.round_number,
+                Comparison.status,
+                func.count(),
+                func.coalesce(func.sum(Comparison.prompt_tokens), 0),
+                func.coalesce(func.sum(Comparison.completion_tokens), 0),
+                func.coalesce(func.sum(Comparison.total_tokens), 0),
+                func.coalesce(func.sum(Comparison.cost_estimate), 0.0),
+            )
+            .where(*later)
+            .group_by(Comparison.round_number, Comparison.status)
+        ):
+            one = rounds.setdefault(int(rn), ComparisonSums())
+            one.counts[ComparisonStatus(st)] += int(n)
+            one.prompt_tokens += int(pt)
+            one.completion_tokens += int(ct)
+            one.total_tokens += int(tt)
+            one.cost += float(c)
+        # read after the counts: a round settled in them has every bundle id final here
+        for rn, bundle in await s.execute(
+            select(Comparison.round_number, Comparison.bundle_id)
+            .where(*later, Comparison.bundle_id.is_not(None))
+            .distinct()
+        ):
+            if int(rn) in rounds:
+                rounds[int(rn)].bundles.add(str(bundle))
+        settled = kept.copy()
+        while (nxt := rounds.get(through + 1)) and not nxt.counts[ComparisonStatus.PENDING]:
+            settled.add(rounds.pop(through + 1))
+            through += 1
+        if through > self._kept.get(batch_id, (0, None))[0]:
+            self._kept[batch_id] = (through, settled)
+        total = settled.copy()
+        for rest in rounds.values():
+            total.add(rest)
+        return total
