@@ -6,11 +6,11 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from cjllm.cj import rounds
-from cjllm.cj.callbacks import record_result
+from cjllm.cj.callbacks import apply_callbacks, record_result
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.records import NewEssay
 from cjllm.cj.store import Store
-from cjllm.cj.tables import Batch, ComparisonStatus
+from cjllm.cj.tables import Batch, ComparisonStatus, RoundStatus
 from cjllm.contracts import EventEnvelope
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
 
@@ -54,6 +54,34 @@ async def test_crash_after_closing_a_round_before_the_next(make_harness: MakeHar
     assert result.status == "completed"
     rounds = [r.round_number for r in await h.cj.store.comparisons(batch_id)]
     assert rounds.count(2) == 3 and len(rounds) == 30
+
+
+@pytest.mark.parametrize("restart", ["resume", "redelivery"])
+async def test_crash_after_recording_a_rounds_last_callback_before_closing_it(
+    make_harness: MakeHarness, restart: str
+) -> None:
+    essays, qualities = essays_with_quality(6)
+    h = await make_harness(stub=judging_stub(qualities, answer=None), max_concurrent_comparisons=3)
+    batch_id = await h.cj.start_batch(essays, instructions="Describe a journey.")
+    envelopes = [
+        EventEnvelope.for_result(h.stub.result_for(item), "stub") for item in h.stub.received
+    ]
+    # recorded in two groups; the process dies before the round is closed
+    first = await apply_callbacks(h.cj.store, envelopes[:2], h.cj.callbacks)
+    last = await apply_callbacks(h.cj.store, envelopes[2:], h.cj.callbacks)
+    assert [o.round_open for o, _ in first] == [True, True]  # its round is not due: no close
+    assert [o.round_open for o, _ in last] == [False]  # the round is due
+    assert (await h.cj.store.latest_round(batch_id)).status == RoundStatus.OPEN  # type: ignore[union-attr]
+    h.stub.answer = "after"
+    if restart == "resume":
+        await h.cj.resume(batch_id)
+    else:  # the bus delivers the unacknowledged group again: ignored, and it moves the batch on
+        await h.cj.handle_callbacks(envelopes[2:])
+    result = await h.cj.wait_for_completion(batch_id, timeout=60)
+    assert result.status == "completed"
+    rows = await h.cj.store.comparisons(batch_id)
+    assert len(rows) == 30 and [r.round_number for r in rows].count(2) == 3
+    assert (await h.cj.progress(batch_id)).ignored_callbacks == (restart == "redelivery")
 
 
 async def test_a_failed_advance_is_retried_by_the_redelivered_callback(
