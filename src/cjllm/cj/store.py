@@ -17,7 +17,6 @@ from sqlalchemy import Table, bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cjllm.cj.progress_counts import SettledRounds
 from cjllm.cj.records import (
     BatchProgress,
     BatchRecord,
@@ -28,6 +27,7 @@ from cjllm.cj.records import (
     PendingComparison,
 )
 from cjllm.cj.round_rows import RoundRows
+from cjllm.cj.settled_rounds import SettledOutcomes, SettledSums
 from cjllm.cj.tables import (
     Batch,
     BatchStatus,
@@ -64,7 +64,9 @@ class Store(RoundRows):
 
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine)
-        self._settled = SettledRounds()  # progress counters of settled rounds, read once
+        # what settled rounds hold, read once: progress counters, pair outcomes
+        self._settled = SettledSums()
+        self._outcomes = SettledOutcomes()
 
     # ---------------------------------------------------------------- batches
 
@@ -253,22 +255,9 @@ class Store(RoundRows):
             return str(row[0]), int(row[1])
 
     async def outcomes(self, batch_id: str) -> list[PairOutcome]:
+        """Every comparison of the batch as scoring sees it, in row order."""
         async with self.read() as s:
-            rows = await s.execute(
-                select(
-                    Comparison.essay_a_id,
-                    Comparison.essay_b_id,
-                    Comparison.status,
-                    Comparison.winner,
-                    Comparison.attempt,
-                    Comparison.round_number,
-                )
-                .where(Comparison.batch_id == batch_id)
-                .order_by(Comparison.id)
-            )
-            return [
-                PairOutcome(a, b, ComparisonStatus(st), w, at, rn) for a, b, st, w, at, rn in rows
-            ]
+            return await self._outcomes.outcomes(s, batch_id)
 
     async def comparisons(self, batch_id: str) -> list[Comparison]:
         """Every comparison row of the batch, detached (for reports and tests)."""

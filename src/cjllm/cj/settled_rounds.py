@@ -1,12 +1,12 @@
-"""A batch's comparison counters, read from its rows without re-reading settled rounds.
+"""What a batch's settled rounds hold, read once: progress counters and pair outcomes.
 
 A round none of whose comparisons is pending never changes again: a row changes only
-``WHERE status = 'pending'`` and a round's rows are written in one transaction. So the
-counts, token and cost sums and bundle ids of the leading run of settled rounds are read
-once and kept, and each later read scans only the rounds after it (through the
-``(batch_id, round_number, status)`` index). The counters stay measured from the rows, never
-estimated; a progress display polls them several times a second, and reading every row each
-time cost O(comparisons) a poll (~90 ms of CPU at 50,000 comparisons).
+``WHERE status = 'pending'`` and a round's rows are written in one transaction. So what the
+leading run of settled rounds holds is read once and kept, and each later read scans only
+the rounds after it (through the ``(batch_id, round_number, status)`` index), still from the
+rows, never estimated. The progress counters are polled several times a second by a
+display (reading every row each time cost ~90 ms of CPU at 50,000 comparisons), the pair
+outcomes once a round by the fit (every row, every round: O(comparisons × rounds)).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from cjllm.cj.records import PairOutcome
 from cjllm.cj.tables import Comparison, ComparisonStatus
 
 
@@ -47,7 +48,7 @@ class ComparisonSums:
         return out
 
 
-class SettledRounds:
+class SettledSums:
     """Per batch, the sums of rounds 1..k, every one of them settled when it was read."""
 
     def __init__(self) -> None:
@@ -95,3 +96,49 @@ class SettledRounds:
         for rest in rounds.values():
             total.add(rest)
         return total
+
+
+class SettledOutcomes:
+    """Per batch, the pair outcomes of rounds 1..k (in row order), every one of them settled
+    when it was read."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[int, int, list[PairOutcome]]] = {}  # round, last id, rows
+
+    async def outcomes(self, s: AsyncSession, batch_id: str) -> list[PairOutcome]:
+        """Every comparison of the batch as scoring sees it, in row (id) order."""
+        through, last_id, kept = self._kept.get(batch_id, (0, 0, []))
+        rows = (
+            await s.execute(
+                select(
+                    Comparison.id,
+                    Comparison.essay_a_id,
+                    Comparison.essay_b_id,
+                    Comparison.status,
+                    Comparison.winner,
+                    Comparison.attempt,
+                    Comparison.round_number,
+                )
+                .where(Comparison.batch_id == batch_id, Comparison.round_number > through)
+                .order_by(Comparison.id)
+            )
+        ).all()
+        if rows and rows[0][0] <= last_id:  # a later round's row before a kept one: read all
+            self._kept.pop(batch_id, None)
+            return await self.outcomes(s, batch_id)
+        later = [
+            PairOutcome(a, b, ComparisonStatus(st), w, at, rn) for _, a, b, st, w, at, rn in rows
+        ]
+        by_round: dict[int, list[int]] = {}
+        for k, o in enumerate(later):
+            by_round.setdefault(o.round_number, []).append(k)
+        settled = 0  # how many of ``later`` (a prefix, rounds through+1 …) join the kept rows
+        while (ks := by_round.get(through + 1)) and all(
+            later[k].status is not ComparisonStatus.PENDING for k in ks
+        ):
+            if ks[0] != settled or ks[-1] - ks[0] + 1 != len(ks):  # not next in row order
+                break
+            settled, through = ks[-1] + 1, through + 1
+        if settled and through > self._kept.get(batch_id, (0,))[0]:
+            self._kept[batch_id] = (through, rows[settled - 1][0], kept + later[:settled])
+        return kept + later

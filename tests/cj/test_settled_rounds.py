@@ -1,4 +1,4 @@
-"""A batch's progress counters: settled rounds read once, the totals always those of the rows."""
+"""What settled rounds hold, read once: progress counters and pair outcomes equal a re-read."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from cjllm.cj.records import NewComparison, NewEssay
+from cjllm.cj.records import NewComparison, NewEssay, PairOutcome
 from cjllm.cj.store import Store
 from cjllm.cj.tables import Batch, Comparison, ComparisonStatus
 from tests.cj.test_store import fresh_pg_database
@@ -92,7 +92,26 @@ async def _recounted(store: Store, batch_id: str) -> tuple[object, ...]:
     )
 
 
+async def _reread(store: Store, batch_id: str) -> list[PairOutcome]:
+    """The pair outcomes read the plain way: every row of the batch, in row order."""
+    async with store.read() as s:
+        rows = await s.execute(
+            select(
+                Comparison.essay_a_id,
+                Comparison.essay_b_id,
+                Comparison.status,
+                Comparison.winner,
+                Comparison.attempt,
+                Comparison.round_number,
+            )
+            .where(Comparison.batch_id == batch_id)
+            .order_by(Comparison.id)
+        )
+        return [PairOutcome(a, b, ComparisonStatus(st), w, at, rn) for a, b, st, w, at, rn in rows]
+
+
 async def _counters(store: Store, batch_id: str) -> tuple[object, ...]:
+    assert await store.outcomes(batch_id) == await _reread(store, batch_id)
     p = await store.progress(batch_id)
     return (
         p.requested,
@@ -107,7 +126,7 @@ async def _counters(store: Store, batch_id: str) -> tuple[object, ...]:
     )
 
 
-async def test_progress_equals_a_recount_of_the_rows_as_rounds_settle(store: Store) -> None:
+async def test_counters_and_outcomes_equal_a_reread_as_rounds_settle(store: Store) -> None:
     batch_id = await _batch(store)
     pairs = [NewComparison("e0", "e1"), NewComparison("e2", "e3"), NewComparison("e4", "e5")]
     first = await store.add_round(batch_id, 1, 2, pairs)
@@ -142,12 +161,15 @@ async def test_a_settled_round_is_read_once(store: Store) -> None:
     (row,) = await store.add_round(batch_id, 1, 2, [NewComparison("e0", "e1")])
     await _answer(store, row.request_correlation_id, "b1", 10, ok=True)
     assert (await store.progress(batch_id)).prompt_tokens == 10  # round 1 settled: kept
+    assert (await store.outcomes(batch_id))[0].winner is None
     async with store.write() as s:  # what no code path does: change a final row
-        await s.execute(update(Comparison).values(prompt_tokens=99))
+        await s.execute(update(Comparison).values(prompt_tokens=99, winner="essay_a"))
     assert (await store.progress(batch_id)).prompt_tokens == 10
+    assert (await store.outcomes(batch_id))[0].winner is None  # as it was kept
     url = store.engine.url.render_as_string(hide_password=False)
     fresh = await Store.open(url, run_migrations=False)
     try:
         assert (await fresh.progress(batch_id)).prompt_tokens == 99
+        assert (await fresh.outcomes(batch_id))[0].winner == "essay_a"
     finally:
         await fresh.close()
