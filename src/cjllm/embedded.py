@@ -50,8 +50,6 @@ QUEUE_FILE = "queue.sqlite"
 DATABASE_FILE = "cj.sqlite"
 # the provider's address as the CJ service sees it; the ASGI transport never resolves it
 IN_PROCESS_PROVIDER_URL = "http://provider.in-process"
-EMBEDDED_PUBLISH_BATCH = 1_000
-"""Callbacks the embedded publisher hands the CJ service at most in one group."""
 
 
 class DirectBus:
@@ -187,9 +185,6 @@ class EmbeddedPaths:
                 # is stale; short leases (renewed while calls run) let a restart go on soon
                 "lease_seconds": min(base.lease_seconds, 30.0),
                 "outbox_lease_seconds": min(base.outbox_lease_seconds, 5.0),
-                # the CJ service records a publisher's group in one transaction: callbacks
-                # that piled up while a round was sent go in a few large groups
-                "publish_batch_size": max(base.publish_batch_size, EMBEDDED_PUBLISH_BATCH),
             }
         )
 
