@@ -163,6 +163,8 @@ async def record_results(
                 .where(Batch.id == batch_id)
                 .values(ignored_callbacks=Batch.ignored_callbacks + n)
             )
+        if store.engine.dialect.name != "sqlite":
+            return outcomes  # see _has_pending
         still_open = {
             where: await _has_pending(s, *where)
             for where in {(o.batch_id, o.round_number) for o in outcomes if o.batch_id}
@@ -174,8 +176,12 @@ async def record_results(
 
 
 async def _has_pending(s: AsyncSession, batch_id: str | None, round_number: int | None) -> bool:
-    """Whether the round has a pending comparison (one index probe, not a count): read in
-    the transaction that recorded the group, so False means its close is due now."""
+    """Whether the round has a pending comparison (one index probe, not a count), read in
+    the transaction that recorded the group. Only on SQLite, whose write transactions run
+    one at a time: no other writer's uncommitted row can look pending here, so a pending row
+    seen is one a later transaction will settle (and that one sees none). On PostgreSQL two
+    groups settling a round's last rows side by side could each see the other's row as
+    pending, and neither would close it; there every group goes on to the close check."""
     found = await s.scalar(
         select(Comparison.id)
         .where(
