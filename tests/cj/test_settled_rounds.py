@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, update
 
 from cjllm.cj.records import NewComparison, NewEssay, PairOutcome
+from cjllm.cj.settled_rounds import KEPT_BATCHES
 from cjllm.cj.store import Store
 from cjllm.cj.tables import Batch, Comparison, ComparisonStatus
 from tests.cj.test_store import fresh_pg_database
@@ -173,3 +174,17 @@ async def test_a_settled_round_is_read_once(store: Store) -> None:
         assert (await fresh.outcomes(batch_id))[0].winner == "essay_a"
     finally:
         await fresh.close()
+
+
+async def test_a_store_keeps_the_settled_rounds_of_a_few_batches(store: Store) -> None:
+    batches = [await _batch(store) for _ in range(KEPT_BATCHES + 1)]
+    for batch_id in batches:
+        (row,) = await store.add_round(batch_id, 1, 2, [NewComparison("e0", "e1")])
+        await _answer(store, row.request_correlation_id, "b1", 10, ok=True)
+        assert (await store.progress(batch_id)).prompt_tokens == 10
+        assert len(await store.outcomes(batch_id)) == 1
+    async with store.write() as s:  # what no code path does: change final rows
+        await s.execute(update(Comparison).values(prompt_tokens=99))
+    # the first batch's rounds were let go (the oldest), the last one's are kept
+    assert (await store.progress(batches[0])).prompt_tokens == 99
+    assert (await store.progress(batches[-1])).prompt_tokens == 10

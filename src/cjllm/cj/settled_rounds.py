@@ -12,12 +12,27 @@ outcomes once a round by the fit (every row, every round: O(comparisons × round
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cjllm.cj.records import PairOutcome
 from cjllm.cj.tables import Comparison, ComparisonStatus
+
+T = TypeVar("T")
+
+
+KEPT_BATCHES = 8
+"""Batches whose settled rounds one store keeps at most (the least recently read go first),
+so a long-running service does not hold every batch it ever served."""
+
+
+def _keep(kept: dict[str, T], batch_id: str, value: T) -> None:
+    kept.pop(batch_id, None)
+    kept[batch_id] = value
+    while len(kept) > KEPT_BATCHES:
+        del kept[next(iter(kept))]
 
 
 @dataclass
@@ -91,7 +106,7 @@ class SettledSums:
             settled.add(rounds.pop(through + 1))
             through += 1
         if through > self._kept.get(batch_id, (0, None))[0]:
-            self._kept[batch_id] = (through, settled)
+            _keep(self._kept, batch_id, (through, settled))
         total = settled.copy()
         for rest in rounds.values():
             total.add(rest)
@@ -140,5 +155,5 @@ class SettledOutcomes:
                 break
             settled, through = ks[-1] + 1, through + 1
         if settled and through > self._kept.get(batch_id, (0,))[0]:
-            self._kept[batch_id] = (through, rows[settled - 1][0], kept + later[:settled])
+            _keep(self._kept, batch_id, (through, rows[settled - 1][0], kept + later[:settled]))
         return kept + later
