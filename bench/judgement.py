@@ -1,7 +1,7 @@
 """Can the ranking be trusted? Accuracy, reliability, interval coverage, order effect, lapse.
 
-Run: python bench/judgement.py [--reps 100] [--jobs 2] [--results judgement.jsonl]
-[--probe-fraction 0.2]
+Run: python bench/judgement.py [--reps 100] [--first-rep 0] [--jobs 2]
+[--results judgement.jsonl] [--probe-fraction 0.1]
 
 Whole batches go through the code the CJ service runs between callbacks — round planning
 (``rounds.plan_next_round``), the per-round fit (``ranking.fit_outcomes``), the stopping rules
@@ -17,9 +17,12 @@ P(Essay A wins) = σ(θ_A − θ_B + bias):
 Conditions: the project's pairing (``adaptive``) and balanced random pairing (``random``), at
 6, 10 and 20 comparisons per essay, for 40 and 100 essays, each judge, ``--reps`` batches each
 (the same essays, budget and judge draws for both pairings in a repetition: common random
-numbers, see ``decide``). Rounds sized as the service sizes them (``rounds.round_size``:
-every essay once, at least 25: 25 for 40 essays, 50 for 100); the reliability target is
-switched off, so every batch spends its budget. Per condition: median Spearman ρ with the
+numbers, see ``decide``; ``--first-rep`` starts at another repetition: fresh seeds).
+Adaptive pairing spends the service's default share of lapse probes
+(``CJLLM_PAIRING_PROBE_FRACTION``) unless ``--probe-fraction`` says otherwise. Rounds sized
+as the service sizes them (``rounds.round_size``: every essay once, at least 25: 25 for 40
+essays, 50 for 100); the reliability target is switched off, so every batch spends its
+budget. Per condition: median Spearman ρ with the
 truth; mean reported reliability, split-half and classical SSR; mean actual r² (squared
 Pearson correlation of the scores with the truth); the share of 95% intervals (score ±
 1.96·SE) covering the truth (centred); the mean order-effect and lapse estimates with the
@@ -239,14 +242,14 @@ def targets(results: Results) -> list[str]:
     return lines
 
 
-def load(path: Path, todo: list[Condition], reps: int) -> Results:
-    """The batches of ``todo`` (repetitions below ``reps``) already in the results file."""
+def load(path: Path, todo: list[Condition], reps: range) -> Results:
+    """The batches of ``todo`` (repetitions in ``reps``) already in the results file."""
     results: Results = {c: {} for c in todo}
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             c = Condition(**row["condition"])
-            if c in results and row["rep"] < reps:
+            if c in results and row["rep"] in reps:
                 results[c][row["rep"]] = row["figures"]
     return results
 
@@ -254,13 +257,17 @@ def load(path: Path, todo: list[Condition], reps: int) -> Results:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=100)
+    parser.add_argument("--first-rep", type=int, default=0, help="first repetition (seed)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--n", default="40,100")
     parser.add_argument("--k", default="6,10,20")
     parser.add_argument("--judges", default="clean,position,flip")
     parser.add_argument("--results", type=Path, default=Path("judgement.jsonl"))
     parser.add_argument(
-        "--probe-fraction", type=float, default=0.0, help="adaptive rounds' lapse-probe share"
+        "--probe-fraction",
+        type=float,
+        default=BatchOptions().pairing_probe_fraction,
+        help="adaptive rounds' lapse-probe share (default: the service's)",
     )
     parser.add_argument("--table", action="store_true", help="tabulate the results file only")
     args = parser.parse_args()
@@ -270,8 +277,9 @@ def main() -> None:
         args.judges.split(","),
         args.probe_fraction,
     )
-    results = load(args.results, todo, args.reps)
-    tasks = [(c, rep) for rep in range(args.reps) for c in todo if rep not in results[c]]
+    reps = range(args.first_rep, args.first_rep + args.reps)
+    results = load(args.results, todo, reps)
+    tasks = [(c, rep) for rep in reps for c in todo if rep not in results[c]]
     start = time.perf_counter()
     if tasks and not args.table:
         with ProcessPoolExecutor(args.jobs) as pool, args.results.open("a") as out:

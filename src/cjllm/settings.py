@@ -184,8 +184,9 @@ class CJSettings(BackendSettings):
     pairing: Literal["adaptive", "random"] = "adaptive"
     pairing_random_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     # adaptive rounds after the first: a share of lapse probes (top quarter against bottom
-    # quarter by score), which identify a judge's lapse rate at a cost in ranking (0: off)
-    pairing_probe_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    # quarter by score), which identify a judge's lapse rate at a small cost in ranking (0: off;
+    # 0.1 by default: docs/judgement.md, "Which model")
+    pairing_probe_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     # a fraction of each round's judged pairs judged again with the positions swapped, in the
     # next round, to report position consistency (0: off)
     both_orders_fraction: float = Field(default=0.0, ge=0.0, le=1.0)

@@ -7,7 +7,7 @@ import pytest
 
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.population import fit_population
-from cjllm.cj.posterior import Posterior, pg_draw, sample_posterior
+from cjllm.cj.posterior import LAPSE_FLOOR, Posterior, pg_draw, sample_posterior, summarise
 from cjllm.cj.ranking import final_fit
 from cjllm.cj.records import EssayRecord, PairOutcome
 from cjllm.cj.tables import ComparisonStatus
@@ -120,3 +120,43 @@ def test_the_probability_of_a_lapsing_judge_does_not_depend_on_the_sampler_seed(
             for seed in range(4)
         ]  # fmt: skip
         assert max(probabilities) - min(probabilities) <= 0.25
+
+
+def constructed_chain(lapsing: int, clean: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kept draws of a lapse run: ``lapsing`` at ε = 0.3 (wide, one scale) and ``clean`` at
+    ε = 0.05 (narrow, a larger scale), as (θ draws, (δ, ε, τ) draws)."""
+    rng = np.random.default_rng(3)
+    base = np.linspace(-2.0, 2.0, 12)
+    wide = base + rng.normal(0.0, 0.6, (lapsing, 12))
+    narrow = 1.5 * base + rng.normal(0.0, 0.1, (clean, 12))
+    rest = np.concatenate([
+        np.column_stack([np.full(lapsing, 0.2), np.full(lapsing, 0.3), np.full(lapsing, 1.0)]),
+        np.column_stack([np.full(clean, -0.4), np.full(clean, 0.05), np.full(clean, 1.6)]),
+    ])  # fmt: skip
+    order = rng.permutation(lapsing + clean)  # the two kinds of draw interleaved, as in a chain
+    return np.concatenate([wide, narrow])[order], rest[order]
+
+
+def test_the_lapse_model_is_summarised_from_its_draws_at_or_above_the_floor() -> None:
+    theta, rest = constructed_chain(lapsing=400, clean=200)
+    lapsing = rest[:, 1] >= LAPSE_FLOOR
+    post = summarise(theta, rest, lapse=True)
+    assert post.lapse_probability == pytest.approx(400 / 600)
+    np.testing.assert_allclose(post.theta, theta[lapsing].mean(axis=0))
+    np.testing.assert_allclose(post.se, theta[lapsing].std(axis=0, ddof=1))
+    assert post.se.min() > 0.5  # the narrow ε = 0.05 draws left out
+    assert post.tau == 1.0 and post.order_effect == pytest.approx(0.2)
+    # ε's own summaries stay those of every draw
+    assert post.lapse == pytest.approx(float(np.median(rest[:, 1])))
+    assert post.lapse_interval[0] <= 0.05 <= post.lapse_interval[1]
+    # the clean model's chain: every draw, and no probability of a lapsing judge
+    whole = summarise(theta, rest, lapse=False)
+    np.testing.assert_allclose(whole.theta, theta.mean(axis=0))
+    assert whole.lapse_probability == 0.0 and whole.se.min() < post.se.min()
+
+
+def test_too_few_draws_at_the_floor_summarise_the_whole_run() -> None:
+    theta, rest = constructed_chain(lapsing=10, clean=590)
+    post = summarise(theta, rest, lapse=True)
+    assert post.lapse_probability == pytest.approx(10 / 600)
+    np.testing.assert_allclose(post.theta, theta.mean(axis=0))

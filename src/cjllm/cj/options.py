@@ -48,7 +48,7 @@ class BatchOptions:
     split_half_splits: int = 10
     pairing: str = "adaptive"
     pairing_random_fraction: float = 0.1
-    pairing_probe_fraction: float = 0.0
+    pairing_probe_fraction: float = 0.1
     both_orders_fraction: float = 0.0
     bundle_layout: BundleLayout = BundleLayout.ITEMS
     pool_group_size: int = 10

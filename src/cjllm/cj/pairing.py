@@ -30,11 +30,11 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    pairs in order of gain over all pairs (a greedy matching: the floor's items first, each
    with its best partner). Without C, each item in turn takes the partner maximising the
    reduction of var(θ_i − θ_j) alone, V²·I / (1 + V·I), V = se_i² + se_j².
-6. Lapse probes (with C only, off unless asked for): a ``probe_fraction`` of each round's
-   pairs, planned first, pair the top :data:`PROBE_PART` of the items by current score with
-   the bottom one — the item of those parts with fewest comparisons, with the partner in
-   the opposite part that has fewest comparisons, farthest in score among those. Rules 1,
-   2, 4 and the per-round :data:`ROUND_MAX` hold for them as for any pair. A judge that
+6. Lapse probes (with C only; the service's default share is 0.1): a ``probe_fraction`` of
+   each round's pairs, planned first, pair the top :data:`PROBE_PART` of the items by current
+   score with the bottom one — the item of those parts with fewest comparisons, with the
+   partner in the opposite part that has fewest comparisons, farthest in score among those.
+   Rules 1, 2, 4 and the per-round :data:`ROUND_MAX` hold for them as for any pair. A judge that
    knows which essay is better almost never reverses such a pair; one that decides at
    random a share ε of the time reverses ε/2 of them, while close pairs (which rule 5
    chooses) cannot tell a lapse from a narrower scale. The trade-off (more honest intervals

@@ -4,7 +4,11 @@ Model (:mod:`cjllm.cj.scoring`): P(Essay A wins) = ε/2 + (1 − ε)·σ(θ_a �
 abilities θ_i ~ N(0, τ²), τ ~ half-normal(0, :data:`TAU_SCALE`), δ ~ N(0, 1/order_prior),
 and either ε = 0 or ε sampled with the prior :data:`LAPSE_GRID` (half the mass on 0, half
 spread evenly over 0.05–0.5). The scores, their SDs, the reliability and the order effect
-all carry each other's uncertainty (and τ's, and ε's when it is sampled).
+all carry each other's uncertainty (and τ's, and ε's when it is sampled). The lapse model
+published is the judge that reverses at least :data:`LAPSE_FLOOR` of its decisions at random:
+its summaries come from the draws with ε at or above that floor, and its probability is the
+share of those draws (the ε = 0.05–0.15 draws are nearly the clean model; averaged in, they
+narrowed a lapsing judge's intervals below their coverage: docs/judgement.md).
 
 Why a sampler and not the Laplace evidence of :mod:`cjllm.cj.population` (which the round
 fits keep, to steer the pairing): the Laplace evidence puts τ too low in sparse adaptive
@@ -54,6 +58,10 @@ _RESCALE_STEP = 8.0  # SD of a scale move's log c, times √(comparisons)
 LAPSE_GRID = np.round(np.arange(0.0, 0.501, 0.05), 2)  # ε's prior: half on 0, half spread
 _LAPSE_LOG_PRIOR = np.log(np.where(LAPSE_GRID == 0.0, 0.5, 0.5 / (LAPSE_GRID.size - 1)))
 TAU_SCALE = 1.5  # half-normal prior scale of τ, logits (why: docs/judgement.md)
+# the lapse model is "the judge reverses at least this share of decisions at random"; its
+# draws with ε below it are the clean model's (why 0.2: docs/judgement.md, "Which model")
+LAPSE_FLOOR = 0.2
+_FLOOR_DRAWS = 20  # fewer draws at or above the floor: the whole run is summarised
 _SCALE_MOVES = 8  # joint (ε, scale) proposals per sweep of the lapse model
 _PG_TERMS = 8  # terms of the Pólya-Gamma series drawn; the rest enters as its mean
 
@@ -67,6 +75,10 @@ class Posterior:
     the essays' true abilities (what a reader wants reliability to mean). ``order_effect``/
     ``order_effect_se``: mean and SD of δ. ``lapse``: posterior median of ε, ``lapse_interval``
     its 95% highest-density interval. ``tau``: posterior median of τ.
+
+    With ε sampled, ``lapse_probability`` is P(ε ≥ :data:`LAPSE_FLOOR`), and everything but ε's
+    own summaries comes from the draws with ε ≥ :data:`LAPSE_FLOOR`: the lapse model's
+    posterior, without the draws in which the judge is (nearly) clean.
     """
 
     theta: FloatArray
@@ -113,10 +125,12 @@ def sample_posterior(
     lapse: bool = False,
     tau_scale: float = TAU_SCALE,
     rescales: int | None = None,
+    floor: float = LAPSE_FLOOR,
 ) -> Posterior:
     """Sample the posterior (module docstring) from a starting point (a Laplace fit).
     ``burn_in``/``rescales`` (scale moves per sweep; 0: the plain Gibbs sampler, which mixes
-    slowly along the scale): :data:`BURN_IN`/:data:`RESCALES` for the model when None."""
+    slowly along the scale): :data:`BURN_IN`/:data:`RESCALES` for the model when None.
+    ``floor``: the lapse model's least ε (:func:`summarise`)."""
     burn_in = BURN_IN[lapse] if burn_in is None else burn_in
     rescales = RESCALES[lapse] if rescales is None else rescales
     kept_theta, kept = _chain(
@@ -124,22 +138,42 @@ def sample_posterior(
         start_order=start_order, start_tau=start_tau, seed=seed, draws=draws, burn_in=burn_in,
         lapse=lapse, tau_scale=tau_scale, rescales=rescales,
     )  # fmt: skip
-    mean_theta = kept_theta.mean(axis=0)
-    centred = mean_theta - mean_theta.mean()
-    draws_c = kept_theta - kept_theta.mean(axis=1, keepdims=True)
-    norms = np.sqrt((draws_c**2).sum(axis=1)) * math.sqrt(float(centred @ centred))
-    corr = np.divide(draws_c @ centred, norms, out=np.zeros(len(kept)), where=norms > 0.0)
+    return summarise(kept_theta, kept, lapse=lapse, floor=floor)
+
+
+def summarise(
+    kept_theta: FloatArray, kept: FloatArray, *, lapse: bool, floor: float = LAPSE_FLOOR
+) -> Posterior:
+    """The posterior summaries of a chain's kept draws: ``kept_theta`` (draws × essays) and
+    ``kept`` (draws × (δ, ε, τ)); with ``lapse``, the lapse model's: its draws with
+    ε ≥ ``floor`` (class docstring)."""
+    eps = kept[:, 1]
+    lapsing = eps >= floor - 1e-9
+    if lapse and int(lapsing.sum()) >= _FLOOR_DRAWS:
+        model_theta, model = kept_theta[lapsing], kept[lapsing]
+    else:
+        model_theta, model = kept_theta, kept
     return Posterior(
-        theta=mean_theta,
-        se=kept_theta.std(axis=0, ddof=1),
-        reliability=float(np.mean(corr**2)),
-        order_effect=float(kept[:, 0].mean()),
-        order_effect_se=float(kept[:, 0].std(ddof=1)),
-        lapse=float(np.median(kept[:, 1])),
-        lapse_interval=highest_density(kept[:, 1]),
-        lapse_probability=float(np.mean(kept[:, 1] > 0.0)),
-        tau=float(np.median(kept[:, 2])),
+        theta=model_theta.mean(axis=0),
+        se=model_theta.std(axis=0, ddof=1),
+        reliability=_reliability(model_theta),
+        order_effect=float(model[:, 0].mean()),
+        order_effect_se=float(model[:, 0].std(ddof=1)),
+        lapse=float(np.median(eps)),
+        lapse_interval=highest_density(eps),
+        lapse_probability=float(np.mean(lapsing)) if lapse else 0.0,
+        tau=float(np.median(model[:, 2])),
     )
+
+
+def _reliability(draws: FloatArray) -> float:
+    """The posterior mean of corr(posterior mean, θ)² over ``draws`` (draws × essays)."""
+    mean_theta = draws.mean(axis=0)
+    centred = mean_theta - mean_theta.mean()
+    draws_c = draws - draws.mean(axis=1, keepdims=True)
+    norms = np.sqrt((draws_c**2).sum(axis=1)) * math.sqrt(float(centred @ centred))
+    corr = np.divide(draws_c @ centred, norms, out=np.zeros(len(draws)), where=norms > 0.0)
+    return float(np.mean(corr**2))
 
 
 def _chain(

@@ -51,7 +51,7 @@ class BatchFit:
     ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
     posterior (:mod:`cjllm.cj.posterior`), ``order_estimate`` (δ and its posterior SD) and
     ``scored_with_lapse`` (the scores come from the lapse model, the more probable one) with
-    ``lapse_probability``, the posterior probability of ε > 0.
+    ``lapse_probability``, the posterior probability of ε ≥ ``posterior.LAPSE_FLOOR``.
     """
 
     theta: FloatArray
@@ -179,9 +179,10 @@ def final_fit(
     elsewhere = executor.submit(chain, lapse=True) if executor is not None else None
     clean = chain(lapse=False)
     lapsing = elsewhere.result() if elsewhere is not None else chain(lapse=True)
-    # the median probability model: the lapse model's scores when it is the more probable one;
-    # the order effect as a shift of the observed decisions (ε = 0): under the lapse model it
-    # is on the informed decisions' scale, which the comparisons pin down poorly
+    # the more probable model publishes: the lapse model (ε ≥ LAPSE_FLOOR, its draws only)
+    # when P(ε ≥ LAPSE_FLOOR) > ½, else the clean one (docs/judgement.md, "Which model"); the
+    # order effect as a shift of the observed decisions (ε = 0): under the lapse model it is
+    # on the informed decisions' scale, which the comparisons pin down poorly
     scores = lapsing if lapsing.lapse_probability > 0.5 else clean
     return replace(
         fit,
