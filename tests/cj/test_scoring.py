@@ -396,7 +396,7 @@ def test_lapse_fit_is_stationary() -> None:
     _, (first, second, won) = judged(12, 2.0, 10, seed=8, order=0.5, lapse=0.2)
     fit = fit_bradley_terry(12, first, second, won, prior=0.5, order_effect=True, lapse=0.2)
     assert fit.order_effect is not None and fit.lapse == 0.2
-    f, s, y = scoring._comparisons(12, first, second, won)
+    f, s, y = scoring.checked_comparisons(12, first, second, won)
     problem = likelihood.LogPosterior(
         12, f, s, y, order=True, prior=0.5, order_prior=0.5, lapse=0.2
     )

@@ -35,7 +35,7 @@ from scipy.optimize import minimize_scalar
 
 from cjllm.cj.likelihood import DENSE_LIMIT, FloatArray, LogPosterior
 from cjllm.cj.reliability import scale_separation_reliability
-from cjllm.cj.scoring import BTFit, _comparisons, _coordinates, fit_bradley_terry
+from cjllm.cj.scoring import BTFit, checked_comparisons, fit_bradley_terry, starting_point
 from cjllm.cj.tau_search import Slope, evidence_slope, search_log_tau
 from cjllm.cj.uncertainty import EXACT_LIMIT
 
@@ -160,10 +160,10 @@ def _slope_search(
             standard_errors="none",
         )  # fmt: skip
         problem = LogPosterior(
-            n_items, *_comparisons(n_items, first, second, first_won), order=order_effect,
+            n_items, *checked_comparisons(n_items, first, second, first_won), order=order_effect,
             prior=nearest.prior, order_prior=order_prior,
         )  # fmt: skip
-        return evidence_slope(problem, _coordinates(nearest, problem))
+        return evidence_slope(problem, starting_point(nearest, problem))
 
     start = 0.0  # τ = 1 (abilities a logit apart) unless the initial fit has a prior
     if initial is not None and initial.prior > 0.0:

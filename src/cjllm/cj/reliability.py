@@ -11,7 +11,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from cjllm.cj.scoring import RngLike, _comparisons, fit_bradley_terry
+from cjllm.cj.scoring import RngLike, checked_comparisons, fit_bradley_terry
 
 SPLIT_ITEMS = 20_000  # essays × splits beyond which split-half averages fewer splits
 
@@ -72,7 +72,7 @@ def split_half_reliability(
     so callers can report "undefined" instead of failing. ``rng``: anything
     ``np.random.default_rng`` accepts.
     """
-    f, s, y = _comparisons(n_items, first, second, first_won)
+    f, s, y = checked_comparisons(n_items, first, second, first_won)
     if not (np.isfinite(prior) and prior > 0.0):
         raise ValueError(f"split-half fits need prior > 0, got {prior}")
     if n_splits < 1 or f.size < 2:

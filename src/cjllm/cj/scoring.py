@@ -119,9 +119,10 @@ def _indexes(
     return f, s
 
 
-def _comparisons(
+def checked_comparisons(
     n_items: int, first: npt.ArrayLike, second: npt.ArrayLike, first_won: npt.ArrayLike
 ) -> tuple[IntArray, IntArray, BoolArray]:
+    """The comparisons as index and outcome arrays, checked (shapes, range, 0/1 outcomes)."""
     f, s = _indexes(n_items, first, second)
     y = np.asarray(first_won)
     if y.shape != f.shape:
@@ -210,7 +211,7 @@ def fit_bradley_terry(
     ``UnboundedEstimateError`` (ML when some split of the items has wins only one way, when
     Essay A always or never won with ``order_effect``, or when the fit still diverges).
     """
-    f, s, y = _comparisons(n_items, first, second, first_won)
+    f, s, y = checked_comparisons(n_items, first, second, first_won)
     if not (np.isfinite(prior) and prior >= 0.0):
         raise ValueError(f"prior must be a finite precision >= 0, got {prior}")
     order_prior = prior if order_prior is None else order_prior
@@ -228,7 +229,7 @@ def fit_bradley_terry(
         n_items, f, s, y, order=order_effect, prior=float(prior),
         order_prior=float(order_prior), lapse=float(lapse),
     )  # fmt: skip
-    z = np.zeros(n_items + 1) if initial is None else _coordinates(initial, problem)
+    z = np.zeros(n_items + 1) if initial is None else starting_point(initial, problem)
     z, n_iter, converged = newton(problem, z, max_iter, tol)
     if prior == 0.0 and (not converged or np.max(np.abs(z)) > _ML_BOUND):
         far = np.flatnonzero(np.abs(z[:n_items] - z[:n_items].mean()) > _ML_BOUND / 2).tolist()
@@ -298,7 +299,7 @@ def _laplace_evidence(problem: LogPosterior, z: FloatArray, keep: BoolArray, pri
     raise np.linalg.LinAlgError("information matrix is not positive definite")
 
 
-def _coordinates(fit: BTFit, problem: LogPosterior) -> FloatArray:
+def starting_point(fit: BTFit, problem: LogPosterior) -> FloatArray:
     """A previous fit as a starting point z for ``problem``."""
     if fit.theta.shape != (problem.n,):
         raise ValueError(f"initial fit has {fit.theta.size} items, expected {problem.n}")
