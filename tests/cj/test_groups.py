@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from cjllm.cj.groups import group_labels, plan_groups
+from cjllm.cj.group_pairs import group_labels
+from cjllm.cj.groups import plan_groups
 from cjllm.cj.pairing import random_round
 from cjllm.cj.scoring import connected_components, fit_bradley_terry
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cjllm.cj.groups import group_labels, plan_groups
+from cjllm.cj.group_pairs import group_labels
+from cjllm.cj.groups import plan_groups
 from cjllm.cj.llm_client import Accepted, ProviderClient, Refused
 from cjllm.cj.options import ROUND_BUNDLE_SIZE, BatchOptions
 from cjllm.cj.pairing import plan_round
