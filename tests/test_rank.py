@@ -11,7 +11,8 @@ import pytest
 from cjllm.contracts import BatchingStrategy
 from cjllm.out_dir import differences
 from cjllm.preflight import check_credentials, choose_provider, preflight
-from cjllm.rank import RankError, RankRequest, bundle_layout, fingerprint, prepare, run_context
+from cjllm.rank import RankError, RankRequest, bundle_layout, prepare, run_context
+from cjllm.run_identity import fingerprint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "essays"
 

@@ -4,22 +4,13 @@ The job: check every input (:mod:`cjllm.preflight`, before anything heavy loads)
 the judge, reuse or start the batch recorded in ``--out``, run the embedded provider and CJ
 services until the batch finishes, then write the report files (:mod:`cjllm.report`).
 
-Resuming: ``--out`` keeps ``run.json`` (the batch id and a fingerprint of everything that
-defines the run: essays and their texts, anchors, instructions, rubric, the judge — provider,
-model, server, and for the simulated judge its mode (manifest or text heuristic) and
-parameters — and the options) next to the queue and database. Re-running the same run
-continues that batch — comparisons already judged are not asked again; a finished batch
-just rewrites the report. Anything else in the same ``--out`` is refused with the
-differences named: use another ``--out`` (or delete the folder) to start over.
+Resuming: :mod:`cjllm.run_identity`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import signal
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -38,11 +29,9 @@ from cjllm.contracts import (
     CJAssessmentCompletedV1,
 )
 from cjllm.embedded import EmbeddedServices, embedded_services
-from cjllm.essays import essay_set_digest
 from cjllm.judges import JudgeUnavailable, Judging, make_judge
 from cjllm.out_dir import (
     OutDirError,
-    differences,
     forget_run,
     locked_out_dir,
     read_run_file,
@@ -53,6 +42,7 @@ from cjllm.provider.jobs import BatchJob, JobTable
 from cjllm.provider.limiter import Pacing
 from cjllm.provider.worker_process import WorkerProcessFailed
 from cjllm.report import Evidence, ReportFiles, RunContext, write_report
+from cjllm.run_identity import batch_for
 from cjllm.settings import CJSettings, ProviderSettings
 
 __all__ = ["Hooks", "PreparedRun", "RankError", "RankInputs", "RankOutcome", "RankRequest"]
@@ -87,33 +77,6 @@ class Hooks:
     on_tick: Callable[[BatchProgress], None] | None = None
     on_pacing: Callable[[Pacing], None] | None = None
     on_jobs: Callable[[list[BatchJob]], None] | None = None
-
-
-# --------------------------------------------------------------------------- run state
-
-
-def fingerprint(request: RankRequest, inputs: RankInputs, judging: Judging) -> dict[str, Any]:
-    """Everything that defines a run; a resumed run must match it exactly."""
-
-    def sha(text: str | None) -> str | None:
-        return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-    return {
-        "essays": essay_set_digest(inputs.essays),
-        "essay_count": len(inputs.essays),
-        "anchors": essay_set_digest(inputs.anchors) if inputs.anchors else None,
-        "anchor_grades": sorted((a.essay_id, a.grade or "") for a in inputs.anchors) or None,
-        "grade_scale": list(request.grade_scale) if request.grade_scale else None,
-        "instructions": sha(inputs.instructions),
-        "rubric": sha(inputs.rubric),
-        "judge": judging.identity(),
-        "strategy": request.strategy.value,
-        "bundle_size": request.bundle_size,
-        "comparisons_per_essay": request.comparisons_per_essay,
-        "budget": request.budget,
-        "seed": request.seed,
-        **({"pairing": request.pairing} if request.pairing is not None else {}),
-    }
 
 
 # --------------------------------------------------------------------------- settings
@@ -221,7 +184,7 @@ async def run_rank(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
 
 
 async def _run_locked(run: PreparedRun, out_dir: Path, hooks: Hooks) -> RankOutcome:
-    batch_id = _batch_for(run, out_dir)
+    batch_id = batch_for(run.request, run.inputs, run.judging, out_dir)
     result, resumed, pacing, evidence, facts = await _drive(run, out_dir, batch_id, hooks)
     files = None
     if result.ranking:
@@ -294,48 +257,6 @@ def bundle_layout(run: PreparedRun) -> str | None:
     if run.cj_settings.bundle_layout is BundleLayout.POOL:
         return BundleLayout.POOL.value
     return run.provider_settings.bundle_layout.value
-
-
-RUN_NAMESPACE = uuid.UUID("6f1b3c1e-6a53-5b9c-9d0e-7c3d2f1a8b41")  # cjllm rank batch ids
-
-
-def run_batch_id(fingerprint: dict[str, Any]) -> str:
-    """The batch id of a run: a UUID5 of everything that defines it, ``--seed`` included.
-
-    With it the pairing seed and every comparison's correlation id (which seeds the simulated
-    judge's draw) follow from the command line, so the same command gives the same ranking.
-    """
-    return str(uuid.uuid5(RUN_NAMESPACE, json.dumps(fingerprint, sort_keys=True)))
-
-
-def _batch_for(run: PreparedRun, out_dir: Path) -> str:
-    """The batch id recorded in ``out_dir`` for these inputs, or a new one (recorded now)."""
-    wanted = fingerprint(run.request, run.inputs, run.judging)
-    previous = read_run_file(out_dir)
-    if previous is not None:
-        changed = differences(previous["inputs"], wanted)
-        if changed:
-            then = (
-                f" (that run's judge: {previous.get('judge', '?')})" if "judge" in changed else ""
-            )
-            raise RankError(
-                f"{out_dir} holds another run, started {previous.get('started_at', '?')}, "
-                f"with different {', '.join(changed)}{then}; cjllm resumes only the same "
-                f"run. Use another --out, or delete {out_dir} to start over."
-            )
-        return str(previous["batch_id"])
-    batch_id = run_batch_id(wanted)
-    write_run_file(
-        out_dir,
-        {
-            "batch_id": batch_id,
-            "started_at": datetime.now(UTC).isoformat(),
-            "source": str(run.request.path),
-            "judge": run.judging.describe(),
-            "inputs": wanted,
-        },
-    )
-    return batch_id
 
 
 async def _drive(
