@@ -99,7 +99,7 @@ def parts(condition: judgement.Condition, rep: int) -> dict[str, object]:
         else {"tau_scale": posterior.TAU_SCALE}
     )
     for lapse in (False, True):
-        theta, kept = posterior._chain(
+        theta, kept = posterior.sample_chain(
             n, f, s, won, order_prior=options.bt_prior, start_theta=np.asarray(fit.model.theta),
             start_order=fit.model.order_effect or 0.0, start_tau=fit.population_sd,
             seed=ranking._data_seed(fit), draws=posterior.DRAWS,

@@ -5,7 +5,7 @@ Run: python bench/lapse_rule.py [--reps 25] [--n 40,100] [--k 6,10] [--judges cl
 
 Each batch is one of ``bench/judgement.py``'s (same essays, judge, pairing and seeds: its
 ``run_batch``), run to its budget through the service's code. The final fit's own two chains
-(``posterior._chain``, as ``ranking.final_fit`` runs them: no re-sampling) are captured, and
+(``posterior.sample_chain``, as ``ranking.final_fit`` runs them: no re-sampling) are captured, and
 what any selection rule needs is recorded per batch: for the ε = 0 run, the whole lapse run,
 and the lapse run's draws with ε ≥ x for each grid value x, the share of score ± 1.96·SD
 intervals holding the (centred) truth, the reported reliability (posterior mean of
@@ -63,18 +63,18 @@ def summary(draws: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def record(condition: judgement.Condition, rep: int) -> Record:
     """One batch of ``bench/judgement.py`` with its final fit's chains taken apart."""
     chains: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
-    run = posterior._chain
+    run = posterior.sample_chain
 
     def spy(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
         out = run(*args, **kwargs)  # type: ignore[arg-type]
         chains[bool(kwargs["lapse"])] = out
         return out
 
-    posterior._chain = spy  # type: ignore[assignment]
+    posterior.sample_chain = spy  # type: ignore[assignment]
     try:
         figures = judgement.run_batch(condition, rep)
     finally:
-        posterior._chain = run
+        posterior.sample_chain = run
     truth = np.random.default_rng([rep, condition.n, 1]).normal(0.0, judgement.SD, condition.n)
     truth -= truth.mean()  # as run_batch
     (theta0, _), (theta1, kept1) = chains[False], chains[True]

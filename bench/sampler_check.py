@@ -31,7 +31,7 @@ import numpy as np
 from lapse_in_scores import Z95, batch  # bench/lapse_in_scores.py: the same simulated batches
 
 from cjllm.cj.population import fit_population
-from cjllm.cj.posterior import RESCALES, Posterior, _chain, sample_posterior
+from cjllm.cj.posterior import RESCALES, Posterior, sample_chain, sample_posterior
 
 
 def effective_size(series: np.ndarray) -> float:
@@ -95,7 +95,7 @@ def main() -> None:
                     rows[name].append((shift, ratio, cover, ms))
                 if rep == 0:  # mixing: one long chain per sampler kind
                     for name, rescales in (("plain 600", 0), ("published", RESCALES[lapse])):
-                        kept, _ = _chain(
+                        kept, _ = sample_chain(
                             args.n, first, second, won, seed=[rep, 2], draws=4000, burn_in=150,
                             tau_scale=3.0, rescales=rescales, **common,
                         )  # fmt: skip

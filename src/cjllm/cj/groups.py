@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cjllm.cj.group_pairs import Pair, RoundState, balance, components, connect, pairs_within
-from cjllm.cj.scoring import RngLike, _indexes
+from cjllm.cj.scoring import RngLike, checked_indexes
 
 
 def plan_groups(
@@ -74,7 +74,7 @@ def plan_groups(
     the groups' ``(essay_a, essay_b)`` pairs, one list per group; fewer than ``n_pairs`` in
     all only when budgets (``max_per_item``) or the groups' room leave fewer.
     """
-    first, second = _indexes(n_items, history_first, history_second)
+    first, second = checked_indexes(n_items, history_first, history_second)
     values = []
     for name, given, default in (("theta", theta, 0.0), ("se", se, 1.0)):
         array = np.full(n_items, default) if given is None else np.asarray(given, dtype=float)

@@ -48,7 +48,7 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from cjllm.cj.scoring import RngLike, _indexes
+from cjllm.cj.scoring import RngLike, checked_indexes
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -351,7 +351,7 @@ def plan_round(
     budget. Planning is greedy (with a partner-swap repair at the end of a pass), so close to
     a complete round robin rules 3 and 4 can give way to rule 1.
     """
-    first, second = _indexes(n_items, history_first, history_second)
+    first, second = checked_indexes(n_items, history_first, history_second)
     values = []
     for name, given, default in (("theta", theta, 0.0), ("se", se, 1.0)):
         array = np.full(n_items, default) if given is None else np.asarray(given, dtype=float)

@@ -133,7 +133,7 @@ def sample_posterior(
     ``floor``: the lapse model's least ε (:func:`summarise`)."""
     burn_in = BURN_IN[lapse] if burn_in is None else burn_in
     rescales = RESCALES[lapse] if rescales is None else rescales
-    kept_theta, kept = _chain(
+    kept_theta, kept = sample_chain(
         n_items, first, second, first_won, order_prior=order_prior, start_theta=start_theta,
         start_order=start_order, start_tau=start_tau, seed=seed, draws=draws, burn_in=burn_in,
         lapse=lapse, tau_scale=tau_scale, rescales=rescales,
@@ -176,7 +176,7 @@ def _reliability(draws: FloatArray) -> float:
     return float(np.mean(corr**2))
 
 
-def _chain(
+def sample_chain(
     n: int,
     first: npt.ArrayLike,
     second: npt.ArrayLike,

@@ -101,9 +101,10 @@ class BTFit:
     n_comparisons: int
 
 
-def _indexes(
+def checked_indexes(
     n_items: int, first: npt.ArrayLike, second: npt.ArrayLike
 ) -> tuple[IntArray, IntArray]:
+    """The two sides' item indexes as arrays, checked (same shape, in range, no self-pairs)."""
     if n_items < 2:
         raise ValueError(f"n_items must be at least 2, got {n_items}")
     f, s = np.asarray(first), np.asarray(second)
@@ -123,7 +124,7 @@ def checked_comparisons(
     n_items: int, first: npt.ArrayLike, second: npt.ArrayLike, first_won: npt.ArrayLike
 ) -> tuple[IntArray, IntArray, BoolArray]:
     """The comparisons as index and outcome arrays, checked (shapes, range, 0/1 outcomes)."""
-    f, s = _indexes(n_items, first, second)
+    f, s = checked_indexes(n_items, first, second)
     y = np.asarray(first_won)
     if y.shape != f.shape:
         raise ValueError(f"first_won has shape {y.shape}, expected {f.shape}")
@@ -141,7 +142,7 @@ def connected_components(
     no comparison is a component of its own. Returns the components as sorted index lists,
     largest first (ties: smallest first index). One component means the graph is connected.
     """
-    f, s = _indexes(n_items, first, second)
+    f, s = checked_indexes(n_items, first, second)
     graph = coo_matrix((np.ones(f.size), (f, s)), shape=(n_items, n_items))
     count, labels = _csgraph_components(graph, directed=False)
     comps = [np.flatnonzero(labels == c).tolist() for c in range(count)]
