@@ -24,6 +24,7 @@ from sqlalchemy import CursorResult, Table, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cjllm.cj.records import CallbackOutcome
+from cjllm.cj.round_rows import pending_row
 from cjllm.cj.store import Store
 from cjllm.cj.tables import Batch, Comparison, ComparisonStatus, DeadLetter
 from cjllm.contracts import RESULT_EVENT_TYPE, EventEnvelope, LLMComparisonResultV1, utcnow
@@ -182,16 +183,7 @@ async def _has_pending(s: AsyncSession, batch_id: str | None, round_number: int 
     seen is one a later transaction will settle (and that one sees none). On PostgreSQL two
     groups settling a round's last rows side by side could each see the other's row as
     pending, and neither would close it; there every group goes on to the close check."""
-    found = await s.scalar(
-        select(Comparison.id)
-        .where(
-            Comparison.batch_id == batch_id,
-            Comparison.round_number == round_number,
-            Comparison.status == ComparisonStatus.PENDING,
-        )
-        .limit(1)
-    )
-    return found is not None
+    return await s.scalar(pending_row(batch_id, round_number)) is not None
 
 
 class CallbackRace(RuntimeError):

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Sequence
 from typing import cast
 
-from sqlalchemy import Table, insert, select, update
+from sqlalchemy import Select, Table, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cjllm.cj.records import NewComparison, PendingComparison, RoundRecord
@@ -23,6 +23,20 @@ def correlation_id(batch_id: str, round_number: int, index: int) -> uuid.UUID:
     """The comparison's id: a UUID5 in the batch's namespace, unique within the batch (one
     round number is written once) and across batches (batch ids are unique UUIDs)."""
     return uuid.uuid5(uuid.UUID(batch_id), f"round {round_number} comparison {index}")
+
+
+def pending_row(batch_id: str | None, round_number: int | None) -> Select[int]:
+    """One pending comparison of the round, if any: an index probe (is any left), not a
+    count of how many."""
+    return (
+        select(Comparison.id)
+        .where(
+            Comparison.batch_id == batch_id,
+            Comparison.round_number == round_number,
+            Comparison.status == ComparisonStatus.PENDING,
+        )
+        .limit(1)
+    )
 
 
 class RoundExists(RuntimeError):
@@ -100,15 +114,7 @@ class RoundRows(Sessions):
         """Close the round when none of its comparisons is pending. True for the one caller
         whose conditional update closed it; everyone else (and any earlier call) gets False."""
         async with self.write() as s:
-            pending = await s.scalar(  # one index probe: is any left, not how many
-                select(Comparison.id)
-                .where(
-                    Comparison.batch_id == batch_id,
-                    Comparison.round_number == round_number,
-                    Comparison.status == ComparisonStatus.PENDING,
-                )
-                .limit(1)
-            )
+            pending = await s.scalar(pending_row(batch_id, round_number))
             if pending is not None:
                 return False
             closed = await s.execute(
