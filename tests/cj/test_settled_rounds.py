@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from cjllm.cj.records import NewComparison, NewEssay, PairOutcome
+from cjllm.cj.records import NewComparison, PairOutcome
 from cjllm.cj.settled_rounds import KEPT_BATCHES
 from cjllm.cj.store import Store
-from cjllm.cj.tables import Batch, Comparison, ComparisonStatus
+from cjllm.cj.tables import Comparison, ComparisonStatus
+from tests.cj.batch_rows import new_batch
 from tests.cj.test_store import fresh_pg_database
 
 
@@ -25,23 +26,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     the_store = await Store.open(url)
     yield the_store
     await the_store.close()
-
-
-async def _batch(store: Store) -> str:
-    batch_id = str(uuid.uuid4())
-    await store.create_batch(
-        Batch(
-            id=batch_id,
-            batching_strategy="serial_round",
-            provider="mock",
-            instructions="x",
-            options={"budget": 10},
-            ignored_callbacks=0,
-            completion_published=False,
-        ),
-        [NewEssay(f"e{i}", f"text {i}") for i in range(6)],
-    )
-    return batch_id
 
 
 async def _answer(store: Store, cid: uuid.UUID, bundle: str, tokens: int, ok: bool) -> None:
@@ -128,7 +112,7 @@ async def _counters(store: Store, batch_id: str) -> tuple[object, ...]:
 
 
 async def test_counters_and_outcomes_equal_a_reread_as_rounds_settle(store: Store) -> None:
-    batch_id = await _batch(store)
+    batch_id = await new_batch(store, essays=6)
     pairs = [NewComparison("e0", "e1"), NewComparison("e2", "e3"), NewComparison("e4", "e5")]
     first = await store.add_round(batch_id, 1, 2, pairs)
     assert await _counters(store, batch_id) == await _recounted(store, batch_id)
@@ -158,7 +142,7 @@ async def test_counters_and_outcomes_equal_a_reread_as_rounds_settle(store: Stor
 
 
 async def test_a_settled_round_is_read_once(store: Store) -> None:
-    batch_id = await _batch(store)
+    batch_id = await new_batch(store, essays=6)
     (row,) = await store.add_round(batch_id, 1, 2, [NewComparison("e0", "e1")])
     await _answer(store, row.request_correlation_id, "b1", 10, ok=True)
     assert (await store.progress(batch_id)).prompt_tokens == 10  # round 1 settled: kept
@@ -177,7 +161,7 @@ async def test_a_settled_round_is_read_once(store: Store) -> None:
 
 
 async def test_a_store_keeps_the_settled_rounds_of_a_few_batches(store: Store) -> None:
-    batches = [await _batch(store) for _ in range(KEPT_BATCHES + 1)]
+    batches = [await new_batch(store, essays=6) for _ in range(KEPT_BATCHES + 1)]
     for batch_id in batches:
         (row,) = await store.add_round(batch_id, 1, 2, [NewComparison("e0", "e1")])
         await _answer(store, row.request_correlation_id, "b1", 10, ok=True)

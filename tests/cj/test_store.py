@@ -16,10 +16,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
 from cjllm.cj.database import HEAD, MIGRATIONS, create_engine, upgrade_to_head
-from cjllm.cj.records import NewComparison, NewEssay
+from cjllm.cj.records import NewComparison
 from cjllm.cj.round_rows import RoundExists
 from cjllm.cj.store import Store
-from cjllm.cj.tables import Base, Batch, ComparisonStatus
+from cjllm.cj.tables import Base, ComparisonStatus
+from tests.cj.batch_rows import new_batch
 
 
 async def fresh_pg_database(postgres_url: str) -> str:
@@ -68,25 +69,8 @@ async def test_migrating_again_is_a_no_op(store: Store) -> None:
     await again.close()
 
 
-async def _batch(store: Store, essays: int = 4) -> str:
-    batch_id = str(uuid.uuid4())
-    await store.create_batch(
-        Batch(
-            id=batch_id,
-            batching_strategy="serial_round",
-            provider="mock",
-            instructions="x",
-            options={"budget": 10},
-            ignored_callbacks=0,
-            completion_published=False,
-        ),
-        [NewEssay(f"e{i}", f"text {i}") for i in range(essays)],
-    )
-    return batch_id
-
-
 async def test_a_round_number_can_be_started_once(store: Store) -> None:
-    batch_id = await _batch(store)
+    batch_id = await new_batch(store)
     await store.add_round(batch_id, 1, 2, [NewComparison("e0", "e1")])
     with pytest.raises(RoundExists):
         await store.add_round(batch_id, 1, 2, [NewComparison("e2", "e3")])
@@ -94,7 +78,7 @@ async def test_a_round_number_can_be_started_once(store: Store) -> None:
 
 
 async def test_concurrent_closers_close_a_round_once(store: Store) -> None:
-    batch_id = await _batch(store)
+    batch_id = await new_batch(store)
     rows = await store.add_round(
         batch_id, 1, 2, [NewComparison("e0", "e1"), NewComparison("e2", "e3")]
     )
@@ -108,7 +92,7 @@ async def test_concurrent_closers_close_a_round_once(store: Store) -> None:
 
 
 async def test_a_pending_row_changes_once(store: Store) -> None:
-    batch_id = await _batch(store)
+    batch_id = await new_batch(store)
     (row,) = await store.add_round(batch_id, 1, 1, [NewComparison("e0", "e1")])
     results = await asyncio.gather(
         *(store.fail_pending(row.request_correlation_id, f"code{i}", "m") for i in range(6))
@@ -119,7 +103,7 @@ async def test_a_pending_row_changes_once(store: Store) -> None:
 
 
 async def test_unsubmitted_rows_are_found_until_accepted(store: Store) -> None:
-    batch_id = await _batch(store)
+    batch_id = await new_batch(store)
     rows = await store.add_round(
         batch_id, 1, 2, [NewComparison("e0", "e1"), NewComparison("e2", "e3")]
     )
