@@ -29,7 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small fits: threads o
 import judgement  # bench/judgement.py, beside this file
 import numpy as np
 
-from cjllm.cj import pairing, rounds
+from cjllm.cj import pairing, planner, rounds
 
 FloatArray = np.ndarray
 
@@ -53,10 +53,10 @@ def designs(n: int, k: int, reps: int, share: float) -> dict[str, list[float]]:
     pairing's) and, per round with probes, the probes' rule-5 gain share."""
     found: dict[str, list[float]] = {"asked": [], "probes": [], "random": [], "cost": []}
     truth: FloatArray = np.zeros(n)
-    probe, decide, plan = pairing._Planner.probe, judgement.decide, rounds.plan_round
+    probe, decide, plan = planner.Planner.probe, judgement.decide, rounds.plan_round
     sink = found["asked"]
 
-    def recording(self: pairing._Planner, n_probes: int) -> None:
+    def recording(self: planner.Planner, n_probes: int) -> None:
         before = len(self.plan)
         probe(self, n_probes)
         planned = self.plan[before:]
@@ -78,7 +78,7 @@ def designs(n: int, k: int, reps: int, share: float) -> dict[str, list[float]]:
         return plan(*args, **{**kwargs, "probe_fraction": share})  # type: ignore[arg-type]
 
     judgement.decide = asked  # type: ignore[assignment]
-    pairing._Planner.probe = recording  # type: ignore[method-assign]
+    planner.Planner.probe = recording  # type: ignore[method-assign]
     rounds.plan_round = planned  # type: ignore[assignment]
     try:
         for mode in ("adaptive", "random"):
@@ -87,7 +87,7 @@ def designs(n: int, k: int, reps: int, share: float) -> dict[str, list[float]]:
                 truth[:] = np.random.default_rng([rep, n, 1]).normal(0.0, judgement.SD, n)
                 judgement.run_batch(judgement.Condition(n, k, "flip", mode), rep)
     finally:
-        judgement.decide, pairing._Planner.probe, rounds.plan_round = decide, probe, plan  # type: ignore[method-assign]
+        judgement.decide, planner.Planner.probe, rounds.plan_round = decide, probe, plan  # type: ignore[method-assign]
     return found
 
 

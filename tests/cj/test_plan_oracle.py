@@ -30,9 +30,10 @@ def _case(n: int, n_pairs: int, rounds: int, seed: int, **options: Any) -> Case:
 
 
 def cases() -> list[Case]:
-    """The grid: sizes 7 to 3,000; with and without the covariance and probes; a cap; random
-    shares 0, 0.1 and 1; ``random_round``; scores unknown; history with repeats, unbalanced
-    positions, multi-pass rounds, and round robins run to completion and beyond."""
+    """The grid: sizes 7 to 3,000 (with the covariance up to 1,000, ``EXACT_LIMIT``); with
+    and without probes; a cap; random shares 0, 0.1 and 1; ``random_round``; scores unknown;
+    history with repeats, unbalanced positions, multi-pass rounds, and round robins run to
+    completion and beyond."""
     grid: list[Case] = []
     for seed in (1, 2):
         for cov in (False, True):
@@ -47,6 +48,7 @@ def cases() -> list[Case]:
             grid.append(_case(101, 50, 4, seed, cov=cov, rf=0.1, probe=0.1, repeats=True))
         grid.append(_case(8, 4, 9, seed, kind="random"))
         grid.append(_case(100, 50, 4, seed, kind="random", cap=6))
+    grid.append(_case(400, 200, 3, 1, cov=True, rf=0.1, probe=0.1))
     grid.append(_case(1000, 500, 3, 1, cov=False, rf=0.1, repeats=True))
     grid.append(_case(1000, 500, 2, 2, cov=True, rf=0.1, probe=0.1))
     grid.append(_case(1000, 500, 2, 3, kind="random"))
