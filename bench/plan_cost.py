@@ -1,18 +1,21 @@
 """What planning one round costs: ``pairing.plan_round`` at 1,000 and 10,000 essays.
 
 Run: python bench/plan_cost.py [--sizes 1000,10000] [--rounds 1,5,9] [--times 3]
-[--baseline OLD/src]
+[--repeat 3] [--covariance] [--baseline OLD/src]
 
 Round r of a 10-per-essay batch of n essays (n/2 pairs a round, so essays have had r − 1
 comparisons): the history is r − 1 random perfect matchings, each pair's Essay A the one
 with fewer A's; round 1 is planned as the service plans it with nothing fitted (no scores,
 every partner random), later rounds with scores N(0, 1.5²), SEs U(0.2, 1) and the service's
 default random share 0.1 (no covariance: above ``uncertainty.EXACT_LIMIT`` essays the
-service passes none). Printed per size and round: CPU ms of one ``plan_round`` call (this
-process's CPU time, the median of ``--times`` calls, each in a fresh child process), and
-with ``--baseline DIR`` the same calls with the package imported from DIR (e.g. ``git
-archive <commit> src | tar -x -C /tmp/old``), alternating old and new, the ratio old/new,
-and whether both planned the same pairs (their sha256).
+service passes none; ``--covariance``: with a random one, and the lapse probes' share 0.1,
+as the service plans up to that limit).
+
+Printed per size and round: CPU ms of one ``plan_round`` call (this process's CPU time: the
+median over ``--times`` child processes of the least of ``--repeat`` calls in each), and with
+``--baseline DIR`` the same calls with the package imported from DIR (e.g. ``git archive
+<commit> src | tar -x -C /tmp/old``), alternating old and new, the ratio old/new, and
+whether both planned the same pairs (their sha256).
 """
 
 from __future__ import annotations
@@ -45,7 +48,9 @@ def history(n: int, rounds: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     return np.concatenate(first or [empty]), np.concatenate(second or [empty])
 
 
-def measure(n: int, round_number: int, seed: int, repeat: int) -> dict[str, float | str]:
+def measure(
+    n: int, round_number: int, seed: int, repeat: int, covariance: bool = False
+) -> dict[str, float | str]:
     """``plan_round`` for round ``round_number`` of ``n`` essays: the least CPU ms of
     ``repeat`` calls."""
     from cjllm.cj.pairing import plan_round
@@ -54,12 +59,17 @@ def measure(n: int, round_number: int, seed: int, repeat: int) -> dict[str, floa
     first, second = history(n, round_number - 1, rng)
     theta, se = rng.normal(0.0, 1.5, n), rng.uniform(0.2, 1.0, n)
     known = round_number > 1
+    cov = None
+    if covariance and known:  # a posterior covariance with correlated errors
+        factor = rng.normal(size=(n, 20))
+        cov = 0.05 * factor @ factor.T / 20 + np.diag(se**2)
     times, plans = [], set()
     for _ in range(repeat):  # the fastest of a few calls: other load on the machine counts less
         start = time.process_time()
         plan = plan_round(
             n, first, second, theta if known else None, se if known else None, n // 2,
             np.random.default_rng([seed, round_number]), random_fraction=0.1 if known else 1.0,
+            covariance=cov, probe_fraction=0.1,
         )  # fmt: skip
         times.append(1000.0 * (time.process_time() - start))
         plans.add(hashlib.sha256(json.dumps(plan).encode()).hexdigest())
@@ -67,12 +77,12 @@ def measure(n: int, round_number: int, seed: int, repeat: int) -> dict[str, floa
 
 
 def run_elsewhere(
-    src: str, n: int, round_number: int, seed: int, repeat: int
+    src: str, n: int, round_number: int, seed: int, repeat: int, covariance: bool
 ) -> dict[str, float | str]:
     """:func:`measure` in a child process importing the package from ``src``."""
     env = {**os.environ, "PYTHONPATH": src}
     args = ["--one", str(n), "--round", str(round_number), "--seed", str(seed)]
-    args += ["--repeat", str(repeat)]
+    args += ["--repeat", str(repeat), *(["--covariance"] if covariance else [])]
     out = subprocess.run(
         [sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True
     )
@@ -87,12 +97,13 @@ def main() -> None:
     parser.add_argument("--times", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="calls per child: the fastest")
+    parser.add_argument("--covariance", action="store_true", help="rounds 2 on: with one")
     parser.add_argument("--baseline", help="import the package from this directory for 'old'")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.round, args.seed, args.repeat)))
+        print(json.dumps(measure(args.one, args.round, args.seed, args.repeat, args.covariance)))
         return
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
     old_cols = " old ms | ×faster | same pairs |" if args.baseline else ""
@@ -101,10 +112,14 @@ def main() -> None:
     for n in (int(v) for v in args.sizes.split(",")):
         for r in (int(v) for v in args.rounds.split(",")):
             new_runs, old_runs = [], []
+
+            def run(src: str, n: int = n, r: int = r) -> dict[str, float | str]:
+                return run_elsewhere(src, n, r, args.seed, args.repeat, args.covariance)
+
             for _ in range(args.times):
                 if args.baseline:
-                    old_runs.append(run_elsewhere(args.baseline, n, r, args.seed, args.repeat))
-                new_runs.append(run_elsewhere(here, n, r, args.seed, args.repeat))
+                    old_runs.append(run(args.baseline))
+                new_runs.append(run(here))
             new_ms = float(np.median([float(v["ms"]) for v in new_runs]))
             row = f"| {n} | {r} | {n // 2} | {new_ms:.0f} |"
             if old_runs:
