@@ -111,9 +111,12 @@ class Planner:
         tally = self.tally[1 if side == 0 else 2 if side > 0 else 0]
         left = tally.get(count, 0) + step
         if left:
+            if left == step:
+                self._least.clear()  # a new count
             tally[count] = left
         else:
             del tally[count]
+            self._least.clear()
 
     def _count_tally(self) -> None:
         items = np.flatnonzero(self.fresh)
@@ -121,6 +124,7 @@ class Planner:
         for side in range(3):
             counts, sizes = np.unique(self.count[items[sides == side]], return_counts=True)
             self.tally[side] = dict(zip(counts.tolist(), sizes.tolist(), strict=True))
+        self._least: dict[tuple[int, ...], tuple[int, bool] | None] = {}  # least_fresh's
 
     def new_pass(self) -> None:
         """Every open item has played this pass: all of them are fresh again."""
@@ -223,14 +227,15 @@ class Planner:
         balance ``sides``, other than ``i`` and the items it met), from the fresh items'
         tally, and whether every such fresh item has that many; None when the items left
         out might be all of those with the fewest (then the partners must be counted)."""
-        counts = [count for side in sides for count in self.tally[side]]
-        if not counts:
+        if (known := self._least.get(sides)) is None:  # the tally's counts have changed
+            counts = {count for side in sides for count in self.tally[side]}
+            known = self._least[sides] = (min(counts), len(counts) == 1) if counts else None
+        if known is None:
             return None
-        least = min(counts)
         items = 0
         for side in sides:
-            items += self.tally[side].get(least, 0)
-        return (least, len(set(counts)) == 1) if items > 1 + len(self.met[i]) else None
+            items += self.tally[side].get(known[0], 0)
+        return known if items > 1 + len(self.met[i]) else None
 
     def choose(
         self, i: int, partners: BoolArray, least: tuple[int, bool] | None, adaptive: bool
