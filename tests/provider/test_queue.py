@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -359,6 +360,49 @@ async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: P
         assert late < 1.5 * early, (early, late)
         depth = await q.depth(T0 + 6000)
         assert depth.queued == 5012 and depth.active_bytes == 5012 * len(b'{"p": 1}')
+    finally:
+        await q.close()
+
+
+async def _steps(q: SQLiteQueue, step: Any) -> int:
+    """SQLite virtual-machine steps an awaited queue step takes (work, not time)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    q._conn.set_progress_handler(count, 1)
+    try:
+        await step
+    finally:
+        q._conn.set_progress_handler(None, 1)
+    return steps
+
+
+async def test_sqlite_bundle_steps_cost_the_same_however_many_items_are_active(
+    tmp_path: Path,
+) -> None:
+    """Extending and finishing a bundle find its rows by queue id: a state index walks
+    every active item (a whole round's, thousands) for each bundle."""
+    q = queue_from_url(f"sqlite:///{tmp_path / 'q.sqlite'}", max_items=10**6, max_bytes=10**10)
+    assert isinstance(q, SQLiteQueue)
+    try:
+        # bundles of 25, as the service sends them (with three the plan happened to be right)
+        await put(q, *(item("a", hint=25, at=T0 + i) for i in range(25)))
+        await put(q, *(item("b", hint=25, at=T0 + 1 + i) for i in range(25)))
+        await put(q, *(item(f"key-{i % 7}", at=T0 + 10) for i in range(10)))
+        costs = []
+        for _ in range(2):
+            ids = await claim(q, T0 + 20)
+            extend = await _steps(q, q.extend("w1", ids, T0 + 60))
+            finish = await _steps(q, q.finish([done(x, n) for n, x in enumerate(ids)], T0 + 20))
+            costs.append((extend, finish))
+            await put(q, *(item(f"key-{i % 7}", at=T0 + 10) for i in range(5000)))
+        (early_extend, early_finish), (late_extend, late_finish) = costs
+        assert late_extend < 1.5 * early_extend, costs
+        assert late_finish < 1.5 * early_finish, costs
     finally:
         await q.close()
 

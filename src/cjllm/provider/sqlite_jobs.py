@@ -241,7 +241,7 @@ class SQLiteJobs:
             for ids in _chunks(queue_ids):
                 rows = c.execute(
                     "UPDATE items SET state = 'processing', lease_owner = ?, lease_until = ?,"
-                    f" updated_at = ? WHERE queue_id IN ({_marks(ids)}) AND state = 'queued'"
+                    f" updated_at = ? WHERE queue_id IN ({_marks(ids)}) AND +state = 'queued'"
                     " RETURNING *",
                     (owner, lease_until, now, *ids),
                 ).fetchall()

@@ -172,8 +172,8 @@ class SQLiteQueue:
 
         def extend(c: sqlite3.Connection) -> int:
             cur = c.execute(
-                "UPDATE items SET lease_until = ? WHERE state = 'processing'"
-                f" AND lease_owner = ? AND queue_id IN ({marks})",
+                "UPDATE items SET lease_until = ? WHERE +state = 'processing'"
+                f" AND lease_owner = ? AND queue_id IN ({marks})",  # + : by queue_id, see finish
                 (lease_until, owner, *queue_ids),
             )
             return cur.rowcount
@@ -191,6 +191,8 @@ class SQLiteQueue:
             for f in first.values():
                 by_state.setdefault(f.state.value, []).append(f.queue_id)
             live: set[str] = set()  # the items still active, now final
+            # "+state": found by queue_id, not by a state index — without table statistics
+            # SQLite walked every active item (a whole round's) for each bundle's 25
             for state, ids in by_state.items():
                 for k in range(0, len(ids), _IN_CHUNK):
                     chunk = ids[k : k + _IN_CHUNK]
@@ -199,7 +201,7 @@ class SQLiteQueue:
                         r[0]
                         for r in c.execute(
                             "UPDATE items SET state = ?, updated_at = ?, lease_until = NULL,"
-                            f" payload = '' WHERE queue_id IN ({marks}) AND state IN (?, ?)"
+                            f" payload = '' WHERE queue_id IN ({marks}) AND +state IN (?, ?)"
                             " RETURNING queue_id",
                             (state, now, *chunk, *ACTIVE),
                         )
