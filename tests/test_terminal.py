@@ -4,12 +4,14 @@ the width, reliability only once the batch reports it, no "0/1" before the first
 from __future__ import annotations
 
 import io
+import re
 
 from rich.console import Console
 
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.tables import BatchStatus
-from cjllm.terminal import LiveProgress
+from cjllm.contracts import CJAssessmentCompletedV1, RankedEssay
+from cjllm.terminal import TABLE_BOTTOM, TABLE_TOP, LiveProgress, ranking_table
 
 
 def progress(**changes: object) -> BatchProgress:
@@ -72,3 +74,32 @@ def test_no_made_up_total_before_the_first_count() -> None:
     assert lines and "Starting" in lines[0] and "0/1" not in " ".join(lines)
     lines = shown(progress(rounds=0, requested=0, pending=0, succeeded=0, failed=0, budget=90))
     assert "0/90 comparisons" in lines[0]
+
+
+def _table(n: int, shorten: bool) -> list[str]:
+    ranking = [
+        RankedEssay(essay_id=f"e{r:05d}", rank=r, score=-r / 10, se=0.5, comparisons=10, wins=5)
+        for r in range(n, 0, -1)
+    ]
+    result = CJAssessmentCompletedV1(
+        cj_batch_id="b", status="completed", stop_reason="budget", ranking=ranking,
+        comparisons_requested=0, comparisons_succeeded=0, comparisons_failed=0, rounds=1,
+        provider_calls=0, batching_strategy="serial_round", provider="mock", model="m",
+    )  # fmt: skip
+    console = Console(width=100, file=io.StringIO(), color_system=None)
+    console.print(ranking_table(result, shorten=shorten))
+    return console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+
+
+def test_a_long_ranking_shows_its_ends_when_the_files_hold_it_all() -> None:
+    shown = re.findall(r"\be\d{5}\b", "\n".join(_table(10_000, shorten=True)))
+    assert shown == [
+        *(f"e{r:05d}" for r in range(1, TABLE_TOP + 1)),
+        *(f"e{r:05d}" for r in range(10_001 - TABLE_BOTTOM, 10_001)),
+    ]
+    assert any(
+        f"{10_000 - TABLE_TOP - TABLE_BOTTOM:,} more essays" in x for x in _table(10_000, True)
+    )
+    # a short ranking, or one printed with no files written, is shown whole
+    assert sum(" e0" in x for x in _table(TABLE_TOP + TABLE_BOTTOM + 10, True)) == 50
+    assert sum(" e0" in x for x in _table(200, shorten=False)) == 200

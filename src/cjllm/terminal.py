@@ -208,7 +208,14 @@ def provider_notes(pacing: Pacing | None) -> list[str]:
     return lines
 
 
-def ranking_table(result: CJAssessmentCompletedV1) -> Table:
+TABLE_TOP, TABLE_BOTTOM = 30, 10  # a longer ranking shows its ends (the files hold it all)
+
+
+def ranking_table(result: CJAssessmentCompletedV1, *, shorten: bool = False) -> Table:
+    """The ranking as a table. ``shorten`` (when ranking.csv holds it all): beyond
+    ``TABLE_TOP + TABLE_BOTTOM + 10`` essays, the top ``TABLE_TOP`` and the bottom
+    ``TABLE_BOTTOM`` with a row saying how many are left out (drawing 10,000 rows took ~8 s
+    and scrolled everything else away)."""
     from cjllm.report import interval
 
     grades = any(e.projected_grade is not None for e in result.ranking)
@@ -217,7 +224,13 @@ def ranking_table(result: CJAssessmentCompletedV1) -> Table:
         table.add_column(name, justify="left" if name == "Essay" else "right")
     if grades:
         table.add_column("Grade", justify="right")
-    for e in sorted(result.ranking, key=lambda x: x.rank):
+    ranked = sorted(result.ranking, key=lambda x: x.rank)
+    left_out = len(ranked) - TABLE_TOP - TABLE_BOTTOM if shorten else 0
+    if left_out > 10:
+        ranked = [*ranked[:TABLE_TOP], *ranked[-TABLE_BOTTOM:]]
+    for k, e in enumerate(ranked):
+        if left_out > 10 and k == TABLE_TOP:
+            table.add_row("…", Text(f"{left_out:,} more essays: see ranking.csv", style="dim"))
         lo, hi = interval(e)
         row: list[Text] = [
             Text(str(e.rank)),
@@ -277,7 +290,7 @@ def print_result(
     if context.simulated:
         say(console, "Simulated judge: no LLM read these essays.", style="bold yellow")
     if result.ranking:
-        console.print(ranking_table(result))
+        console.print(ranking_table(result, shorten=files is not None))
     for line in summary_lines(run_summary(result, context)):
         say(console, line)
     if files is not None:
