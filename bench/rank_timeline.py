@@ -84,7 +84,7 @@ def main() -> None:
     from cjllm.cli import app
 
     _mark("imports", START)
-    for name in ("_batch_for", "run_context", "write_report"):
+    for name in ("batch_for", "run_context", "write_report"):
         _timed(rank, name)
     _timed(rank, "judgements", "judgements (report evidence)")
     _timed_context(rank, "embedded_services")
@@ -110,7 +110,7 @@ def main() -> None:
 
 
 def _report() -> None:
-    zero = next(end for _, end, name, _ in SPANS if name == "_batch_for")
+    zero = next(end for _, end, name, _ in SPANS if name == "batch_for")
     finished = next(start for start, _, name, _ in SPANS if name == "run_context")
     print(f"{'from s':>8}{'to s':>8}{'ms':>9}  {'thread':<12} phase")
     for began, ended, name, thread in sorted(SPANS):

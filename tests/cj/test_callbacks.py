@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from cjllm.cj.callbacks import apply_callbacks, dead_letters
+from cjllm.cj.evidence import judgements
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.contracts import EventEnvelope
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
@@ -273,3 +274,28 @@ async def test_a_group_of_callbacks_is_recorded_in_one_go_each_as_if_it_came_alo
     progress = await h.cj.progress(batch_id)
     assert progress.rounds == 2 and progress.ignored_callbacks == 1 + 4
     assert len(h.stub.received) == 6
+
+
+async def test_the_evidence_is_every_row_as_recorded(make_harness: MakeHarness) -> None:
+    """`judgements` (the report's and the API's evidence) reads plain columns: each field is
+    the row's own, for a success, an error and a comparison still pending."""
+    h, batch_id = await _started(make_harness)
+    ok, failed = h.stub.received[:2]
+    await h.stub.publish(ok)
+    await h.stub.publish(failed, error="provider_timeout")
+    await h.bus.drain()
+    rows = await h.cj.store.comparisons(batch_id)
+    evidence = await judgements(h.cj.store, batch_id)
+    assert [j.request_correlation_id for j in evidence] == [
+        str(r.request_correlation_id) for r in rows
+    ]
+    for judgement, row in zip(evidence, rows, strict=True):
+        for name, value in judgement.model_dump().items():
+            expected = getattr(row, name)
+            if name == "request_correlation_id":
+                expected = str(expected)
+            assert value == expected, (name, value, expected)
+    by_id = {j.request_correlation_id: j for j in evidence}
+    assert by_id[str(ok.request.correlation_id)].winner_id is not None
+    assert by_id[str(failed.request.correlation_id)].error_code == "provider_timeout"
+    assert sum(j.status == ComparisonStatus.PENDING for j in evidence) == len(rows) - 2

@@ -9,10 +9,9 @@ every field is what the row recorded (a pending or failed comparison has no winn
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from cjllm.cj.store import Store
-from cjllm.cj.tables import Comparison
 from cjllm.contracts import Winner
 
 
@@ -50,32 +49,6 @@ class Judgement(BaseModel):
             return self.essay_b_id
         return None
 
-    @classmethod
-    def from_row(cls, row: Comparison) -> Judgement:
-        return cls(
-            round_number=row.round_number,
-            request_correlation_id=str(row.request_correlation_id),
-            essay_a_id=row.essay_a_id,
-            essay_b_id=row.essay_b_id,
-            status=row.status,
-            winner=row.winner if row.winner in ("Essay A", "Essay B") else None,
-            confidence=row.confidence,
-            justification=row.justification,
-            error_code=row.error_code,
-            error_message=row.error_message,
-            attempt=row.attempt,
-            bundle_id=row.bundle_id,
-            bundle_index=row.bundle_index,
-            bundle_size=row.bundle_size,
-            provider=row.provider,
-            model=row.model,
-            prompt_tokens=row.prompt_tokens,
-            completion_tokens=row.completion_tokens,
-            total_tokens=row.total_tokens,
-            cost_estimate=row.cost_estimate,
-            response_time_ms=row.response_time_ms,
-        )
-
 
 class BatchJudgements(BaseModel):
     """The body of ``GET /api/v1/assessments/{cj_batch_id}/comparisons``."""
@@ -84,6 +57,18 @@ class BatchJudgements(BaseModel):
     comparisons: list[Judgement]
 
 
+_FIELDS = tuple(Judgement.model_fields)  # each a column of the comparison row
+_MANY = TypeAdapter(list[Judgement])
+
+
 async def judgements(store: Store, batch_id: str) -> list[Judgement]:
-    """Every comparison of the batch, in the order they were planned."""
-    return [Judgement.from_row(row) for row in await store.comparisons(batch_id)]
+    """Every comparison of the batch, in the order they were planned (read as plain columns
+    and validated as one list: ORM rows cost ~60 µs each, i.e. 3 s at 50,000)."""
+    values = []
+    for row in await store.comparison_columns(batch_id, _FIELDS):
+        value = dict(zip(_FIELDS, row, strict=True))
+        value["request_correlation_id"] = str(value["request_correlation_id"])
+        if value["winner"] not in ("Essay A", "Essay B"):
+            value["winner"] = None
+        values.append(value)
+    return _MANY.validate_python(values)

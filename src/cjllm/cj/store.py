@@ -267,6 +267,17 @@ class Store(RoundRows):
             )
             return list(rows)
 
+    async def comparison_columns(
+        self, batch_id: str, names: Sequence[str]
+    ) -> list[tuple[Any, ...]]:
+        """The named columns of every comparison row of the batch, in row order."""
+        columns = [getattr(Comparison, name) for name in names]
+        async with self.read() as s:
+            rows = await s.execute(
+                select(*columns).where(Comparison.batch_id == batch_id).order_by(Comparison.id)
+            )
+            return [tuple(row) for row in rows]
+
     async def models_used(self, batch_id: str) -> list[str]:
         """The distinct models that answered the batch's comparisons, sorted."""
         async with self.read() as s:
