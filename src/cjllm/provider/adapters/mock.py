@@ -25,7 +25,7 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cjllm.provider.answers import reconcile
 from cjllm.provider.bundling import estimate_tokens
@@ -55,10 +55,23 @@ def server_error() -> ProviderCallError:
     )
 
 
+T = TypeVar("T")
+KEEP_CALLS = 100
+"""Calls the mock keeps for inspection (see :class:`MockAdapter`)."""
+
+
+def _keep(record: list[T], entry: T) -> None:
+    record.append(entry)
+    if len(record) > 2 * KEEP_CALLS:
+        del record[: len(record) - KEEP_CALLS]
+
+
 @dataclass
 class MockAdapter:
-    """The ``mock`` provider. ``calls`` records every call made, in order,
-    ``call_times`` when each started (UNIX seconds) and ``outcomes`` what each answered."""
+    """The ``mock`` provider. ``calls`` records the calls made, in order, ``call_times``
+    when each started (UNIX seconds) and ``outcomes`` what each answered: the last
+    :data:`KEEP_CALLS` at least, twice that at most (a long run, e.g. 50,000 comparisons in
+    a child worker, held every prompt it was sent: ~350 MB)."""
 
     judge: Judge = field(default_factory=Judge)
     default_model: str = "mock-judge-1"
@@ -95,8 +108,8 @@ class MockAdapter:
 
     async def call_bundle(self, call: BundleCall) -> CallOutcome:
         started = time.monotonic()
-        self.calls.append(call)
-        self.call_times.append(time.time())
+        _keep(self.calls, call)
+        _keep(self.call_times, time.time())
         if self.latency_seconds:
             await asyncio.sleep(self.latency_seconds)
         fault = self.call_faults.popleft() if self.call_faults else None
@@ -121,7 +134,7 @@ class MockAdapter:
             latency_ms=int((time.monotonic() - started) * 1000),
             stop_reason="end_turn",
         )
-        self.outcomes.append(outcome)
+        _keep(self.outcomes, outcome)
         return outcome
 
     def _answer(self, prompt: str) -> str:
