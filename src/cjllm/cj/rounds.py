@@ -43,6 +43,11 @@ def retry_pairs(
     while ``k <= max_pair_retries``, unless it was retried already or the pair has since
     succeeded. At most ``limit`` are returned; the rest wait for a later round.
     """
+    failed = [
+        o for o in outcomes if o.status is ComparisonStatus.FAILED and o.attempt <= max_pair_retries
+    ]
+    if not failed or limit <= 0:  # (the sets below cost ~0.1 s a round at 50,000 outcomes)
+        return []
     tried = {(o.essay_a_id, o.essay_b_id, o.attempt) for o in outcomes}
     won = {
         frozenset((o.essay_a_id, o.essay_b_id))
@@ -50,15 +55,12 @@ def retry_pairs(
         if o.status is ComparisonStatus.SUCCEEDED
     }
     out: list[NewComparison] = []
-    for o in outcomes:
+    for o in failed:
         if len(out) >= limit:
             break
-        if (
-            o.status is ComparisonStatus.FAILED
-            and o.attempt <= max_pair_retries
-            and (o.essay_a_id, o.essay_b_id, o.attempt + 1) not in tried
-            and frozenset((o.essay_a_id, o.essay_b_id)) not in won
-        ):
+        if (o.essay_a_id, o.essay_b_id, o.attempt + 1) not in tried and frozenset(
+            (o.essay_a_id, o.essay_b_id)
+        ) not in won:
             out.append(NewComparison(o.essay_a_id, o.essay_b_id, o.attempt + 1))
     return out
 
