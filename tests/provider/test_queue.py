@@ -12,8 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -327,44 +327,7 @@ async def test_two_processes_claiming_at_once_never_get_the_same_item(backend_ur
     assert first and second  # both really took part
 
 
-def _enqueue_work(q: SQLiteQueue, new: NewItem) -> int:
-    """SQLite virtual-machine steps one enqueue takes (a measure of work, not of time)."""
-    steps = 0
-
-    def count() -> int:
-        nonlocal steps
-        steps += 1
-        return 0
-
-    q._conn.set_progress_handler(count, 1)
-    try:
-        q._write(lambda c: enqueue(c, [new], q.max_items, q.max_bytes))
-    finally:
-        q._conn.set_progress_handler(None, 1)
-    return steps
-
-
-async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: Path) -> None:
-    q = queue_from_url(f"sqlite:///{tmp_path / 'q.sqlite'}", max_items=10**6, max_bytes=10**10)
-    assert isinstance(q, SQLiteQueue)
-    try:
-        await put(q, *(item(f"key-{i % 7}", at=T0 + i) for i in range(10)))
-        early = _enqueue_work(q, item(at=T0 + 10))
-        q._write(
-            lambda c: [
-                enqueue(c, [item(f"key-{i % 7}", at=T0 + 11 + i)], q.max_items, q.max_bytes)
-                for i in range(5000)
-            ]
-        )
-        late = _enqueue_work(q, item(at=T0 + 6000))
-        assert late < 1.5 * early, (early, late)
-        depth = await q.depth(T0 + 6000)
-        assert depth.queued == 5012 and depth.active_bytes == 5012 * len(b'{"p": 1}')
-    finally:
-        await q.close()
-
-
-async def _steps(q: SQLiteQueue, step: Any) -> int:
+async def _steps(q: SQLiteQueue, step: Awaitable[object]) -> int:
     """SQLite virtual-machine steps an awaited queue step takes (work, not time)."""
     steps = 0
 
@@ -379,6 +342,26 @@ async def _steps(q: SQLiteQueue, step: Any) -> int:
     finally:
         q._conn.set_progress_handler(None, 1)
     return steps
+
+
+async def test_sqlite_enqueue_costs_the_same_however_many_items_wait(tmp_path: Path) -> None:
+    q = queue_from_url(f"sqlite:///{tmp_path / 'q.sqlite'}", max_items=10**6, max_bytes=10**10)
+    assert isinstance(q, SQLiteQueue)
+    try:
+        await put(q, *(item(f"key-{i % 7}", at=T0 + i) for i in range(10)))
+        early = await _steps(q, q.enqueue(item(at=T0 + 10)))
+        q._write(
+            lambda c: [
+                enqueue(c, [item(f"key-{i % 7}", at=T0 + 11 + i)], q.max_items, q.max_bytes)
+                for i in range(5000)
+            ]
+        )
+        late = await _steps(q, q.enqueue(item(at=T0 + 6000)))
+        assert late < 1.5 * early, (early, late)
+        depth = await q.depth(T0 + 6000)
+        assert depth.queued == 5012 and depth.active_bytes == 5012 * len(b'{"p": 1}')
+    finally:
+        await q.close()
 
 
 async def test_sqlite_bundle_steps_cost_the_same_however_many_items_are_active(
