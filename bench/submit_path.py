@@ -43,19 +43,52 @@ class _Store:
         raise AssertionError(f"a comparison was refused: {args}")
 
 
-async def measure(rounds_: int, size: int) -> dict[str, float]:
+def essay_texts(n: int, rng: random.Random) -> dict[str, str]:
+    """``n`` essays of 500 common words."""
+    words = "the of and to a in that is was he for it with as his on be at by".split()
+    return {f"e{i}": " ".join(rng.choice(words) for _ in range(500)) for i in range(n)}
+
+
+def round_job(provider: Any, texts: dict[str, str]) -> tuple[Any, Any]:
+    """The provider client and the round's :class:`~cjllm.cj.rounds.Submission` as the CJ
+    service builds them (the CJ prompt's shared prefix, bundles of 25)."""
     from cjllm.cj import rounds
     from cjllm.cj.llm_client import ProviderClient
     from cjllm.cj.options import BatchOptions
-    from cjllm.cj.records import BatchRecord, PendingComparison
+    from cjllm.cj.records import BatchRecord
     from cjllm.cj.tables import BatchStatus
-    from cjllm.embedded import DirectBus, EmbeddedPaths, direct_to
+    from cjllm.embedded import direct_to
+    from cjllm.settings import CJSettings
+
+    client = ProviderClient.from_settings(CJSettings(), direct=direct_to(provider))
+    batch = BatchRecord(
+        "b1", None, BatchStatus.RUNNING, "serial_round", "mock", None, None,
+        "Write an essay about a place you know well. " * 12,
+        "Content, organisation, language. " * 8,
+        None, {}, 0, None, None, None, False, datetime.now(UTC), None,
+    )  # fmt: skip
+    return client, rounds.Submission(batch, BatchOptions(), texts, 25, "cj.callbacks")
+
+
+def round_rows(texts: dict[str, str], number: int, size: int, rng: random.Random) -> list[Any]:
+    """``size`` comparisons of a round: each essay at most once."""
+    from cjllm.cj.records import PendingComparison
+
+    ids = list(texts)
+    rng.shuffle(ids)
+    return [
+        PendingComparison(uuid.uuid4(), ids[2 * k], ids[2 * k + 1], number) for k in range(size)
+    ]
+
+
+async def measure(rounds_: int, size: int) -> dict[str, float]:
+    from cjllm.cj import rounds
+    from cjllm.embedded import DirectBus, EmbeddedPaths
     from cjllm.provider.service import embedded_provider
-    from cjllm.settings import CJSettings, ProviderSettings
+    from cjllm.settings import ProviderSettings
 
     rng = random.Random(1)
-    words = "the of and to a in that is was he for it with as his on be at by".split()
-    texts = {f"e{i}": " ".join(rng.choice(words) for _ in range(500)) for i in range(2 * size)}
+    texts = essay_texts(2 * size, rng)
     spent = {"gc": 0.0, "started": 0.0}
 
     def timed(phase: str, info: dict[str, int]) -> None:
@@ -69,23 +102,11 @@ async def measure(rounds_: int, size: int) -> dict[str, float]:
     await bus.start()
     cpu = 0.0
     async with embedded_provider(settings, bus=bus, work=False) as provider:
-        client = ProviderClient.from_settings(CJSettings(), direct=direct_to(provider))
-        batch = BatchRecord(
-            "b1", None, BatchStatus.RUNNING, "serial_round", "mock", None, None,
-            "Write an essay about a place you know well. " * 12,
-            "Content, organisation, language. " * 8,
-            None, {}, 0, None, None, None, False, datetime.now(UTC), None,
-        )  # fmt: skip
-        job = rounds.Submission(batch, BatchOptions(), texts, 25, "cj.callbacks")
+        client, job = round_job(provider, texts)
         store = _Store()
         gc.callbacks.append(timed)
         for number in range(1, rounds_ + 1):
-            ids = list(texts)
-            rng.shuffle(ids)
-            rows = [
-                PendingComparison(uuid.uuid4(), ids[2 * k], ids[2 * k + 1], number)
-                for k in range(size)
-            ]
+            rows = round_rows(texts, number, size, rng)
             before = time.process_time()
             await rounds.submit(store, client, job, rows)  # type: ignore[arg-type]
             cpu += time.process_time() - before

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from cjllm.contracts import BundleHints, ComparisonRequest
 from cjllm.provider.answers import Reconciled
@@ -155,7 +157,20 @@ def test_planned_comparison_round_trips_through_the_queue_payload() -> None:
     p = planned(3)
     again = PlannedComparison.from_json(p.to_json())
     assert again == p
-    # rebuilt without validation (the API validated it), yet the same as validated afresh
     assert again.request == ComparisonRequest.model_validate_json(p.request.model_dump_json())
     assert again.to_json() == p.to_json()
     assert uuid.UUID(again.correlation_id)
+
+
+def test_a_payload_todays_contract_refuses_is_still_read() -> None:
+    """An item queued by another version of the service, which today's contract would refuse
+    (here: a callback topic outside its pattern), is rebuilt field by field, not dropped."""
+    p = planned(1)
+    raw = json.loads(p.to_json())
+    raw["request"]["callback_topic"] = "not a topic!"
+    with pytest.raises(ValidationError):
+        ComparisonRequest.model_validate(raw["request"])
+    again = PlannedComparison.from_json(json.dumps(raw))
+    assert again.request.callback_topic == "not a topic!"
+    assert again.correlation_id == p.correlation_id
+    assert again.request.per_comparison_parts() == p.request.per_comparison_parts()
