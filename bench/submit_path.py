@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -117,16 +117,36 @@ async def measure(rounds_: int, size: int) -> dict[str, float]:
     return {"us_per_cmp": 1e6 * cpu / n, "gc_us_per_cmp": 1e6 * spent["gc"] / n}
 
 
-def run_elsewhere(src: str | None, rounds_: int, size: int) -> dict[str, float]:
+def run_elsewhere(script: str, src: str | None, rounds_: int, size: int) -> dict[str, float]:
+    """``script --one`` in a child process, the package imported from ``src`` (None: this
+    checkout's); its last line of output, as JSON."""
     env = dict(os.environ)
     if src is not None:
         env["PYTHONPATH"] = src
     out = subprocess.run(
-        [sys.executable, __file__, "--one", "--rounds", str(rounds_), "--size", str(size)],
+        [sys.executable, script, "--one", "--rounds", str(rounds_), "--size", str(size)],
         env=env, check=True, capture_output=True, text=True,
     )  # fmt: skip
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
+
+
+def side_by_side(
+    script: str, args: argparse.Namespace, key: str, show: Callable[[dict[str, float]], str]
+) -> None:
+    """Run ``script`` ``args.repeats`` times with this checkout, alternating with
+    ``args.baseline`` when given (the order flipped every other repeat), printing ``show`` of
+    each result and the ratio of the means of ``key``."""
+    codes = [("baseline", args.baseline), ("this", None)] if args.baseline else [("this", None)]
+    totals: dict[str, list[float]] = {name: [] for name, _ in codes}
+    for repeat in range(args.repeats):
+        for name, src in codes if repeat % 2 == 0 else codes[::-1]:
+            r = run_elsewhere(script, src, args.rounds, args.size)
+            totals[name].append(r[key])
+            print(f"{name:>9} {show(r)}", flush=True)
+    if args.baseline:
+        base, this = (sum(totals[k]) / len(totals[k]) for k in ("baseline", "this"))
+        print(f"mean: baseline {base:.0f}, this {this:.0f}, this / baseline {this / base:.2f}")
 
 
 def main() -> None:
@@ -141,16 +161,9 @@ def main() -> None:
         print(json.dumps(asyncio.run(measure(args.rounds, args.size))))
         return
     print(f"{args.rounds} rounds of {args.size} comparisons; CPU µs per comparison (GC µs)")
-    codes = [("baseline", args.baseline), ("this", None)] if args.baseline else [("this", None)]
-    totals: dict[str, list[float]] = {name: [] for name, _ in codes}
-    for repeat in range(args.repeats):
-        for name, src in codes if repeat % 2 == 0 else codes[::-1]:
-            r = run_elsewhere(src, args.rounds, args.size)
-            totals[name].append(r["us_per_cmp"])
-            print(f"{name:>9} {r['us_per_cmp']:7.0f} ({r['gc_us_per_cmp']:.0f})", flush=True)
-    if args.baseline:
-        base, this = (sum(totals[k]) / len(totals[k]) for k in ("baseline", "this"))
-        print(f"mean: baseline {base:.0f}, this {this:.0f}, this / baseline {this / base:.2f}")
+    side_by_side(
+        __file__, args, "us_per_cmp", lambda r: f"{r['us_per_cmp']:7.0f} ({r['gc_us_per_cmp']:.0f})"
+    )
 
 
 if __name__ == "__main__":

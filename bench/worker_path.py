@@ -21,10 +21,8 @@ import asyncio
 import cProfile
 import gc
 import json
-import os
 import pstats
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from submit_path import _Store, essay_texts, round_job, round_rows
+from submit_path import _Store, essay_texts, round_job, round_rows, side_by_side
 
 
 async def _fill(settings: Any, texts: dict[str, str], rounds_: int, size: int) -> None:
@@ -130,18 +128,6 @@ async def measure(rounds_: int, size: int, profile: bool) -> dict[str, float]:
     }
 
 
-def run_elsewhere(src: str | None, rounds_: int, size: int) -> dict[str, float]:
-    env = dict(os.environ)
-    if src is not None:
-        env["PYTHONPATH"] = src
-    out = subprocess.run(
-        [sys.executable, __file__, "--one", "--rounds", str(rounds_), "--size", str(size)],
-        env=env, check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -158,20 +144,11 @@ def main() -> None:
         f"{args.rounds} rounds of {args.size} comparisons: CPU µs per item, process "
         "(its SQLite threads included) / event loop's thread (GC), items per second"
     )
-    codes = [("baseline", args.baseline), ("this", None)] if args.baseline else [("this", None)]
-    totals: dict[str, list[float]] = {name: [] for name, _ in codes}
-    for repeat in range(args.repeats):
-        for name, src in codes if repeat % 2 == 0 else codes[::-1]:
-            r = run_elsewhere(src, args.rounds, args.size)
-            totals[name].append(r["us_per_item"])
-            print(
-                f"{name:>9} {r['us_per_item']:6.0f} / {r['loop_us_per_item']:4.0f}"
-                f" ({r['gc_us_per_item']:.0f}) {r['items_per_s']:7.0f}/s",
-                flush=True,
-            )
-    if args.baseline:
-        base, this = (sum(totals[k]) / len(totals[k]) for k in ("baseline", "this"))
-        print(f"mean: baseline {base:.0f}, this {this:.0f}, this / baseline {this / base:.2f}")
+    side_by_side(
+        __file__, args, "us_per_item",
+        lambda r: f"{r['us_per_item']:6.0f} / {r['loop_us_per_item']:4.0f}"
+        f" ({r['gc_us_per_item']:.0f}) {r['items_per_s']:7.0f}/s",
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
