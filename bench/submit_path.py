@@ -43,6 +43,20 @@ class _Store:
         raise AssertionError(f"a comparison was refused: {args}")
 
 
+def gc_timer() -> tuple[dict[str, float], Callable[[str, dict[str, int]], None]]:
+    """A ``gc.callbacks`` entry and the dict where it adds up the collector's seconds
+    (``spent["gc"]``)."""
+    spent = {"gc": 0.0, "started": 0.0}
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            spent["started"] = time.perf_counter()
+        else:
+            spent["gc"] += time.perf_counter() - spent["started"]
+
+    return spent, timed
+
+
 def essay_texts(n: int, rng: random.Random) -> dict[str, str]:
     """``n`` essays of 500 common words."""
     words = "the of and to a in that is was he for it with as his on be at by".split()
@@ -89,14 +103,7 @@ async def measure(rounds_: int, size: int) -> dict[str, float]:
 
     rng = random.Random(1)
     texts = essay_texts(2 * size, rng)
-    spent = {"gc": 0.0, "started": 0.0}
-
-    def timed(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            spent["started"] = time.perf_counter()
-        else:
-            spent["gc"] += time.perf_counter() - spent["started"]
-
+    spent, timed = gc_timer()
     settings = EmbeddedPaths(Path(tempfile.mkdtemp())).provider_settings(ProviderSettings())
     bus = DirectBus()
     await bus.start()

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from submit_path import _Store, essay_texts, round_job, round_rows, side_by_side
+from submit_path import _Store, essay_texts, gc_timer, round_job, round_rows, side_by_side
 
 
 async def _fill(settings: Any, texts: dict[str, str], rounds_: int, size: int) -> None:
@@ -98,14 +98,7 @@ async def measure(rounds_: int, size: int, profile: bool) -> dict[str, float]:
     settings = EmbeddedPaths(Path(tempfile.mkdtemp())).provider_settings(ProviderSettings())
     await _fill(settings, texts, rounds_, size)
     gc.collect()
-    spent = {"gc": 0.0, "started": 0.0}
-
-    def timed(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            spent["started"] = time.perf_counter()
-        else:
-            spent["gc"] += time.perf_counter() - spent["started"]
-
+    spent, timed = gc_timer()
     profiler = cProfile.Profile() if profile else None
     gc.callbacks.append(timed)
     cpu, loop_cpu, wall = time.process_time(), time.thread_time(), time.perf_counter()
