@@ -370,6 +370,25 @@ async def test_an_unreachable_queue_is_503_not_a_false_202() -> None:
         assert (await client.get("/healthz")).status_code == 503
 
 
+async def test_metrics_still_answer_while_the_queue_is_down() -> None:
+    """A scrape while Redis is down gets the counters (the depth keeps its last reading);
+    only the health check says the queue is unavailable."""
+    with services.own_redis() as redis:
+        async with provider(fast_settings(redis.url), work=False) as (_, client, _):
+            await client.post(COMPARISON_PATH, json=body(1, topic="r"))
+            assert (
+                'cjllm_provider_queue_depth{state="queued"} 1.0'
+                in (await client.get("/metrics")).text
+            )
+            redis.kill()
+            health = await client.get("/healthz")
+            assert health.status_code == 503
+            scraped = await client.get("/metrics")
+            assert scraped.status_code == 200, scraped.text
+            assert 'cjllm_provider_queue_depth{state="queued"} 1.0' in scraped.text
+            assert 'cjllm_provider_requests_total{outcome="queued"} 1.0' in scraped.text
+
+
 async def test_model_names_from_requests_cannot_grow_the_metrics_without_bound(
     backend_url: str,
 ) -> None:

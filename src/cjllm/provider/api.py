@@ -32,6 +32,7 @@ Error bodies always have FastAPI's shape: ``{"detail": [{"loc": [...], "msg": ..
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -63,6 +64,8 @@ from cjllm.provider.queue import Queue, QueueUnavailable
 from cjllm.settings import ProviderSettings
 
 COMPARISON_PATH = "/api/v1/comparison"
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -138,7 +141,12 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        metrics.observe_depth(await queue.depth(time.time()))
+        """The counters always (a scrape that fails while the queue is down loses them when
+        they matter most); the depth gauges keep their last reading then."""
+        try:
+            metrics.observe_depth(await queue.depth(time.time()))
+        except QueueUnavailable as exc:
+            log.warning("metrics without a fresh queue depth: %s", exc)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     if jobs is not None:
