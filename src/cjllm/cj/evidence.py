@@ -63,7 +63,7 @@ _MANY = TypeAdapter(list[Judgement])
 
 async def judgements(store: Store, batch_id: str) -> list[Judgement]:
     """Every comparison of the batch, in the order they were planned (read as plain columns
-    and validated as one list: ORM rows cost ~60 µs each, i.e. 3 s at 50,000)."""
+    and validated as one list: ORM rows and a model each took 2.3–2.9 s at 50,000)."""
     values = []
     for row in await store.comparison_columns(batch_id, _FIELDS):
         value = dict(zip(_FIELDS, row, strict=True))
