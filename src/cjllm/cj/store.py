@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -80,16 +80,20 @@ class Store(RoundRows):
                 await s.flush()
             except IntegrityError as exc:  # taken between the look and the insert
                 raise BatchExists(batch.id) from exc
-            s.add_all(
-                Essay(
-                    batch_id=batch.id,
-                    essay_id=e.essay_id,
-                    position=i,
-                    text=e.text,
-                    anchor_grade=e.anchor_grade,
+            if essays:  # one executemany, not a unit of work (~1 s for 10,000 objects)
+                await s.execute(
+                    insert(Essay),
+                    [
+                        {
+                            "batch_id": batch.id,
+                            "essay_id": e.essay_id,
+                            "position": i,
+                            "text": e.text,
+                            "anchor_grade": e.anchor_grade,
+                        }
+                        for i, e in enumerate(essays)
+                    ],
                 )
-                for i, e in enumerate(essays)
-            )
 
     async def batch(self, batch_id: str) -> BatchRecord:
         async with self.read() as s:

@@ -132,6 +132,9 @@ class CJWorkflow:
             ),
             all_essays,
         )
+        self._essay_cache[batch_id] = [  # as stored: not read back
+            EssayRecord(e.essay_id, i, e.text, e.anchor_grade) for i, e in enumerate(all_essays)
+        ]
         log.info("CJ batch %s: %d essays, %s", batch_id, len(all_essays), options)
         await self._run_from(batch_id, None)
         return batch_id
