@@ -21,7 +21,7 @@ from cjllm.cj.population import fit_spread, population_sd
 from cjllm.cj.ranking import fit_outcomes
 from cjllm.cj.records import EssayRecord, PairOutcome
 from cjllm.cj.reliability import population_reliability
-from cjllm.cj.rounds import plan_next_round
+from cjllm.cj.rounds import LARGE_BATCH, plan_next_round
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.settings import CJSettings
 
@@ -323,3 +323,24 @@ def test_the_probe_setting_reaches_the_rounds_the_service_plans() -> None:
     across, size = top_bottom_pairs(0.5)
     assert across >= round(0.5 * size) - 1
     assert top_bottom_pairs(0.0)[0] < across
+
+
+@pytest.mark.parametrize(("n", "per_round"), [(LARGE_BATCH, 1), (LARGE_BATCH + 1, 2)])
+def test_a_large_batch_gives_every_essay_two_comparisons_a_round(n: int, per_round: int) -> None:
+    """Above LARGE_BATCH essays a round is two passes (every essay twice), the first round
+    (nothing fitted: random pairs) and an adaptive one alike; up to it, ⌊n/2⌋ pairs."""
+    essays = [EssayRecord(f"e{i:04d}", i, f"essay {i}", None) for i in range(n)]
+    options = BatchOptions.from_settings(CJSettings(comparisons_per_essay=10))
+    outcomes: list[PairOutcome] = []
+    for number in (1, 2):
+        fit = fit_outcomes(essays, outcomes, options)
+        planned = plan_next_round("large-batch", number, options, essays, outcomes, fit)
+        assert len(planned) == n * per_round // 2
+        seen = Counter(e for p in planned for e in (p.essay_a_id, p.essay_b_id))
+        if per_round == 2 or number == 1:  # (with the covariance, 0 to ROUND_MAX each)
+            assert set(seen.values()) == {per_round} and len(seen) == n
+        outcomes += [  # the higher position always wins
+            PairOutcome(p.essay_a_id, p.essay_b_id, ComparisonStatus.SUCCEEDED,
+                        "Essay A" if p.essay_a_id > p.essay_b_id else "Essay B", 1, number)
+            for p in planned
+        ]  # fmt: skip

@@ -31,6 +31,7 @@ from cjllm.cj.records import (
 )
 from cjllm.cj.store import Store
 from cjllm.cj.tables import ComparisonStatus
+from cjllm.cj.uncertainty import EXACT_LIMIT
 from cjllm.contracts import BATCH_JOB_STRATEGIES
 
 
@@ -98,17 +99,30 @@ def _within_cap(
     return kept
 
 
+LARGE_BATCH = EXACT_LIMIT
+"""Above this many essays a round gives every essay :data:`LARGE_ROUND_PASSES` comparisons."""
+LARGE_ROUND_PASSES = 2
+"""Comparisons per essay in one round of a large batch (docs/cj.md, "Rounds"): each round
+costs a refit and a plan (about a second at 10,000 essays, while the provider waits) and the
+drain of its last bundles; above :data:`LARGE_BATCH` the planner has no covariance to
+spend the budget with and pairs every essay once per pass, so a round of two passes halves
+those costs for ranks measured to be as good (``bench/round_passes.py``)."""
+
+
 def round_size(options: BatchOptions, n_essays: int, left: int) -> int:
     """Comparisons in the next round: as many as the pairing design allows (every essay at
-    most once: ⌊n/2⌋ pairs; in grouped rounds, ``pool_pairs_per_essay`` times, in one group)
-    but at least one full provider call (:data:`ROUND_BUNDLE_SIZE`:
-    a few essays do not pay a round — a call's latency and a refit — for a handful of
-    comparisons), no more than the budget ``left``, nor than ``MAX_CONCURRENT_COMPARISONS``
-    when it is set. A round is all in flight at once: the provider's queue holds it and its
-    rate limiter paces it, so a round sized by the design keeps the provider as busy as its
-    limits allow with the fewest rounds (and fits). With a batch-job strategy a round is at
-    least :func:`_batch_job_round` (fewer, larger rounds)."""
-    per_essay = options.pool_pairs_per_essay if options.plans_groups else 1  # pool: groups
+    most once: ⌊n/2⌋ pairs, twice above :data:`LARGE_BATCH` essays; in grouped rounds,
+    ``pool_pairs_per_essay`` times, in one group) but at least one full provider call
+    (:data:`ROUND_BUNDLE_SIZE`: a few essays do not pay a round — a call's latency and a
+    refit — for a handful of comparisons), no more than the budget ``left``, nor than
+    ``MAX_CONCURRENT_COMPARISONS`` when it is set. A round is all in flight at once: the
+    provider's queue holds it and its rate limiter paces it, so a round sized by the design
+    keeps the provider as busy as its limits allow with the fewest rounds (and fits). With a
+    batch-job strategy a round is at least :func:`_batch_job_round` (fewer, larger rounds)."""
+    if options.plans_groups:  # pool: groups
+        per_essay = options.pool_pairs_per_essay
+    else:
+        per_essay = LARGE_ROUND_PASSES if n_essays > LARGE_BATCH else 1
     size = max(n_essays * per_essay // 2, ROUND_BUNDLE_SIZE)
     if options.batching_strategy in BATCH_JOB_STRATEGIES:
         size = max(size, _batch_job_round(options, n_essays, left))
