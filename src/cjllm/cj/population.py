@@ -33,8 +33,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import minimize_scalar
 
+from cjllm.cj.large_tau import fit_large_spread
 from cjllm.cj.likelihood import DENSE_LIMIT, FloatArray, LogPosterior
-from cjllm.cj.reliability import scale_separation_reliability
 from cjllm.cj.scoring import BTFit, checked_comparisons, fit_bradley_terry, starting_point
 from cjllm.cj.tau_search import Slope, evidence_slope, search_log_tau
 from cjllm.cj.uncertainty import EXACT_LIMIT
@@ -189,12 +189,11 @@ class PopulationFit:
     theta: FloatArray
     se: FloatArray
     reliability: float
-    fitted: bool = True
 
     @property
-    def tau(self) -> float | None:
-        """τ, or None when the prior was not fitted (above ``EXACT_LIMIT`` essays)."""
-        return population_sd(self.fit) if self.fitted else None
+    def tau(self) -> float:
+        """τ of :attr:`fit`."""
+        return population_sd(self.fit)
 
 
 def fit_population(
@@ -206,7 +205,6 @@ def fit_population(
     order_effect: bool = True,
     order_prior: float = 0.1,
     initial: BTFit | None = None,
-    fallback_prior: float = 0.1,
 ) -> PopulationFit:
     """:func:`fit_spread` (ε = 0), then the scores averaged over log τ by three-point
     Gauss-Hermite quadrature around its best value (weights 1/6, 2/3, 1/6), with the posterior
@@ -217,17 +215,22 @@ def fit_population(
     (docs/judgement.md); the lapse rate is reported by :func:`profile_lapse` instead.
 
     Above :data:`~cjllm.cj.uncertainty.EXACT_LIMIT` essays the standard errors are estimated
-    and no log-determinant is available for the evidence: one fit with the fixed prior
-    ``fallback_prior`` is made instead (``fitted`` False), and ``reliability`` is the classical
-    scale-separation reliability of it.
+    and no log-determinant is available for the evidence: τ is found where the evidence's
+    slope, with its two traces estimated by random probes, changes sign
+    (:func:`~cjllm.cj.large_tau.fit_large_spread`), and the scores, SEs and reliability
+    1 − mean(se²)/τ² are those of the fit there, with no average over τ (with over 1,000
+    essays τ is pinned down: its posterior SD in log τ is a few hundredths, and the three
+    nodes' scores would differ by less than the SEs' own estimation error). Before, a fixed
+    prior 0.1 and the classical scale-separation reliability were used there, which adaptive
+    pairing inflates (reliability 0.12 above r², 95% intervals covering ~80%:
+    docs/judgement.md, "Above 1,000 essays").
     """
     if n_items > EXACT_LIMIT:
-        fit = fit_bradley_terry(
-            n_items, first, second, first_won, prior=fallback_prior, order_effect=order_effect,
-            order_prior=order_prior, initial=initial,
+        fit = fit_large_spread(
+            n_items, first, second, first_won, order_effect=order_effect,
+            order_prior=order_prior, initial=initial, tau_bounds=TAU_BOUNDS,
         )  # fmt: skip
-        ssr = scale_separation_reliability(fit.theta, fit.se)
-        return PopulationFit(fit, np.asarray(fit.theta), np.asarray(fit.se), ssr, fitted=False)
+        return PopulationFit(fit, np.asarray(fit.theta), np.asarray(fit.se), _reliability(fit))
     best = fit_spread(
         n_items, first, second, first_won, order_effect=order_effect, order_prior=order_prior,
         initial=initial,

@@ -32,6 +32,7 @@ from cjllm.cj.reliability import (
 )
 from cjllm.cj.scoring import BTFit, connected_components, fit_bradley_terry
 from cjllm.cj.tables import ComparisonStatus
+from cjllm.cj.uncertainty import EXACT_LIMIT
 from cjllm.contracts import OrderEffect, RankedEssay
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,8 @@ class BatchFit:
     """The fit after a round: abilities, SEs and the successful comparisons behind them.
 
     ``theta``/``se`` are averaged over the plausible τ; ``model`` is the fit at the best τ
-    (None before the first success); ``population_sd`` is τ (None when not fitted: above
-    ``uncertainty.EXACT_LIMIT`` essays). The final fit sets the rest: ``lapse_rate`` and
+    (None before the first success); ``population_sd`` is τ (None before the first success).
+    The final fit sets the rest: ``lapse_rate`` and
     ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
     posterior (:mod:`cjllm.cj.posterior`), ``order_estimate`` (δ and its posterior SD) and
     ``scored_with_lapse`` (the scores come from the lapse model, the more probable one) with
@@ -145,7 +146,8 @@ def final_fit(
     (the lapse model when P(ε > 0) > 1/2: the median probability model), the order effect
     from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays:
     :func:`fit_outcomes`, with the lapse rate profiled by the evidence
-    (:func:`~cjllm.cj.population.profile_lapse`).
+    (:func:`~cjllm.cj.population.profile_lapse`); above ``uncertainty.EXACT_LIMIT``
+    essays :func:`fit_outcomes` alone (no log-determinant for the evidence).
 
     ``fit``: :func:`fit_outcomes` of these outcomes when the caller has it already (the
     workflow's round fit); ``executor``: runs the ε-sampled chain while this thread runs the
@@ -156,9 +158,9 @@ def final_fit(
     elif not _same_successes(fit, *_successes(essays, outcomes)):
         raise ValueError("final_fit was given the fit of other comparisons")
     model, tau = fit.model, fit.population_sd
-    if model is None or tau is None:  # nothing judged, or too many essays
-        return fit
     n = len(essays)
+    if model is None or tau is None or n > EXACT_LIMIT:  # nothing judged, or no evidence
+        return fit  # to profile the lapse rate by (above EXACT_LIMIT: no log-determinant)
     if n > SAMPLER_LIMIT:
         profile = profile_lapse(
             n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior, initial=model
