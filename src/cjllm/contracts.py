@@ -390,8 +390,8 @@ class JudgeModel(BaseModel):
 
     ``lapse_rate``: the share of decisions that were a coin toss whatever the essays, with its
     95% interval (weakly identified: essays close in quality look the same). ``population_sd``:
-    τ, the spread of the essays' abilities on the judge's logit scale. Both are ``None`` when
-    not estimated (above 1,000 essays).
+    τ, the spread of the essays' abilities on the judge's logit scale. ``None`` when not
+    estimated: the lapse rate above 1,000 essays, either before the first comparison.
     """
 
     order_effect: OrderEffect | None = None

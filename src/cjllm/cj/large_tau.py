@@ -7,9 +7,9 @@ slope (tau_search's docstring),
     dE/dλ = −½·|θ̂|² + n/(2λ) − ½·[tr S_θθ + tr(S·A)],   A = Σ_g w'_g·(x_gᵀż)·x_g x_gᵀ,
 
 uses S only through two traces and one solve ż = −S·(θ̂, 0). Above the limit both traces are
-estimated by Hutchinson's estimator with the same ``probes`` random sign vectors v
-(tr M ≈ mean vᵀ·M·v; X = S·V by Jacobi-preconditioned conjugate gradients on the sparse
-information, ``_BLOCK`` probes at a time), and ż is solved to 1e-8. The random signs are
+estimated by Hutchinson's estimator with the same random sign vectors v (tr M ≈ mean
+vᵀ·M·v; X = S·V by Jacobi-preconditioned conjugate gradients on the sparse information, all
+probes as one block; PROBE_WORK/n of them, 4 to 32), and ż is solved to 1e-8. The random signs are
 fixed for a search (the same seed at every τ), so the estimated slope is a smooth function
 of τ and the secant search of :func:`~cjllm.cj.tau_search.search_log_tau` runs on it as on
 the exact one (first step 0.5 the slope's way, then secant steps).
@@ -35,17 +35,21 @@ from cjllm.cj.scoring import BTFit, checked_comparisons, fit_bradley_terry, star
 from cjllm.cj.tau_search import Slope, search_log_tau
 from cjllm.cj.uncertainty import _block_pcg
 
-PROBES = 32  # random sign vectors per slope: the traces' relative error is ~1/sqrt(probes·n)
+PROBE_WORK = 32_000  # probes × essays: the slope's error in log τ goes as 1/sqrt(probes·n)
+MIN_PROBES, MAX_PROBES = 4, 32  # so 32 probes at 1,001 essays, 4 from 8,000 essays on
 _PROBE_RTOL = 1e-4  # CG residual for the probes (as uncertainty's)
 _RTOL = 1e-8  # CG residual for ż
 
 
 def estimated_slope(
-    problem: LogPosterior, z: FloatArray, *, probes: int = PROBES, seed: int = 0
+    problem: LogPosterior, z: FloatArray, *, probes: int | None = None, seed: int = 0
 ) -> Slope:
     """dE/d log τ (module docstring) at the maximum ``z`` of ``problem`` (ε = 0, prior > 0);
-    ``evidence`` is NaN (no log-determinant is computed), ``proposal`` None."""
+    ``evidence`` is NaN (no log-determinant is computed), ``proposal`` None. ``probes``:
+    None for ``PROBE_WORK``/n within ``MIN_PROBES``..``MAX_PROBES``."""
     n, lam = problem.n, problem.prior
+    if probes is None:
+        probes = min(max(MIN_PROBES, -(-PROBE_WORK // n)), MAX_PROBES)
     if problem.lapse != 0.0 or not lam > 0.0:
         raise ValueError("the evidence slope needs lapse 0 and prior > 0")
     keep = problem.free
