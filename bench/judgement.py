@@ -24,10 +24,11 @@ as the service sizes them (``rounds.round_size``: every essay once, at least 25:
 essays, 50 for 100); the reliability target is switched off, so every batch spends its
 budget. Per condition: median Spearman ρ with the
 truth; mean reported reliability, split-half and classical SSR; mean actual r² (squared
-Pearson correlation of the scores with the truth); the share of 95% intervals (score ±
-1.96·SE) covering the truth (centred); the mean order-effect and lapse estimates with the
-share of their 95% intervals covering the true value; the share of batches the final fit
-scored with the lapse model.
+Pearson correlation of the scores with the truth); the share of the published 95% intervals
+(the posterior's 2.5–97.5% quantiles: ``BatchFit.interval95``) covering the truth (centred),
+and beside it the share score ± 1.96·SE would cover (what was published before); the mean
+order-effect and lapse estimates with the share of their 95% intervals covering the true
+value; the share of batches the final fit scored with the lapse model.
 Then the targets: coverage within 0.92–0.97 and |reliability − r²| ≤ 0.05 in every condition;
 adaptive beats random by ≥ 0.015 median ρ at 10 per essay with the clean judge, and does not
 lose with the noisy ones.
@@ -117,6 +118,7 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
     final = final_fit(essays, outcomes, options)
     assert final.model is not None and final.reliability is not None
     centred = truth - truth.mean()
+    lower, upper = final.interval95()
     model, (low, high) = final.model, final.lapse_interval or (0.0, 0.0)
     order = final.order_effect()
     delta, delta_se = (order.logit, order.se) if order is not None else (0.0, 0.0)
@@ -127,7 +129,8 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
         "split_half": float("nan") if split is None else split,
         "ssr": classical_ssr(final, n, options.bt_prior) or float("nan"),
         "r2": float(np.corrcoef(final.theta, truth)[0, 1] ** 2),
-        "coverage": float(np.mean(np.abs(final.theta - centred) <= Z95 * final.se)),
+        "coverage": float(np.mean((lower <= centred) & (centred <= upper))),
+        "coverage_se": float(np.mean(np.abs(final.theta - centred) <= Z95 * final.se)),
         "order": delta,
         "order_covered": float(abs(delta - bias) <= Z95 * delta_se),
         "lapse": final.lapse_rate or 0.0,
@@ -188,10 +191,10 @@ def nanmean(values: list[float]) -> float:
 def table(results: Results) -> list[str]:
     head = (
         "| n | K | judge | pairing | median ρ | reliability | split-half | classical SSR | "
-        "actual r² | reliability − r² | 95% coverage | order effect (true) | "
+        "actual r² | reliability − r² | 95% coverage | (± 1.96·SE) | order effect (true) | "
         "lapse ε (true) | scored with ε |"
     )
-    lines = [head, "|" + "---|" * 14]
+    lines = [head, "|" + "---|" * 15]
     for c, reps in results.items():
         rows = list(reps.values())
         m = {key: nanmean([r[key] for r in rows]) for key in rows[0]}
@@ -202,6 +205,7 @@ def table(results: Results) -> list[str]:
             f"| {median(r['rho'] for r in rows):.3f} "
             f"| {m['reliability']:.3f} | {m['split_half']:.3f} | {m['ssr']:.3f} | {m['r2']:.3f} "
             f"| {m['reliability'] - m['r2']:+.3f} | {m['coverage']:.3f} "
+            f"| {m.get('coverage_se', float('nan')):.3f} "
             f"| {m['order']:+.2f} ({bias:.1f}; covered {m['order_covered']:.0%}) "
             f"| {m['lapse']:.2f} ({2 * flip:.1f}; covered {m['lapse_covered']:.0%}) "
             f"| {m.get('scored_with_lapse', float('nan')):.0%} |"

@@ -128,6 +128,23 @@ def test_csv_has_rank_id_score_se_and_interval(tmp_path: Path) -> None:
     assert "projected_grade" not in rows[0]
 
 
+def test_published_intervals_are_the_events_own_not_score_plus_minus_se(tmp_path: Path) -> None:
+    """The CJ service publishes the posterior's quantile interval, lopsided at the ends of the
+    scale: the CSV, ranking.json, the page and the plot show it as given."""
+    event = completed()
+    top = event.ranking[0].model_copy(update={"lower95": 0.2, "upper95": 3.4})
+    event = event.model_copy(update={"ranking": [top, *event.ranking[1:]]})
+    files = write_report(tmp_path, event, CONTEXT)
+    with files.csv.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert (float(rows[0]["lower95"]), float(rows[0]["upper95"])) == (0.2, 3.4)
+    assert float(rows[1]["lower95"]) == pytest.approx(0.75 - 1.96 * 0.45)  # none given
+    data = json.loads(files.json.read_text(encoding="utf-8"))
+    assert (data["ranking"][0]["lower95"], data["ranking"][0]["upper95"]) == (0.2, 3.4)
+    page = render_html(event, CONTEXT)
+    assert "95% interval 0.20 to 3.40" in page
+
+
 def test_csv_gains_grade_columns_with_anchors(tmp_path: Path) -> None:
     files = write_report(tmp_path, completed(anchors=True), CONTEXT)
     header = files.csv.read_text(encoding="utf-8").splitlines()[0].split(",")
@@ -227,7 +244,7 @@ def test_html_shows_each_essay_with_its_text_comparisons_and_record() -> None:
 def test_html_explains_the_figures_and_shows_prompts_and_strategy() -> None:
     page = render_html(completed(), CONTEXT)
     assert "73% of the time" in page  # the scale
-    assert "95% interval: the score plus or minus 1.96 standard errors" in page
+    assert "roughly the score plus or minus 1.96 standard errors" in page
     assert "Reliability (0 to 1)" in page and "Split-half" in page
     assert "Classical scale separation reliability is the figure other" in page
     assert "0.91 (high: supports fine distinctions)" in page

@@ -352,10 +352,16 @@ class BundleHints(BaseModel):
 
 
 class RankedEssay(BaseModel):
+    """``lower95``/``upper95``: the score's 95% interval as published — the sampled
+    posterior's 2.5% and 97.5% quantiles, not symmetric about the score where the posterior
+    is skewed (the ends of the scale); absent (older events): score ± 1.96·se."""
+
     essay_id: str
     rank: int = Field(ge=1)
     score: float
     se: float = Field(ge=0.0)
+    lower95: float | None = None
+    upper95: float | None = None
     comparisons: int = Field(ge=0)
     wins: int = Field(ge=0)
     is_anchor: bool = False

@@ -8,7 +8,7 @@ import pytest
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.population import fit_population
 from cjllm.cj.posterior import LAPSE_FLOOR, Posterior, pg_draw, sample_posterior, summarise
-from cjllm.cj.ranking import final_fit
+from cjllm.cj.ranking import Z95, build_ranking, final_fit, fit_outcomes
 from cjllm.cj.records import EssayRecord, PairOutcome
 from cjllm.cj.tables import ComparisonStatus
 
@@ -54,11 +54,28 @@ def test_intervals_cover_the_truth_and_reliability_is_the_actual_r2() -> None:
     truth, first, second, won = simulated(60, 10, flip=0.0, bias=0.0, seed=21)
     post = sample(60, first, second, won, lapse=False)
     centred = truth - truth.mean()
-    coverage = np.mean(np.abs(post.theta - centred) <= 1.959964 * post.se)
+    coverage = np.mean((post.low <= centred) & (centred <= post.high))
     r2 = np.corrcoef(post.theta, truth)[0, 1] ** 2
     assert 0.85 <= coverage <= 1.0
     assert abs(post.reliability - r2) < 0.08
     assert 1.0 < post.tau < 2.2
+
+
+def test_the_interval_is_the_posteriors_own_and_lopsided_for_an_essay_that_won_everything() -> None:
+    # an essay that won all its few comparisons has a posterior with a long upper tail: its
+    # 2.5–97.5% quantiles reach further above the score than below, where score ± 1.96·SD
+    # would be symmetric (and too short above, too long below)
+    _, first, second, won = simulated(30, 6, flip=0.0, bias=0.0, seed=3)
+    won = np.where(first == 0, True, np.where(second == 0, False, won))
+    post = sample(30, first, second, won, lapse=False)
+    assert np.all(post.low < post.theta) and np.all(post.theta < post.high)
+    above, below = post.high[0] - post.theta[0], post.theta[0] - post.low[0]
+    assert above > 1.1 * below
+    assert post.high[0] > post.theta[0] + 1.959964 * post.se[0]
+    # where the evidence is symmetric the two forms nearly agree
+    middle = int(np.argmin(np.abs(post.theta)))
+    half = (post.high[middle] - post.low[middle]) / 2.0
+    assert half == pytest.approx(1.959964 * post.se[middle], rel=0.15)
 
 
 def test_a_biased_judge_order_effect_is_recovered_within_its_sd() -> None:
@@ -101,8 +118,31 @@ def test_a_flipping_judge_is_scored_with_the_lapse_and_its_intervals_cover_the_t
     assert fit.scored_with_lapse and fit.lapse_interval is not None
     assert fit.lapse_interval[0] <= 0.4 <= fit.lapse_interval[1]
     centred = truth - truth.mean()
-    assert np.mean(np.abs(fit.theta - centred) <= 1.959964 * fit.se) >= 0.9
+    low, high = fit.interval95()
+    assert np.mean((low <= centred) & (centred <= high)) >= 0.9
     assert final_fit(essays, outcomes, BatchOptions()).theta.tolist() == fit.theta.tolist()
+
+
+def test_the_ranking_publishes_the_sampled_interval_and_a_round_fit_its_gaussian_one() -> None:
+    n = 24
+    _, first, second, won = simulated(n, 6, flip=0.0, bias=0.0, seed=12)
+    essays = [EssayRecord(f"e{i:02d}", i, "", None) for i in range(n)]
+    done = ComparisonStatus.SUCCEEDED
+    outcomes = [
+        PairOutcome(f"e{a:02d}", f"e{b:02d}", done, "Essay A" if w else "Essay B", 1, 1)
+        for a, b, w in zip(first, second, won, strict=True)
+    ]
+    rounds = fit_outcomes(essays, outcomes, BatchOptions())
+    final = final_fit(essays, outcomes, BatchOptions(), fit=rounds)
+    assert final.sampled and final.low is not None and final.high is not None
+    for fit in (final, rounds):
+        low, high = fit.interval95()
+        for essay in build_ranking(essays, fit, None).essays:
+            i = int(essay.essay_id[1:])
+            assert (essay.lower95, essay.upper95) == (low[i], high[i])
+    # the sampled one is the posterior's, not the score ± 1.96·SD
+    assert not np.allclose(final.low, final.theta - Z95 * final.se, atol=1e-3)
+    np.testing.assert_allclose(rounds.interval95()[1], rounds.theta + Z95 * rounds.se)
 
 
 def test_the_probability_of_a_lapsing_judge_does_not_depend_on_the_sampler_seed() -> None:
@@ -144,6 +184,8 @@ def test_the_lapse_model_is_summarised_from_its_draws_at_or_above_the_floor() ->
     assert post.lapse_probability == pytest.approx(400 / 600)
     np.testing.assert_allclose(post.theta, theta[lapsing].mean(axis=0))
     np.testing.assert_allclose(post.se, theta[lapsing].std(axis=0, ddof=1))
+    np.testing.assert_allclose(post.low, np.quantile(theta[lapsing], 0.025, axis=0))
+    np.testing.assert_allclose(post.high, np.quantile(theta[lapsing], 0.975, axis=0))
     assert post.se.min() > 0.5  # the narrow ε = 0.05 draws left out
     assert post.tau == 1.0 and post.order_effect == pytest.approx(0.2)
     # ε's own summaries stay those of every draw

@@ -63,6 +63,7 @@ TAU_SCALE = 1.5  # half-normal prior scale of τ, logits (why: docs/judgement.md
 LAPSE_FLOOR = 0.2
 _FLOOR_DRAWS = 20  # fewer draws at or above the floor: the whole run is summarised
 _SCALE_MOVES = 8  # joint (ε, scale) proposals per sweep of the lapse model
+INTERVAL = (0.025, 0.975)  # the published interval: these quantiles of the draws
 _PG_TERMS = 8  # terms of the Pólya-Gamma series drawn; the rest enters as its mean
 
 
@@ -70,7 +71,10 @@ _PG_TERMS = 8  # terms of the Pólya-Gamma series drawn; the rest enters as its 
 class Posterior:
     """Posterior summaries of one batch's comparisons.
 
-    ``theta``/``se``: posterior mean and SD of the centred abilities. ``reliability``: the
+    ``theta``/``se``: posterior mean and SD of the centred abilities; ``low``/``high``: their
+    95% credible intervals, the posterior's 2.5% and 97.5% quantiles (:data:`INTERVAL`: what
+    is published, not theta ± 1.96·se: the marginals of the essays at the ends of the scale
+    are skewed; docs/judgement.md, "The published interval"). ``reliability``: the
     posterior mean of corr(theta, θ)², the squared correlation of the published scores with
     the essays' true abilities (what a reader wants reliability to mean). ``order_effect``/
     ``order_effect_se``: mean and SD of δ. ``lapse``: posterior median of ε, ``lapse_interval``
@@ -83,6 +87,8 @@ class Posterior:
 
     theta: FloatArray
     se: FloatArray
+    low: FloatArray
+    high: FloatArray
     reliability: float
     order_effect: float
     order_effect_se: float
@@ -153,9 +159,12 @@ def summarise(
         model_theta, model = kept_theta[lapsing], kept[lapsing]
     else:
         model_theta, model = kept_theta, kept
+    low, high = np.quantile(model_theta, INTERVAL, axis=0)
     return Posterior(
         theta=model_theta.mean(axis=0),
         se=model_theta.std(axis=0, ddof=1),
+        low=low,
+        high=high,
         reliability=_reliability(model_theta),
         order_effect=float(model[:, 0].mean()),
         order_effect_se=float(model[:, 0].std(ddof=1)),

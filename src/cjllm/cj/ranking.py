@@ -52,7 +52,9 @@ class BatchFit:
     ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
     posterior (:mod:`cjllm.cj.posterior`), ``order_estimate`` (δ and its posterior SD) and
     ``scored_with_lapse`` (the scores come from the lapse model, the more probable one) with
-    ``lapse_probability``, the posterior probability of ε ≥ ``posterior.LAPSE_FLOOR``.
+    ``lapse_probability``, the posterior probability of ε ≥ ``posterior.LAPSE_FLOOR``, and
+    ``low``/``high``, the published 95% intervals: the posterior's 2.5% and 97.5% quantiles
+    (:meth:`interval95`).
     """
 
     theta: FloatArray
@@ -70,10 +72,19 @@ class BatchFit:
     sampled: bool = False
     scored_with_lapse: bool = False
     lapse_probability: float | None = None
+    low: FloatArray | None = None
+    high: FloatArray | None = None
 
     @property
     def successes(self) -> int:
         return int(self.first.size)
+
+    def interval95(self) -> tuple[FloatArray, FloatArray]:
+        """The 95% intervals published with the scores: the sampled posterior's 2.5–97.5%
+        quantiles when the final fit sampled it, else theta ± 1.96·se (a Gaussian fit's)."""
+        if self.low is not None and self.high is not None:
+            return self.low, self.high
+        return self.theta - Z95 * self.se, self.theta + Z95 * self.se
 
     def order_effect(self) -> OrderEffect | None:
         """δ with its SE and the raw share of decisive comparisons Essay A won."""
@@ -190,6 +201,8 @@ def final_fit(
         fit,
         theta=scores.theta,
         se=scores.se,
+        low=scores.low,
+        high=scores.high,
         reliability=scores.reliability,
         mean_se=float(np.mean(scores.se)),
         population_sd=scores.tau,
@@ -272,6 +285,10 @@ class Ranking:
     grade_message: str | None
 
 
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
 def numeric_grade_scale(grades: Sequence[str]) -> list[str] | None:
     """Distinct grades sorted numerically when every one is a number, else None."""
     try:
@@ -289,6 +306,7 @@ def build_ranking(
     counts = np.bincount(fit.first, minlength=n) + np.bincount(fit.second, minlength=n)
     wins = np.bincount(np.where(fit.first_won, fit.first, fit.second), minlength=n)
     se = np.nan_to_num(fit.se, nan=0.0)
+    low, high = fit.interval95()
     grades: list[tuple[str, float]] | None = None
     message = None
     anchors = {e.position: e.anchor_grade for e in essays if e.anchor_grade is not None}
@@ -309,6 +327,8 @@ def build_ranking(
                 rank=rank,
                 score=float(fit.theta[i]),
                 se=float(se[i]),
+                lower95=_finite(low[i]),
+                upper95=_finite(high[i]),
                 comparisons=int(counts[i]),
                 wins=int(wins[i]),
                 is_anchor=e.anchor_grade is not None,

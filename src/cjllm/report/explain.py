@@ -13,7 +13,9 @@ SCALE = (
     "time, 2 about 88%, 3 about 95%. Whole-number steps are not grades."
 )
 INTERVALS = (
-    "Each bar is a 95% interval: the score plus or minus 1.96 standard errors. Where two "
+    "Each bar is a 95% interval: the essay's quality lies within it with 95% probability "
+    "under the judge model (roughly the score plus or minus 1.96 standard errors; lopsided "
+    "where the evidence is, as at the ends of the scale). Where two "
     "essays' bars overlap a lot, their comparisons do not reliably tell them apart; more "
     "comparisons narrow the bars."
 )

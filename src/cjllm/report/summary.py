@@ -67,7 +67,10 @@ class Evidence:
 
 
 def interval(essay: RankedEssay) -> tuple[float, float]:
-    """The 95% interval of an essay's score: score ± 1.96·SE."""
+    """The 95% interval of an essay's score: the one the CJ service published (the
+    posterior's 2.5–97.5% quantiles), or score ± 1.96·SE when the event has none."""
+    if essay.lower95 is not None and essay.upper95 is not None:
+        return essay.lower95, essay.upper95
     return essay.score - Z95 * essay.se, essay.score + Z95 * essay.se
 
 
