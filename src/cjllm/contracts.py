@@ -360,14 +360,14 @@ class RankedEssay(BaseModel):
     rank: int = Field(ge=1)
     score: float
     se: float = Field(ge=0.0)
-    lower95: float | None = None
-    upper95: float | None = None
     comparisons: int = Field(ge=0)
     wins: int = Field(ge=0)
     is_anchor: bool = False
     anchor_grade: str | None = None
     projected_grade: str | None = None
     grade_probability: float | None = Field(default=None, ge=0.0, le=1.0)
+    lower95: float | None = None
+    upper95: float | None = None
 
 
 class OrderEffect(BaseModel):
