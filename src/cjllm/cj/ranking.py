@@ -154,7 +154,8 @@ def final_fit(
     """The fit a ranking is published from: the posterior of the judge model sampled
     (:mod:`cjllm.cj.posterior`) from :func:`fit_outcomes`' fit, once with ε = 0 and once with
     ε sampled. The scores, SDs and reliability come from the more probable of the two models
-    (the lapse model when P(ε > 0) > 1/2: the median probability model), the order effect
+    (the lapse model, from its draws with ε ≥ ``posterior.LAPSE_FLOOR``, when
+    P(ε ≥ ``LAPSE_FLOOR``) > 1/2: the median probability model), the order effect
     from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays:
     :func:`fit_outcomes`, with the lapse rate profiled by the evidence
     (:func:`~cjllm.cj.population.profile_lapse`); above ``uncertainty.EXACT_LIMIT``
