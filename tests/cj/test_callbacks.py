@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from cjllm.cj.callbacks import apply_callbacks, dead_letters
-from cjllm.cj.evidence import judgements
+from cjllm.cj.evidence import Judgement, judgements
 from cjllm.cj.tables import ComparisonStatus
 from cjllm.contracts import EventEnvelope
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
@@ -276,10 +276,17 @@ async def test_a_group_of_callbacks_is_recorded_in_one_go_each_as_if_it_came_alo
     assert len(h.stub.received) == 6
 
 
-async def test_the_evidence_is_every_row_as_recorded(make_harness: MakeHarness) -> None:
-    """`judgements` (the report's and the API's evidence) reads plain columns: each field is
-    the row's own, for a success, an error and a comparison still pending."""
-    h, batch_id = await _started(make_harness)
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_the_evidence_is_every_row_as_recorded(
+    make_harness: MakeHarness, request: pytest.FixtureRequest, database: str
+) -> None:
+    """`judgements` (the report's and the API's evidence) reads the database's own values
+    without validating them one by one: each field is the row's own, of the type the
+    validated model gives, for a success, an error and a comparison still pending."""
+    url = None
+    if database == "postgresql":
+        url = await fresh_pg_database(request.getfixturevalue("postgres_url"))
+    h, batch_id = await _started(make_harness, database_url=url)
     ok, failed = h.stub.received[:2]
     await h.stub.publish(ok)
     await h.stub.publish(failed, error="provider_timeout")
@@ -290,11 +297,16 @@ async def test_the_evidence_is_every_row_as_recorded(make_harness: MakeHarness) 
         str(r.request_correlation_id) for r in rows
     ]
     for judgement, row in zip(evidence, rows, strict=True):
+        validated = Judgement.model_validate(
+            {
+                **{name: getattr(row, name) for name in Judgement.model_fields},
+                "request_correlation_id": str(row.request_correlation_id),
+            }
+        )
+        assert judgement == validated
         for name, value in judgement.model_dump().items():
-            expected = getattr(row, name)
-            if name == "request_correlation_id":
-                expected = str(expected)
-            assert value == expected, (name, value, expected)
+            expected = getattr(validated, name)
+            assert value == expected and type(value) is type(expected), (name, value, expected)
     by_id = {j.request_correlation_id: j for j in evidence}
     assert by_id[str(ok.request.correlation_id)].winner_id is not None
     assert by_id[str(failed.request.correlation_id)].error_code == "provider_timeout"
