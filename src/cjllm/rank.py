@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cjllm.cj.evidence import judgements
+from cjllm.cj.evidence import SettledEvidence
 from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
@@ -264,21 +264,33 @@ async def _drive(
 ) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence, JudgeFacts]:
     """Run both services until the batch has a result; start the batch if it is new.
     The provider's requests and rate-limit waiting are added to ``run.json`` even when
-    the run is interrupted. Also returns what the provider learned about the judge."""
+    the run is interrupted. Also returns what the provider learned about the judge.
+    The report's evidence is read round by round as rounds close
+    (:class:`~cjllm.cj.evidence.SettledEvidence`), while the batch is fitted and planned."""
     judging = run.judging
+    settled = SettledEvidence(batch_id)
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.kind == "round_closed" and event.round_number is not None:
+            settled.round_closed(event.batch_id, event.round_number)
+        if hooks.on_event is not None:
+            hooks.on_event(event)
+
     async with embedded_services(
         out_dir,
         run.provider_settings,
         run.cj_settings,
         adapters={judging.provider: judging.adapter},
-        on_progress=hooks.on_event,
+        on_progress=on_progress,
     ) as services:
+        settled.attach(services.cj.store)
         try:
             jobs = services.provider.jobs.table
             result, resumed, pacing, evidence = await _until_done(
-                run, out_dir, batch_id, hooks, services, jobs
+                run, out_dir, batch_id, hooks, services, jobs, settled
             )
         finally:
+            await settled.aclose()
             _add_usage(out_dir, services.pacing())
         facts = JudgeFacts(
             output_mode=judging.adapter.output_mode(judging.model),
@@ -294,6 +306,7 @@ async def _until_done(
     hooks: Hooks,
     services: EmbeddedServices,
     jobs: JobTable,
+    settled: SettledEvidence,
 ) -> tuple[CJAssessmentCompletedV1, bool, Pacing, Evidence]:
     inputs, judging, cj = run.inputs, run.judging, services.cj
     try:
@@ -335,7 +348,7 @@ async def _until_done(
     if hooks.on_jobs is not None:
         hooks.on_jobs(await jobs.jobs(cj_batch_id=batch_id))
     texts = {e.essay_id: e.text for e in (*inputs.essays, *inputs.anchors)}
-    evidence = Evidence(texts=texts, judgements=await judgements(cj.store, batch_id))
+    evidence = Evidence(texts=texts, judgements=await settled.judgements())
     return result, resumed, services.pacing(), evidence
 
 
