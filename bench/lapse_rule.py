@@ -43,6 +43,7 @@ from cjllm.cj import posterior
 
 GRID = [float(x) for x in posterior.LAPSE_GRID if x > 0.0]
 Record = dict[str, object]
+Chain = tuple[np.ndarray, np.ndarray]  # a run's kept draws: θ (draws × essays), (δ, ε, τ)
 
 
 def summary(draws: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -60,9 +61,12 @@ def summary(draws: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
-def record(condition: judgement.Condition, rep: int) -> Record:
-    """One batch of ``bench/judgement.py`` with its final fit's chains taken apart."""
-    chains: dict[bool, tuple[np.ndarray, np.ndarray]] = {}
+def captured(
+    condition: judgement.Condition, rep: int
+) -> tuple[dict[str, float], np.ndarray, Chain, Chain]:
+    """One batch of ``bench/judgement.py``: its figures, the centred truth and the final
+    fit's two chains' kept draws, (θ, (δ, ε, τ)) with ε = 0 and with ε sampled."""
+    chains: dict[bool, Chain] = {}
     run = posterior.sample_chain
 
     def spy(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +81,12 @@ def record(condition: judgement.Condition, rep: int) -> Record:
         posterior.sample_chain = run
     truth = np.random.default_rng([rep, condition.n, 1]).normal(0.0, judgement.SD, condition.n)
     truth -= truth.mean()  # as run_batch
-    (theta0, _), (theta1, kept1) = chains[False], chains[True]
+    return figures, truth, chains[False], chains[True]
+
+
+def record(condition: judgement.Condition, rep: int) -> Record:
+    """One batch of ``bench/judgement.py`` with its final fit's chains taken apart."""
+    figures, truth, (theta0, _), (theta1, kept1) = captured(condition, rep)
     eps = kept1[:, 1]
     parts: dict[str, object] = {"clean": summary(theta0, truth), "lapse": summary(theta1, truth)}
     for x in GRID:
