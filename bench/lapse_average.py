@@ -1,7 +1,8 @@
 """Publish one model or average the two? Model averaging of the final fit's runs, offline.
 
 Run: python bench/lapse_average.py [--first-rep 200] [--reps 100] [--n 40,100] [--k 6,10,20]
-     [--judges clean,flip] [--results average.jsonl] [--table]
+     [--judges clean,flip] [--cells n/K/judge,…] [--results average.jsonl] [--table]
+     [--check judgement.jsonl] [--split]
 
 Each batch is one of ``bench/judgement.py``'s (``run_batch``: same essays, judge, pairing,
 probes and seeds), run to its budget through the service's code; the final fit's own two
@@ -147,6 +148,16 @@ def table(rows: list[dict[str, object]]) -> tuple[list[str], dict[str, list[str]
         p = float(np.mean([r["P(ε≥0.2)"] for r in group]))  # type: ignore[arg-type]
         lines.append("| " + " | ".join(str(k) for k in key) + f" | {len(group)} | {p:.2f} | "
                      + " | ".join(cells) + f" | {chk:.3f}, {same:.0%} same |")  # fmt: skip
+    lines += ["", "| n | K | judge | pairing | " + " | ".join(f"{v} − a: coverage (paired, ± SE)"
+              for v in list(VARIANTS)[1:]) + " |", "|" + "---|" * (3 + len(VARIANTS))]  # fmt: skip
+    for key in sorted(groups, key=lambda k: (k[2], k[0], k[1], k[3])):
+        cells = []
+        for v in list(VARIANTS)[1:]:
+            diff = [r["variants"][v]["coverage"] - r["variants"]["a"]["coverage"]  # type: ignore[index]
+                    for r in groups[key]]  # fmt: skip
+            se = float(np.std(diff, ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else 0.0
+            cells.append(f"{np.mean(diff):+.3f} ± {se:.3f}")
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
     return lines, misses
 
 
@@ -168,6 +179,7 @@ def main() -> None:
         "--check", type=Path, help="a bench/judgement.py results file of the same batches: "
         "how many of them variant a reproduces (coverage, reliability, ρ)"
     )  # fmt: skip
+    parser.add_argument("--split", action="store_true", help="also coverage by the rule's choice")
     args = parser.parse_args()
     ns, ks = [int(x) for x in args.n.split(",")], [int(x) for x in args.k.split(",")]
     todo = [c for c in judgement.conditions(ns, ks, args.judges.split(","), args.probe_fraction)
@@ -197,6 +209,29 @@ def main() -> None:
         print(f"{v}: {len(found)} misses" + (": " + "; ".join(found) if found else ""))
     if args.check:
         print(check(rows, args.check))
+    if args.split:
+        print("", *split([r for r in rows if r["rep"] in reps]), sep="\n")
+
+
+def split(rows: list[dict[str, object]]) -> list[str]:
+    """Per condition, each variant's coverage over the batches the current rule scores with
+    the ε = 0 model (P(ε ≥ 0.2) ≤ ½) and over those it scores with the lapse model."""
+    groups: dict[tuple[object, ...], list[dict[str, object]]] = defaultdict(list)
+    for row in rows:
+        c = row["condition"]
+        groups[(c["n"], c["k"], c["judge"], c["pairing"])].append(row)  # type: ignore[index]
+    names = ", ".join(VARIANTS)
+    lines = [f"| n | K | judge | pairing | P ≤ ½: batches: {names} | P > ½: batches: {names} |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for key in sorted(groups, key=lambda k: (k[2], k[0], k[1], k[3])):
+        cells = []
+        for lapse in (False, True):
+            got = [r for r in groups[key] if (float(r["P(ε≥0.2)"]) > 0.5) == lapse]  # type: ignore[arg-type]
+            covers = [np.mean([r["variants"][v]["coverage"] for r in got]) if got else np.nan  # type: ignore[index]
+                      for v in VARIANTS]  # fmt: skip
+            cells.append(f"{len(got)}: " + ", ".join(f"{c:.3f}" for c in covers))
+        lines.append("| " + " | ".join(str(k) for k in key) + " | " + " | ".join(cells) + " |")
+    return lines
 
 
 def check(rows: list[dict[str, object]], path: Path) -> str:
