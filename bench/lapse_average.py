@@ -23,7 +23,9 @@ batch and variant the record holds the interval's coverage of the (centred) trut
 reliability, actual r² and Spearman ρ; ``a`` beside ``run_batch``'s own figures (a check that
 the capture reproduces the service's published fit). The table: per condition and variant,
 coverage, reliability − r² and median ρ, against the targets of ``bench/judgement.py``
-(coverage 0.92–0.97, |reliability − r²| ≤ 0.05). Figures: docs/judgement.md, "Model averaging".
+(coverage 0.92–0.97, |reliability − r²| ≤ 0.05). Figures: docs/judgement.md, "Averaging the
+two models instead of choosing one"; ``--split``: each variant's coverage over the batches the
+current rule scores with either model; ``--check``: variant a against a judgement.py run.
 """
 
 from __future__ import annotations
