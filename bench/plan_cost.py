@@ -1,13 +1,15 @@
 """What planning one round costs: ``pairing.plan_round`` at 1,000 and 10,000 essays.
 
 Run: python bench/plan_cost.py [--sizes 1000,10000] [--rounds 1,5,9] [--times 3]
-[--repeat 3] [--covariance] [--baseline OLD/src]
+[--repeat 3] [--covariance] [--se-from-information] [--baseline OLD/src]
 
 Round r of a 10-per-essay batch of n essays (n/2 pairs a round, so essays have had r − 1
 comparisons): the history is r − 1 random perfect matchings, each pair's Essay A the one
 with fewer A's; round 1 is planned as the service plans it with nothing fitted (no scores,
-every partner random), later rounds with scores N(0, 1.5²), SEs U(0.2, 1) and the service's
-default random share 0.1 (no covariance: above ``uncertainty.EXACT_LIMIT`` essays the
+every partner random), later rounds with scores N(0, 1.5²), SEs U(0.2, 1) (with
+``--se-from-information``: each essay's from its comparisons' information,
+1/sqrt(Σ p(1 − p) + 1/1.5²), nearly equal as a balanced design's fits give them) and the
+service's default random share 0.1 (no covariance: above ``uncertainty.EXACT_LIMIT`` essays the
 service passes none; ``--covariance``: with a random one, and the lapse probes' share 0.1,
 as the service plans up to that limit).
 
@@ -49,7 +51,12 @@ def history(n: int, rounds: int, rng: np.random.Generator) -> tuple[np.ndarray, 
 
 
 def measure(
-    n: int, round_number: int, seed: int, repeat: int, covariance: bool = False
+    n: int,
+    round_number: int,
+    seed: int,
+    repeat: int,
+    covariance: bool = False,
+    information: bool = False,
 ) -> dict[str, float | str]:
     """``plan_round`` for round ``round_number`` of ``n`` essays: the least CPU ms of
     ``repeat`` calls."""
@@ -58,6 +65,10 @@ def measure(
     rng = np.random.default_rng([seed, n, round_number])
     first, second = history(n, round_number - 1, rng)
     theta, se = rng.normal(0.0, 1.5, n), rng.uniform(0.2, 1.0, n)
+    if information:  # each essay's SE from its comparisons' information, as a fit gives it
+        p = 1.0 / (1.0 + np.exp(theta[second] - theta[first]))
+        info = np.bincount(first, p * (1 - p), n) + np.bincount(second, p * (1 - p), n)
+        se = 1.0 / np.sqrt(info + 1.0 / 1.5**2)
     known = round_number > 1
     cov = None
     if covariance and known:  # a posterior covariance with correlated errors
@@ -77,12 +88,13 @@ def measure(
 
 
 def run_elsewhere(
-    src: str, n: int, round_number: int, seed: int, repeat: int, covariance: bool
+    src: str, n: int, round_number: int, seed: int, repeat: int, covariance: bool, information: bool
 ) -> dict[str, float | str]:
     """:func:`measure` in a child process importing the package from ``src``."""
     env = {**os.environ, "PYTHONPATH": src}
     args = ["--one", str(n), "--round", str(round_number), "--seed", str(seed)]
     args += ["--repeat", str(repeat), *(["--covariance"] if covariance else [])]
+    args += ["--se-from-information"] if information else []
     out = subprocess.run(
         [sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True
     )
@@ -98,12 +110,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=3, help="calls per child: the fastest")
     parser.add_argument("--covariance", action="store_true", help="rounds 2 on: with one")
+    parser.add_argument(
+        "--se-from-information",
+        action="store_true",
+        help="SEs from each essay's comparisons (1/sqrt(Σ p(1 − p) + 1/1.5²)), not U(0.2, 1)",
+    )
     parser.add_argument("--baseline", help="import the package from this directory for 'old'")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one, args.round, args.seed, args.repeat, args.covariance)))
+        figures = measure(
+            args.one, args.round, args.seed, args.repeat, args.covariance, args.se_from_information
+        )
+        print(json.dumps(figures))
         return
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
     old_cols = " old ms | ×faster | same pairs |" if args.baseline else ""
@@ -114,7 +134,9 @@ def main() -> None:
             new_runs, old_runs = [], []
 
             def run(src: str, n: int = n, r: int = r) -> dict[str, float | str]:
-                return run_elsewhere(src, n, r, args.seed, args.repeat, args.covariance)
+                return run_elsewhere(
+                    src, n, r, args.seed, args.repeat, args.covariance, args.se_from_information
+                )
 
             for _ in range(args.times):
                 if args.baseline:

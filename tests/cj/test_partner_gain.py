@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cjllm.cj.partner_gain import GainIndex, best_of, gain
+from cjllm.cj.partner_gain import _NEAR_WHEN, GainIndex, best_of, gain
 
 
 def scores(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -41,3 +41,29 @@ def test_best_partners_are_those_of_the_full_computation(kind: str, n: int) -> N
             pool[rng.random(n) < 0.3] = True  # some come back: the bounds start again
             index.refill()
     assert checked > 40
+
+
+def test_with_nearly_equal_ses_the_first_guess_is_a_near_items_gain_and_changes_nothing() -> None:
+    """After rounds in which every essay was compared equally often, the SEs are nearly
+    equal: the usual first guess leaves thousands of items in reach, so the search starts
+    from the best gain of the items nearest in score — and still returns exactly the full
+    computation's best partners."""
+    n = 5000
+    rng = np.random.default_rng(11)
+    theta, se = rng.normal(0.0, 1.5, n), rng.uniform(0.45, 0.47, n)
+    pool = np.ones(n, dtype=bool)
+    index = GainIndex(theta, se, pool)
+    near_used = 0
+    for share in (1.0, 0.5, 0.05):
+        pool[rng.random(n) > share] = False
+        for i in rng.choice(n, 40):
+            eligible = pool & (rng.random(n) < 0.7)
+            eligible[i] = False
+            if not eligible.any():
+                continue
+            near_used += index.in_reach > _NEAR_WHEN
+            everyone = np.flatnonzero(eligible)
+            expected = everyone[best_of(gain(theta, se, int(i), everyone))]
+            assert np.array_equal(index.best(int(i), eligible), expected)
+        index.refill()
+    assert near_used > 40  # the near guess was the one in use
