@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cjllm import collector
 from cjllm.cj.evidence import SettledEvidence
 from cjllm.cj.options import BatchOptions, InvalidBatch
 from cjllm.cj.records import BatchProgress
@@ -389,6 +390,7 @@ def run_until_done(run: PreparedRun, hooks: Hooks | None = None) -> RankOutcome:
         # result — seconds of CPU for a large run's outcome
         outcome.append(await run_rank(run, hooks))
 
+    collector.relax()
     try:
         asyncio.run(main())
     except asyncio.CancelledError:

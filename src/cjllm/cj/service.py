@@ -29,6 +29,7 @@ from contextlib import asynccontextmanager
 import httpx
 from threadpoolctl import threadpool_limits
 
+from cjllm import collector
 from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.cj.api import create_app
@@ -84,6 +85,7 @@ def run_cj(settings: CJSettings, host: str = "127.0.0.1", port: int = 8081) -> N
 
     The provider is reached at ``CJLLM_PROVIDER_URL``; the bus is ``CJLLM_BUS_URL``.
     """
+    collector.relax()
     asyncio.run(_serve(settings, host, port))
 
 

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import prometheus_client
 from fastapi import FastAPI
 
+from cjllm import collector
 from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.provider.api import create_app
@@ -217,6 +218,7 @@ def run_provider(
     """Run the service until SIGINT/SIGTERM (``cjllm serve provider``)."""
     if not (api or work):
         raise ValueError("nothing to run: enable the API, the workers, or both")
+    collector.relax()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(_serve(settings, host, port, api=api, work=work))
 

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
+from cjllm import collector
 from cjllm.provider.bundle_sizes import BundleSizes
 from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.limiter import Pacing
@@ -285,6 +286,7 @@ def child_main(
     # Ctrl-C reaches the whole process group: the parent decides when its worker stops
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
+    collector.relax()
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(_work(settings, adapters, from_parent, to_parent))
 
