@@ -1,17 +1,18 @@
 """What planning one round costs: ``pairing.plan_round`` at 1,000 and 10,000 essays.
 
 Run: python bench/plan_cost.py [--sizes 1000,10000] [--rounds 1,5,9] [--times 3]
-[--repeat 3] [--covariance] [--se-from-information] [--baseline OLD/src]
+[--repeat 3] [--covariance] [--fitted] [--passes 1] [--baseline OLD/src]
 
 Round r of a 10-per-essay batch of n essays (n/2 pairs a round, so essays have had r − 1
-comparisons): the history is r − 1 random perfect matchings, each pair's Essay A the one
+comparisons; ``--passes 2``: n pairs a round, as the service plans above 1,000 essays): the
+history is (r − 1) × passes random perfect matchings, each pair's Essay A the one
 with fewer A's; round 1 is planned as the service plans it with nothing fitted (no scores,
 every partner random), later rounds with scores N(0, 1.5²), SEs U(0.2, 1) (with
-``--se-from-information``: each essay's from its comparisons' information,
-1/sqrt(Σ p(1 − p) + 1/1.5²), nearly equal as a balanced design's fits give them) and the
-service's default random share 0.1 (no covariance: above ``uncertainty.EXACT_LIMIT`` essays the
-service passes none; ``--covariance``: with a random one, and the lapse probes' share 0.1,
-as the service plans up to that limit).
+``--fitted``: the history judged by a logistic judge over those scores and fitted, as the
+service's round fit does, so the scores are shrunk and the SEs nearly equal — what the planner
+gets in a balanced design) and the service's default random share 0.1 (no covariance: above
+``uncertainty.EXACT_LIMIT`` essays the service passes none; ``--covariance``: with a random
+one, and the lapse probes' share 0.1, as the service plans up to that limit).
 
 Printed per size and round: CPU ms of one ``plan_round`` call (this process's CPU time: the
 median over ``--times`` child processes of the least of ``--repeat`` calls in each), and with
@@ -56,19 +57,22 @@ def measure(
     seed: int,
     repeat: int,
     covariance: bool = False,
-    information: bool = False,
+    fitted: bool = False,
+    passes: int = 1,
 ) -> dict[str, float | str]:
     """``plan_round`` for round ``round_number`` of ``n`` essays: the least CPU ms of
     ``repeat`` calls."""
     from cjllm.cj.pairing import plan_round
 
     rng = np.random.default_rng([seed, n, round_number])
-    first, second = history(n, round_number - 1, rng)
+    first, second = history(n, passes * (round_number - 1), rng)
     theta, se = rng.normal(0.0, 1.5, n), rng.uniform(0.2, 1.0, n)
-    if information:  # each essay's SE from its comparisons' information, as a fit gives it
-        p = 1.0 / (1.0 + np.exp(theta[second] - theta[first]))
-        info = np.bincount(first, p * (1 - p), n) + np.bincount(second, p * (1 - p), n)
-        se = 1.0 / np.sqrt(info + 1.0 / 1.5**2)
+    if fitted and round_number > 1:  # the history judged by a logistic judge over theta, and fitted
+        from cjllm.cj.scoring import fit_bradley_terry
+
+        won = rng.random(first.size) < 1.0 / (1.0 + np.exp(theta[second] - theta[first]))
+        fit = fit_bradley_terry(n, first, second, won, prior=1.0 / 1.5**2)
+        theta, se = np.asarray(fit.theta), np.asarray(fit.se)
     known = round_number > 1
     cov = None
     if covariance and known:  # a posterior covariance with correlated errors
@@ -78,7 +82,7 @@ def measure(
     for _ in range(repeat):  # the fastest of a few calls: other load on the machine counts less
         start = time.process_time()
         plan = plan_round(
-            n, first, second, theta if known else None, se if known else None, n // 2,
+            n, first, second, theta if known else None, se if known else None, passes * (n // 2),
             np.random.default_rng([seed, round_number]), random_fraction=0.1 if known else 1.0,
             covariance=cov, probe_fraction=0.1,
         )  # fmt: skip
@@ -88,13 +92,20 @@ def measure(
 
 
 def run_elsewhere(
-    src: str, n: int, round_number: int, seed: int, repeat: int, covariance: bool, information: bool
+    src: str,
+    n: int,
+    round_number: int,
+    seed: int,
+    repeat: int,
+    covariance: bool,
+    fitted: bool,
+    passes: int,
 ) -> dict[str, float | str]:
     """:func:`measure` in a child process importing the package from ``src``."""
     env = {**os.environ, "PYTHONPATH": src}
     args = ["--one", str(n), "--round", str(round_number), "--seed", str(seed)]
     args += ["--repeat", str(repeat), *(["--covariance"] if covariance else [])]
-    args += ["--se-from-information"] if information else []
+    args += [*(["--fitted"] if fitted else []), "--passes", str(passes)]
     out = subprocess.run(
         [sys.executable, __file__, *args], env=env, check=True, capture_output=True, text=True
     )
@@ -111,17 +122,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="calls per child: the fastest")
     parser.add_argument("--covariance", action="store_true", help="rounds 2 on: with one")
     parser.add_argument(
-        "--se-from-information",
+        "--fitted",
         action="store_true",
-        help="SEs from each essay's comparisons (1/sqrt(Σ p(1 − p) + 1/1.5²)), not U(0.2, 1)",
+        help="scores and SEs of a fit of the history (judged by a logistic judge)",
     )
+    parser.add_argument("--passes", type=int, default=1, help="n/2 pairs a pass, a round")
     parser.add_argument("--baseline", help="import the package from this directory for 'old'")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--round", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         figures = measure(
-            args.one, args.round, args.seed, args.repeat, args.covariance, args.se_from_information
+            args.one, args.round, args.seed, args.repeat, args.covariance, args.fitted, args.passes
         )
         print(json.dumps(figures))
         return
@@ -135,7 +147,7 @@ def main() -> None:
 
             def run(src: str, n: int = n, r: int = r) -> dict[str, float | str]:
                 return run_elsewhere(
-                    src, n, r, args.seed, args.repeat, args.covariance, args.se_from_information
+                    src, n, r, args.seed, args.repeat, args.covariance, args.fitted, args.passes
                 )
 
             for _ in range(args.times):
@@ -143,7 +155,7 @@ def main() -> None:
                     old_runs.append(run(args.baseline))
                 new_runs.append(run(here))
             new_ms = float(np.median([float(v["ms"]) for v in new_runs]))
-            row = f"| {n} | {r} | {n // 2} | {new_ms:.0f} |"
+            row = f"| {n} | {r} | {args.passes * (n // 2)} | {new_ms:.0f} |"
             if old_runs:
                 old_ms = float(np.median([float(v["ms"]) for v in old_runs]))
                 same = {v["sha256"] for v in old_runs + new_runs}
