@@ -197,7 +197,10 @@ class WorkerProcess:
             name="cjllm provider worker",
             daemon=True,
         )
-        process.start()
+        # off the event loop: start() writes the pickled adapters (a mock judge's manifest:
+        # ~0.8 MB at 10,000 essays) into a pipe the child reads only once its interpreter is
+        # up, and the loop has the batch's first round to plan meanwhile
+        await asyncio.to_thread(process.start)
         self.pid = process.pid
         to_child_r.close()
         from_child_w.close()
