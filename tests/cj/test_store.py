@@ -77,6 +77,12 @@ async def test_a_round_number_can_be_started_once(store: Store) -> None:
     assert len(await store.outcomes(batch_id)) == 1  # the loser wrote nothing
 
 
+async def test_a_batch_counts_its_own_essays(store: Store) -> None:
+    first, second = await new_batch(store, essays=4), await new_batch(store, essays=7)
+    assert [await store.essay_count(b) for b in (first, second)] == [4, 7]
+    assert await store.essay_count(str(uuid.uuid4())) == 0
+
+
 async def test_concurrent_closers_close_a_round_once(store: Store) -> None:
     batch_id = await new_batch(store)
     rows = await store.add_round(

@@ -137,6 +137,13 @@ class Store(RoundRows):
             )
             return list(rows)
 
+    async def essay_count(self, batch_id: str) -> int:
+        async with self.read() as s:
+            count = await s.scalar(
+                select(func.count()).select_from(Essay).where(Essay.batch_id == batch_id)
+            )
+            return int(count or 0)
+
     async def essays(self, batch_id: str) -> list[EssayRecord]:
         async with self.read() as s:
             rows = await s.execute(
@@ -292,8 +299,9 @@ class Store(RoundRows):
             )
             return sorted(str(m) for m in rows)
 
-    async def progress(self, batch_id: str) -> BatchProgress:
-        batch = await self.batch(batch_id)
+    async def progress(self, batch_id: str, batch: BatchRecord | None = None) -> BatchProgress:
+        """The batch's counters (``batch``: its record, when the caller has just read it)."""
+        batch = batch or await self.batch(batch_id)
         async with self.read() as s:
             sums = await self._settled.sums(s, batch_id)
             last = (

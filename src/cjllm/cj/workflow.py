@@ -226,11 +226,14 @@ class CJWorkflow:
     async def progress(self, batch_id: str) -> BatchProgress:
         """The batch's counters. Reliability is given only once it counts for stopping (enough
         successful comparisons per essay); before that it is noise, often far below zero."""
-        progress = await self.store.progress(batch_id)
+        batch = await self.store.batch(batch_id)
+        progress = await self.store.progress(batch_id, batch)
         if progress.reliability is None:
             return progress
-        options = BatchOptions.from_json((await self.store.batch(batch_id)).options)
-        needed = stopping.min_successes_for_targets(options, len(await self._essays(batch_id)))
+        options = BatchOptions.from_json(batch.options)
+        essays = self._essay_cache.get(batch_id)  # (a finished batch's are dropped: count them)
+        n = len(essays) if essays is not None else await self.store.essay_count(batch_id)
+        needed = stopping.min_successes_for_targets(options, n)
         if progress.succeeded < needed:
             return replace(progress, reliability=None)
         return progress
