@@ -15,17 +15,19 @@ def scores(kind: str, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
         return rng.integers(-3, 4, n) * 0.5, rng.choice([0.3, 0.6, 0.9], n)
     if kind == "far":  # a wide scale: tiny gains far out (exp overflows to inf there)
         return rng.normal(0.0, 300.0, n), rng.uniform(0.01, 3.0, n)
+    if kind == "even":  # nearly equal SEs, as a balanced design's round fits give them
+        return rng.normal(0.0, 1.5, n), rng.uniform(0.45, 0.47, n)
     return np.zeros(n), np.ones(n)  # nothing known
 
 
-@pytest.mark.parametrize("kind", ["spread", "ties", "far", "flat"])
+@pytest.mark.parametrize("kind", ["spread", "ties", "far", "flat", "even"])
 @pytest.mark.parametrize("n", [7, 600, 5000])
 def test_best_partners_are_those_of_the_full_computation(kind: str, n: int) -> None:
     rng = np.random.default_rng([n, len(kind)])
     theta, se = scores(kind, n, rng)
     pool = np.ones(n, dtype=bool)
     index = GainIndex(theta, se, pool)
-    checked = 0
+    checked, widest = 0, 0.0
     with np.errstate(over="ignore"):
         for share in (1.0, 0.5, 0.05, 0.002):  # the pool shrinks, as a pass goes on
             pool[rng.random(n) > share] = False
@@ -38,32 +40,12 @@ def test_best_partners_are_those_of_the_full_computation(kind: str, n: int) -> N
                 expected = everyone[best_of(gain(theta, se, int(i), everyone))]
                 assert np.array_equal(index.best(int(i), eligible), expected)
                 checked += 1
+                widest = max(widest, index.in_reach)
             pool[rng.random(n) < 0.3] = True  # some come back: the bounds start again
             index.refill()
     assert checked > 40
-
-
-def test_with_nearly_equal_ses_the_first_guess_is_a_near_items_gain_and_changes_nothing() -> None:
-    """After rounds in which every essay was compared equally often, the SEs are nearly
-    equal: the usual first guess leaves thousands of items in reach, so the search starts
-    from the best gain of the items nearest in score — and still returns exactly the full
-    computation's best partners."""
-    n = 5000
-    rng = np.random.default_rng(11)
-    theta, se = rng.normal(0.0, 1.5, n), rng.uniform(0.45, 0.47, n)
-    pool = np.ones(n, dtype=bool)
-    index = GainIndex(theta, se, pool)
-    near_used = 0
-    for share in (1.0, 0.5, 0.05):
-        pool[rng.random(n) > share] = False
-        for i in rng.choice(n, 40):
-            eligible = pool & (rng.random(n) < 0.7)
-            eligible[i] = False
-            if not eligible.any():
-                continue
-            near_used += index.in_reach > _NEAR_WHEN
-            everyone = np.flatnonzero(eligible)
-            expected = everyone[best_of(gain(theta, se, int(i), everyone))]
-            assert np.array_equal(index.best(int(i), eligible), expected)
-        index.refill()
-    assert near_used > 40  # the near guess was the one in use
+    if kind == "even" and n == 5000:
+        # nearly equal SEs (as a balanced design's round fits give them): the usual first
+        # guess left thousands of items in reach, so the searches after it started from the
+        # best gain of the items nearest in score — and returned the same partners, above
+        assert widest > _NEAR_WHEN
