@@ -8,8 +8,9 @@ per essay, the provider's worker in a child process) with a ``sitecustomize`` mo
 job and writes, at exit, the collections and seconds per generation and the thresholds in
 force. With ``--baseline DIR`` (e.g. ``git archive <commit> src | tar -x -C /tmp/old``) the
 baseline's ``src`` and this checkout's run in turn, ``--pairs`` times. Printed per run for
-the rank process and the worker's (by pid; processes with ≤ 10 collections left out): the thresholds, collections and seconds of generations 0, 1 and 2, and the job's
-seconds (``run.json`` to ``ranking.json``'s ``finished_at``, as ``bench/throughput.py``).
+the rank process and the worker's (by pid; processes with ≤ 10 collections left out): the
+thresholds, collections and seconds of generations 0, 1 and 2, and the job's seconds
+(``run.json`` to ``ranking.json``'s ``finished_at``, as ``bench/throughput.py``).
 Seconds of collection are CPU the process spends with every thread stopped; on a shared
 machine they stretch with the load like everything else: compare within one run.
 """
