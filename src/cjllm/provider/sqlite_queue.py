@@ -361,7 +361,7 @@ class SQLiteQueue:
             }
             # counted on an index alone (items_by_age holds state and available_at); the
             # active items' bytes are kept in totals (reading each row for its size took
-            # ~25 ms a call with 10,000 items active, once a second: docs/performance.md)
+            # ~30 ms a call with 10,000 items active, once a second: docs/performance.md)
             for state, delayed, n in c.execute(
                 "SELECT state, available_at > ?, COUNT(*) FROM items"
                 " WHERE state IN (?, ?) GROUP BY 1, 2",
