@@ -179,11 +179,7 @@ def main() -> None:
         [int(x) for x in args.n.split(",")], [int(x) for x in args.k.split(",")],
         args.judges.split(","), args.probes,
     )  # fmt: skip
-    done = set()
-    if args.results.exists():
-        for line in args.results.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            done.add((judgement.Condition(**row["condition"]), row["rep"]))
+    done = judgement.recorded(args.results)
     if not args.table:
         with args.results.open("a", encoding="utf-8") as out:
             for rep in range(args.reps):

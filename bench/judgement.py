@@ -246,6 +246,14 @@ def targets(results: Results) -> list[str]:
     return lines
 
 
+def recorded(path: Path) -> set[tuple[Condition, int]]:
+    """The (condition, repetition) of every batch already in a results file (none if absent)."""
+    if not path.exists():
+        return set()
+    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
+    return {(Condition(**row["condition"]), row["rep"]) for row in rows}
+
+
 def load(path: Path, todo: list[Condition], reps: range) -> Results:
     """The batches of ``todo`` (repetitions in ``reps``) already in the results file."""
     results: Results = {c: {} for c in todo}

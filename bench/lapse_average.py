@@ -192,11 +192,7 @@ def main() -> None:
                 for c in judgement.conditions([int(n)], [int(k)], [judge], args.probe_fraction)
                 if c.pairing in args.pairings.split(",")]  # fmt: skip
     reps = range(args.first_rep, args.first_rep + args.reps)
-    done = set()
-    if args.results.exists():
-        for line in args.results.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            done.add((judgement.Condition(**row["condition"]), row["rep"]))
+    done = judgement.recorded(args.results)
     if not args.table:
         with args.results.open("a", encoding="utf-8") as out:
             for rep in reps:

@@ -245,11 +245,7 @@ def main() -> None:
     for share in shares:
         todo += [c for c in judgement.conditions(ns, ks, args.judges.split(","), share)
                  if c not in todo]  # fmt: skip
-    done = set()
-    if args.results.exists():
-        for line in args.results.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            done.add((judgement.Condition(**row["condition"]), row["rep"]))
+    done = judgement.recorded(args.results)
     if not args.table:
         with args.results.open("a", encoding="utf-8") as out:
             for rep in range(args.reps):
