@@ -6,10 +6,14 @@ A batch of n essays is run to 10 comparisons per essay the way the service runs 
 planning (``rounds.plan_next_round``), the round fit (``ranking.fit_outcomes``) after every
 round, then the final fit (``ranking.final_fit``) — with a logistic judge over abilities
 N(0, 1.5²) in place of the provider. Printed per size: rounds, the mean and the largest round
-fit in ms, and the final fit in ms (CPU time of this process, so other load on the machine
-counts less). ``--baseline DIR``: the same batches measured, size by size alternately, with
-the package imported from DIR (e.g. an older checkout's ``src``: ``git archive <commit> src |
-tar -x -C /tmp/old``), and the ratios old/new printed.
+fit in ms, the final fit in ms (CPU time of this process, so other load on the machine
+counts less), and what of it the job waits for: the round fits and plans, then the longer of
+the final fit's two chains (the service runs the lapse chain in a helper process beside the
+other, ``cj/chain_process.py``) — the statistics' part of a job's critical path, and the
+comparisons a second a job could reach if everything else (requests, queue, judge,
+callbacks) cost nothing. ``--baseline DIR``: the same batches measured, size by size
+alternately, with the package imported from DIR (e.g. an older checkout's ``src``:
+``git archive <commit> src | tar -x -C /tmp/old``), and the ratios old/new printed.
 """
 
 from __future__ import annotations
@@ -20,10 +24,28 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small solves: threads only contend
 
 import numpy as np
+
+
+class _Beside(Executor):
+    """Runs what ``final_fit`` hands its helper process (the lapse chain) at once, here,
+    and counts its CPU time."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        start = time.process_time()
+        future.set_result(fn(*args, **kwargs))
+        self.seconds += time.process_time() - start
+        return future
 
 
 def measure(n: int, seed: int) -> dict[str, float]:
@@ -42,10 +64,13 @@ def measure(n: int, seed: int) -> dict[str, float]:
     outcomes: list[PairOutcome] = []
     fit = fit_outcomes(essays, outcomes, options)
     rounds: list[float] = []
+    plans = 0.0
     number = 0
     while stopping.reason_to_stop(options, n, stopping.tally(outcomes), fit) is None:
         number += 1
+        start = time.process_time()
         pairs = plan_next_round(f"fit-cost-{n}", number, options, essays, outcomes, fit)
+        plans += time.process_time() - start
         if not pairs:
             break
         for p in pairs:
@@ -59,15 +84,20 @@ def measure(n: int, seed: int) -> dict[str, float]:
         start = time.process_time()
         fit = fit_outcomes(essays, outcomes, options)
         rounds.append(time.process_time() - start)
+    beside = _Beside()
     start = time.process_time()
-    final_fit(essays, outcomes, options)
+    final_fit(essays, outcomes, options, fit=fit, executor=beside)
     final = time.process_time() - start
+    critical = sum(rounds) + plans + max(final - beside.seconds, beside.seconds)
     return {
         "rounds": len(rounds),
         "comparisons": len(outcomes),
         "round_ms": 1000.0 * float(np.mean(rounds)),
         "round_max_ms": 1000.0 * float(np.max(rounds)),
         "final_ms": 1000.0 * final,
+        "plans_ms": 1000.0 * plans,
+        "lapse_chain_ms": 1000.0 * beside.seconds,
+        "critical_s": critical,
     }
 
 
@@ -94,14 +124,18 @@ def main() -> None:
         return
     here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
     print("| essays | comparisons | rounds | round fit ms (mean / max) | final fit ms |"
+          " plans ms (all rounds) | lapse chain ms | statistics on the critical path s |"
+          " comparisons/s at most |"
           + (" old round ms | old final ms | round ×faster | final ×faster |" if args.baseline
              else ""))  # fmt: skip
-    print("|---" * (9 if args.baseline else 5) + "|")
+    print("|---" * (13 if args.baseline else 9) + "|")
     for n in (int(v) for v in args.sizes.split(",")):
         old = run_elsewhere(args.baseline, n, args.seed) if args.baseline else None
         new = run_elsewhere(here, n, args.seed)
         row = (f"| {n} | {new['comparisons']:.0f} | {new['rounds']:.0f} | {new['round_ms']:.1f}"
-               f" / {new['round_max_ms']:.1f} | {new['final_ms']:.0f} |")  # fmt: skip
+               f" / {new['round_max_ms']:.1f} | {new['final_ms']:.0f} | {new['plans_ms']:.0f} |"
+               f" {new['lapse_chain_ms']:.0f} | {new['critical_s']:.2f} |"
+               f" {new['comparisons'] / new['critical_s']:.0f} |")  # fmt: skip
         if old is not None:
             row += (f" {old['round_ms']:.1f} | {old['final_ms']:.0f} | "
                     f"{old['round_ms'] / new['round_ms']:.1f} | "
