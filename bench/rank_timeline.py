@@ -104,10 +104,17 @@ def main() -> None:
     _timed_context(rank, "embedded_services")
     _timed_context(embedded, "embedded_provider")
     _timed_context(embedded, "cj_service")
-    for name in ("start_batch", "_decide", "_final_fit", "_finish", "handle_callbacks"):
+    for name in ("start_batch", "_decide", "_finish", "handle_callbacks"):
         _timed(workflow.CJWorkflow, name)
-    _timed(workflow, "fit_outcomes", "round fit")
-    _timed(workflow, "final_fit")
+    if hasattr(workflow.CJWorkflow, "_final_fit"):  # older src: the workflow decided itself
+        decision: Any = workflow
+        _timed(workflow.CJWorkflow, "_final_fit")
+    else:
+        import cjllm.cj.round_decision as decision
+
+        _timed(decision, "_final_fit")
+    _timed(decision, "fit_outcomes", "round fit")
+    _timed(decision, "final_fit")
     _timed(workflow.rounds, "plan_next_round", "pairing")
     _timed(workflow.rounds, "perform_comparisons", "submissions")
     _timed(chain_process, "executor", "chain process (start)")

@@ -3,10 +3,10 @@
 The final fit (:func:`cjllm.cj.ranking.final_fit`) samples two posterior chains, ε = 0 and ε
 sampled. Each is a Python-bound loop, so threads would take turns on the GIL; a second
 process runs one of them on another core. Life: one process per Python process, started by
-:func:`executor` on first need (the workflow asks when a batch small enough to be sampled
-plans a round, so the process has imported what it needs long before the batch's last
-round) and kept for the rest of the process's life. ``spawn``, not ``fork``: the parent holds
-threads (the event loop's executor, aiosqlite) that a fork would copy mid-operation.
+:func:`executor` on first need (:mod:`cjllm.cj.round_decision` asks when a batch small enough
+to be sampled plans a round, so the process has imported what it needs long before the batch's
+last round) and kept for the rest of the process's life. ``spawn``, not ``fork``: the parent
+holds threads (the event loop's executor, aiosqlite) that a fork would copy mid-operation.
 
 Invariant: the helper runs the same function with the same arguments and seed, so it gives
 the draws the caller would have drawn itself (``tests/cj/test_chain_process.py``). If the

@@ -8,9 +8,11 @@ the batch before it is published, so a publish that fails is retried by ``resume
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 
+from cjllm.bus import BusError, EventBus
 from cjllm.cj import stopping
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.ranking import (
@@ -34,6 +36,9 @@ from cjllm.contracts import (
     PositionConsistency,
     TokenUsage,
 )
+from cjllm.settings import CJSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,50 @@ async def build_completion(
         grade_scale=batch.grade_scale,
     )
     return Completion(event, verdict, ranking)
+
+
+async def store_completion(
+    store: Store,
+    batch: BatchRecord,
+    options: BatchOptions,
+    essays: list[EssayRecord],
+    fit: BatchFit | None,
+    counts: stopping.Tally,
+    reason: str,
+    error: str | None,
+) -> CJAssessmentCompletedV1 | None:
+    """Finish the running batch with its completion (:func:`build_completion`): the event
+    and the ranking stored in one conditional update. None if the batch had already finished
+    (another caller won)."""
+    done = await build_completion(store, batch, options, essays, fit, counts, reason, error)
+    event = done.event
+    finished = await store.finish_batch(
+        batch.id,
+        done.verdict.status,
+        event.stop_reason,
+        event.message,
+        event.model_dump(mode="json"),
+        done.ranking.rows if done.ranking is not None else [],
+    )
+    return event if finished else None
+
+
+async def publish_completion(
+    bus: EventBus, store: Store, settings: CJSettings, event: CJAssessmentCompletedV1
+) -> None:
+    """Publish a stored completion to ``settings.completion_topic`` and mark it published.
+    A bus error is logged and the event left unmarked, so ``resume`` publishes it again."""
+    envelope = completion_envelope(event, settings.source_service)
+    try:
+        await bus.publish(settings.completion_topic, event.cj_batch_id, envelope)
+    except BusError as exc:
+        log.error(
+            "completion of batch %s not published (%s); resume() will retry",
+            event.cj_batch_id,
+            exc,
+        )
+        return
+    await store.mark_published(event.cj_batch_id)
 
 
 def completion_envelope(event: CJAssessmentCompletedV1, source_service: str) -> EventEnvelope:

@@ -3,9 +3,10 @@
 Event-driven: the callback that resolves a round's last comparison closes the round (one
 conditional update, so exactly one caller wins), refits Bradley-Terry and either starts the
 next round or finishes the batch, all before it returns. Nothing polls to move a batch on.
-:meth:`CJWorkflow.resume` picks a batch up after a crash at any point. Fitting, planning and
-split-half reliability run in worker threads, so the event loop (bus heartbeats, HTTP) stays
-responsive while a large batch is scored.
+:meth:`CJWorkflow.resume` picks a batch up after a crash at any point. What follows a round
+is decided in :mod:`cjllm.cj.round_decision`; the completion is built, stored and published by
+:mod:`cjllm.cj.completion`. Fitting, planning and split-half reliability run in worker threads,
+so the event loop (bus heartbeats, HTTP) stays responsive while a large batch is scored.
 """
 
 from __future__ import annotations
@@ -18,19 +19,18 @@ from concurrent.futures import BrokenExecutor
 from dataclasses import dataclass, replace
 from typing import Literal
 
-import numpy as np
 from sqlalchemy.exc import SQLAlchemyError
 
 from cjllm.bus import BusError, EventBus
-from cjllm.cj import chain_process, rounds, stopping
+from cjllm.cj import rounds, stopping
 from cjllm.cj.callbacks import CallbackCounts, apply_callbacks
-from cjllm.cj.completion import build_completion, completion_envelope
+from cjllm.cj.completion import publish_completion, store_completion
 from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
-from cjllm.cj.posterior import SAMPLER_LIMIT
-from cjllm.cj.ranking import BatchFit, final_fit, fit_outcomes
-from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison, PairOutcome
+from cjllm.cj.ranking import BatchFit
+from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison
+from cjllm.cj.round_decision import Stop, decide
 from cjllm.cj.round_rows import RoundExists
 from cjllm.cj.store import Store
 from cjllm.cj.tables import Batch, BatchStatus, ComparisonStatus, RoundStatus
@@ -145,7 +145,8 @@ class CJWorkflow:
         batch = await self.store.batch(batch_id)
         if batch.status is not BatchStatus.RUNNING:
             if not batch.completion_published and batch.result is not None:
-                await self._publish(CJAssessmentCompletedV1.model_validate(batch.result))
+                event = CJAssessmentCompletedV1.model_validate(batch.result)
+                await publish_completion(self.bus, self.store, self.settings, event)
             self._event(batch_id).set()
             return
         latest = await self.store.latest_round(batch_id)
@@ -315,70 +316,18 @@ class CJWorkflow:
     async def _decide(
         self, batch_id: str, closed_round: int | None
     ) -> tuple[rounds.Submission, int, list[NewComparison]] | None:
+        """The next round to start (None: the batch is finished, here or already)."""
         batch = await self.store.batch(batch_id)
         if batch.status is not BatchStatus.RUNNING:
             return None
         options = BatchOptions.from_json(batch.options)
         essays = await self._essays(batch_id)
-        outcomes = await self.store.outcomes(batch_id)
-        counts = stopping.tally(outcomes)
-        try:
-            fit = await asyncio.to_thread(fit_outcomes, essays, outcomes, options)
-        except (ValueError, np.linalg.LinAlgError) as exc:
-            await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
+        step = await decide(self.store, batch, options, essays, closed_round)
+        if isinstance(step, Stop):
+            await self._finish(batch, options, step.fit, step.counts, step.reason, step.error)
             return None
-        if closed_round is not None:
-            await self.store.record_fit(batch_id, closed_round, fit.reliability, fit.mean_se)
-        reason = stopping.reason_to_stop(options, len(essays), counts, fit)
-        final: BatchFit | None = None
-        if reason is not None:
-            final = await self._final_fit(batch, options, essays, outcomes, counts, fit)
-            if final is None:
-                return None
-            if reason in stopping.TARGETS:  # a target counts as met on the published figures
-                reason = stopping.reason_to_stop(options, len(essays), counts, final)
-        number = (closed_round or 0) + 1
-        pairs: list[NewComparison] = []
-        if reason is None:
-            if len(essays) <= SAMPLER_LIMIT:  # its final fit will want the helper process
-                chain_process.executor()
-            pairs = await asyncio.to_thread(
-                rounds.plan_next_round, batch_id, number, options, essays, outcomes, fit
-            )
-            reason = None if pairs else stopping.NO_USEFUL_PAIRS
-        if reason is not None:
-            final = final or await self._final_fit(batch, options, essays, outcomes, counts, fit)
-            if final is not None:
-                await self._finish(batch, options, final, counts, reason, None)
-            return None
-        job = await self._submission(batch, options.preferred_bundle_size(len(pairs)))
-        return job, number, pairs
-
-    async def _final_fit(
-        self,
-        batch: BatchRecord,
-        options: BatchOptions,
-        essays: list[EssayRecord],
-        outcomes: list[PairOutcome],
-        counts: stopping.Tally,
-        fit: BatchFit,
-    ) -> BatchFit | None:
-        """The fit a ranking is published from (``fit``: the round fit of ``outcomes``), or
-        None (the batch failed) when the comparisons cannot be scored. Its two chains run
-        side by side, one in the helper process; if that process died, the error is raised
-        (and the helper replaced) so the caller retries."""
-        pool = chain_process.executor() if len(essays) <= SAMPLER_LIMIT else None
-        try:
-            return await asyncio.to_thread(
-                final_fit, essays, outcomes, options, fit=fit, executor=pool
-            )
-        except BrokenExecutor:
-            if pool is not None:
-                chain_process.discard(pool)
-            raise
-        except (ValueError, np.linalg.LinAlgError) as exc:
-            await self._finish(batch, options, None, counts, stopping.SCORING_FAILED, str(exc))
-            return None
+        job = await self._submission(batch, options.preferred_bundle_size(len(step.pairs)))
+        return job, step.number, step.pairs
 
     async def _fail(self, batch_id: str, reason: str, error: str) -> None:
         batch = await self.store.batch(batch_id)
@@ -409,38 +358,16 @@ class CJWorkflow:
         error: str | None,
     ) -> None:
         essays = await self._essays(batch.id)
-        done = await build_completion(
+        event = await store_completion(
             self.store, batch, options, essays, fit, counts, reason, error
         )
-        event = done.event
-        finished = await self.store.finish_batch(
-            batch.id,
-            done.verdict.status,
-            event.stop_reason,
-            event.message,
-            event.model_dump(mode="json"),
-            done.ranking.rows if done.ranking is not None else [],
-        )
-        if not finished:
+        if event is None:  # finished already, by another caller
             return
         self._essay_cache.pop(batch.id, None)
         log.info("CJ batch %s %s: %s", batch.id, event.status, event.message)
-        await self._publish(event)
+        await publish_completion(self.bus, self.store, self.settings, event)
         self._event(batch.id).set()
         self._emit(ProgressEvent(batch.id, "batch_finished", status=event.status))
-
-    async def _publish(self, event: CJAssessmentCompletedV1) -> None:
-        envelope = completion_envelope(event, self.settings.source_service)
-        try:
-            await self.bus.publish(self.settings.completion_topic, event.cj_batch_id, envelope)
-        except BusError as exc:
-            log.error(
-                "completion of batch %s not published (%s); resume() will retry",
-                event.cj_batch_id,
-                exc,
-            )
-            return
-        await self.store.mark_published(event.cj_batch_id)
 
     # ---------------------------------------------------------------- helpers
 
