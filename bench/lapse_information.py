@@ -29,7 +29,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # many small fits: threads o
 import judgement  # bench/judgement.py, beside this file
 import numpy as np
 
-from cjllm.cj import pairing, planner, rounds
+from cjllm.cj import pairing, partner_gain, planner, rounds
 
 FloatArray = np.ndarray
 
@@ -62,7 +62,8 @@ def designs(n: int, k: int, reps: int, share: float) -> dict[str, list[float]]:
         planned = self.plan[before:]
         found["probes"] += [truth[a] - truth[b] for a, b in planned]
         if planned:  # the probes' rule-5 gain against the round's best adaptive pairs
-            gain = self.gains()
+            assert self.covariance is not None and self.weighted is not None
+            gain = partner_gain.covariance_gains(self.theta, self.covariance, self.weighted)
             best = pairing.plan_round(
                 self.n, [], [], self.theta, self.se, 10 * len(planned), 0,
                 covariance=self.covariance, random_fraction=0.0,

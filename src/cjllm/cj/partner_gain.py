@@ -1,7 +1,7 @@
-"""Rule 5 of :mod:`cjllm.cj.pairing`'s gains: of a pair with the covariance (the walk by gain
-of :func:`by_gain`), and without it the partners j of an item i with the largest gain
-V²·I / (1 + V·I), V = se_i² + se_j², I = p(1 − p), p = σ(θ_i − θ_j), found without computing
-the gain of every eligible item (:class:`GainIndex`).
+"""Rule 5 of :mod:`cjllm.cj.pairing`'s gains: with the covariance (:func:`covariance_gain`,
+:func:`covariance_gains` and the walk by gain of :func:`by_gain`), and without it the partners
+j of an item i with the largest gain V²·I / (1 + V·I), V = se_i² + se_j², I = p(1 − p),
+p = σ(θ_i − θ_j), found without computing the gain of every eligible item (:class:`GainIndex`).
 
 The gain grows with V and with I, and I = 1 / (2 + 2 cosh(θ_j − θ_i)) falls with the distance
 in score, so among items with se² ≤ s (V ≤ v = se_i² + s) those farther from θ_i than the
@@ -39,6 +39,29 @@ def gain(theta: FloatArray, se: FloatArray, i: int, js: IndexArray) -> FloatArra
     info = p * (1.0 - p)
     var = se[i] ** 2 + se[js] ** 2
     result: FloatArray = var**2 * info / (1.0 + var * info)
+    return result
+
+
+def covariance_gain(
+    theta: FloatArray, c: FloatArray, m: FloatArray, i: int, js: IndexArray
+) -> FloatArray:
+    """Rule 5's gain of pairing ``i`` with each of ``js``, from the covariance C (``c``) and
+    ``m`` = C W C."""
+    p = 1.0 / (1.0 + np.exp(theta[js] - theta[i]))
+    info = p * (1.0 - p)
+    var = c[i, i] + c[js, js] - 2.0 * c[i, js]
+    shrink = m[i, i] + m[js, js] - 2.0 * m[i, js]
+    result: FloatArray = shrink * info / (1.0 + var * info)
+    return result
+
+
+def covariance_gains(theta: FloatArray, c: FloatArray, m: FloatArray) -> FloatArray:
+    """Rule 5's gain of every pair (n × n), from C and C W C (the walk of :func:`by_gain`)."""
+    var = np.add.outer(np.diag(c), np.diag(c)) - 2.0 * c
+    shrink = np.add.outer(np.diag(m), np.diag(m)) - 2.0 * m
+    p = 1.0 / (1.0 + np.exp(np.subtract.outer(theta, theta)))
+    info = p * (1.0 - p)
+    result: FloatArray = shrink * info / (1.0 + var * info)
     return result
 
 

@@ -14,7 +14,14 @@ import math
 import numpy as np
 import numpy.typing as npt
 
-from cjllm.cj.partner_gain import GainIndex, best_of, by_gain, gain
+from cjllm.cj.partner_gain import (
+    GainIndex,
+    best_of,
+    by_gain,
+    covariance_gain,
+    covariance_gains,
+    gain,
+)
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
@@ -260,29 +267,16 @@ class Planner:
             if c is None or m is None:
                 partners = partners[best_of(gain(self.theta, self.se, i, partners))]
             else:
-                p = 1.0 / (1.0 + np.exp(self.theta[partners] - self.theta[i]))
-                info = p * (1.0 - p)
-                var = c[i, i] + c[partners, partners] - 2.0 * c[i, partners]
-                shrink = m[i, i] + m[partners, partners] - 2.0 * m[i, partners]
-                partners = partners[best_of(shrink * info / (1.0 + var * info))]
+                partners = partners[best_of(covariance_gain(self.theta, c, m, i, partners))]
         return int(self.rng.choice(partners))
-
-    def gains(self) -> FloatArray:
-        """Rule 5's gain of every pair (n × n), from C and C W C."""
-        c, m = self.covariance, self.weighted
-        assert c is not None and m is not None
-        var = np.add.outer(np.diag(c), np.diag(c)) - 2.0 * c
-        shrink = np.add.outer(np.diag(m), np.diag(m)) - 2.0 * m
-        p = 1.0 / (1.0 + np.exp(np.subtract.outer(self.theta, self.theta)))
-        info = p * (1.0 - p)
-        gain: FloatArray = shrink * info / (1.0 + var * info)
-        return gain
 
     def allocate(self, n_pairs: int, random_slots: set[int]) -> None:
         """Rule 3 with the covariance: plan up to ``n_pairs`` unseen pairs, the floor's items
         first, then every pair in order of gain, at most :data:`ROUND_MAX` per item (the
         caller's :meth:`next_pair` fills whatever this leaves, e.g. repeats)."""
-        gain, n = self.gains(), self.n
+        c, m = self.covariance, self.weighted
+        assert c is not None and m is not None
+        gain, n = covariance_gains(self.theta, c, m), self.n
         floor = FLOOR_SHARE * (self.count.sum() + 2 * (n_pairs - len(self.plan))) / n
 
         def partners(i: int) -> IndexArray:
