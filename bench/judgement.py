@@ -28,7 +28,8 @@ Pearson correlation of the scores with the truth); the share of the published 95
 (the posterior's 2.5–97.5% quantiles: ``BatchFit.interval95``) covering the truth (centred),
 and beside it the share score ± 1.96·SE would cover (what was published before); the mean
 order-effect and lapse estimates with the share of their 95% intervals covering the true
-value; the share of batches the final fit scored with the lapse model.
+value; the share of batches the final fit scored with the lapse model, and (a second table) the
+coverage of the batches scored with each model.
 Then the targets: coverage within 0.92–0.97 and |reliability − r²| ≤ 0.05 in every condition;
 adaptive beats random by ≥ 0.015 median ρ at 10 per essay with the clean judge, and does not
 lose with the noisy ones.
@@ -246,6 +247,25 @@ def targets(results: Results) -> list[str]:
     return lines
 
 
+def model_choice(results: Results) -> list[str]:
+    """Coverage split by the model the final fit published: the batches scored with the lapse
+    model (P(ε ≥ 0.2) > ½) and those scored with ε = 0 — where a miss comes from."""
+    lines = ["", "| n | K | judge | pairing | batches | scored with ε: share, coverage |"
+             " scored with ε = 0: share, coverage |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c, reps in results.items():
+        rows = [r for r in reps.values() if not np.isnan(r.get("scored_with_lapse", np.nan))]
+        if not rows:
+            continue
+        parts = []
+        for lapse in (1.0, 0.0):
+            kept = [r["coverage"] for r in rows if r["scored_with_lapse"] == lapse]
+            share = len(kept) / len(rows)
+            parts.append(f"{share:.0%}, {mean(kept):.3f}" if kept else f"{share:.0%}, –")
+        lines.append(f"| {c.n} | {c.k} | {c.judge} | {c.pairing} | {len(rows)} | {parts[0]} "
+                     f"| {parts[1]} |")  # fmt: skip
+    return lines
+
+
 def recorded(path: Path) -> set[tuple[Condition, int]]:
     """The (condition, repetition) of every batch already in a results file (none if absent)."""
     if not path.exists():
@@ -309,7 +329,7 @@ def main() -> None:
     counts = sorted({len(reps) for reps in results.values()})
     held = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}"
     print(f"{held} batches per condition, abilities N(0, {SD}²), rounds as the service sizes them")
-    print("\n".join(table(results) + targets(results)))
+    print("\n".join(table(results) + targets(results) + model_choice(results)))
 
 
 if __name__ == "__main__":
