@@ -9,7 +9,7 @@ import pytest
 
 from cjllm.cj import likelihood, scoring
 from cjllm.cj.grades import project_grades
-from cjllm.cj.population import fit_population, fit_spread, population_sd, profile_lapse
+from cjllm.cj.population import fit_population, fit_spread, population_sd
 from cjllm.cj.reliability import scale_separation_reliability, split_half_reliability
 from cjllm.cj.scoring import (
     DisconnectedGraphError,
@@ -367,17 +367,6 @@ def test_order_effect_is_recovered_within_its_se() -> None:
     assert fit.order_effect is not None and fit.order_effect_se is not None
     assert 0.05 < fit.order_effect_se < 0.2
     assert abs(fit.order_effect - 1.0) < 2 * fit.order_effect_se
-
-
-def test_lapse_rate_is_recovered_by_the_evidence() -> None:
-    # a wide spread of abilities: far-apart pairs show how often the judge decides at random
-    _, data = judged(60, 4.0, 40, seed=6, lapse=0.3)
-    noisy = profile_lapse(60, *data, order_effect=False)
-    low, high = noisy.interval
-    assert abs(noisy.lapse - 0.3) <= 0.05 and low <= 0.3 <= high and high - low <= 0.25
-    clean = profile_lapse(60, *judged(60, 4.0, 40, seed=6)[1], order_effect=False)
-    assert clean.lapse <= 0.05 and clean.interval[1] < 0.2
-    assert clean.grid[0] == 0.0 and len(clean.grid) < 11  # stops once the evidence falls away
 
 
 def test_scores_are_averaged_over_the_spread() -> None:

@@ -15,17 +15,18 @@ earlier outcomes), so its intervals and the reliability derived from them stay h
 any pairing. The EM update τ² = mean(θ̂² + se²) is not used: with ~10 binary outcomes per essay
 it underestimates τ badly (the PQL bias).
 
-The lapse rate ε (the share of decisions that are a coin toss whatever the essays) can be
-profiled by the same evidence (used above the sampler's limit only; it underrates ε). It is weakly
-identified (a judge that errs at random looks like essays that are closer together, except on
-pairs far apart) and chosen by the evidence rather than jointly with θ, whose many abilities
-bias a joint maximum towards 0.
+The lapse rate ε (the share of decisions that are a coin toss whatever the essays) is not
+chosen here: :func:`fit_spread` fits a given ε, but the Laplace evidence of ε > 0 is biased
+low (the posterior of each ability has flat shoulders when an upset costs at most log(ε/2)),
+and the bias grows with the number of essays: at 600 essays, 10 comparisons each, a judge
+flipping 20% of its decisions had its evidence 8 lower at ε = 0.2 than at ε = 0
+(docs/judgement.md, "Above 400 essays"). The final fit samples ε instead.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -40,8 +41,6 @@ from cjllm.cj.tau_search import Slope, evidence_slope, search_log_tau
 from cjllm.cj.uncertainty import EXACT_LIMIT
 
 TAU_BOUNDS = (0.05, 10.0)  # logits: from "all essays alike" to "every comparison certain"
-LAPSE_GRID = tuple(round(0.05 * k, 2) for k in range(11))  # 0, 0.05, ..., 0.5
-PROFILE_DROP = 1.92  # half the 95% chi-square(1) quantile: a likelihood-ratio interval
 # Essays up to which τ is searched on the evidence's slope: while Newton's steps are dense
 # Cholesky solves, one inverse more per fit costs less than the ~5 fits it saves; above,
 # Newton runs on sparse conjugate gradients, the evidence's dense factorisation dominates
@@ -212,7 +211,8 @@ def fit_population(
 
     ε stays 0: with ε > 0 the Laplace evidence underestimates τ (the posterior is far from
     Gaussian when many decisions carry no information), which made reliability much too low
-    (docs/judgement.md); the lapse rate is reported by :func:`profile_lapse` instead.
+    (docs/judgement.md); the lapse rate is sampled by the final fit instead
+    (:func:`cjllm.cj.ranking.final_fit`).
 
     Above :data:`~cjllm.cj.uncertainty.EXACT_LIMIT` essays the standard errors are estimated
     and no log-determinant is available for the evidence: τ is found where the evidence's
@@ -252,60 +252,6 @@ def fit_population(
     return PopulationFit(best, theta, np.sqrt(variance), reliability)
 
 
-@dataclass(frozen=True)
-class LapseProfile:
-    """The evidence (τ re-chosen for each) at each lapse rate of a grid starting at 0.
-
-    ``lapse``: the rate of largest evidence; ``interval``: the rates whose evidence is within
-    :data:`PROFILE_DROP` of it (a 95% likelihood-ratio interval on the grid).
-    """
-
-    grid: tuple[float, ...]
-    evidence: tuple[float, ...]
-
-    @property
-    def lapse(self) -> float:
-        return self.grid[int(np.argmax(self.evidence))]
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        best = max(self.evidence)
-        inside = [e for e, v in zip(self.grid, self.evidence, strict=True)
-                  if v >= best - PROFILE_DROP]  # fmt: skip
-        return min(inside), max(inside)
-
-
-def profile_lapse(
-    n_items: int,
-    first: npt.ArrayLike,
-    second: npt.ArrayLike,
-    first_won: npt.ArrayLike,
-    *,
-    order_effect: bool = True,
-    order_prior: float = 0.1,
-    lapse_grid: Sequence[float] = LAPSE_GRID,
-    initial: BTFit | None = None,
-) -> LapseProfile:
-    """:func:`fit_spread` at each rate of ``lapse_grid`` (which must start at 0), walked
-    upwards until the evidence falls and is already 8 below the best (the profile is taken to
-    be unimodal; further rates could only fall outside the interval)."""
-    grid = tuple(sorted(float(e) for e in lapse_grid))
-    if not grid or grid[0] != 0.0 or grid[-1] >= 1.0:
-        raise ValueError(f"lapse_grid must start at 0 and hold rates below 1, got {lapse_grid}")
-    evidence: list[float] = []
-    start = initial
-    for eps in grid:
-        start = fit_spread(
-            n_items, first, second, first_won, lapse=eps, order_effect=order_effect,
-            order_prior=order_prior, initial=start, standard_errors=False,
-        )  # fmt: skip
-        evidence.append(_evidence(start))
-        if len(evidence) > 1 and evidence[-1] < min(evidence[-2], max(evidence) - _NEGLIGIBLE):
-            break
-    return LapseProfile(grid[: len(evidence)], tuple(evidence))
-
-
-_NEGLIGIBLE = 8.0  # log-evidence below the best at which a fit weighs < 10⁻³
 _GAUSS_HERMITE = ((-math.sqrt(3.0), 1 / 6), (0.0, 2 / 3), (math.sqrt(3.0), 1 / 6))
 _STEP = 0.2
 

@@ -22,8 +22,8 @@ import numpy.typing as npt
 
 from cjllm.cj.grades import project_grades
 from cjllm.cj.options import BatchOptions
-from cjllm.cj.population import fit_population, profile_lapse
-from cjllm.cj.posterior import SAMPLER_LIMIT, sample_posterior
+from cjllm.cj.population import fit_population
+from cjllm.cj.posterior import SAMPLER_LIMIT, Posterior, sample_posterior
 from cjllm.cj.records import EssayRecord, EssayResult, PairOutcome
 from cjllm.cj.reliability import (
     scale_separation_reliability,
@@ -32,7 +32,6 @@ from cjllm.cj.reliability import (
 )
 from cjllm.cj.scoring import BTFit, connected_components, fit_bradley_terry
 from cjllm.cj.tables import ComparisonStatus
-from cjllm.cj.uncertainty import EXACT_LIMIT
 from cjllm.contracts import OrderEffect, RankedEssay
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,9 @@ log = logging.getLogger(__name__)
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 Z95 = 1.959963984540054
+# essays up to which the final fit samples the lapse model (above SAMPLER_LIMIT: its chain
+# alone, ~14 s CPU at 1,000 essays, growing as n³: docs/judgement.md, "Above 400 essays")
+LAPSE_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ class BatchFit:
     (None before the first success); ``population_sd`` is τ (None before the first success).
     The final fit sets the rest: ``lapse_rate`` and
     ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
-    posterior (:mod:`cjllm.cj.posterior`), ``order_estimate`` (δ and its posterior SD) and
+    posterior (:mod:`cjllm.cj.posterior`; above ``SAMPLER_LIMIT`` essays the lapse chain
+    only, and no ``order_estimate``), ``order_estimate`` (δ and its posterior SD) and
     ``scored_with_lapse`` (the scores come from the lapse model, the more probable one) with
     ``lapse_probability``, the posterior probability of ε ≥ ``posterior.LAPSE_FLOOR``, and
     ``low``/``high``, the published 95% intervals: the posterior's 2.5% and 97.5% quantiles
@@ -156,10 +159,12 @@ def final_fit(
     ε sampled. The scores, SDs and reliability come from the more probable of the two models
     (the lapse model, from its draws with ε ≥ ``posterior.LAPSE_FLOOR``, when
     P(ε ≥ ``LAPSE_FLOOR``) > 1/2: the median probability model), the order effect
-    from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays:
-    :func:`fit_outcomes`, with the lapse rate profiled by the evidence
-    (:func:`~cjllm.cj.population.profile_lapse`); above ``uncertainty.EXACT_LIMIT``
-    essays :func:`fit_outcomes` alone (no log-determinant for the evidence).
+    from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays
+    (up to :data:`LAPSE_LIMIT`) only the ε-sampled chain is run, with the same rule: the
+    lapse model's draws publish when P(ε ≥ ``LAPSE_FLOOR``) > 1/2, else :func:`fit_outcomes`'
+    fit (ε = 0, the Laplace fit) stays, with the order effect from it and the lapse rate
+    from the chain (:func:`_lapse_above_sampler`); above :data:`LAPSE_LIMIT` essays
+    :func:`fit_outcomes` alone (ε is not reported).
 
     ``fit``: :func:`fit_outcomes` of these outcomes when the caller has it already (the
     workflow's round fit); ``executor``: runs the ε-sampled chain while this thread runs the
@@ -171,13 +176,8 @@ def final_fit(
         raise ValueError("final_fit was given the fit of other comparisons")
     model, tau = fit.model, fit.population_sd
     n = len(essays)
-    if model is None or tau is None or n > EXACT_LIMIT:  # nothing judged, or no evidence
-        return fit  # to profile the lapse rate by (above EXACT_LIMIT: no log-determinant)
-    if n > SAMPLER_LIMIT:
-        profile = profile_lapse(
-            n, fit.first, fit.second, fit.first_won, order_prior=options.bt_prior, initial=model
-        )
-        return replace(fit, lapse_rate=profile.lapse, lapse_interval=profile.interval)
+    if model is None or tau is None or n > LAPSE_LIMIT:  # nothing judged, or too many
+        return fit
     chain = partial(
         sample_posterior,
         n,
@@ -191,8 +191,10 @@ def final_fit(
         seed=_data_seed(fit),
     )
     elsewhere = executor.submit(chain, lapse=True) if executor is not None else None
-    clean = chain(lapse=False)
+    clean = chain(lapse=False) if n <= SAMPLER_LIMIT else None
     lapsing = elsewhere.result() if elsewhere is not None else chain(lapse=True)
+    if clean is None:
+        return _lapse_above_sampler(fit, lapsing)
     # the more probable model publishes: the lapse model (ε ≥ LAPSE_FLOOR, its draws only)
     # when P(ε ≥ LAPSE_FLOOR) > ½, else the clean one (docs/judgement.md, "Which model"); the
     # order effect as a shift of the observed decisions (ε = 0): under the lapse model it is
@@ -212,6 +214,38 @@ def final_fit(
         lapse_interval=lapsing.lapse_interval,
         sampled=True,
         scored_with_lapse=scores is lapsing,
+        lapse_probability=lapsing.lapse_probability,
+    )
+
+
+def _lapse_above_sampler(fit: BatchFit, lapsing: Posterior) -> BatchFit:
+    """The final fit above ``SAMPLER_LIMIT`` essays from the ε-sampled chain alone: the
+    lapse model's draws when P(ε ≥ ``LAPSE_FLOOR``) > 1/2 (the rule below the limit), else
+    the round fit (ε = 0) with the chain's lapse rate. The ε = 0 chain is not run: it costs
+    as much again (one dense Cholesky factorisation per sweep), and with this many essays
+    the round fit's τ is pinned down, so its Laplace scores are what that chain would give
+    (coverage 0.92–0.95 for a clean judge at 600–1,000 essays: docs/judgement.md)."""
+    if lapsing.lapse_probability <= 0.5:
+        return replace(
+            fit,
+            lapse_rate=lapsing.lapse,
+            lapse_interval=lapsing.lapse_interval,
+            sampled=True,
+            lapse_probability=lapsing.lapse_probability,
+        )
+    return replace(
+        fit,
+        theta=lapsing.theta,
+        se=lapsing.se,
+        low=lapsing.low,
+        high=lapsing.high,
+        reliability=lapsing.reliability,
+        mean_se=float(np.mean(lapsing.se)),
+        population_sd=lapsing.tau,
+        lapse_rate=lapsing.lapse,
+        lapse_interval=lapsing.lapse_interval,
+        sampled=True,
+        scored_with_lapse=True,
         lapse_probability=lapsing.lapse_probability,
     )
 
