@@ -10,7 +10,8 @@ comparisons per essay, adaptive pairing): once with the package imported from ``
 essays and judge draws for both, each in its own process, side by side. Printed per
 condition: the mean 95% coverage, reported reliability, actual r², reliability − r², the
 median Spearman ρ with the truth and the CPU seconds of a batch (fits, plans; no provider),
-baseline then this checkout. Targets (issue 11): coverage 0.92–0.97, |reliability − r²| ≤ 0.05.
+baseline then this checkout, and this checkout's batches scored with the lapse model, with
+the mean P(ε ≥ 0.2). Targets (issue 11): coverage 0.92–0.97, |reliability − r²| ≤ 0.05.
 
 ``--fit-sizes N:M,…`` instead: the cost of one round fit (``population.fit_population``, no
 warm start, as the service calls it) on N essays and M random comparisons (logistic judge,
@@ -114,7 +115,7 @@ def main() -> None:
     print(
         f"{'n':>6} {'judge':>5} {'reps':>4} | {'coverage old':>12} {'new':>6} | "
         f"{'rel old':>7} {'new':>6} | {'r² old':>6} {'new':>6} | {'rel−r² old':>10} {'new':>7} | "
-        f"{'ρ old':>6} {'new':>6} | {'CPU s old':>9} {'new':>6}",
+        f"{'ρ old':>6} {'new':>6} | {'CPU s old':>9} {'new':>6} | {'lapse-scored new':>16}",
         flush=True,
     )
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -143,7 +144,9 @@ def main() -> None:
                     f"{gap(old):>+10.3f} {gap(new):>+7.3f} | "
                     f"{median(r['rho'] for r in old):>6.3f} "
                     f"{median(r['rho'] for r in new):>6.3f} | "
-                    f"{m(old, 'cpu'):>9.1f} {m(new, 'cpu'):>6.1f}",
+                    f"{m(old, 'cpu'):>9.1f} {m(new, 'cpu'):>6.1f} | "
+                    f"{sum(r['scored_with_lapse'] for r in new):>5.0f} of {args.reps:<3} "
+                    f"P {m(new, 'lapse_probability'):.2f}",
                     flush=True,
                 )
 
