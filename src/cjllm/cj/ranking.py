@@ -4,7 +4,8 @@ Essays are indexed by their position in the batch. Every successful comparison e
 judge model (:mod:`cjllm.cj.scoring`) with the first-position effect δ always fitted and
 abilities under a population prior N(0, τ²) whose τ the comparisons choose, the scores
 averaged over the plausible τ (:func:`cjllm.cj.population.fit_population`); failed and
-pending ones do not. The final fit also profiles the judge's lapse rate. Scores are
+pending ones do not. The final fit also samples the judge's lapse rate (up to
+:data:`LAPSE_LIMIT` essays). Scores are
 log-abilities (logits).
 """
 
