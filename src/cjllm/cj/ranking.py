@@ -5,8 +5,7 @@ judge model (:mod:`cjllm.cj.scoring`) with the first-position effect δ always f
 abilities under a population prior N(0, τ²) whose τ the comparisons choose, the scores
 averaged over the plausible τ (:func:`cjllm.cj.population.fit_population`); failed and
 pending ones do not. The final fit also samples the judge's lapse rate (up to
-:data:`LAPSE_LIMIT` essays). Scores are
-log-abilities (logits).
+:data:`LAPSE_LIMIT` essays). Scores are log-abilities (logits).
 """
 
 from __future__ import annotations
@@ -223,9 +222,9 @@ def _lapse_above_sampler(fit: BatchFit, lapsing: Posterior) -> BatchFit:
     """The final fit above ``SAMPLER_LIMIT`` essays from the ε-sampled chain alone: the
     lapse model's draws when P(ε ≥ ``LAPSE_FLOOR``) > 1/2 (the rule below the limit), else
     the round fit (ε = 0) with the chain's lapse rate. The ε = 0 chain is not run: it costs
-    as much again (one dense Cholesky factorisation per sweep), and with this many essays
-    the round fit's τ is pinned down, so its Laplace scores are what that chain would give
-    (coverage 0.92–0.95 for a clean judge at 600–1,000 essays: docs/judgement.md)."""
+    as much again (one dense Cholesky factorisation per sweep), and the round fit is
+    calibrated for a clean judge at this size (coverage 0.92–0.93 at 600 and 1,000 essays:
+    docs/judgement.md; the ε = 0 chain was not measured against it)."""
     if lapsing.lapse_probability <= 0.5:
         return replace(
             fit,
