@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cjllm.cj.completion import lapse_warning
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.posterior import SAMPLER_LIMIT
 from cjllm.cj.ranking import Z95, BatchFit, final_fit, fit_outcomes
@@ -56,6 +57,10 @@ def test_a_flipping_judge_above_the_sampler_limit_is_scored_with_the_lapse_model
     assert coverage(rounds, truth) < 0.7 <= 0.9 <= coverage(final, truth)
     r2 = np.corrcoef(final.theta, truth)[0, 1] ** 2
     assert final.reliability is not None and abs(final.reliability - r2) < 0.08
+    # and the user is told, with the rate and its interval
+    warning = lapse_warning(final)
+    assert warning is not None and "decide at random" in warning and "account for it" in warning
+    assert f"{final.lapse_rate:.0%}" in warning
 
 
 def test_a_clean_judge_above_the_sampler_limit_keeps_the_round_fit() -> None:
@@ -69,3 +74,4 @@ def test_a_clean_judge_above_the_sampler_limit_keeps_the_round_fit() -> None:
     assert final.reliability == rounds.reliability and final.low is None
     assert final.lapse_interval is not None and final.lapse_interval[1] < 0.2
     assert coverage(final, truth) >= 0.9
+    assert lapse_warning(final) is None  # nothing to warn about

@@ -205,27 +205,16 @@ def order_warning(effect: OrderEffect | None) -> str | None:
 
 def lapse_warning(fit: BatchFit) -> str | None:
     """A sentence when the comparisons say the judge decides at random now and then: the
-    lapse model was the more probable one (and scored the essays), or, above the sampler's
-    limit, the profiled interval of ε excludes 0."""
-    if fit.lapse_interval is None or fit.lapse_rate is None:
+    lapse model was the more probable one and scored the essays (every fit that estimates
+    the lapse rate is sampled, so there is no other case to warn about)."""
+    if not fit.scored_with_lapse or fit.lapse_interval is None or fit.lapse_rate is None:
         return None
     low, high = fit.lapse_interval
-    said = (
-        f"Warning: the judge seems to decide at random in about {fit.lapse_rate:.0%} of "
-        f"comparisons (95% interval {low:.0%} to {high:.0%})."
-    )
-    if fit.scored_with_lapse:
-        return (
-            f"{said} The scores and their intervals account for it: they are on the scale of "
-            "the judge's informed decisions, with wider intervals than a consistent judge "
-            "would give."
-        )
-    if low <= 0.0 or fit.sampled:
-        return None
     return (
-        f"{said} The scores treat every decision as informed: the ranking is as good as the "
-        "reliability says or better, but the scale is narrower than the essays' true "
-        "differences."
+        f"Warning: the judge seems to decide at random in about {fit.lapse_rate:.0%} of "
+        f"comparisons (95% interval {low:.0%} to {high:.0%}). The scores and their intervals "
+        "account for it: they are on the scale of the judge's informed decisions, with wider "
+        "intervals than a consistent judge would give."
     )
 
 
