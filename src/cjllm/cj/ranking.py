@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -200,6 +201,27 @@ def final_fit(
     # order effect as a shift of the observed decisions (ε = 0): under the lapse model it is
     # on the informed decisions' scale, which the comparisons pin down poorly
     scores = lapsing if lapsing.lapse_probability > 0.5 else clean
+    return _scored_by(
+        _with_lapse(fit, lapsing),
+        scores,
+        order_estimate=(clean.order_effect, clean.order_effect_se),
+        scored_with_lapse=scores is lapsing,
+    )
+
+
+def _with_lapse(fit: BatchFit, lapsing: Posterior) -> BatchFit:
+    """``fit`` with the ε-sampled chain's lapse rate, its interval and P(ε ≥ LAPSE_FLOOR)."""
+    return replace(
+        fit,
+        lapse_rate=lapsing.lapse,
+        lapse_interval=lapsing.lapse_interval,
+        sampled=True,
+        lapse_probability=lapsing.lapse_probability,
+    )
+
+
+def _scored_by(fit: BatchFit, scores: Posterior, **also: Any) -> BatchFit:
+    """``fit`` with the scores, SDs, intervals, reliability and τ of a chain's draws."""
     return replace(
         fit,
         theta=scores.theta,
@@ -209,12 +231,7 @@ def final_fit(
         reliability=scores.reliability,
         mean_se=float(np.mean(scores.se)),
         population_sd=scores.tau,
-        order_estimate=(clean.order_effect, clean.order_effect_se),
-        lapse_rate=lapsing.lapse,
-        lapse_interval=lapsing.lapse_interval,
-        sampled=True,
-        scored_with_lapse=scores is lapsing,
-        lapse_probability=lapsing.lapse_probability,
+        **also,
     )
 
 
@@ -225,29 +242,10 @@ def _lapse_above_sampler(fit: BatchFit, lapsing: Posterior) -> BatchFit:
     as much again (one dense Cholesky factorisation per sweep), and the round fit is
     calibrated for a clean judge at this size (coverage 0.92–0.93 at 600 and 1,000 essays:
     docs/judgement.md; the ε = 0 chain was not measured against it)."""
+    fit = _with_lapse(fit, lapsing)
     if lapsing.lapse_probability <= 0.5:
-        return replace(
-            fit,
-            lapse_rate=lapsing.lapse,
-            lapse_interval=lapsing.lapse_interval,
-            sampled=True,
-            lapse_probability=lapsing.lapse_probability,
-        )
-    return replace(
-        fit,
-        theta=lapsing.theta,
-        se=lapsing.se,
-        low=lapsing.low,
-        high=lapsing.high,
-        reliability=lapsing.reliability,
-        mean_se=float(np.mean(lapsing.se)),
-        population_sd=lapsing.tau,
-        lapse_rate=lapsing.lapse,
-        lapse_interval=lapsing.lapse_interval,
-        sampled=True,
-        scored_with_lapse=True,
-        lapse_probability=lapsing.lapse_probability,
-    )
+        return fit
+    return _scored_by(fit, lapsing, scored_with_lapse=True)
 
 
 def _same_successes(
