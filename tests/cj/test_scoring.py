@@ -347,7 +347,7 @@ def test_split_half_is_nan_not_an_error_when_halves_disagree_completely() -> Non
     assert math.isnan(value)
 
 
-# --- order effect, lapse rate and the fitted population prior --------------------------------
+# --- order effect, warm starts and the fitted population prior --------------------------------
 
 
 def judged(n: int, sd: float, per_item: int, seed: int, *, order: float = 0.0,
@@ -381,40 +381,11 @@ def test_scores_are_averaged_over_the_spread() -> None:
     assert abs(np.corrcoef(averaged.theta, truth)[0, 1] ** 2 - averaged.reliability) < 0.2
 
 
-def test_lapse_fit_is_stationary() -> None:
-    _, (first, second, won) = judged(12, 2.0, 10, seed=8, order=0.5, lapse=0.2)
-    fit = fit_bradley_terry(12, first, second, won, prior=0.5, order_effect=True, lapse=0.2)
-    assert fit.order_effect is not None and fit.lapse == 0.2
-    f, s, y = scoring.checked_comparisons(12, first, second, won)
-    problem = likelihood.LogPosterior(
-        12, f, s, y, order=True, prior=0.5, order_prior=0.5, lapse=0.2
-    )
-    z = np.r_[fit.theta, fit.order_effect]
-    assert np.max(np.abs(problem.gradient(z))) < 1e-7
-    for k in range(z.size):  # the log-posterior is largest at the estimate, axis by axis
-        for h in (-1e-3, 1e-3):
-            moved = z.copy()
-            moved[k] += h
-            assert problem.objective(moved) <= problem.objective(z) + 1e-12
-    with pytest.raises(ValueError, match="lapse"):
-        fit_bradley_terry(12, first, second, won, prior=0.5, lapse=1.0)
-
-
-def test_sparse_and_dense_newton_agree_with_a_lapse_rate(monkeypatch: pytest.MonkeyPatch) -> None:
-    _, (first, second, won) = judged(450, 1.5, 16, seed=9, order=0.3, lapse=0.2)
-    sparse = fit_bradley_terry(450, first, second, won, prior=0.4, order_effect=True, lapse=0.2)
-    monkeypatch.setattr(likelihood, "DENSE_LIMIT", 10**9)
-    dense = fit_bradley_terry(450, first, second, won, prior=0.4, order_effect=True, lapse=0.2)
-    assert sparse.converged and dense.converged
-    np.testing.assert_allclose(sparse.theta, dense.theta, atol=1e-7)
-    np.testing.assert_allclose(sparse.se, dense.se, atol=1e-10)
-
-
 def test_starting_from_a_previous_fit_gives_the_same_estimate() -> None:
     _, data = judged(30, 1.5, 10, seed=10, order=0.4, lapse=0.1)
-    cold = fit_bradley_terry(30, *data, prior=0.5, order_effect=True, lapse=0.1)
+    cold = fit_bradley_terry(30, *data, prior=0.5, order_effect=True)
     rough = fit_bradley_terry(30, *data, prior=2.0, order_effect=True)
-    warm = fit_bradley_terry(30, *data, prior=0.5, order_effect=True, lapse=0.1, initial=rough)
+    warm = fit_bradley_terry(30, *data, prior=0.5, order_effect=True, initial=rough)
     np.testing.assert_allclose(warm.theta, cold.theta, atol=1e-8)
     assert warm.order_effect == pytest.approx(cold.order_effect, abs=1e-8)
 

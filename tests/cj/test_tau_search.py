@@ -131,8 +131,6 @@ def test_above_the_slope_limit_the_search_is_brents() -> None:
     n = population.SLOPE_LIMIT + 1
     data = design("random", n, 4, seed=9)
     assert fit_spread(n, *data).prior == brent_spread(n, data).prior
-    with pytest.raises(ValueError, match="lapse 0"):
-        fit_spread(40, *design("random", 40, 4, seed=9), lapse=0.1, search="slope")
 
 
 def test_slope_search_stops_at_the_bound_the_evidence_rises_towards() -> None:

@@ -50,8 +50,8 @@ def estimated_slope(
     n, lam = problem.n, problem.prior
     if probes is None:
         probes = min(max(MIN_PROBES, -(-PROBE_WORK // n)), MAX_PROBES)
-    if problem.lapse != 0.0 or not lam > 0.0:
-        raise ValueError("the evidence slope needs lapse 0 and prior > 0")
+    if not lam > 0.0:
+        raise ValueError("the evidence slope needs prior > 0")
     keep = problem.free
     w = problem.weights(z)
     info = problem.information(w)[keep][:, keep]

@@ -1,8 +1,8 @@
 """The likelihood of the judge model and its solver: the log-posterior and Newton's method.
 
 The model is stated in :mod:`cjllm.cj.scoring`. Comparisons are grouped by ordered pair
-(first, second); the parameter vector is z = (θ_0..θ_{n-1}, δ); the lapse rate ε is a fixed
-constant of a problem (the evidence chooses it: :mod:`cjllm.cj.population`).
+(first, second); the parameter vector is z = (θ_0..θ_{n-1}, δ); no lapse rate (ε = 0: the
+lapse rate is sampled by :mod:`cjllm.cj.posterior`, not fitted here).
 :class:`LogPosterior` holds the data and priors and gives the value, gradient and information
 of the log-posterior; :func:`newton` climbs it. Standard errors are computed from its
 information matrix by :mod:`cjllm.cj.uncertainty` (exact when small, estimated when large).
@@ -41,12 +41,11 @@ def _log_sigmoid(x: FloatArray) -> FloatArray:
 
 
 class LogPosterior:
-    """Grouped comparisons and the log-posterior of z = (θ_0..θ_{n-1}, δ) for a lapse rate ε.
+    """Grouped comparisons and the log-posterior of z = (θ_0..θ_{n-1}, δ).
 
     δ is always the last coordinate; it and (for ML) θ_0 stay fixed at 0 unless ``free``.
     Priors: N(0, 1/prior) on each θ, N(0, 1/order_prior) on δ. The information is the
-    observed one (negative Hessian), or the expected (Fisher) one where that is not positive
-    definite; they coincide for ε = 0 (the canonical logit link), the classical case.
+    negative Hessian, equal to the expected (Fisher) one (the canonical logit link).
     """
 
     def __init__(
@@ -59,10 +58,9 @@ class LogPosterior:
         order: bool,
         prior: float,
         order_prior: float,
-        lapse: float = 0.0,
     ):
         uniq, inverse = np.unique(f * n + s, return_inverse=True)
-        self.n, self.prior, self.lapse, self.gf, self.gs = n, prior, lapse, uniq // n, uniq % n
+        self.n, self.prior, self.gf, self.gs = n, prior, uniq // n, uniq % n
         self.count = sum_by(inverse, np.ones(f.size), uniq.size)
         self.wins = sum_by(inverse, y.astype(np.float64), uniq.size)
         losses = self.count - self.wins
@@ -79,11 +77,8 @@ class LogPosterior:
         return eta
 
     def log_likelihood(self, z: FloatArray) -> float:
-        eta, eps = self.eta(z), self.lapse
+        eta = self.eta(z)
         log_p, log_q = _log_sigmoid(eta), _log_sigmoid(-eta)
-        if eps > 0.0:  # log(ε/2 + (1 − ε)·σ(±η)) without underflow
-            log_p = np.logaddexp(np.log(eps / 2.0), np.log1p(-eps) + log_p)
-            log_q = np.logaddexp(np.log(eps / 2.0), np.log1p(-eps) + log_q)
         return dot(self.wins, log_p) + dot(self.count - self.wins, log_q)
 
     def objective(self, z: FloatArray) -> float:
@@ -100,28 +95,18 @@ class LogPosterior:
 
     def _probability(self, z: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Per group: P(Essay A wins) and ∂P/∂η."""
-        sig: FloatArray = expit(self.eta(z))
-        p: FloatArray = self.lapse / 2.0 + (1.0 - self.lapse) * sig
-        return p, (1.0 - self.lapse) * sig * (1.0 - sig)
+        p: FloatArray = expit(self.eta(z))
+        return p, p * (1.0 - p)
 
     def gradient(self, z: FloatArray) -> FloatArray:
         p, dp = self._probability(z)
         return self._scatter((self.wins - self.count * p) / (p * (1.0 - p)) * dp, -z)
 
-    def weights(self, z: FloatArray, observed: bool = True) -> FloatArray:
+    def weights(self, z: FloatArray) -> FloatArray:
         """Per-group information weights w: information = Σ_k w_k·x_k x_kᵀ + priors, with
-        x_k = ∂η_k/∂z. ``observed``: the negative Hessian; else the expected (Fisher)
-        information count·(∂P/∂η)²/(P(1 − P)), never negative. Equal when ε = 0, where
-        they are count·p·(1 − p)."""
+        x_k = ∂η_k/∂z: count·(∂P/∂η)²/(P(1 − P)) = count·p·(1 − p), never negative."""
         p, dp = self._probability(z)
-        var = p * (1.0 - p)
-        if not observed or self.lapse == 0.0:
-            w: FloatArray = self.count * dp**2 / var
-            return w
-        losses = self.count - self.wins
-        curvature = dp * (1.0 - 2.0 * expit(self.eta(z)))  # ∂²P/∂η²
-        w = (self.wins / p**2 + losses / (1.0 - p) ** 2) * dp**2
-        w -= (self.wins - self.count * p) / var * curvature
+        w: FloatArray = self.count * dp**2 / (p * (1.0 - p))
         return w
 
     def _matvec(self, w: FloatArray) -> Callable[[FloatArray], FloatArray]:
@@ -161,29 +146,27 @@ class LogPosterior:
         return kept
 
     def newton_step(self, z: FloatArray, tol: float) -> FloatArray:
-        """Solve I(z)·step = ∇objective(z) on the free coordinates: observed information
-        first, expected where the observed one is not positive definite."""
+        """Solve I(z)·step = ∇objective(z) on the free coordinates (conjugate gradients above
+        :data:`DENSE_LIMIT` free parameters, a dense Cholesky solve below or where they fail)."""
         grad = self.gradient(z)
-        for observed in (True, False) if self.lapse > 0.0 else (False,):
-            w = self.weights(z, observed)
-            if self.free.sum() > DENSE_LIMIT:
-                diag = sum_by(self.gf, w, self.n + 1) + sum_by(self.gs, w, self.n + 1)
-                diag[self.n] = w.sum()
-                diag += self.precision
-                diag[~self.free] = 1.0
-                solved = _pcg(self._matvec(w), grad, diag, tol)
-                if solved is not None and dot(grad, solved) >= 0.0:  # an ascent direction
-                    return solved
-            info = self.dense_information(w, self.free)
-            if not observed:  # positive semi-definite in theory: a jitter covers rounding
-                info[np.diag_indices_from(info)] += 1e-10 * (1.0 + float(np.max(np.diag(info))))
-            factor, code = lapack.dpotrf(info.T, lower=True, overwrite_a=True, clean=False)
-            if code != 0:
-                continue
-            step = np.zeros(self.n + 1)
-            step[self.free], code = lapack.dpotrs(factor, grad[self.free], lower=True)
-            return step
-        raise np.linalg.LinAlgError("information matrix is not positive definite")
+        w = self.weights(z)
+        if self.free.sum() > DENSE_LIMIT:
+            diag = sum_by(self.gf, w, self.n + 1) + sum_by(self.gs, w, self.n + 1)
+            diag[self.n] = w.sum()
+            diag += self.precision
+            diag[~self.free] = 1.0
+            solved = _pcg(self._matvec(w), grad, diag, tol)
+            if solved is not None and dot(grad, solved) >= 0.0:  # an ascent direction
+                return solved
+        info = self.dense_information(w, self.free)
+        # positive semi-definite in theory: a jitter covers rounding
+        info[np.diag_indices_from(info)] += 1e-10 * (1.0 + float(np.max(np.diag(info))))
+        factor, code = lapack.dpotrf(info.T, lower=True, overwrite_a=True, clean=False)
+        if code != 0:
+            raise np.linalg.LinAlgError("information matrix is not positive definite")
+        step = np.zeros(self.n + 1)
+        step[self.free], code = lapack.dpotrs(factor, grad[self.free], lower=True)
+        return step
 
 
 def _pcg(

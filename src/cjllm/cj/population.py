@@ -1,4 +1,4 @@
-"""The spread of abilities in a batch and the judge's lapse rate, chosen by the evidence.
+"""The spread of abilities in a batch, chosen by the evidence.
 
 Abilities are modelled as drawn from N(0, τ²): τ says how different the essays of this batch
 are on the judge's logit scale. It is chosen to maximise the Laplace approximation to the
@@ -16,11 +16,11 @@ any pairing. The EM update τ² = mean(θ̂² + se²) is not used: with ~10 bina
 it underestimates τ badly (the PQL bias).
 
 The lapse rate ε (the share of decisions that are a coin toss whatever the essays) is not
-chosen here: :func:`fit_spread` fits a given ε, but the Laplace evidence of ε > 0 is biased
-low (the posterior of each ability has flat shoulders when an upset costs at most log(ε/2)),
-and the bias grows with the number of essays: at 600 essays, 10 comparisons each, a judge
-flipping 20% of its decisions had its evidence 8 lower at ε = 0.2 than at ε = 0
-(docs/judgement.md, "Above 400 essays"). The final fit samples ε instead.
+chosen here, and these fits have ε = 0: the Laplace evidence of ε > 0 is biased low (the
+posterior of each ability has flat shoulders when an upset costs at most log(ε/2)), and the
+bias grows with the number of essays: at 600 essays, 10 comparisons each, a judge flipping
+20% of its decisions had its evidence 8 lower at ε = 0.2 than at ε = 0 (docs/judgement.md,
+"Above 400 essays"). The final fit samples ε instead.
 """
 
 from __future__ import annotations
@@ -55,7 +55,6 @@ def fit_spread(
     second: npt.ArrayLike,
     first_won: npt.ArrayLike,
     *,
-    lapse: float = 0.0,
     order_effect: bool = True,
     order_prior: float = 0.1,
     initial: BTFit | None = None,
@@ -64,15 +63,15 @@ def fit_spread(
     standard_errors: bool = True,
     search: Literal["slope", "brent"] | None = None,
 ) -> BTFit:
-    """MAP fit under θ ~ N(0, τ²) with τ chosen by maximum evidence, for a given ``lapse``.
+    """MAP fit under θ ~ N(0, τ²) with τ chosen by maximum evidence (ε = 0).
 
-    ``order_effect``/``order_prior``/``lapse`` are passed to
+    ``order_effect``/``order_prior`` are passed to
     :func:`~cjllm.cj.scoring.fit_bradley_terry`; δ keeps its own fixed prior (its estimate
     must not collapse when the essays happen to be alike). τ is searched on log τ within
     ``tau_bounds`` to within ``xtol``: ``search`` "slope" by secant steps on the evidence's
-    exact slope (:mod:`cjllm.cj.tau_search`, ~4 fits; ε = 0 only), "brent" by bounded Brent
-    on the evidence itself (~9 fits; also where the slope search does not settle); None:
-    "slope" for ε = 0 up to :data:`SLOPE_LIMIT` essays, else "brent". Each fit starts from
+    exact slope (:mod:`cjllm.cj.tau_search`, ~4 fits), "brent" by bounded Brent on the
+    evidence itself (~9 fits; also where the slope search does not settle); None: "slope" up
+    to :data:`SLOPE_LIMIT` essays, else "brent". Each fit starts from
     the previous one (the first from ``initial``, whose τ also starts the slope search) and
     computes no SEs; the returned fit has ``prior`` = 1/τ² and, when ``standard_errors``,
     its SEs.
@@ -81,9 +80,7 @@ def fit_spread(
     if not 0.0 < low < high:
         raise ValueError(f"tau_bounds must satisfy 0 < low < high, got {tau_bounds}")
     if search is None:
-        search = "slope" if lapse == 0.0 and n_items <= SLOPE_LIMIT else "brent"
-    if search == "slope" and lapse != 0.0:
-        raise ValueError(f"the slope search needs lapse 0, got {lapse}")
+        search = "slope" if n_items <= SLOPE_LIMIT else "brent"
     if search == "slope":
         searched = _slope_search(
             n_items, first, second, first_won, order_effect=order_effect,
@@ -110,7 +107,6 @@ def fit_spread(
                 prior=math.exp(-2.0 * log_tau),
                 order_effect=order_effect,
                 order_prior=order_prior,
-                lapse=lapse,
                 initial=start,
                 standard_errors="evidence",
             )
@@ -130,7 +126,7 @@ def fit_spread(
         return found
     return fit_bradley_terry(
         n_items, first, second, first_won, prior=found.prior, order_effect=order_effect,
-        order_prior=order_prior, lapse=lapse, initial=found,
+        order_prior=order_prior, initial=found,
     )  # fmt: skip
 
 
@@ -205,7 +201,7 @@ def fit_population(
     order_prior: float = 0.1,
     initial: BTFit | None = None,
 ) -> PopulationFit:
-    """:func:`fit_spread` (ε = 0), then the scores averaged over log τ by three-point
+    """:func:`fit_spread`, then the scores averaged over log τ by three-point
     Gauss-Hermite quadrature around its best value (weights 1/6, 2/3, 1/6), with the posterior
     SD of log τ from the curvature of the evidence (central differences, step 0.2).
 

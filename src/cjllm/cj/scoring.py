@@ -2,16 +2,16 @@
 
 Model: comparison ``k`` presents item ``first[k]`` as "Essay A" and ``second[k]`` as "Essay B";
 
-    P(Essay A wins) = ε/2 + (1 − ε)·σ(θ[first[k]] − θ[second[k]] + δ),   σ(x) = 1/(1 + e^−x),
+    P(Essay A wins) = σ(θ[first[k]] − θ[second[k]] + δ),   σ(x) = 1/(1 + e^−x),
 
-with one log-ability θ per item, an optional order (first-position) effect δ, fixed at 0
-unless fitted, and a lapse rate ε (the share of decisions that are a coin toss, whatever the
-essays), a given constant, 0 by default. δ > 0 means the judge favours whichever essay it
-reads first. With ε = 0 this is the classical Bradley-Terry model. Abilities are reported
+with one log-ability θ per item and an optional order (first-position) effect δ, fixed at 0
+unless fitted: the classical Bradley-Terry model. δ > 0 means the judge favours whichever
+essay it reads first. The judge's lapse rate ε (P(Essay A wins) = ε/2 + (1 − ε)·σ(…)) is not
+fitted here: the final fit samples it (:mod:`cjllm.cj.posterior`). Abilities are reported
 sum-to-zero. All functions take plain numpy-compatible arrays of item indexes in
 ``range(n_items)``; item ids never enter this module. The likelihood and its solver live
 in :mod:`cjllm.cj.likelihood`, the standard errors in :mod:`cjllm.cj.uncertainty`; the prior
-and ε are chosen in :mod:`cjllm.cj.population`.
+is chosen in :mod:`cjllm.cj.population`.
 """
 
 from __future__ import annotations
@@ -71,14 +71,13 @@ class BTFit:
         when the SEs were estimated (:mod:`cjllm.cj.uncertainty`) or not computed.
     se_error: estimated root-mean-square relative error of ``se`` (0 when exact).
     order_effect, order_effect_se: δ and its SE; ``None`` when not fitted.
-    lapse: the lapse rate ε the fit was made with.
     log_likelihood: Bernoulli log-likelihood of all comparisons at the estimate.
     log_evidence: for prior > 0 with exact standard errors, the Laplace approximation to the
-        log marginal likelihood of the comparisons given ``prior``, ``order_prior`` and
-        ``lapse`` (up to a constant that depends on none of them except the order prior);
+        log marginal likelihood of the comparisons given ``prior`` and ``order_prior`` (up
+        to a constant that depends on neither except the order prior);
         ``None`` otherwise.
     deviance: binomial deviance with comparisons grouped by ordered (first, second) pair.
-    null_deviance: the same at θ = 0, δ = 0, ε = 0. df_residual: groups − (n_items − 1) −
+    null_deviance: the same at θ = 0, δ = 0. df_residual: groups − (n_items − 1) −
         [δ fitted].
     n_iter, converged: Newton iterations used and whether the step tolerance was met.
     """
@@ -89,7 +88,6 @@ class BTFit:
     se_error: float
     order_effect: float | None
     order_effect_se: float | None
-    lapse: float
     log_likelihood: float
     log_evidence: float | None
     deviance: float
@@ -178,7 +176,6 @@ def fit_bradley_terry(
     prior: float = 0.0,
     order_effect: bool = False,
     order_prior: float | None = None,
-    lapse: float = 0.0,
     initial: BTFit | None = None,
     max_iter: int = 100,
     tol: float = 1e-9,
@@ -187,16 +184,13 @@ def fit_bradley_terry(
     """Fit the Bradley-Terry model (module docstring) by Newton's method.
 
     Parameters: ``first[k]``/``second[k]`` are the indexes of the items shown as Essay A / B in
-    comparison k and ``first_won[k]`` is True when Essay A won. ``order_effect`` adds δ;
-    ``lapse`` is ε, in [0, 1).
+    comparison k and ``first_won[k]`` is True when Essay A won. ``order_effect`` adds δ.
     Estimation: ``prior == 0`` is maximum likelihood with reference coding (θ[0] = 0), reported
     centred to sum zero. ``prior > 0`` is the MAP estimate under independent N(0, 1/prior)
     priors on each θ and N(0, 1/order_prior) on δ (``order_prior`` defaults to ``prior``), so
     a MAP estimate always exists; its θ sums to zero exactly. ``initial``: a fit of the same
     items to start from (e.g. under another prior), else θ = 0, δ = 0.
-    Newton steps (the observed information, or the expected one where that is not positive
-    definite; the same for ε = 0) use a dense Cholesky solve for small problems and
-    Jacobi-preconditioned
+    Newton steps use a dense Cholesky solve for small problems and Jacobi-preconditioned
     conjugate gradients on the sparse information matrix for large ones (to a relative
     residual of min(1e-2, last step) — inexact Newton — but at least 1e-10), with step
     halving; iteration stops when the largest parameter change is below ``tol``.
@@ -218,8 +212,6 @@ def fit_bradley_terry(
     order_prior = prior if order_prior is None else order_prior
     if not (np.isfinite(order_prior) and order_prior >= 0.0):
         raise ValueError(f"order_prior must be a finite precision >= 0, got {order_prior}")
-    if not 0.0 <= lapse < 1.0:
-        raise ValueError(f"lapse must lie in [0, 1), got {lapse}")
     if max_iter < 1 or not tol > 0.0:
         raise ValueError(f"need max_iter >= 1 and tol > 0, got {max_iter}, {tol}")
     if f.size == 0 and prior == 0.0:
@@ -228,7 +220,7 @@ def fit_bradley_terry(
         _check_ml_exists(n_items, f, s, y, order_effect)
     problem = LogPosterior(
         n_items, f, s, y, order=order_effect, prior=float(prior),
-        order_prior=float(order_prior), lapse=float(lapse),
+        order_prior=float(order_prior),
     )  # fmt: skip
     z = np.zeros(n_items + 1) if initial is None else starting_point(initial, problem)
     z, n_iter, converged = newton(problem, z, max_iter, tol)
@@ -247,16 +239,13 @@ def fit_bradley_terry(
         exact = {"auto": None, "exact": True, "estimated": False}[standard_errors]
         dense = exact if exact is not None else n_items <= EXACT_LIMIT
 
-        def information(observed: bool) -> FloatArray | csr_array:
-            w = problem.weights(z, observed)
-            if dense:  # the exact path inverts it densely anyway
-                return problem.dense_information(w, keep)
-            return problem.information(w)[keep][:, keep]
-
-        try:
-            variances = sum_to_zero_variances(information(True), n_items, exact=exact)
-        except np.linalg.LinAlgError:  # observed information not positive definite (ε > 0)
-            variances = sum_to_zero_variances(information(False), n_items, exact=exact)
+        w = problem.weights(z)
+        information: FloatArray | csr_array = (
+            problem.dense_information(w, keep)  # the exact path inverts it densely anyway
+            if dense
+            else problem.information(w)[keep][:, keep]
+        )
+        variances = sum_to_zero_variances(information, n_items, exact=exact)
         se, covariance, se_error = np.sqrt(variances.theta), variances.covariance, variances.error
         order_var = float(variances.other[0]) if order_effect else np.nan
         if prior > 0.0 and variances.log_det is not None:
@@ -273,7 +262,6 @@ def fit_bradley_terry(
         se_error=se_error,
         order_effect=float(z[n_items]) if order_effect else None,
         order_effect_se=float(np.sqrt(order_var)) if order_effect else None,
-        lapse=float(lapse),
         log_likelihood=log_lik,
         log_evidence=evidence,
         deviance=2.0 * (problem.saturated - log_lik),
@@ -287,17 +275,16 @@ def fit_bradley_terry(
 
 
 def _laplace_evidence(problem: LogPosterior, z: FloatArray, keep: BoolArray, prior: float) -> float:
-    """:attr:`BTFit.log_evidence` from one Cholesky factorisation of the information (the
-    expected one where the observed one is not positive definite), no inverse."""
-    for observed in (True, False):
-        factor, code = lapack.dpotrf(
-            problem.dense_information(problem.weights(z, observed), keep).T,
-            lower=True, overwrite_a=True, clean=False,
-        )  # fmt: skip
-        if code == 0:
-            log_det = 2.0 * float(np.sum(np.log(np.diag(factor))))
-            return problem.objective(z) + 0.5 * problem.n * math.log(prior) - 0.5 * log_det
-    raise np.linalg.LinAlgError("information matrix is not positive definite")
+    """:attr:`BTFit.log_evidence` from one Cholesky factorisation of the information, no
+    inverse."""
+    factor, code = lapack.dpotrf(
+        problem.dense_information(problem.weights(z), keep).T,
+        lower=True, overwrite_a=True, clean=False,
+    )  # fmt: skip
+    if code != 0:
+        raise np.linalg.LinAlgError("information matrix is not positive definite")
+    log_det = 2.0 * float(np.sum(np.log(np.diag(factor))))
+    return problem.objective(z) + 0.5 * problem.n * math.log(prior) - 0.5 * log_det
 
 
 def starting_point(fit: BTFit, problem: LogPosterior) -> FloatArray:
