@@ -31,8 +31,9 @@ from typing import TypeVar
 
 from cjllm.bus import BatchHandler, BusError, Handler, Message, one_at_a_time
 from cjllm.cj.llm_client import Direct, Reply, retry_after_seconds
+from cjllm.cj.progress import ProgressHook
 from cjllm.cj.service import cj_service
-from cjllm.cj.workflow import CJWorkflow, ProgressHook
+from cjllm.cj.workflow import CJWorkflow
 from cjllm.contracts import ComparisonRequest, EventEnvelope
 from cjllm.provider.calls import LLMAdapter
 from cjllm.provider.intake import Intake, Refused

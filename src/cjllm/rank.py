@@ -20,9 +20,10 @@ from typing import Any
 from cjllm import collector
 from cjllm.cj.evidence import SettledEvidence
 from cjllm.cj.options import BatchOptions, InvalidBatch
+from cjllm.cj.progress import ProgressEvent
 from cjllm.cj.records import BatchProgress
 from cjllm.cj.store import BatchNotFound
-from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
+from cjllm.cj.workflow import CJWorkflow, EssayInput
 from cjllm.contracts import (
     BATCH_JOB_STRATEGIES,
     BatchingStrategy,

@@ -28,8 +28,8 @@ from cjllm.strategies import BATCH_JOB_STRATEGIES
 
 if TYPE_CHECKING:
     # imported where used: the error paths of the command line must stay light
+    from cjllm.cj.progress import ProgressEvent
     from cjllm.cj.records import BatchProgress
-    from cjllm.cj.workflow import ProgressEvent
     from cjllm.contracts import CJAssessmentCompletedV1
     from cjllm.judges import Judging
     from cjllm.provider.jobs import BatchJob

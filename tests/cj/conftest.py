@@ -14,8 +14,9 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from cjllm.bus import MemoryBus
+from cjllm.cj.progress import ProgressEvent
 from cjllm.cj.service import cj_service
-from cjllm.cj.workflow import CJWorkflow, EssayInput, ProgressEvent
+from cjllm.cj.workflow import CJWorkflow, EssayInput
 from cjllm.contracts import CJAssessmentCompletedV1, EventEnvelope
 from cjllm.settings import CJSettings
 from tests.cj.stub_provider import StubProvider, judge_for

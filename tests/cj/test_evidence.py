@@ -6,8 +6,8 @@ import uuid
 from pathlib import Path
 
 from cjllm.cj.evidence import SettledEvidence, judgements
+from cjllm.cj.progress import ProgressEvent
 from cjllm.cj.store import Store
-from cjllm.cj.workflow import ProgressEvent
 from tests.cj.conftest import MakeHarness, essays_with_quality, judging_stub
 
 

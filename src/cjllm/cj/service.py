@@ -34,8 +34,9 @@ from cjllm.api_guard import serve
 from cjllm.bus import EventBus, bus_from_url
 from cjllm.cj.api import create_app
 from cjllm.cj.llm_client import Direct, ProviderClient
+from cjllm.cj.progress import ProgressHook
 from cjllm.cj.store import Store
-from cjllm.cj.workflow import CJWorkflow, ProgressHook
+from cjllm.cj.workflow import CJWorkflow
 from cjllm.settings import CJSettings
 
 

@@ -14,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import BrokenExecutor
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import replace
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -28,6 +27,7 @@ from cjllm.cj.completion import publish_completion, store_completion
 from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
+from cjllm.cj.progress import ProgressEvent, ProgressHook
 from cjllm.cj.ranking import BatchFit
 from cjllm.cj.records import BatchProgress, BatchRecord, EssayRecord, NewComparison
 from cjllm.cj.round_decision import Stop, decide
@@ -37,35 +37,12 @@ from cjllm.cj.tables import Batch, BatchStatus, ComparisonStatus, RoundStatus
 from cjllm.contracts import CJAssessmentCompletedV1, EventEnvelope
 from cjllm.settings import CJSettings
 
-__all__ = ["CJWorkflow", "EssayInput", "ProgressEvent", "ProgressHook"]
+__all__ = ["CJWorkflow", "EssayInput"]
 
 log = logging.getLogger(__name__)
 
 CANCELLED = "cancelled"
 """The stop reason of a batch cancelled by request (and the error code of its pending rows)."""
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    """Pushed to the progress hook as things happen; :meth:`CJWorkflow.progress` has totals.
-
-    ``kind``: ``round_started`` (``planned`` comparisons), ``comparison_finished`` (one
-    callback applied: ``succeeded``, ``bundle_id``, ``tokens``, ``cost``), ``round_closed``,
-    ``batch_finished`` (``status``).
-    """
-
-    batch_id: str
-    kind: Literal["round_started", "comparison_finished", "round_closed", "batch_finished"]
-    round_number: int | None = None
-    planned: int | None = None
-    succeeded: bool | None = None
-    bundle_id: str | None = None
-    tokens: int = 0
-    cost: float = 0.0
-    status: str | None = None
-
-
-ProgressHook = Callable[[ProgressEvent], None]
 
 
 class CJWorkflow:
