@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,7 +20,16 @@ from pathlib import Path
 import pytest
 
 from cjllm.contracts import QueueItemState
-from cjllm.provider.queue import Finished, NewItem, Queue, QueueFull, Retry, Spent, queue_from_url
+from cjllm.provider.queue import (
+    Finished,
+    NewItem,
+    Queue,
+    QueueFull,
+    QueueUnavailable,
+    Retry,
+    Spent,
+    queue_from_url,
+)
 from cjllm.provider.sqlite_enqueue import enqueue
 from cjllm.provider.sqlite_queue import SQLiteQueue
 
@@ -462,6 +473,51 @@ async def test_a_writer_waits_for_the_turn_another_process_holds(tmp_path: Path)
     assert await writing == (new.queue_id, True)
     assert (await q.depth(T0)).queued == 1
     await q.close()
+
+
+_HOLD_TURN_UNTIL_TOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1] + "-writer", os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("holding", flush=True)
+sys.stdin.readline()
+fcntl.flock(fd, fcntl.LOCK_UN)
+print("released", flush=True)
+time.sleep(3600)
+"""
+
+
+async def test_a_stopped_process_holding_the_turn_makes_writers_fail_not_hang(
+    tmp_path: Path,
+) -> None:
+    """A process stopped (Ctrl-Z) while it holds the turn: a writer gives up after the busy
+    timeout as it would on SQLite's own lock (``QueueUnavailable``, nothing applied), and
+    writes once the holder goes on and releases the turn."""
+    path = str(tmp_path / "q.sqlite")
+    q = SQLiteQueue(path, max_items=100, max_bytes=10**6, busy_timeout=0.2)
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_TURN_UNTIL_TOLD, path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        assert await holder.stdout.readline() == b"holding\n"
+        os.kill(holder.pid, signal.SIGSTOP)
+        refused = item()
+        with pytest.raises(QueueUnavailable, match="database is locked") as caught:
+            await q.enqueue(refused)
+        assert not caught.value.may_have_applied
+        assert (await q.depth(T0)).queued == 0  # readers never take the turn
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.write(b"release\n")
+        await holder.stdin.drain()
+        assert await holder.stdout.readline() == b"released\n"
+        assert await q.enqueue(refused) == (refused.queue_id, True)
+        assert (await q.depth(T0)).queued == 1
+    finally:
+        holder.kill()
+        await holder.wait()
+        await q.close()
 
 
 async def test_a_writer_killed_holding_its_turn_does_not_block_the_queue(tmp_path: Path) -> None:

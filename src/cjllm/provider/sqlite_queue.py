@@ -42,22 +42,27 @@ T = TypeVar("T")
 MAX_KEYS_PER_CLAIM = 100
 MAX_SCAN_PER_KEY = 1000
 _IN_CHUNK = 500  # ids per ``IN (…)`` list, well below SQLite's variable limit
+BUSY_TIMEOUT = 30.0  # seconds a write waits for its turn, then as long for SQLite's lock
 
 
 class SQLiteQueue:
-    """SQLite backend of :class:`cjllm.provider.queue.Queue`."""
+    """SQLite backend of :class:`cjllm.provider.queue.Queue`. ``busy_timeout``: seconds a
+    write waits for its writer turn (:mod:`cjllm.provider.sqlite_turns`), and then for
+    SQLite's write lock, before it fails with ``QueueUnavailable``."""
 
-    def __init__(self, path: str, *, max_items: int, max_bytes: int) -> None:
+    def __init__(
+        self, path: str, *, max_items: int, max_bytes: int, busy_timeout: float = BUSY_TIMEOUT
+    ) -> None:
         self.path = path
         self.max_items = max_items
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._turns = WriterTurns(path)
+        self._turns = WriterTurns(path, busy_timeout)
         self._conn = sqlite3.connect(
-            path, timeout=30.0, isolation_level=None, check_same_thread=False
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
         )
         self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA busy_timeout = 30000")
+        self._conn.execute(f"PRAGMA busy_timeout = {round(busy_timeout * 1000)}")
         if path != ":memory:":
             self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = NORMAL")
