@@ -4,10 +4,11 @@
 Each run starts two processes on a fresh queue file; both enqueue ``--n`` items, one write
 transaction each, as fast as they can (or ``--think-us`` apart), so writes find the turn
 taken often. ``block`` is the turn as it was (a blocking ``flock``: the waiter wakes in the
-kernel when the holder unlocks), ``poll`` the turn as it is (``LOCK_NB`` with sleeps from 0.1 ms to 1 ms, bounded
-by the busy timeout). The modes alternate for ``--runs`` runs each. Printed per mode: writes
-per second of wall time (both processes, until the later one finishes) and process CPU per
-write (both processes), medians over the runs, and poll/block ratios.
+kernel when the holder unlocks), ``poll`` the turn as it is (``LOCK_NB`` with sleeps from
+0.1 ms to 1 ms, bounded by the busy timeout). The modes alternate for ``--runs`` runs each.
+Printed per mode: writes per second of wall time (both processes, until the later one
+finishes) and process CPU per write (both processes), medians over the runs, and poll/block
+ratios.
 """
 
 from __future__ import annotations
