@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -78,7 +78,8 @@ class Posterior:
     posterior mean of corr(theta, θ)², the squared correlation of the published scores with
     the essays' true abilities (what a reader wants reliability to mean). ``order_effect``/
     ``order_effect_se``: mean and SD of δ. ``lapse``: posterior median of ε, ``lapse_interval``
-    its 95% highest-density interval. ``tau``: posterior median of τ.
+    its 95% highest-density interval. ``tau``: posterior median of τ. ``draws``/``tau_draws``:
+    the draws these summarise (draws × essays, and τ's), for :mod:`cjllm.cj.model_average`.
 
     With ε sampled, ``lapse_probability`` is P(ε ≥ :data:`LAPSE_FLOOR`), and everything but ε's
     own summaries comes from the draws with ε ≥ :data:`LAPSE_FLOOR`: the lapse model's
@@ -96,6 +97,8 @@ class Posterior:
     lapse_interval: tuple[float, float]
     lapse_probability: float
     tau: float
+    draws: FloatArray = field(repr=False, compare=False)
+    tau_draws: FloatArray = field(repr=False, compare=False)
 
 
 def pg_draw(c: FloatArray, rng: np.random.Generator, terms: int = _PG_TERMS) -> FloatArray:
@@ -165,24 +168,27 @@ def summarise(
         se=model_theta.std(axis=0, ddof=1),
         low=low,
         high=high,
-        reliability=_reliability(model_theta),
+        reliability=draw_reliability(model_theta),
         order_effect=float(model[:, 0].mean()),
         order_effect_se=float(model[:, 0].std(ddof=1)),
         lapse=float(np.median(eps)),
         lapse_interval=highest_density(eps),
         lapse_probability=float(np.mean(lapsing)) if lapse else 0.0,
         tau=float(np.median(model[:, 2])),
+        draws=model_theta,
+        tau_draws=model[:, 2],
     )
 
 
-def _reliability(draws: FloatArray) -> float:
-    """The posterior mean of corr(posterior mean, θ)² over ``draws`` (draws × essays)."""
-    mean_theta = draws.mean(axis=0)
+def draw_reliability(draws: FloatArray, weights: FloatArray | None = None) -> float:
+    """The posterior mean of corr(posterior mean, θ)² over ``draws`` (draws × essays),
+    each draw weighted by ``weights`` (summing to 1; None: equally)."""
+    mean_theta = draws.mean(axis=0) if weights is None else weights @ draws
     centred = mean_theta - mean_theta.mean()
     draws_c = draws - draws.mean(axis=1, keepdims=True)
     norms = np.sqrt((draws_c**2).sum(axis=1)) * math.sqrt(float(centred @ centred))
     corr = np.divide(draws_c @ centred, norms, out=np.zeros(len(draws)), where=norms > 0.0)
-    return float(np.mean(corr**2))
+    return float(np.mean(corr**2) if weights is None else weights @ corr**2)
 
 
 def sample_chain(

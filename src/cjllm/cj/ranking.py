@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cjllm.cj.grades import project_grades
+from cjllm.cj.model_average import published
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.population import fit_population
 from cjllm.cj.posterior import SAMPLER_LIMIT, Posterior, sample_posterior
@@ -55,7 +56,8 @@ class BatchFit:
     ``lapse_interval`` (the judge's estimated lapse rate), and, when it ``sampled`` the
     posterior (:mod:`cjllm.cj.posterior`; above ``SAMPLER_LIMIT`` essays the lapse chain
     only, and no ``order_estimate``), ``order_estimate`` (δ and its posterior SD) and
-    ``scored_with_lapse`` (the scores come from the lapse model, the more probable one) with
+    ``scored_with_lapse`` (the lapse model is the more probable one: it scores the essays
+    alone, or with weight P > ½ in :mod:`cjllm.cj.model_average`'s average) with
     ``lapse_probability``, the posterior probability of ε ≥ ``posterior.LAPSE_FLOOR``, and
     ``low``/``high``, the published 95% intervals: the posterior's 2.5% and 97.5% quantiles
     (:meth:`interval95`).
@@ -157,11 +159,14 @@ def final_fit(
 ) -> BatchFit:
     """The fit a ranking is published from: the posterior of the judge model sampled
     (:mod:`cjllm.cj.posterior`) from :func:`fit_outcomes`' fit, once with ε = 0 and once with
-    ε sampled. The scores, SDs and reliability come from the more probable of the two models
-    (the lapse model, from its draws with ε ≥ ``posterior.LAPSE_FLOOR``, when
-    P(ε ≥ ``LAPSE_FLOOR``) > 1/2: the median probability model), the order effect
-    from the first run and the lapse rate from the second. Above ``SAMPLER_LIMIT`` essays
-    (up to :data:`LAPSE_LIMIT`) only the ε-sampled chain is run, with the same rule: the
+    ε sampled. The scores, SDs and reliability come from the two models averaged
+    (:mod:`cjllm.cj.model_average`) when the batch has ``AVERAGE_FROM`` successful
+    comparisons per essay or more, else from the more probable of the two (the lapse model,
+    from its draws with ε ≥ ``posterior.LAPSE_FLOOR``, when P(ε ≥ ``LAPSE_FLOOR``) > 1/2: the
+    median probability model); ``scored_with_lapse`` says the lapse model is the more
+    probable. The order effect comes from the first run and the lapse rate from the second.
+    Above ``SAMPLER_LIMIT`` essays (up to :data:`LAPSE_LIMIT`) only the ε-sampled chain is
+    run, with the choice (no average: there is no ε = 0 chain to average with): the
     lapse model's draws publish when P(ε ≥ ``LAPSE_FLOOR``) > 1/2, else :func:`fit_outcomes`'
     fit (ε = 0, the Laplace fit) stays, with the order effect from it and the lapse rate
     from the chain (:func:`_lapse_above_sampler`); above :data:`LAPSE_LIMIT` essays
@@ -196,16 +201,15 @@ def final_fit(
     lapsing = elsewhere.result() if elsewhere is not None else chain(lapse=True)
     if clean is None:
         return _lapse_above_sampler(fit, lapsing)
-    # the more probable model publishes: the lapse model (ε ≥ LAPSE_FLOOR, its draws only)
-    # when P(ε ≥ LAPSE_FLOOR) > ½, else the clean one (docs/judgement.md, "Which model"); the
-    # order effect as a shift of the observed decisions (ε = 0): under the lapse model it is
-    # on the informed decisions' scale, which the comparisons pin down poorly
-    scores = lapsing if lapsing.lapse_probability > 0.5 else clean
+    # the two models averaged, or the more probable alone with few comparisons per essay
+    # (model_average.published); the order effect as a shift of the observed decisions
+    # (ε = 0): under the lapse model it is on the informed decisions' scale, which the
+    # comparisons pin down poorly
     return _scored_by(
         _with_lapse(fit, lapsing),
-        scores,
+        published(clean, lapsing, 2 * fit.successes / n),
         order_estimate=(clean.order_effect, clean.order_effect_se),
-        scored_with_lapse=scores is lapsing,
+        scored_with_lapse=lapsing.lapse_probability > 0.5,
     )
 
 
