@@ -3,7 +3,7 @@ when large, never a dense n×n matrix above ``EXACT_LIMIT`` abilities.
 
 A fit hands over J, the information matrix (negative Hessian of the log-likelihood or
 log-posterior) of its parameters at the estimate, as a scipy sparse matrix: the n abilities
-θ_0..θ_{n−1} first, then any other fitted parameters (an order effect, a lapse rate).
+θ_0..θ_{n−1} first, then any other fitted parameters (the order effect).
 The invariant every caller keeps: adding one constant to every θ leaves the model unchanged,
 so J·e = λ·e for e = (1, …, 1, 0, …, 0) — λ = 0 for maximum likelihood, λ = the ridge
 precision for a MAP fit with an isotropic ridge on θ. Abilities are reported sum-to-zero,
