@@ -48,6 +48,7 @@ import judgement  # bench/judgement.py: the batches
 import lapse_rule  # bench/lapse_rule.py: the final fit's chains captured
 
 from cjllm.cj import posterior
+from cjllm.cj.model_average import weighted_quantile
 
 VARIANTS = {
     "a": "current rule: ε ≥ 0.2 draws if P(ε ≥ 0.2) > ½, else ε = 0 run",
@@ -55,16 +56,6 @@ VARIANTS = {
     "c": "mixture: P(ε > 0) × ε > 0 draws + (1 − P) × ε = 0 run",
     "d": "the lapse run whole (ε over its prior, 0 included)",
 }
-
-
-def weighted_quantiles(values: np.ndarray, weights: np.ndarray, q: float) -> np.ndarray:
-    """Per column of ``values`` (draws × essays), the q-quantile of the weighted draws
-    (the weighted empirical CDF, interpolated between the draws' mid-weights)."""
-    order = np.argsort(values, axis=0)
-    ordered = np.take_along_axis(values, order, axis=0)
-    w = weights[order]
-    mids = (np.cumsum(w, axis=0) - w / 2) / w.sum(axis=0)
-    return np.array([np.interp(q, mids[:, j], ordered[:, j]) for j in range(values.shape[1])])
 
 
 def published(parts: list[tuple[np.ndarray, float]], truth: np.ndarray) -> dict[str, float]:
@@ -78,15 +69,12 @@ def published(parts: list[tuple[np.ndarray, float]], truth: np.ndarray) -> dict[
     if len(parts) == 1:  # one model: its quantiles exactly as posterior.summarise takes them
         low, high = np.quantile(draws, posterior.INTERVAL, axis=0)
     else:
-        low = weighted_quantiles(draws, weights, posterior.INTERVAL[0])
-        high = weighted_quantiles(draws, weights, posterior.INTERVAL[1])
-    c = draws - draws.mean(axis=1, keepdims=True)
-    s = mean - mean.mean()
-    corr = (c @ s) / (np.sqrt((c**2).sum(axis=1)) * np.sqrt(float(s @ s)))
+        low = weighted_quantile(draws, weights, posterior.INTERVAL[0])
+        high = weighted_quantile(draws, weights, posterior.INTERVAL[1])
     return {
         "coverage": float(np.mean((low <= truth) & (truth <= high))),
         "coverage_se": float(np.mean(np.abs(mean - truth) <= judgement.Z95 * sd)),
-        "reliability": float(weights @ corr**2),
+        "reliability": posterior.draw_reliability(draws, weights),
         "r2": float(np.corrcoef(mean, truth)[0, 1] ** 2),
         "rho": float(spearmanr(mean, truth).statistic),
         "sd": float(sd.mean()),
