@@ -1,7 +1,7 @@
 """Can the ranking be trusted? Accuracy, reliability, interval coverage, order effect, lapse.
 
 Run: python bench/judgement.py [--reps 100] [--first-rep 0] [--jobs 2]
-[--results judgement.jsonl] [--probe-fraction 0.1]
+[--results judgement.jsonl] [--probe-fraction 0.1] [--random-share 0.1]
 
 Whole batches go through the code the CJ service runs between callbacks — round planning
 (``rounds.plan_next_round``), the per-round fit (``ranking.fit_outcomes``), the stopping rules
@@ -74,6 +74,7 @@ JUDGES = {"clean": (0.0, 0.0), "position": (1.0, 0.0), "flip": (0.0, 0.2)}  # bi
 PAIRINGS = ("adaptive", "random")
 Z95 = 1.959963984540054
 NAMESPACE = uuid.UUID("1c0ffee0-0000-5000-8000-000000000011")
+RANDOM_SHARE = BatchOptions().pairing_random_fraction  # the service's default
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,7 @@ class Condition:
     judge: str
     pairing: str
     probes: float = 0.0  # adaptive only: CJLLM_PAIRING_PROBE_FRACTION (lapse probes)
+    random_share: float = RANDOM_SHARE  # adaptive only: CJLLM_PAIRING_RANDOM_FRACTION
 
 
 Results = dict[Condition, dict[int, dict[str, float]]]  # condition → repetition → figures
@@ -100,6 +102,7 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
         target_reliability=2.0,
         pairing=condition.pairing,
         pairing_probe_fraction=condition.probes,
+        pairing_random_fraction=condition.random_share,
     )
     batch_id = str(uuid.uuid5(NAMESPACE, f"{rep}:{n}:{condition.k}:{judge}:{condition.pairing}"))
     outcomes: list[PairOutcome] = []
@@ -173,12 +176,18 @@ def _task(args: tuple[Condition, int]) -> tuple[Condition, int, dict[str, float]
 
 
 def conditions(
-    ns: Iterable[int], ks: Iterable[int], judges: Iterable[str], probes: float = 0.0
+    ns: Iterable[int],
+    ks: Iterable[int],
+    judges: Iterable[str],
+    probes: float = 0.0,
+    random_share: float = RANDOM_SHARE,
 ) -> list[Condition]:
-    """Every condition, both pairings; ``probes`` applies to adaptive pairing only, so the
-    random-pairing batches of a run with probes are those of one without."""
+    """Every condition, both pairings; ``probes`` and ``random_share`` apply to adaptive
+    pairing only, so the random-pairing batches of a run with other shares are those of one
+    with the defaults (the same batch ids: common random numbers across the shares too)."""
+    adaptive = {"probes": probes, "random_share": random_share}
     return [
-        Condition(n, k, j, p, probes if p == "adaptive" else 0.0)
+        Condition(n, k, j, p, **(adaptive if p == "adaptive" else {}))
         for n in ns
         for k in ks
         for j in judges
@@ -203,6 +212,8 @@ def table(results: Results) -> list[str]:
         m = {key: nanmean([r[key] for r in rows]) for key in rows[0]}
         bias, flip = JUDGES[c.judge]
         pairing = f"{c.pairing} + probes {c.probes:g}" if c.probes else c.pairing
+        if c.random_share != RANDOM_SHARE:
+            pairing += f", random share {c.random_share:g}"
         lines.append(
             f"| {c.n} | {c.k} | {c.judge} | {pairing} "
             f"| {median(r['rho'] for r in rows):.3f} "
@@ -304,6 +315,12 @@ def main() -> None:
         default=BatchOptions().pairing_probe_fraction,
         help="adaptive rounds' lapse-probe share (default: the service's)",
     )
+    parser.add_argument(
+        "--random-share",
+        type=float,
+        default=RANDOM_SHARE,
+        help="adaptive rounds' share of partners drawn at random (default: the service's)",
+    )
     parser.add_argument("--table", action="store_true", help="tabulate the results file only")
     args = parser.parse_args()
     todo = conditions(
@@ -311,6 +328,7 @@ def main() -> None:
         [int(x) for x in args.k.split(",")],
         args.judges.split(","),
         args.probe_fraction,
+        args.random_share,
     )
     reps = range(args.first_rep, args.first_rep + args.reps)
     results = load(args.results, todo, reps)
