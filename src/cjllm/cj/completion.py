@@ -125,22 +125,14 @@ async def build_completion(
 
 
 async def store_completion(
-    store: Store,
-    batch: BatchRecord,
-    options: BatchOptions,
-    essays: list[EssayRecord],
-    fit: BatchFit | None,
-    counts: stopping.Tally,
-    reason: str,
-    error: str | None,
+    store: Store, batch_id: str, done: Completion
 ) -> CJAssessmentCompletedV1 | None:
     """Finish the running batch with its completion (:func:`build_completion`): the event
     and the ranking stored in one conditional update. None if the batch had already finished
     (another caller won)."""
-    done = await build_completion(store, batch, options, essays, fit, counts, reason, error)
     event = done.event
     finished = await store.finish_batch(
-        batch.id,
+        batch_id,
         done.verdict.status,
         event.stop_reason,
         event.message,

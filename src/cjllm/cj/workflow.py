@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cjllm.bus import BusError, EventBus
 from cjllm.cj import rounds, stopping
 from cjllm.cj.callbacks import CallbackCounts, apply_callbacks
-from cjllm.cj.completion import publish_completion, store_completion
+from cjllm.cj.completion import build_completion, publish_completion, store_completion
 from cjllm.cj.inputs import EssayInput, checked_essays
 from cjllm.cj.llm_client import ProviderClient
 from cjllm.cj.options import BatchOptions, InvalidBatch
@@ -335,9 +335,10 @@ class CJWorkflow:
         error: str | None,
     ) -> None:
         essays = await self._essays(batch.id)
-        event = await store_completion(
+        done = await build_completion(
             self.store, batch, options, essays, fit, counts, reason, error
         )
+        event = await store_completion(self.store, batch.id, done)
         if event is None:  # finished already, by another caller
             return
         self._essay_cache.pop(batch.id, None)
