@@ -319,7 +319,8 @@ def main() -> None:
         "--random-share",
         type=float,
         default=RANDOM_SHARE,
-        help="adaptive rounds' share of partners drawn at random (default: the service's)",
+        help="adaptive rounds' random share: the lapse probes count in it, random partners "
+        "for the rest (default: the service's)",
     )
     parser.add_argument("--table", action="store_true", help="tabulate the results file only")
     args = parser.parse_args()

@@ -213,6 +213,20 @@ def test_without_probes_no_round_pairs_the_top_with_the_bottom() -> None:
     assert not [p for r in rounds for p in r if side[p[0]] * side[p[1]] == -1]
 
 
+@pytest.mark.parametrize(("n", "n_pairs"), [(40, 25), (100, 50)])
+def test_the_probes_count_towards_the_random_share(n: int, n_pairs: int) -> None:
+    def plans(**kwargs: float) -> list[list[Pair]]:
+        return [plan_with_covariance(n, n_pairs, 6, seed, **kwargs)[0] for seed in range(3)]
+
+    # the defaults, 0.1 each: the probes are the whole random share (no random partners)
+    no_randoms = plans(random_fraction=0.0, probe_fraction=0.1)
+    assert plans(random_fraction=0.1, probe_fraction=0.1) == no_randoms
+    # a larger share: random partners for what the probes leave of it
+    assert plans(random_fraction=0.3, probe_fraction=0.1) != no_randoms
+    # without probes the share is all random partners, as before
+    assert plans(random_fraction=0.1, probe_fraction=0.0) != plans(random_fraction=0.0)
+
+
 def test_probes_keep_caps_balance_and_no_repeats() -> None:
     n, cap = 40, 8
     history: list[Pair] = []
@@ -223,8 +237,13 @@ def test_probes_keep_caps_balance_and_no_repeats() -> None:
         if number < 6:  # (when the caps leave few items, the last round may repeat them)
             assert len(pairs) == 20 and np.bincount(probes).max() <= ROUND_MAX
             assert np.bincount([i for p in pairs for i in p]).max() <= ROUND_MAX
-        history += pairs
-        assert len({frozenset(p) for p in history}) == len(history)  # no repeats
+        for pair in pairs:  # rule 1: a repeat only when the items with budget have all met
+            if frozenset(pair) in {frozenset(p) for p in history}:
+                counts = np.bincount([i for p in history for i in p], minlength=n)
+                left = np.flatnonzero(counts < cap).tolist()
+                met = {frozenset(p) for p in history}
+                assert all(frozenset((a, b)) in met for a in left for b in left if a < b)
+            history.append(pair)
         assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1
     counts = np.bincount([i for p in history for i in p], minlength=n)
     assert counts.max() <= cap

@@ -31,7 +31,8 @@ def _case(n: int, n_pairs: int, rounds: int, seed: int, **options: Any) -> Case:
 
 def cases() -> list[Case]:
     """The grid: sizes 7 to 3,000 (with the covariance up to 1,000, ``EXACT_LIMIT``); with
-    and without probes; a cap; random shares 0, 0.1 and 1; ``random_round``; scores unknown;
+    and without probes; a cap; random shares 0, 0.1, 0.3 (with probes 0.1: random partners
+    besides them) and 1; ``random_round``; scores unknown;
     history with repeats, unbalanced positions, multi-pass rounds, and round robins run to
     completion and beyond."""
     grid: list[Case] = []
@@ -43,7 +44,12 @@ def cases() -> list[Case]:
             grid.append(_case(40, 20, 44, seed, cov=cov, rf=0.1, probe=0.1 * cov))
             grid.append(_case(40, 50, 5, seed, cov=cov, rf=0.1, repeats=True))
             grid.append(_case(30, 7, 6, seed, cov=cov, rf=0.0, flat=True))
-            for rf, probe, cap in ((0.0, 0.0, None), (0.1, 0.1, None), (0.1, 0.2, 8)):
+            for rf, probe, cap in (
+                (0.0, 0.0, None),
+                (0.1, 0.1, None),
+                (0.1, 0.2, 8),
+                (0.3, 0.1, None),
+            ):
                 grid.append(_case(100, 50, 6, seed, cov=cov, rf=rf, probe=probe, cap=cap))
             grid.append(_case(101, 50, 4, seed, cov=cov, rf=0.1, probe=0.1, repeats=True))
         grid.append(_case(8, 4, 9, seed, kind="random"))
@@ -127,6 +133,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
         "sha256 of json.dumps(every round's [essay_a, essay_b] pairs) per case of"
         " tests/cj/test_plan_oracle.py, written by `PYTHONPATH=<checkout>/src python"
         f" tests/cj/test_plan_oracle.py --write` with the planner of main at {commit}"
-        " (cj/pairing.py before the issue-15 speed-up)"
+        " and the lapse probes counted in the random share (pairing.py, rule 5)"
     )
     ORACLE.write_text(json.dumps({"note": note, "plans": written}, indent=1) + "\n")

@@ -17,9 +17,12 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
 4. Positions stay balanced: of the two items, the one that has been Essay A more often
    (A count − B count) becomes Essay B, ties broken at random; partners are chosen so that no
    item's A − B leaves [−1, 1] when that is possible.
-5. Within those rules a ``random_fraction`` of each round's pairs is drawn at random (a
-   share of pairs far apart, whose outcome shows how often the judge decides at random); the
-   rest maximise the expected reduction of the **squared rank errors** from one comparison.
+5. Within those rules a ``random_fraction`` of each round's pairs, less the round's lapse
+   probes (rule 6, counted in it), is drawn at random: pairs drawn at random are often far
+   apart, and their outcomes show how often the judge decides at random — the probes' job,
+   which they do better, so with the service's defaults (0.1 each) a round with probes has
+   no random partners (docs/judgement.md, "Probes instead of random partners"). The rest
+   maximise the expected reduction of the **squared rank errors** from one comparison.
    With the posterior covariance C, d = e_i − e_j and I = p(1 − p), p = σ(θ_i − θ_j), a
    comparison shrinks C by the rank-one I·C d dᵀC / (1 + I·dᵀC d); an item's rank error is
    about its score error times the density f_k of the other items' scores at its own (how
@@ -72,10 +75,10 @@ def plan_round(
     planned (answered or pending), which fix pair counts, comparison counts and A/B balance.
     ``theta``/``se``: current ability estimates and standard errors (``None``: all 0 and all 1,
     i.e. nothing known yet); ``covariance``: their posterior covariance (n × n), for rule 5.
-    ``random_fraction`` of the pairs (rounded, at random positions in the round) choose
-    partners uniformly at random, the rest adaptively; with ``covariance``, a
-    ``probe_fraction`` of the pairs (rounded) are rule 6's lapse probes, planned first
-    (``random_fraction`` then applies to the rest). ``rng``: anything
+    With ``covariance``, a ``probe_fraction`` of the pairs (rounded) are rule 6's lapse
+    probes, planned first; a ``random_fraction`` of the pairs (rounded) less the probes, at
+    random positions in the round, choose partners uniformly at random; the rest
+    adaptively. ``rng``: anything
     ``np.random.default_rng`` accepts. Returns ``(essay_a, essay_b)`` pairs in presented
     order; fewer than ``n_pairs`` only when ``max_per_item`` leaves fewer than two items with
     budget. Planning is greedy (with a partner-swap repair at the end of a pass), so close to
@@ -103,7 +106,8 @@ def plan_round(
     )
     probes = round(probe_fraction * n_pairs) if cov is not None else 0
     rest = n_pairs - probes
-    random_slots = set((gen.permutation(rest)[: round(random_fraction * rest)] + probes).tolist())
+    randoms = max(0, round(random_fraction * n_pairs) - probes)  # rule 5: probes count
+    random_slots = set((gen.permutation(rest)[:randoms] + probes).tolist())
     if cov is not None:
         planner.probe(probes)
         planner.allocate(n_pairs, random_slots)
