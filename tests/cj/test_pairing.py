@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.pairing import (
+    ENOUGH_PROBES,
     FLOOR_SHARE,
     PROBE_PART,
     ROUND_MAX,
@@ -213,18 +214,29 @@ def test_without_probes_no_round_pairs_the_top_with_the_bottom() -> None:
     assert not [p for r in rounds for p in r if side[p[0]] * side[p[1]] == -1]
 
 
-@pytest.mark.parametrize(("n", "n_pairs"), [(40, 25), (100, 50)])
-def test_the_probes_count_towards_the_random_share(n: int, n_pairs: int) -> None:
+@pytest.mark.parametrize(("n", "n_pairs", "probe"), [(100, 50, 0.1), (40, 25, 0.2)])
+def test_enough_probes_count_towards_the_random_share(n: int, n_pairs: int, probe: float) -> None:
     def plans(**kwargs: float) -> list[list[Pair]]:
         return [plan_with_covariance(n, n_pairs, 6, seed, **kwargs)[0] for seed in range(3)]
 
-    # the defaults, 0.1 each: the probes are the whole random share (no random partners)
-    no_randoms = plans(random_fraction=0.0, probe_fraction=0.1)
-    assert plans(random_fraction=0.1, probe_fraction=0.1) == no_randoms
+    assert round(probe * n_pairs) >= ENOUGH_PROBES
+    # a random share as large as the probes': no random partners besides them
+    no_randoms = plans(random_fraction=0.0, probe_fraction=probe)
+    assert plans(random_fraction=probe, probe_fraction=probe) == no_randoms
     # a larger share: random partners for what the probes leave of it
-    assert plans(random_fraction=0.3, probe_fraction=0.1) != no_randoms
+    assert plans(random_fraction=probe + 0.2, probe_fraction=probe) != no_randoms
     # without probes the share is all random partners, as before
-    assert plans(random_fraction=0.1, probe_fraction=0.0) != plans(random_fraction=0.0)
+    assert plans(random_fraction=probe, probe_fraction=0.0) != plans(random_fraction=0.0)
+
+
+def test_a_round_with_few_probes_keeps_its_random_partners() -> None:
+    # 40 essays, rounds of 25 pairs, the defaults: 2 probes, and 10% of the rest at random
+    def plans(rf: float) -> list[list[Pair]]:
+        return [plan_with_covariance(40, 25, 6, s, random_fraction=rf, probe_fraction=0.1)[0]
+                for s in range(3)]  # fmt: skip
+
+    assert round(0.1 * 25) < ENOUGH_PROBES
+    assert plans(0.1) != plans(0.0)
 
 
 def test_probes_keep_caps_balance_and_no_repeats() -> None:

@@ -17,11 +17,13 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
 4. Positions stay balanced: of the two items, the one that has been Essay A more often
    (A count − B count) becomes Essay B, ties broken at random; partners are chosen so that no
    item's A − B leaves [−1, 1] when that is possible.
-5. Within those rules a ``random_fraction`` of each round's pairs, less the round's lapse
-   probes (rule 6, counted in it), is drawn at random: pairs drawn at random are often far
-   apart, and their outcomes show how often the judge decides at random — the probes' job,
-   which they do better, so with the service's defaults (0.1 each) a round with probes has
-   no random partners (docs/judgement.md, "Probes instead of random partners"). The rest
+5. Within those rules a ``random_fraction`` of each round's pairs is drawn at random (pairs
+   often far apart, whose outcomes show how often the judge decides at random); with
+   :data:`ENOUGH_PROBES` lapse probes (rule 6) or more in the round, the probes count in it
+   and only what they leave of it is drawn at random — with the service's defaults (0.1
+   each) none, in rounds of 46 pairs or more (about 92 essays and up): the probes do that
+   job better; in smaller rounds (25 pairs at 40 essays: 2 probes) a lapsing judge's
+   intervals need both (docs/judgement.md, "Probes instead of random partners"). The rest
    maximise the expected reduction of the **squared rank errors** from one comparison.
    With the posterior covariance C, d = e_i − e_j and I = p(1 − p), p = σ(θ_i − θ_j), a
    comparison shrinks C by the rank-one I·C d dᵀC / (1 + I·dᵀC d); an item's rank error is
@@ -52,7 +54,18 @@ import numpy.typing as npt
 from cjllm.cj.planner import FLOOR_SHARE, PROBE_PART, ROUND_MAX, FloatArray, Planner
 from cjllm.cj.scoring import RngLike, checked_indexes
 
-__all__ = ["FLOOR_SHARE", "PROBE_PART", "ROUND_MAX", "plan_round", "random_round", "rank_weights"]
+ENOUGH_PROBES = 5
+"""A round with this many lapse probes or more spends its random share on them (rule 5)."""
+
+__all__ = [
+    "ENOUGH_PROBES",
+    "FLOOR_SHARE",
+    "PROBE_PART",
+    "ROUND_MAX",
+    "plan_round",
+    "random_round",
+    "rank_weights",
+]
 
 
 def plan_round(
@@ -76,9 +89,10 @@ def plan_round(
     ``theta``/``se``: current ability estimates and standard errors (``None``: all 0 and all 1,
     i.e. nothing known yet); ``covariance``: their posterior covariance (n × n), for rule 5.
     With ``covariance``, a ``probe_fraction`` of the pairs (rounded) are rule 6's lapse
-    probes, planned first; a ``random_fraction`` of the pairs (rounded) less the probes, at
-    random positions in the round, choose partners uniformly at random; the rest
-    adaptively. ``rng``: anything
+    probes, planned first; a ``random_fraction`` of the rest (rounded; with
+    :data:`ENOUGH_PROBES` probes or more, of all the pairs, less the probes), at random
+    positions in the round, choose partners uniformly at random; the rest adaptively.
+    ``rng``: anything
     ``np.random.default_rng`` accepts. Returns ``(essay_a, essay_b)`` pairs in presented
     order; fewer than ``n_pairs`` only when ``max_per_item`` leaves fewer than two items with
     budget. Planning is greedy (with a partner-swap repair at the end of a pass), so close to
@@ -106,7 +120,9 @@ def plan_round(
     )
     probes = round(probe_fraction * n_pairs) if cov is not None else 0
     rest = n_pairs - probes
-    randoms = max(0, round(random_fraction * n_pairs) - probes)  # rule 5: probes count
+    randoms = round(random_fraction * rest)
+    if probes >= ENOUGH_PROBES:  # rule 5: the probes count in the random share
+        randoms = max(0, round(random_fraction * n_pairs) - probes)
     random_slots = set((gen.permutation(rest)[:randoms] + probes).tolist())
     if cov is not None:
         planner.probe(probes)
