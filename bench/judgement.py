@@ -319,8 +319,8 @@ def main() -> None:
         "--random-share",
         type=float,
         default=RANDOM_SHARE,
-        help="adaptive rounds' random share: the lapse probes count in it, random partners "
-        "for the rest (default: the service's)",
+        help="adaptive rounds' share of partners drawn at random (a round with 5 probes or "
+        "more counts them in it; default: the service's)",
     )
     parser.add_argument("--table", action="store_true", help="tabulate the results file only")
     args = parser.parse_args()

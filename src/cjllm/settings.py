@@ -182,9 +182,9 @@ class CJSettings(BackendSettings):
     # adaptive: partners chosen for information (with a random share); random: the classical
     # balanced random design (the same structural rules, every partner drawn at random)
     pairing: Literal["adaptive", "random"] = "adaptive"
-    # the share of each adaptive round's pairs not chosen for information: the lapse probes
-    # count in it, and what they leave is drawn at random (with the defaults, none while there
-    # are probes: docs/judgement.md, "Probes instead of random partners")
+    # the share of each adaptive round's pairs drawn at random; a round with 5 lapse probes or
+    # more (about 92 essays and up) counts them in it, so with the defaults draws none
+    # (docs/judgement.md, "Probes instead of random partners")
     pairing_random_fraction: float = Field(default=0.1, ge=0.0, le=1.0)
     # adaptive rounds after the first: a share of lapse probes (top quarter against bottom
     # quarter by score), which identify a judge's lapse rate at a small cost in ranking (0: off;
