@@ -250,10 +250,10 @@ def test_probes_keep_caps_balance_and_no_repeats() -> None:
             assert len(pairs) == 20 and np.bincount(probes).max() <= ROUND_MAX
             assert np.bincount([i for p in pairs for i in p]).max() <= ROUND_MAX
         for pair in pairs:  # rule 1: a repeat only when the items with budget have all met
-            if frozenset(pair) in {frozenset(p) for p in history}:
+            met = {frozenset(p) for p in history}
+            if frozenset(pair) in met:
                 counts = np.bincount([i for p in history for i in p], minlength=n)
                 left = np.flatnonzero(counts < cap).tolist()
-                met = {frozenset(p) for p in history}
                 assert all(frozenset((a, b)) in met for a in left for b in left if a < b)
             history.append(pair)
         assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1

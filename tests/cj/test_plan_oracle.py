@@ -133,6 +133,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
         "sha256 of json.dumps(every round's [essay_a, essay_b] pairs) per case of"
         " tests/cj/test_plan_oracle.py, written by `PYTHONPATH=<checkout>/src python"
         f" tests/cj/test_plan_oracle.py --write` with the planner of main at {commit}"
-        " and the lapse probes counted in the random share (pairing.py, rule 5)"
+        " (the lapse probes counted in the random share from ENOUGH_PROBES a round: rule 5)"
     )
     ORACLE.write_text(json.dumps({"note": note, "plans": written}, indent=1) + "\n")
