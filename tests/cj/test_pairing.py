@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 
 from cjllm.cj.options import BatchOptions
 from cjllm.cj.pairing import (
+    ADAPTIVE_BALANCE,
     ENOUGH_PROBES,
     FLOOR_SHARE,
     PROBE_PART,
@@ -18,6 +19,7 @@ from cjllm.cj.pairing import (
     random_round,
     rank_weights,
 )
+from cjllm.cj.planner import Planner
 from cjllm.cj.population import fit_spread, population_sd
 from cjllm.cj.ranking import fit_outcomes
 from cjllm.cj.records import EssayRecord, PairOutcome
@@ -158,7 +160,8 @@ def test_unequal_allocation_keeps_the_floor_and_spends_the_budget(n: int, n_pair
             assert np.bincount([i for p in pairs for i in p]).max() <= ROUND_MAX
             history += pairs
             assert len({frozenset(p) for p in history}) == len(history)  # no repeats
-            assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1
+            # A/B balance: with the covariance within ±ADAPTIVE_BALANCE (rule 4)
+            assert np.abs(a_minus_b(n, history)).max() <= ADAPTIVE_BALANCE
             counts = np.bincount([i for p in history for i in p], minlength=n)
             assert counts.min() >= FLOOR_SHARE * counts.mean() - 1  # nobody starves
         assert counts.max() - counts.min() > 2  # the allocation is unequal
@@ -256,7 +259,7 @@ def test_probes_keep_caps_balance_and_no_repeats() -> None:
                 left = np.flatnonzero(counts < cap).tolist()
                 assert all(frozenset((a, b)) in met for a in left for b in left if a < b)
             history.append(pair)
-        assert np.abs(a_minus_b(n, history)).max() <= 1  # A/B balance within ±1
+        assert np.abs(a_minus_b(n, history)).max() <= ADAPTIVE_BALANCE  # rule 4
     counts = np.bincount([i for p in history for i in p], minlength=n)
     assert counts.max() <= cap
     assert (counts < cap).sum() <= 1  # the budget is spent up to the caps
@@ -375,3 +378,40 @@ def test_a_large_batch_gives_every_essay_two_comparisons_a_round(n: int, per_rou
                         "Essay A" if p.essay_a_id > p.essay_b_id else "Essay B", 1, number)
             for p in planned
         ]  # fmt: skip
+
+
+def test_adaptive_rounds_keep_positions_within_two() -> None:
+    # rule 4 with the covariance: A − B within ±2, not ±1 — the best partner by gain is often
+    # one whose balance has the same sign (docs/judgement.md, "Positions within two")
+    reached = set()
+    for n, n_pairs in ((40, 25), (100, 50)):
+        for seed in range(3):
+            history: list[Pair] = []
+            for pairs in plan_with_covariance(n, n_pairs, 8, seed)[0]:
+                history += pairs
+                balance = a_minus_b(n, history)
+                assert np.abs(balance).max() <= ADAPTIVE_BALANCE
+                reached.add(int(np.abs(balance).max()))
+    assert ADAPTIVE_BALANCE == 2 and 2 in reached
+
+
+def test_compatible_partners_within_a_bound() -> None:
+    n = 6
+    first, second = [0, 0, 1, 5, 5], [3, 4, 4, 3, 4]  # A − B: 2, 1, 0, −2, −3, 2
+    planner = Planner(
+        n,
+        np.array(first, dtype=np.intp),
+        np.array(second, dtype=np.intp),
+        np.zeros(n),
+        np.ones(n),
+        np.random.default_rng(0),
+        None,
+    )
+    assert planner.balance.tolist() == [2, 1, 0, -2, -3, 2]
+    wide = planner.compatible(0, 2)  # ±2: item 0 (at +2) takes partners below +2
+    assert wide is not None and np.flatnonzero(wide).tolist() == [1, 2, 3, 4]
+    assert planner.compatible(1, 2) is None and planner.compatible(2, 2) is None
+    low = planner.compatible(4, 2)  # item 4 (at −3) takes partners above −2
+    assert low is not None and np.flatnonzero(low).tolist() == [0, 1, 2, 5]
+    narrow = planner.compatible(1)  # ±1: partners whose A − B is ≤ 0
+    assert narrow is not None and np.flatnonzero(narrow).tolist() == [2, 3, 4]

@@ -133,6 +133,6 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
         "sha256 of json.dumps(every round's [essay_a, essay_b] pairs) per case of"
         " tests/cj/test_plan_oracle.py, written by `PYTHONPATH=<checkout>/src python"
         f" tests/cj/test_plan_oracle.py --write` with the planner of main at {commit}"
-        " (the lapse probes counted in the random share from ENOUGH_PROBES a round: rule 5)"
+        " (with the covariance, positions within ±ADAPTIVE_BALANCE = 2: rule 4)"
     )
     ORACLE.write_text(json.dumps({"note": note, "plans": written}, indent=1) + "\n")

@@ -51,13 +51,21 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from cjllm.cj.planner import FLOOR_SHARE, PROBE_PART, ROUND_MAX, FloatArray, Planner
+from cjllm.cj.planner import (
+    ADAPTIVE_BALANCE,
+    FLOOR_SHARE,
+    PROBE_PART,
+    ROUND_MAX,
+    FloatArray,
+    Planner,
+)
 from cjllm.cj.scoring import RngLike, checked_indexes
 
 ENOUGH_PROBES = 5
 """A round with this many lapse probes or more spends its random share on them (rule 5)."""
 
 __all__ = [
+    "ADAPTIVE_BALANCE",
     "ENOUGH_PROBES",
     "FLOOR_SHARE",
     "PROBE_PART",

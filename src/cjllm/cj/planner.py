@@ -29,6 +29,7 @@ IndexArray = npt.NDArray[np.intp]
 Found = tuple[int, BoolArray, tuple[int, bool] | None]  # focal, partners, see least_fresh
 _REPAIR_ITEMS = 6  # unused items tried when swapping partners with an already planned pair
 ROUND_MAX = 2  # with the covariance: the most comparisons an item gets in one round (rule 3)
+ADAPTIVE_BALANCE = 2  # ... and the bound on each item's A − B (rule 4; without it: 1)
 FLOOR_SHARE = 0.5  # ... and the floor, as a share of the mean comparisons per item (rule 3)
 PROBE_PART = 0.25  # rule 6: probes pair the top and the bottom quarter by current score
 
@@ -156,21 +157,28 @@ class Planner:
             return (i, j) if self.rng.random() < 0.5 else (j, i)
         return (j, i) if self.balance[i] > self.balance[j] else (i, j)
 
-    def compatible(self, i: int) -> BoolArray | None:
-        """Partners j for which both A − B balances stay within [−1, 1] after orienting
-        (None: every item). A live mask: read it before the next pair is added."""
-        sign = self.balance[i]
-        return self.nonpositive if sign > 0 else self.nonnegative if sign < 0 else None
+    def compatible(self, i: int, bound: int = 1) -> BoolArray | None:
+        """Partners j for which both A − B balances stay within [−``bound``, ``bound``]
+        after orienting (None: every item). With bound 1 a live mask: read it before the
+        next pair is added."""
+        side = int(self.balance[i])
+        if bound == 1:
+            return self.nonpositive if side > 0 else self.nonnegative if side < 0 else None
+        if -bound < side < bound:
+            return None
+        mask: BoolArray = self.balance < bound if side > 0 else self.balance > -bound
+        return mask
 
     def fits(self, i: int, j: int) -> bool:
         """``i`` and ``j`` have not met and their balances stay within [−1, 1] together."""
         low, high = sorted((self.balance[i], self.balance[j]))
         return j not in self.met[i] and low <= 0 <= high
 
-    def unseen(self, i: int, pool: BoolArray, balanced: bool) -> BoolArray:
+    def unseen(self, i: int, pool: BoolArray, balanced: bool, bound: int = 1) -> BoolArray:
         """Items of ``pool`` other than ``i`` that ``i`` has not met (and compatible with
-        ``i`` when ``balanced``), in a scratch mask: read it before the next call."""
-        compatible = self.compatible(i) if balanced else None
+        ``i`` within ``bound`` when ``balanced``), in a scratch mask: read it before the
+        next call."""
+        compatible = self.compatible(i, bound) if balanced else None
         if compatible is None:
             np.copyto(self._mask, pool)
         else:
@@ -280,7 +288,8 @@ class Planner:
         floor = FLOOR_SHARE * (self.count.sum() + 2 * (n_pairs - len(self.plan))) / n
 
         def partners(i: int) -> IndexArray:
-            return np.flatnonzero(self.unseen(i, self.open & (self.degree < ROUND_MAX), True))
+            pool = self.open & (self.degree < ROUND_MAX)
+            return np.flatnonzero(self.unseen(i, pool, True, ADAPTIVE_BALANCE))
 
         def pick(i: int, js: IndexArray) -> None:
             random = len(self.plan) in random_slots
@@ -322,7 +331,8 @@ class Planner:
                     max(degree[i], degree[j]) < ROUND_MAX
                     and is_open[i]
                     and is_open[j]
-                    and low <= 0 <= high
+                    and low < ADAPTIVE_BALANCE
+                    and high > -ADAPTIVE_BALANCE
                     and j not in self.met[i]
                 ):
                     self.add(i, j)
