@@ -158,16 +158,14 @@ class Planner:
         return (j, i) if self.balance[i] > self.balance[j] else (i, j)
 
     def compatible(self, i: int, bound: int = 1) -> BoolArray | None:
-        """Partners j for which both A − B balances stay within [−``bound``, ``bound``]
-        after orienting (None: every item). With bound 1 a live mask: read it before the
-        next pair is added."""
+        """Partners j for which both A − B stay within ±``bound`` after orienting (None: every
+        item; with bound 1 a live mask: read it before the next pair is added)."""
         side = int(self.balance[i])
-        if bound == 1:
-            return self.nonpositive if side > 0 else self.nonnegative if side < 0 else None
         if -bound < side < bound:
             return None
-        mask: BoolArray = self.balance < bound if side > 0 else self.balance > -bound
-        return mask
+        if bound == 1:
+            return self.nonpositive if side > 0 else self.nonnegative
+        return self.balance < bound if side > 0 else self.balance > -bound
 
     def fits(self, i: int, j: int) -> bool:
         """``i`` and ``j`` have not met and their balances stay within [−1, 1] together."""
@@ -188,13 +186,16 @@ class Planner:
         self._mask[i] = False
         return self._mask
 
-    def search(self, pool: BoolArray, level: int, balanced: bool) -> Found | None:
-        """First focal item (fewest comparisons, most unbalanced, most uncertain, random) in
-        ``pool`` with partners in ``pool`` seen exactly ``level`` times (and compatible)."""
-        items = np.flatnonzero(pool)
+    def _focal(self, items: IndexArray) -> list[int]:
+        """``items`` in focal order: fewest comparisons, most unbalanced, most uncertain, random."""
         keys = (self.rng.random(items.size), -self.se[items], -np.abs(self.balance[items]))
-        ordered = items[np.lexsort((*keys, self.count[items]))]
-        return self._first(ordered.tolist(), pool, level, balanced)
+        order: list[int] = items[np.lexsort((*keys, self.count[items]))].tolist()
+        return order
+
+    def search(self, pool: BoolArray, level: int, balanced: bool) -> Found | None:
+        """First focal item (:meth:`_focal`) in ``pool`` with partners in ``pool`` seen
+        exactly ``level`` times (and compatible)."""
+        return self._first(self._focal(np.flatnonzero(pool)), pool, level, balanced)
 
     def search_fresh(self, balanced: bool) -> Found | None:
         """:meth:`search` over the items this pass has not used, at level 0, in the pass's
@@ -203,10 +204,7 @@ class Planner:
         the first item still unused, so a pair costs O(n), not a sort of every item."""
         fresh = self.fresh
         if self._order is None:
-            items = np.flatnonzero(fresh)
-            keys = (self.rng.random(items.size), -self.se[items], -np.abs(self.balance[items]))
-            self._order = items[np.lexsort((*keys, self.count[items]))].tolist()
-            self._cursor = 0
+            self._order, self._cursor = self._focal(np.flatnonzero(fresh)), 0
         order = self._order
         while self._cursor < len(order) and not fresh[order[self._cursor]]:
             self._cursor += 1  # used for the rest of this pass
