@@ -16,7 +16,10 @@ list of ``(essay_a, essay_b)`` index pairs in presented order. Rules, strongest 
    first (fewest comparisons first, while the round has room), so nobody starves.
 4. Positions stay balanced: of the two items, the one that has been Essay A more often
    (A count − B count) becomes Essay B, ties broken at random; partners are chosen so that no
-   item's A − B leaves [−1, 1] when that is possible.
+   item's A − B leaves [−1, 1] when that is possible — with the covariance, [−2, 2]
+   (:data:`ADAPTIVE_BALANCE`): under ±1 an item one up (or down) cannot meet another one up
+   (down), which shuts it out of about a quarter of the items, often its best partner by gain
+   (docs/judgement.md, "Positions within two in adaptive rounds").
 5. Within those rules a ``random_fraction`` of each round's pairs is drawn at random (pairs
    often far apart, whose outcomes show how often the judge decides at random); with
    :data:`ENOUGH_PROBES` lapse probes (rule 6) or more in the round, the probes count in it
