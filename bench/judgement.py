@@ -91,8 +91,19 @@ class Condition:
 Results = dict[Condition, dict[int, dict[str, float]]]  # condition → repetition → figures
 
 
-def run_batch(condition: Condition, rep: int) -> dict[str, float]:
-    """One simulated batch to its budget; the figures of its final fit."""
+@dataclass(frozen=True)
+class Judged:
+    """One simulated batch judged to its budget (:func:`judge_batch`)."""
+
+    essays: list[EssayRecord]
+    outcomes: list[PairOutcome]
+    options: BatchOptions
+    batch_id: str
+    truth: npt.NDArray[np.float64]
+
+
+def judge_batch(condition: Condition, rep: int) -> Judged:
+    """Plan, judge and refit round by round, as the service does, until a stopping rule."""
     n, judge = condition.n, condition.judge
     bias, flip = JUDGES[judge]
     truth = np.random.default_rng([rep, n, 1]).normal(0.0, SD, n)
@@ -122,6 +133,15 @@ def run_batch(condition: Condition, rep: int) -> dict[str, float]:
             outcome = PairOutcome(p.essay_a_id, p.essay_b_id, done, winner, p.attempt, number)
             outcomes.append(outcome)
         fit = fit_outcomes(essays, outcomes, options)
+    return Judged(essays, outcomes, options, batch_id, truth)
+
+
+def run_batch(condition: Condition, rep: int) -> dict[str, float]:
+    """One simulated batch to its budget; the figures of its final fit."""
+    judged = judge_batch(condition, rep)
+    essays, outcomes, options, truth = judged.essays, judged.outcomes, judged.options, judged.truth
+    n, batch_id = condition.n, judged.batch_id
+    bias, flip = JUDGES[condition.judge]
     final = final_fit(essays, outcomes, options)
     assert final.model is not None and final.reliability is not None
     centred = truth - truth.mean()
